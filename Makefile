@@ -1,0 +1,49 @@
+# Two commands: `make book` builds the whole book, `make test` runs every test.
+# Both bootstrap .venv first (only Python 3.10+ and make are needed).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROFILE ?= $(or $(IPCBENCH_PROFILE),standard)
+# mpiexec from the mpich wheel lives in .venv/bin; engines and notebooks find it on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
+export IPP_NONINTERACTIVE := 1
+export MPLBACKEND := Agg
+
+.PHONY: setup book test lab clean chromium
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version' 
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[book,test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipcbench)" >/dev/null
+	@touch $(STAMP)
+
+book: $(STAMP)
+	@echo "Building the book with IPCBENCH_PROFILE=$(PROFILE) (quick|standard|full)"
+	IPCBENCH_PROFILE=$(PROFILE) $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	@echo "Book: file://$(abspath _build/html/index.html)"
+
+# Debian's chromium for the rendered-book test (installed when we may, else the test says why it skipped).
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian chromium for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is not installed and cannot be installed here: the browser test will be skipped"; fi; \
+	fi
+
+test: $(STAMP) chromium
+	$(BIN)/python -m pytest -ra
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf _build data/results/* .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -exec rm -rf {} +
+	@echo "Removed build outputs and results; 'rm -rf $(VENV)' removes the environment too."

@@ -1,0 +1,329 @@
+"""MPI engines driven by ipyparallel: start, run SPMD functions on every rank, always tear down.
+
+``Cluster`` is a context manager. By default it starts N MPI engines on this
+machine (``engines="mpi"``, N = the cores this process may use) and stops them on
+exit, whether the body succeeded, raised, or was interrupted. Given an
+ipyparallel profile (argument or ``IPCBENCH_CLUSTER_PROFILE``) it connects to
+engines someone else started (how a user scales out) and leaves them running.
+
+``cluster.run(fn, *args)`` calls ``fn(comm, *args)`` on every engine, where
+``comm`` is the engines' ``MPI.COMM_WORLD``, and returns the results ordered by
+rank. An MPI collective cannot be interrupted, so when one rank fails while the
+others wait in a collective, ``run`` raises :class:`RankError` with the failing
+rank's traceback and restarts the engines it started, so the next call works and
+nothing is left spinning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+__all__ = ["Cluster", "ClusterError", "RankError", "OversubscribedWarning", "usable_cores"]
+
+ENV_PROFILE = "IPCBENCH_CLUSTER_PROFILE"
+
+
+class ClusterError(RuntimeError):
+    """The engines could not be started, reached, or were left in a broken state."""
+
+
+class RankError(RuntimeError):
+    """A function raised on one or more MPI ranks; ``ranks`` lists them, ``remote`` their tracebacks."""
+
+    def __init__(self, message: str, ranks: list[int], remote: list[str]):
+        super().__init__(message)
+        self.ranks = ranks
+        self.remote = remote
+
+
+class OversubscribedWarning(UserWarning):
+    """More busy MPI ranks than cores: MPICH spins while waiting, so timings are inflated."""
+
+
+def usable_cores() -> int:
+    """Return the number of cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _rank_and_pid() -> tuple[int, int, int, str]:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    return comm.rank, comm.size, os.getpid(), MPI.Get_processor_name()
+
+
+def _spmd_entry(fn: Callable, args: tuple, kwargs: dict):
+    from mpi4py import MPI
+
+    return fn(MPI.COMM_WORLD, *args, **kwargs)
+
+
+class Cluster:
+    """A set of MPI engines (ipyparallel) to run SPMD experiment functions on."""
+
+    def __init__(
+        self,
+        n: int | None = None,
+        profile: str | None = None,
+        start_timeout_s: float = 120.0,
+        failure_grace_s: float = 3.0,
+        log_level: int = logging.WARNING,
+    ):
+        self.profile = profile if profile is not None else os.environ.get(ENV_PROFILE) or None
+        self.requested_n = n
+        self.start_timeout_s = start_timeout_s
+        self.failure_grace_s = failure_grace_s
+        self.log_level = log_level
+        self._ipp_cluster = None
+        self._client = None
+        self._view = None
+        self._owned_pids: set[int] = set()
+        self.ranks: list[dict] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def owned(self) -> bool:
+        """Return True when this object started the engines (and so must stop them)."""
+        return self.profile is None
+
+    @property
+    def size(self) -> int:
+        """Return the number of MPI ranks (engines)."""
+        return len(self.ranks)
+
+    @property
+    def oversubscribed(self) -> bool:
+        """Return True when there are more ranks than usable cores on this machine (local clusters only)."""
+        return self.owned and self.size > usable_cores()
+
+    def __enter__(self) -> Cluster:
+        self._install_sigterm()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            self._restore_sigterm()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.stop()
+        finally:
+            self._restore_sigterm()
+
+    def _install_sigterm(self) -> None:
+        """Turn SIGTERM into KeyboardInterrupt while engines run, so `kill` also tears them down."""
+        self._old_sigterm = None
+        if threading.current_thread() is threading.main_thread():
+
+            def _on_term(signum, frame):
+                raise KeyboardInterrupt(f"signal {signum}")
+
+            self._old_sigterm = signal.signal(signal.SIGTERM, _on_term)
+
+    def _restore_sigterm(self) -> None:
+        old = getattr(self, "_old_sigterm", None)
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+            self._old_sigterm = None
+
+    def start(self) -> None:
+        """Start (or connect to) the engines and wait until every one answers with its MPI rank."""
+        import ipyparallel as ipp
+
+        os.environ.setdefault("IPP_NONINTERACTIVE", "1")
+        if self.owned:
+            n = self.requested_n or usable_cores()
+            if n < 1:
+                raise ClusterError(f"need at least one engine, got n={n}")
+            if n > usable_cores():
+                warnings.warn(
+                    f"{n} MPI engines on {usable_cores()} cores: oversubscribed; results are labelled so",
+                    OversubscribedWarning,
+                    stacklevel=2,
+                )
+            # mpiexec from the mpich wheel sits beside this interpreter
+            bindir = str(Path(sys.executable).parent)
+            if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+                os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+            before = {p.pid for p in psutil.Process().children(recursive=True)}
+            self._ipp_cluster = ipp.Cluster(engines="mpi", n=n, log_level=self.log_level)
+            try:
+                self._client = self._ipp_cluster.start_and_connect_sync(activate=False)
+                self._client.wait_for_engines(n, timeout=self.start_timeout_s, block=True)
+            finally:
+                after = {p.pid for p in psutil.Process().children(recursive=True)}
+                self._owned_pids |= after - before
+        else:
+            try:
+                self._client = ipp.Client(profile=self.profile, timeout=self.start_timeout_s)
+            except Exception as exc:  # ipyparallel raises several types here
+                raise ClusterError(
+                    f"cannot connect to ipyparallel profile {self.profile!r}: {exc}. "
+                    f"Start it first, e.g. `ipcluster start --profile={self.profile} --engines=mpi -n N`."
+                ) from exc
+            if self.requested_n:
+                self._client.wait_for_engines(self.requested_n, timeout=self.start_timeout_s)
+        self._discover_ranks()
+
+    def _discover_ranks(self) -> None:
+        ids = list(self._client.ids)
+        if not ids:
+            raise ClusterError("no engines are connected")
+        infos = self._client[ids].apply_sync(_rank_and_pid)
+        by_rank = sorted(zip(infos, ids, strict=True), key=lambda x: x[0][0])
+        sizes = {info[1] for info in infos}
+        ranks = [info[0] for info in infos]
+        if sizes != {len(ids)} or sorted(ranks) != list(range(len(ids))):
+            raise ClusterError(
+                f"the {len(ids)} engines do not form one MPI world (ranks {sorted(ranks)}, sizes {sizes}); "
+                "start them with engines='mpi'"
+            )
+        self.ranks = [
+            {"rank": info[0], "engine_id": eid, "pid": info[2], "host": info[3]} for info, eid in by_rank
+        ]
+        self._view = self._client.direct_view(targets=[eid for _, eid in by_rank])
+        self._view.block = False
+        if self.owned:
+            self._owned_pids |= {r["pid"] for r in self.ranks}
+
+    def stop(self) -> None:
+        """Stop engines, controller and mpiexec that this object started; close the client. Idempotent."""
+        client, self._client, self._view = self._client, None, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing must never mask the original error
+                pass
+        ipp_cluster, self._ipp_cluster = self._ipp_cluster, None
+        if ipp_cluster is not None:
+            try:
+                ipp_cluster.stop_cluster_sync()
+            except Exception:  # noqa: BLE001
+                pass
+        self._reap(self._owned_pids)
+        self._owned_pids = set()
+        self.ranks = []
+
+    @staticmethod
+    def _reap(pids: set[int], timeout_s: float = 10.0) -> None:
+        procs = []
+        for pid in pids:
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+        for p in alive:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=timeout_s)
+
+    def pids(self) -> set[int]:
+        """Return the process ids this object started (controller, mpiexec, proxies, engines)."""
+        return set(self._owned_pids)
+
+    def restart(self) -> None:
+        """Stop and start the engines again (only for engines this object started)."""
+        if not self.owned:
+            raise ClusterError(
+                f"the engines of profile {self.profile!r} are not ours to restart; restart that cluster by hand"
+            )
+        self.stop()
+        self.start()
+
+    # ----------------------------------------------------------------------- run
+    def run(self, fn: Callable, *args, timeout: float | None = None, **kwargs) -> list:
+        """Return ``[fn(comm, *args, **kwargs) on rank r for r in ranks]``; raise RankError if a rank failed."""
+        if self._view is None:
+            raise ClusterError("the cluster is not running: use it inside `with Cluster() as cluster:`")
+        ar = self._view.apply_async(_spmd_entry, fn, args, kwargs)
+        started = time.monotonic()
+        first_failure = None
+        while not ar.ready():
+            ar.wait(0.05)
+            if first_failure is None and self._failed(ar):
+                first_failure = time.monotonic()
+            if first_failure is not None and time.monotonic() - first_failure > self.failure_grace_s:
+                self._raise_partial(ar, fn)
+            if timeout is not None and time.monotonic() - started > timeout:
+                self._recover()
+                raise ClusterError(
+                    f"{getattr(fn, '__name__', fn)} did not finish on every rank within {timeout:.0f} s; "
+                    "the engines were restarted"
+                )
+        if self._failed(ar):
+            self._raise_partial(ar, fn)
+        return ar.get()
+
+    @staticmethod
+    def _statuses(ar) -> list[str | None]:
+        """Return per-rank 'ok', 'error' or None (still running) for the task ``ar``."""
+        out: list[str | None] = []
+        for child in ar._children:  # one future per engine, in target (= rank) order
+            if not child.done():
+                out.append(None)
+            else:
+                out.append("error" if Cluster._child_error(child) is not None else "ok")
+        return out
+
+    @staticmethod
+    def _child_error(child) -> BaseException | None:
+        exc = child.exception()
+        if exc is None:
+            value = child.result()
+            exc = value if isinstance(value, BaseException) else None
+        return exc
+
+    def _failed(self, ar) -> bool:
+        return any(s == "error" for s in self._statuses(ar))
+
+    def _raise_partial(self, ar, fn) -> None:
+        statuses = self._statuses(ar)
+        failed = [i for i, s in enumerate(statuses) if s == "error"]
+        hung = [i for i, s in enumerate(statuses) if s is None]
+        errors = [self._child_error(ar._children[i]) for i in failed]
+        remote = [getattr(e, "traceback", None) or repr(e) for e in errors]
+        name = getattr(fn, "__name__", repr(fn))
+        msg = f"{name} raised on rank(s) {failed}"
+        if errors:
+            msg += f": {getattr(errors[0], 'ename', type(errors[0]).__name__)}: {getattr(errors[0], 'evalue', errors[0])}"
+        if hung:
+            msg += f"; rank(s) {hung} were left waiting (in a collective) and the engines were restarted"
+            self._recover()
+        raise RankError(msg, failed, remote)
+
+    def _recover(self) -> None:
+        if self.owned:
+            # ranks stuck in an MPI collective cannot be interrupted: kill them, then start afresh
+            self._reap({r["pid"] for r in self.ranks}, timeout_s=0)
+            self.restart()
+        else:
+            raise ClusterError(
+                f"ranks of the external cluster {self.profile!r} are stuck; restart that cluster by hand"
+            )
+
+    def describe(self) -> dict:
+        """Return how the engines were started: size, owner, hosts, oversubscription."""
+        return {
+            "engines": self.size,
+            "source": "local mpiexec (ipyparallel engines='mpi')" if self.owned else f"profile {self.profile}",
+            "hosts": sorted({r["host"] for r in self.ranks}),
+            "usable_cores": usable_cores(),
+            "oversubscribed": self.oversubscribed,
+        }

@@ -1,0 +1,28 @@
+"""Pieces every experiment shares: progress bars and the run's metadata record."""
+
+from __future__ import annotations
+
+import sys
+
+from .. import profiles, results
+from ..environment import capture_environment
+
+
+def progress(iterable, desc: str, total: int | None = None):
+    """Return ``iterable`` wrapped in a tqdm progress bar (notebook widget or terminal) on stderr."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=True, dynamic_ncols=True)
+
+
+def run_meta(profile: str | None, cluster, params: dict, started: str) -> dict:
+    """Return the metadata a chapter writes beside its results (environment, profile, parameters, times)."""
+    return {
+        "profile": profiles.profile_name(profile),
+        "stopping_rule": profiles.stopping_rule(profile).__dict__,
+        "parameters": params,
+        "cluster": cluster.describe() if cluster is not None else None,
+        "environment": capture_environment(profile),
+        "started": started,
+        "finished": results.now_iso(),
+    }

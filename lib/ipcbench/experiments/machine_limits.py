@@ -1,0 +1,417 @@
+"""Chapter 0, "Limits of this machine": the references every later chapter compares against.
+
+* memcpy bandwidth against size (numpy copy into a pre-touched buffer);
+* MPI ping-pong between ranks 0 and 1: buffer ``Send/Recv``, pickle ``send/recv``
+  and out-of-band pickle (``mpi4py.util.pkl5``);
+* ZeroMQ REQ/REP ping-pong over ``ipc://`` and ``tcp://`` loopback;
+* an alpha-beta fit (t = alpha + n / beta) per path;
+* an independent cross-check with ``python -m mpi4py.bench pingpong``.
+
+One-way latency = round trip / 2. Each sample is the mean of ``inner``
+back-to-back round trips, ``inner`` chosen so a sample lasts at least 100 µs
+(the timer's overhead is then below 0.1% of a sample). Bandwidth = bytes / one-way
+latency, in B/s (MB = 10^6 B).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import measure, profiles, results
+from ..measure import StoppingRule, now_ns, summarize
+from ._common import progress, run_meta
+
+CHAPTER = "machine_limits"
+KiB, MiB = 2**10, 2**20
+
+MPI_PATHS = ("mpi_buffer", "mpi_pickle", "mpi_pkl5")
+ZMQ_PATHS = ("zmq_ipc", "zmq_tcp")
+PATHS = MPI_PATHS + ZMQ_PATHS
+PATH_LABELS = {
+    "mpi_buffer": "MPI buffer Send/Recv",
+    "mpi_pickle": "MPI pickle send/recv",
+    "mpi_pkl5": "MPI pkl5 (out-of-band pickle)",
+    "zmq_ipc": "ZeroMQ REQ/REP ipc://",
+    "zmq_tcp": "ZeroMQ REQ/REP tcp:// loopback",
+}
+CROSSCHECK_LATENCY_SIZE = 8
+CROSSCHECK_BANDWIDTH_SIZE = 16 * MiB
+CROSSCHECK_TOLERANCE = 0.25
+
+
+def _pow4(lo: int, hi: int, also=()) -> list[int]:
+    sizes = {lo}
+    s = lo
+    while s < hi:
+        s *= 4
+        sizes.add(min(s, hi))
+    return sorted(sizes | set(also))
+
+
+def _pow2(lo: int, hi: int) -> list[int]:
+    return [1 << i for i in range(lo.bit_length() - 1, hi.bit_length()) if lo <= 1 << i <= hi]
+
+
+def parameters(profile: str | None = None) -> dict:
+    """Return the sweep of a profile: memcpy sizes, message sizes, bench loop counts."""
+    name = profiles.profile_name(profile)
+    keep = (CROSSCHECK_LATENCY_SIZE, CROSSCHECK_BANDWIDTH_SIZE)
+    if name == "quick":
+        return {
+            "memcpy_sizes": _pow4(1 * KiB, 256 * MiB),
+            "message_sizes": sorted({1, 8, 64, 512, 4 * KiB, 32 * KiB, 256 * KiB, 2 * MiB, 16 * MiB, 64 * MiB}),
+            "bench_loop": 1000,
+            "bench_modes": ["buffer", "pickle", "outband"],
+        }
+    if name == "standard":
+        return {
+            "memcpy_sizes": _pow2(1 * KiB, 256 * MiB),
+            "message_sizes": _pow4(1, 64 * MiB, also=keep),
+            "bench_loop": 10000,
+            "bench_modes": ["buffer", "pickle", "outband"],
+        }
+    return {
+        "memcpy_sizes": _pow2(1 * KiB, 256 * MiB),
+        "message_sizes": _pow2(1, 64 * MiB),
+        "bench_loop": 10000,
+        "bench_modes": ["buffer", "pickle", "outband"],
+    }
+
+
+# ------------------------------------------------------------- SPMD: on the engines
+
+
+def memcpy_point(comm, size: int, rule: StoppingRule) -> dict | None:
+    """Time ``np.copyto`` of ``size`` bytes on rank 0 (others wait); return its samples (s per copy) on rank 0."""
+    result = None
+    if comm.rank == 0:
+        src = np.full(size, 7, dtype=np.uint8)
+        dst = np.empty_like(src)
+        np.copyto(dst, src)  # first touch outside the timing
+        inner = measure.calibrate_inner(lambda: np.copyto(dst, src))
+        point = measure.repeat(lambda: measure.time_call(lambda: np.copyto(dst, src), inner), rule)
+        if not np.array_equal(dst[:: max(1, size // 4096)], src[:: max(1, size // 4096)]):
+            raise AssertionError("memcpy check failed: destination differs from source")
+        result = {"samples": point.samples, "stop_reason": point.summary.stop_reason, "inner": inner}
+    comm.Barrier()
+    return result
+
+
+def _mpi_transport(comm, path: str, size: int):
+    """Return (rank0_roundtrip, rank1_echo, payload check) closures for an MPI path."""
+    from mpi4py import MPI
+    from mpi4py.util import pkl5
+
+    payload = np.arange(size, dtype=np.uint64).astype(np.uint8)
+    if path == "mpi_buffer":
+        rbuf = np.empty_like(payload)
+
+        def ping():
+            comm.Send([payload, MPI.BYTE], dest=1, tag=1)
+            comm.Recv([rbuf, MPI.BYTE], source=1, tag=2)
+            return rbuf
+
+        def pong():
+            comm.Recv([rbuf, MPI.BYTE], source=0, tag=1)
+            comm.Send([rbuf, MPI.BYTE], dest=0, tag=2)
+
+    else:
+        c = pkl5.Intracomm(comm) if path == "mpi_pkl5" else comm
+
+        def ping():
+            c.send(payload, dest=1, tag=1)
+            return c.recv(source=1, tag=2)
+
+        def pong():
+            c.send(c.recv(source=0, tag=1), dest=0, tag=2)
+
+    return payload, ping, pong, (lambda: None)
+
+
+def _zmq_transport(comm, path: str, size: int):
+    """Return (payload, ping, pong, close) for a ZeroMQ REQ/REP pair between ranks 0 and 1."""
+    import zmq
+
+    payload = np.arange(size, dtype=np.uint64).astype(np.uint8)
+    copy = size < zmq.COPY_THRESHOLD  # pyzmq's own rule: copy small frames, zero-copy large ones
+    ctx = zmq.Context.instance()
+    tmpdir = None
+    endpoint = None
+    sock = None
+    if comm.rank == 1:
+        sock = ctx.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        if path == "zmq_ipc":
+            tmpdir = tempfile.mkdtemp(prefix="ipcbench-zmq-")
+            endpoint = f"ipc://{tmpdir}/pingpong.ipc"
+            sock.bind(endpoint)
+        else:
+            port = sock.bind_to_random_port("tcp://127.0.0.1")
+            endpoint = f"tcp://127.0.0.1:{port}"
+    endpoint = comm.bcast(endpoint, root=1)
+    if comm.rank == 0:
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+
+    def ping():
+        sock.send(payload, copy=copy)
+        return np.frombuffer(sock.recv(copy=copy), dtype=np.uint8)
+
+    def pong():
+        sock.send(sock.recv(copy=copy), copy=copy)
+
+    def close():
+        if sock is not None:
+            sock.close(linger=0)
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    return payload, ping, pong, close
+
+
+def pingpong_point(comm, path: str, size: int, rule: StoppingRule) -> dict | None:
+    """Ping-pong ``size`` bytes between ranks 0 and 1 over ``path``; return one-way samples (s) on rank 0.
+
+    Rank 0 decides how many round trips each sample has and when to stop, and
+    broadcasts it, so both sides always do the same number of round trips.
+    Ranks above 1 only take part in the control broadcasts.
+    """
+    if comm.size < 2:
+        raise ValueError("ping-pong needs at least 2 MPI ranks")
+    active = comm.rank in (0, 1)
+    make = _zmq_transport if path.startswith("zmq") else _mpi_transport
+    payload = ping = pong = None
+    close = lambda: None  # noqa: E731
+    if path.startswith("zmq") or active:
+        payload, ping, pong, close = make(comm, path, size)
+    try:
+        result = None
+        # correctness first: one round trip must return the payload intact
+        if comm.rank == 0:
+            back = ping()
+            if back.size != size or not np.array_equal(np.asarray(back), payload):
+                raise AssertionError(f"{path}: echoed payload of {size} B differs from what was sent")
+        elif comm.rank == 1:
+            pong()
+        # warm-up and calibration: rank 0 picks inner from a timed round trip
+        inner = 1
+        for _ in range(rule.warmup):
+            inner = comm.bcast(inner, root=0)
+            if comm.rank == 0:
+                t0 = now_ns()
+                ping()
+                rt = (now_ns() - t0) * 1e-9
+                inner = int(min(10_000, max(1, np.ceil(100e-6 / max(rt, 1e-9)))))
+            elif comm.rank == 1:
+                pong()
+        samples: list[float] = []
+        t_start = now_ns()
+        while True:
+            inner = comm.bcast(inner if comm.rank == 0 else None, root=0)
+            if inner == 0:
+                break
+            if comm.rank == 0:
+                t0 = now_ns()
+                for _ in range(inner):
+                    ping()
+                samples.append((now_ns() - t0) * 1e-9 / inner / 2)
+                stop_reason = rule.decide(samples, (now_ns() - t_start) * 1e-9)
+                inner_next = 0 if stop_reason else inner
+            elif comm.rank == 1:
+                for _ in range(inner):
+                    pong()
+            if comm.rank == 0:
+                inner = inner_next
+        if comm.rank == 0:
+            result = {"samples": samples, "stop_reason": stop_reason, "inner": int(max(1, inner or 1))}
+        return result
+    finally:
+        comm.Barrier()
+        close()
+
+
+# ------------------------------------------------------------ the cross-check (bench)
+
+
+_BENCH_LINE = re.compile(r"^\s*(\d+)\s+([\d.]+)\s+\|\s+([\deE.+-]+)\s+±\s+([\deE.+-]+)\s+(\d+)")
+
+
+def parse_bench(text: str) -> pd.DataFrame:
+    """Return mpi4py.bench pingpong's table: size_bytes, bandwidth (B/s), one-way mean and stdev (s), samples."""
+    rows = []
+    for line in text.splitlines():
+        m = _BENCH_LINE.match(line)
+        if m:
+            size, mbps, mean, std, n = m.groups()
+            rows.append(
+                {
+                    "size_bytes": int(size),
+                    "bandwidth_Bps": float(mbps) * 1e6,
+                    "one_way_mean_s": float(mean),
+                    "one_way_stdev_s": float(std),
+                    "samples": int(n),
+                }
+            )
+    if not rows:
+        raise ValueError(f"no result lines in mpi4py.bench output:\n{text[-2000:]}")
+    return pd.DataFrame(rows)
+
+
+def run_bench(mode: str, max_size: int, loop: int, timeout_s: float = 300) -> pd.DataFrame:
+    """Run ``mpiexec -n 2 python -m mpi4py.bench pingpong`` (mode buffer|pickle|outband); return its table."""
+    flags = {"buffer": [], "pickle": ["-p"], "outband": ["-o"]}[mode]
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py.bench",
+           "pingpong", "-m", "1", "-n", str(max_size), "-l", str(loop), *flags]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy())
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    df = parse_bench(out.stdout)
+    df.insert(0, "mode", mode)
+    return df
+
+
+def crosscheck(summary: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
+    """Return the book-vs-mpi4py.bench comparison at 8 B (latency) and 16 MiB (bandwidth), with ratios."""
+    rows = []
+    checks = [
+        ("one_way_latency", CROSSCHECK_LATENCY_SIZE, "one_way_mean_s", "s"),
+        ("bandwidth", CROSSCHECK_BANDWIDTH_SIZE, "bandwidth_Bps", "B/s"),
+    ]
+    for mode, path in (("buffer", "mpi_buffer"), ("pickle", "mpi_pickle"), ("outband", "mpi_pkl5")):  # noqa: B007 (used in query)
+        for metric, size, col, unit in checks:
+            book = summary.query("experiment == 'pingpong' and variant == @path and metric == @metric and size_bytes == @size")
+            ref = bench.query("mode == @mode and size_bytes == @size")
+            if book.empty or ref.empty:
+                continue
+            b, r = float(book["median"].iloc[0]), float(ref[col].iloc[0])
+            rows.append(
+                {
+                    "path": path,
+                    "metric": metric,
+                    "size_bytes": size,
+                    "unit": unit,
+                    "book_median": b,
+                    "book_ci_low": float(book["ci_low"].iloc[0]),
+                    "book_ci_high": float(book["ci_high"].iloc[0]),
+                    "bench_value": r,
+                    "bench_statistic": "mean over single round trips" if unit == "s" else "size / mean one-way time",
+                    "ratio": b / r,
+                    "within_tolerance": abs(b / r - 1) <= CROSSCHECK_TOLERANCE,
+                    "required": path == "mpi_buffer",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------- the chapter
+
+
+def _point_rows(point: dict, labels: dict, size: int, kind: str) -> tuple[list[dict], list[dict]]:
+    t = np.asarray(point["samples"], dtype=float)
+    if kind == "memcpy":
+        metrics = [("copy_time", "s", t), ("bandwidth", "B/s", size / t)]
+    else:
+        metrics = [("one_way_latency", "s", t), ("bandwidth", "B/s", size / t)]
+    rows, samples = [], []
+    for metric, unit, values in metrics:
+        stats = summarize(values, point["stop_reason"])
+        lab = {**labels, "size_bytes": size, "metric": metric, "unit": unit}
+        rows.append(
+            results.summary_row(stats, **lab, outliers=stats.outliers, stop_reason=stats.stop_reason, inner=point["inner"])
+        )
+        samples += results.sample_rows(values, **lab)
+    return rows, samples
+
+
+def fits(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return the alpha-beta fit per ping-pong path: alpha (s), beta (B/s), and the fit's worst relative error."""
+    out = []
+    lat = summary.query("experiment == 'pingpong' and metric == 'one_way_latency'")
+    for path, sub in lat.groupby("variant", sort=False):
+        alpha, beta = measure.fit_alpha_beta(sub["size_bytes"], sub["median"])
+        pred = measure.alpha_beta_time(sub["size_bytes"], alpha, beta)
+        err = np.abs(pred / sub["median"].to_numpy() - 1)
+        out.append({"variant": path, "alpha_s": alpha, "beta_Bps": beta, "max_rel_error": float(err.max()),
+                    "median_rel_error": float(np.median(err)), "sizes": len(sub)})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def run(cluster, profile: str | None = None) -> pd.DataFrame:
+    """Run chapter 0 on ``cluster`` (>= 2 ranks), write its results, and return the summary table."""
+    name = profiles.profile_name(profile)
+    rule = profiles.stopping_rule(name)
+    params = parameters(name)
+    if cluster.size < 2:
+        raise ValueError("chapter 0 needs at least 2 MPI engines for the ping-pong")
+    started = results.now_iso()
+    base = {"chapter": CHAPTER, "payload": "uint8 array", "oversubscribed": bool(cluster.oversubscribed)}
+    rows: list[dict] = []
+    samples: list[dict] = []
+
+    for size in progress(params["memcpy_sizes"], "memcpy"):
+        point = cluster.run(memcpy_point, size, rule)[0]
+        r, s = _point_rows(point, {**base, "experiment": "memcpy", "variant": "numpy copyto", "ranks": 1}, size, "memcpy")
+        rows += r
+        samples += s
+
+    points = [(p, s) for p in PATHS for s in params["message_sizes"]]
+    for path, size in progress(points, "ping-pong"):
+        point = cluster.run(pingpong_point, path, size, rule)[0]
+        r, s = _point_rows(point, {**base, "experiment": "pingpong", "variant": path, "ranks": 2}, size, "pingpong")
+        rows += r
+        samples += s
+
+    summary = results.frame(rows)
+    fit = fits(summary)
+    for f in fit.itertuples():
+        for metric, unit, value in (("alpha", "s", f.alpha_s), ("beta", "B/s", f.beta_Bps)):
+            summary.loc[len(summary)] = {
+                **{c: None for c in summary.columns},
+                **base, "experiment": "alpha_beta", "variant": f.variant, "size_bytes": None, "ranks": 2,
+                "metric": metric, "unit": unit, "n": f.sizes, "median": value, "unstable": False,
+            }  # fmt: skip
+
+    bench = pd.concat(
+        [run_bench(m, max(params["message_sizes"]), params["bench_loop"]) for m in progress(params["bench_modes"], "mpi4py.bench")],
+        ignore_index=True,
+    )
+    check = crosscheck(summary, bench)
+    meta = run_meta(name, cluster, params, started)
+    meta["definitions"] = {
+        "one_way_latency": "round trip / 2, each sample the mean of `inner` back-to-back round trips",
+        "bandwidth": "bytes / one-way latency (B/s; MB = 1e6 B)",
+        "memcpy bandwidth": "bytes copied / copy time (each byte read once and written once)",
+        "cross-rank summary": "ping-pong is timed on rank 0 only (round trips are symmetric)",
+    }
+    results.write(CHAPTER, summary, pd.DataFrame(samples), meta,
+                  extra={"alpha_beta": fit, "bench": bench, "crosscheck": check})  # fmt: skip
+    return summary
+
+
+# ---------------------------------------------------------- readers for other chapters
+
+
+def alpha_beta(path: str = "mpi_buffer") -> tuple[float, float]:
+    """Return chapter 0's measured (alpha in s, beta in B/s) for a ping-pong path."""
+    fit = results.read(CHAPTER).extra("alpha_beta")
+    row = fit[fit["variant"] == path]
+    if row.empty:
+        raise results.ResultsError(f"chapter 0 has no alpha-beta fit for {path!r}")
+    return float(row["alpha_s"].iloc[0]), float(row["beta_Bps"].iloc[0])
+
+
+def memcpy_bandwidth() -> pd.DataFrame:
+    """Return chapter 0's memcpy bandwidth rows (size_bytes, median, ci_low, ci_high in B/s)."""
+    s = results.read(CHAPTER).summary
+    return s.query("experiment == 'memcpy' and metric == 'bandwidth'")[["size_bytes", "median", "ci_low", "ci_high"]]

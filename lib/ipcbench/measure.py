@@ -1,0 +1,272 @@
+"""The measurement harness: timer, warm-up, repetition with a stopping rule, statistics.
+
+Every chapter times through this module, so every number in the book is produced
+by the same rules (DESIGN.md, "Measurement rules"):
+
+* the clock is ``time.perf_counter_ns`` (monotonic, shared by all processes of one
+  machine on Linux); its resolution and per-call overhead are measured, not assumed;
+* a point is warmed up, then repeated until the median's 95% confidence interval is
+  within ``rel_ci`` of the median or the point's time budget is spent (which of the
+  two ended it is recorded);
+* a point is summarised by n, median, a distribution-free 95% CI of the median,
+  IQR, min, p99, CV and an ``unstable`` flag (CV >= 10%); outliers are counted,
+  never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import stats as _sstats
+
+now_ns = time.perf_counter_ns
+"""The one clock of the book: ``time.perf_counter_ns`` (integer nanoseconds)."""
+
+UNSTABLE_CV = 0.10
+"""Coefficient of variation at or above which a point is flagged unstable."""
+
+
+# --------------------------------------------------------------------------- timer
+
+
+@dataclass(frozen=True)
+class TimerInfo:
+    """The clock's measured properties, in nanoseconds."""
+
+    clock: str
+    declared_resolution_ns: float
+    measured_resolution_ns: float
+    overhead_ns: float
+
+    def as_dict(self) -> dict:
+        """Return the record as a plain dict (ns units)."""
+        return asdict(self)
+
+
+def timer_info(n: int = 200_000) -> TimerInfo:
+    """Return the timer's declared resolution, its smallest observed tick and its per-call overhead (ns)."""
+    declared = time.get_clock_info("perf_counter").resolution * 1e9
+    ticks = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        ticks[i] = now_ns()
+    diffs = np.diff(ticks)
+    positive = diffs[diffs > 0]
+    resolution = float(positive.min()) if positive.size else float("nan")
+    # per-call overhead: average cost of one call, from a long back-to-back run
+    overhead = float((ticks[-1] - ticks[0]) / (n - 1))
+    return TimerInfo("time.perf_counter_ns", declared, resolution, overhead)
+
+
+# ---------------------------------------------------------------------- statistics
+
+
+def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Return a distribution-free CI of the median (order statistics, binomial ranks), in the samples' unit.
+
+    The interval is [x_(l), x_(u)] with l, u from Binomial(n, 1/2) quantiles, so its
+    coverage is at least ``confidence`` for any continuous distribution. With fewer
+    than 6 samples no 95% interval exists and the sample range is returned.
+    """
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = x.size
+    if n == 0:
+        return (float("nan"), float("nan"))
+    alpha = 1.0 - confidence
+    # largest l with P(B <= l-1) <= alpha/2, B ~ Bin(n, 0.5): then [x_(l), x_(n-l+1)] (1-based)
+    lo = int(_sstats.binom.ppf(alpha / 2, n, 0.5))
+    if _sstats.binom.cdf(lo, n, 0.5) > alpha / 2:
+        lo -= 1
+    lo = max(lo, 0)  # 0-based index of x_(l) where l = lo + 1
+    hi = n - 1 - lo
+    return (float(x[lo]), float(x[hi]))
+
+
+@dataclass
+class Summary:
+    """One measured point's statistics, in the unit of its samples."""
+
+    n: int
+    median: float
+    ci_low: float
+    ci_high: float
+    iqr: float
+    min: float
+    p99: float
+    cv: float
+    unstable: bool
+    outliers: int = 0
+    stop_reason: str = ""
+
+    def as_dict(self) -> dict:
+        """Return the statistics as a plain dict."""
+        return asdict(self)
+
+    @property
+    def ci_halfwidth_rel(self) -> float:
+        """Return the CI's half-width relative to the median (a fraction)."""
+        if not self.median:
+            return float("inf")
+        return (self.ci_high - self.ci_low) / 2 / abs(self.median)
+
+
+def summarize(samples: Sequence[float], stop_reason: str = "") -> Summary:
+    """Return n, median with 95% CI, IQR, min, p99, CV, unstable flag and Tukey outlier count of the samples."""
+    x = np.asarray(samples, dtype=float)
+    if x.size == 0:
+        raise ValueError("summarize() needs at least one sample")
+    q1, med, q3, p99 = np.percentile(x, [25, 50, 75, 99])
+    lo, hi = median_ci(x)
+    mean = float(x.mean())
+    cv = float(x.std(ddof=1) / mean) if x.size > 1 and mean else 0.0
+    iqr = float(q3 - q1)
+    outliers = int(np.count_nonzero((x < q1 - 1.5 * iqr) | (x > q3 + 1.5 * iqr)))
+    return Summary(
+        n=int(x.size),
+        median=float(med),
+        ci_low=lo,
+        ci_high=hi,
+        iqr=iqr,
+        min=float(x.min()),
+        p99=float(p99),
+        cv=cv,
+        unstable=bool(cv >= UNSTABLE_CV),
+        outliers=outliers,
+        stop_reason=stop_reason,
+    )
+
+
+def ci_overlap(a: Summary, b: Summary) -> bool:
+    """Return True when the two points' median CIs overlap (then no difference is claimed)."""
+    return not (a.ci_high < b.ci_low or b.ci_high < a.ci_low)
+
+
+# -------------------------------------------------------------------- stopping rule
+
+
+@dataclass(frozen=True)
+class StoppingRule:
+    """When to stop repeating a point: CI within ``rel_ci`` of the median, or the budget spent."""
+
+    rel_ci: float = 0.05
+    min_samples: int = 10
+    max_samples: int = 1000
+    time_budget_s: float = 1.0
+    warmup: int = 3
+    check_every: int = 5
+
+    def decide(self, samples: Sequence[float], elapsed_s: float) -> str | None:
+        """Return why to stop ('ci', 'budget', 'max_samples') or None to go on."""
+        n = len(samples)
+        if n >= self.max_samples:
+            return "max_samples"
+        if n >= self.min_samples and n % self.check_every == 0:
+            lo, hi = median_ci(samples)
+            med = statistics.median(samples)
+            if med and (hi - lo) / 2 <= self.rel_ci * abs(med):
+                return "ci"
+        if elapsed_s >= self.time_budget_s and n >= min(self.min_samples, 5):
+            return "budget"
+        return None
+
+
+@dataclass
+class Point:
+    """Raw samples of one point (seconds unless stated) with their summary."""
+
+    samples: list[float]
+    summary: Summary
+    inner: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+def repeat(sample: Callable[[], float], rule: StoppingRule) -> Point:
+    """Warm up, then call ``sample()`` (which returns one measured value) until ``rule`` stops; return the point."""
+    for _ in range(rule.warmup):
+        sample()
+    values: list[float] = []
+    t0 = now_ns()
+    while True:
+        values.append(float(sample()))
+        reason = rule.decide(values, (now_ns() - t0) * 1e-9)
+        if reason:
+            return Point(values, summarize(values, reason))
+
+
+def calibrate_inner(run_once: Callable[[], None], min_sample_s: float = 100e-6, cap: int = 10_000) -> int:
+    """Return how many back-to-back calls make one sample last at least ``min_sample_s``."""
+    t0 = now_ns()
+    run_once()
+    first = (now_ns() - t0) * 1e-9
+    if first <= 0:
+        first = 1e-9
+    return int(min(cap, max(1, math.ceil(min_sample_s / first))))
+
+
+def time_call(fn: Callable[[], object], inner: int = 1) -> float:
+    """Return the mean seconds per call of ``inner`` back-to-back calls of ``fn``."""
+    t0 = now_ns()
+    for _ in range(inner):
+        fn()
+    return (now_ns() - t0) * 1e-9 / inner
+
+
+# ------------------------------------------------------------------ multi-rank rules
+
+
+def repeat_collective(comm, sample: Callable[[], float], rule: StoppingRule, reduce: str = "max") -> Point:
+    """Time a collective step on every rank of ``comm`` (barrier before each sample); return the cross-rank point.
+
+    Each iteration: ``Barrier``, then every rank calls ``sample()`` and returns its
+    own duration; the per-iteration cross-rank value is ``reduce`` over ranks
+    (``max`` by default: a collective is done when its slowest rank is). The
+    stopping decision is taken on rank 0 and broadcast, so every rank runs the
+    same number of iterations and none is left waiting. The per-rank samples are
+    kept in ``point.extra['per_rank']`` (on rank 0).
+    """
+    from mpi4py import MPI  # imported here: the client process never needs MPI
+
+    op = {"max": MPI.MAX, "min": MPI.MIN, "sum": MPI.SUM}[reduce]
+    for _ in range(rule.warmup):
+        comm.Barrier()
+        sample()
+    mine: list[float] = []
+    cross: list[float] = []
+    t0 = now_ns()
+    reason = None
+    while reason is None:
+        comm.Barrier()
+        v = float(sample())
+        mine.append(v)
+        cross.append(comm.allreduce(v, op=op))
+        decision = rule.decide(cross, (now_ns() - t0) * 1e-9) if comm.rank == 0 else None
+        reason = comm.bcast(decision, root=0)
+    per_rank = comm.gather(mine, root=0)
+    point = Point(cross, summarize(cross, reason))
+    point.extra["per_rank"] = per_rank
+    point.extra["cross_rank"] = reduce
+    return point
+
+
+def fit_alpha_beta(sizes_bytes: Sequence[float], times_s: Sequence[float]) -> tuple[float, float]:
+    """Return (alpha in s, beta in B/s) of t = alpha + n / beta, fitted with relative (1/t) weights."""
+    n = np.asarray(sizes_bytes, dtype=float)
+    t = np.asarray(times_s, dtype=float)
+    if n.size < 2:
+        raise ValueError("fit_alpha_beta needs at least two sizes")
+    w = 1.0 / t  # relative residuals: small messages count as much as large ones
+    a = np.column_stack([np.ones_like(n), n]) * w[:, None]
+    coef, *_ = np.linalg.lstsq(a, t * w, rcond=None)
+    alpha, inv_beta = float(coef[0]), float(coef[1])
+    if inv_beta <= 0:
+        raise ValueError("alpha-beta fit gave a non-positive per-byte time; the sweep is too short")
+    return max(alpha, 0.0), 1.0 / inv_beta
+
+
+def alpha_beta_time(size_bytes, alpha_s: float, beta_Bps: float):
+    """Return the alpha-beta model's time in seconds for ``size_bytes``."""
+    return alpha_s + np.asarray(size_bytes, dtype=float) / beta_Bps

@@ -1,0 +1,189 @@
+"""The book's figure style and the three plot kinds every chapter uses.
+
+* :func:`size_sweep`: a metric against message size on log-log axes, a line per
+  variant with its 95% CI band, and optional limit lines (memcpy, alpha-beta fit);
+* :func:`ecdf`: the distribution of raw samples per variant;
+* :func:`phase_breakdown`: stacked bars of phases (serialize, transfer, ...).
+
+Axes pick readable units themselves (B/KiB/MiB, ns/µs/ms/s, MB/s/GB/s).
+Oversubscribed points are labelled in the legend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import FuncFormatter, LogLocator
+
+PALETTE = ["#1b6ca8", "#d1495b", "#66a182", "#edae49", "#7a5195", "#2e4057", "#8d96a3", "#00798c"]
+
+STYLE = {
+    "figure.figsize": (7.0, 4.2),
+    "figure.dpi": 110,
+    "savefig.dpi": 110,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.prop_cycle": mpl.cycler(color=PALETTE),
+    "font.size": 10,
+    "legend.frameon": False,
+    "legend.fontsize": 9,
+}
+
+
+def use_style() -> None:
+    """Apply the book's matplotlib style globally."""
+    mpl.rcParams.update(STYLE)
+
+
+# --------------------------------------------------------------------- formatting
+
+
+def format_bytes(n: float, _pos=None) -> str:
+    """Return a byte count with binary units (B, KiB, MiB, GiB)."""
+    n = float(n)
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            v = n / scale
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_seconds(t: float, _pos=None) -> str:
+    """Return a duration with a readable unit (ns, µs, ms, s)."""
+    t = float(t)
+    if t == 0:
+        return "0"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if abs(t) >= scale:
+            return f"{t / scale:.3g} {unit}"
+    return f"{t / 1e-9:.2g} ns"
+
+
+def format_rate(r: float, _pos=None) -> str:
+    """Return a bandwidth in decimal units (B/s, kB/s, MB/s, GB/s; MB = 10^6 B)."""
+    r = float(r)
+    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if abs(r) >= scale:
+            return f"{r / scale:.3g} {unit}"
+    return f"{r:.3g} B/s"
+
+
+_FORMATTERS = {"s": format_seconds, "B/s": format_rate, "B": format_bytes}
+
+
+def _yformat(ax, unit: str) -> None:
+    f = _FORMATTERS.get(unit)
+    if f is not None:
+        ax.yaxis.set_major_formatter(FuncFormatter(f))
+
+
+def _label(variant: str, sub: pd.DataFrame) -> str:
+    if "oversubscribed" in sub and sub["oversubscribed"].fillna(False).astype(bool).any():
+        return f"{variant} (oversubscribed)"
+    return str(variant)
+
+
+# --------------------------------------------------------------------- plot kinds
+
+
+def size_sweep(
+    summary: pd.DataFrame,
+    metric: str,
+    ax=None,
+    hue: str = "variant",
+    limits: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
+    models: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
+    title: str | None = None,
+):
+    """Plot ``metric`` against size_bytes on log-log axes with 95% CI bands; return the Axes.
+
+    ``limits`` are (label, sizes, values) drawn as dark dashed lines (machine limits);
+    ``models`` are (label, sizes, values) drawn as thin dotted lines (fitted models).
+    """
+    ax = ax or plt.subplots()[1]
+    rows = summary[summary["metric"] == metric].sort_values("size_bytes")
+    if rows.empty:
+        raise ValueError(f"no rows with metric {metric!r} to plot")
+    unit = rows["unit"].iloc[0]
+    for i, (variant, sub) in enumerate(rows.groupby(hue, sort=False)):
+        color = PALETTE[i % len(PALETTE)]
+        ax.plot(sub["size_bytes"], sub["median"], marker="o", ms=3.5, color=color, label=_label(variant, sub))
+        ax.fill_between(sub["size_bytes"], sub["ci_low"], sub["ci_high"], color=color, alpha=0.25, lw=0)
+    for label, x, y in limits:
+        ax.plot(x, y, ls="--", color="black", lw=1.2, label=label)
+    for label, x, y in models:
+        ax.plot(x, y, ls=":", lw=1.2, color="gray", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=4))
+    ax.xaxis.set_major_formatter(FuncFormatter(format_bytes))
+    ax.tick_params(axis="x", labelrotation=35)
+    _yformat(ax, unit)
+    ax.set_xlabel("message size")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (median, 95% CI band)")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def ecdf(samples: pd.DataFrame, value: str = "value", hue: str = "variant", ax=None, unit: str = "s", title=None):
+    """Plot the empirical CDF of raw samples per ``hue`` group (log x); return the Axes."""
+    ax = ax or plt.subplots()[1]
+    for i, (variant, sub) in enumerate(samples.groupby(hue, sort=False)):
+        x = np.sort(sub[value].to_numpy())
+        y = np.arange(1, x.size + 1) / x.size
+        ax.step(x, y, where="post", color=PALETTE[i % len(PALETTE)], label=f"{variant} (n={x.size})")
+    ax.set_xscale("log")
+    f = _FORMATTERS.get(unit)
+    if f is not None:
+        ax.xaxis.set_major_formatter(FuncFormatter(f))
+    ax.set_ylabel("fraction of samples ≤ x")
+    ax.set_xlabel(unit)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def phase_breakdown(
+    table: pd.DataFrame,
+    phases: Sequence[str],
+    category: str = "variant",
+    ax=None,
+    unit: str = "s",
+    title: str | None = None,
+    horizontal: bool = True,
+):
+    """Plot stacked bars: one bar per ``category`` row, one segment per phase column; return the Axes."""
+    ax = ax or plt.subplots()[1]
+    labels = table[category].astype(str).tolist()
+    pos = np.arange(len(labels))
+    left = np.zeros(len(labels))
+    for i, phase in enumerate(phases):
+        vals = table[phase].to_numpy(dtype=float)
+        color = PALETTE[i % len(PALETTE)]
+        if horizontal:
+            ax.barh(pos, vals, left=left, color=color, label=phase)
+        else:
+            ax.bar(pos, vals, bottom=left, color=color, label=phase)
+        left += np.nan_to_num(vals)
+    if horizontal:
+        ax.set_yticks(pos, labels)
+        ax.invert_yaxis()
+        f = _FORMATTERS.get(unit)
+        if f is not None:
+            ax.xaxis.set_major_formatter(FuncFormatter(f))
+    else:
+        ax.set_xticks(pos, labels, rotation=30, ha="right")
+        _yformat(ax, unit)
+    if title:
+        ax.set_title(title)
+    ax.legend(ncols=min(len(phases), 4), loc="lower right" if horizontal else "upper left")
+    return ax

@@ -1,0 +1,201 @@
+"""Tidy results on disk: the only module that knows paths under data/.
+
+Every experiment writes ``data/results/<chapter>/summary.csv`` (one row per
+measured point, columns :data:`SUMMARY_COLUMNS` first, in order), ``samples.csv``
+(raw samples, one row each) and ``meta.json`` (environment, profile, parameters,
+start/end time, git commit). ``IPCBENCH_RESULTS_DIR`` moves the whole tree (tests
+use it to stay out of the repository's data/).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .environment import REPO_ROOT
+
+CHAPTERS = (
+    "machine_limits",
+    "fair_serialization",
+    "rpc_breakdown",
+    "broadcast",
+    "pipeline",
+    "tensor_parallel",
+)
+
+SUMMARY_COLUMNS = [
+    "chapter", "experiment", "variant", "payload", "size_bytes", "ranks", "oversubscribed",
+    "metric", "unit", "n", "median", "ci_low", "ci_high", "iqr", "min", "p99", "cv", "unstable",
+]  # fmt: skip
+SAMPLE_COLUMNS = ["chapter", "experiment", "variant", "payload", "size_bytes", "ranks", "metric", "unit", "sample", "value"]
+CLAIM_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence"]
+UNITS = {"s", "B/s", "1/s", "x", "B", "1", "%"}
+
+
+class ResultsError(ValueError):
+    """Results are missing or do not follow the schema."""
+
+
+def data_dir() -> Path:
+    """Return the repository's data/ directory."""
+    return REPO_ROOT / "data"
+
+
+def results_root() -> Path:
+    """Return the results tree: IPCBENCH_RESULTS_DIR, else data/results."""
+    env = os.environ.get("IPCBENCH_RESULTS_DIR")
+    return Path(env) if env else data_dir() / "results"
+
+
+def chapter_dir(chapter: str) -> Path:
+    """Return (creating it) the directory of one chapter's results."""
+    if chapter not in CHAPTERS:
+        raise ResultsError(f"unknown chapter {chapter!r}; chapters are {', '.join(CHAPTERS)}")
+    d = results_root() / chapter
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def seeds_path(name: str = "claims.csv") -> Path:
+    """Return the path of a hand-curated file under data/seeds/."""
+    return data_dir() / "seeds" / name
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def validate_summary(summary: pd.DataFrame) -> None:
+    """Raise ResultsError unless the summary has the schema's columns first, in order, and known units."""
+    head = list(summary.columns[: len(SUMMARY_COLUMNS)])
+    if head != SUMMARY_COLUMNS:
+        missing = [c for c in SUMMARY_COLUMNS if c not in summary.columns]
+        raise ResultsError(
+            f"summary columns must start with {SUMMARY_COLUMNS}; got {head}"
+            + (f" (missing {missing})" if missing else "")
+        )
+    bad = set(summary["unit"]) - UNITS
+    if bad:
+        raise ResultsError(f"unknown unit(s) {sorted(bad)}; use one of {sorted(UNITS)}")
+
+
+def now_iso() -> str:
+    """Return the current UTC time as ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write(
+    chapter: str,
+    summary: pd.DataFrame,
+    samples: pd.DataFrame | None,
+    meta: dict,
+    extra: dict[str, pd.DataFrame] | None = None,
+) -> Path:
+    """Write summary.csv, samples.csv, meta.json (and extra CSVs) for a chapter; return its directory."""
+    validate_summary(summary)
+    d = chapter_dir(chapter)
+    summary.to_csv(d / "summary.csv", index=False)
+    if samples is not None:
+        samples.to_csv(d / "samples.csv", index=False)
+    meta = dict(meta)
+    meta.setdefault("chapter", chapter)
+    meta.setdefault("written", now_iso())
+    (d / "meta.json").write_text(json.dumps(_jsonable(meta), indent=2, sort_keys=True))
+    for name, df in (extra or {}).items():
+        df.to_csv(d / f"{name}.csv", index=False)
+    return d
+
+
+@dataclass
+class Results:
+    """One chapter's results as read back from disk."""
+
+    chapter: str
+    summary: pd.DataFrame
+    samples: pd.DataFrame | None
+    meta: dict
+
+    def extra(self, name: str) -> pd.DataFrame:
+        """Return an extra table the chapter wrote (``<name>.csv``)."""
+        p = results_root() / self.chapter / f"{name}.csv"
+        if not p.exists():
+            raise ResultsError(f"{p} does not exist; run `ipcbench run {self.chapter}` first")
+        return pd.read_csv(p)
+
+
+def read(chapter: str) -> Results:
+    """Return a chapter's summary, samples and metadata; raise ResultsError if it has not been run."""
+    d = results_root() / chapter
+    if not (d / "summary.csv").exists():
+        raise ResultsError(
+            f"no results for {chapter!r} under {d}; run `ipcbench run {chapter}` or its notebook first"
+        )
+    summary = pd.read_csv(d / "summary.csv")
+    validate_summary(summary)
+    samples = pd.read_csv(d / "samples.csv") if (d / "samples.csv").exists() else None
+    meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+    return Results(chapter, summary, samples, meta)
+
+
+def write_claims(chapter: str, evidence: pd.DataFrame) -> Path:
+    """Write a chapter's ledger evidence (claims.csv: claim_id, measured, unit, verdict, evidence)."""
+    from .claims import VERDICTS
+
+    if list(evidence.columns[: len(CLAIM_COLUMNS)]) != CLAIM_COLUMNS:
+        raise ResultsError(f"claims evidence columns must be {CLAIM_COLUMNS}")
+    bad = set(evidence["verdict"]) - set(VERDICTS)
+    if bad:
+        raise ResultsError(f"unknown verdict(s) {sorted(bad)}; use one of {VERDICTS}")
+    p = chapter_dir(chapter) / "claims.csv"
+    evidence.to_csv(p, index=False)
+    return p
+
+
+def read_claims(chapter: str) -> pd.DataFrame | None:
+    """Return a chapter's ledger evidence, or None when the chapter has not written any."""
+    p = results_root() / chapter / "claims.csv"
+    return pd.read_csv(p) if p.exists() else None
+
+
+def summary_row(stats, **labels) -> dict:
+    """Return one summary row: the schema's label columns from ``labels``, statistics from ``stats``.
+
+    ``stats`` is a :class:`ipcbench.measure.Summary` (or anything with its fields);
+    labels not in the schema become extra columns after it.
+    """
+    row = {c: labels.pop(c, None) for c in SUMMARY_COLUMNS[:8]}
+    row["unit"] = labels.pop("unit")
+    for c in ("n", "median", "ci_low", "ci_high", "iqr", "min", "p99", "cv", "unstable"):
+        row[c] = getattr(stats, c)
+    row.update(labels)
+    return row
+
+
+def sample_rows(values, **labels) -> list[dict]:
+    """Return raw-sample rows (one per value) carrying the point's labels."""
+    base = {c: labels.get(c) for c in SAMPLE_COLUMNS if c not in ("sample", "value")}
+    return [{**base, "sample": i, "value": float(v)} for i, v in enumerate(values)]
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """Return summary rows as a DataFrame with the schema's columns first."""
+    df = pd.DataFrame(rows)
+    extra = [c for c in df.columns if c not in SUMMARY_COLUMNS]
+    return df[SUMMARY_COLUMNS + extra]
