@@ -9,7 +9,6 @@ PROFILE ?= $(or $(IPCBENCH_PROFILE),standard)
 # mpiexec from the mpich wheel lives in .venv/bin; engines and notebooks find it on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 export IPP_NONINTERACTIVE := 1
-export MPLBACKEND := Agg
 
 .PHONY: setup book test lab clean chromium
 

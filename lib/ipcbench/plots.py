@@ -17,7 +17,7 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import FuncFormatter, LogLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 PALETTE = ["#1b6ca8", "#d1495b", "#66a182", "#edae49", "#7a5195", "#2e4057", "#8d96a3", "#00798c"]
 
@@ -81,6 +81,7 @@ def _yformat(ax, unit: str) -> None:
     f = _FORMATTERS.get(unit)
     if f is not None:
         ax.yaxis.set_major_formatter(FuncFormatter(f))
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _label(variant: str, sub: pd.DataFrame) -> str:
@@ -144,6 +145,7 @@ def ecdf(samples: pd.DataFrame, value: str = "value", hue: str = "variant", ax=N
     f = _FORMATTERS.get(unit)
     if f is not None:
         ax.xaxis.set_major_formatter(FuncFormatter(f))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel("fraction of samples ≤ x")
     ax.set_xlabel(unit)
     if title:

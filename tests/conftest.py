@@ -1,0 +1,32 @@
+"""Shared test set-up: headless plotting, mpiexec on PATH, results kept out of data/results."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["IPP_NONINTERACTIVE"] = "1"
+_bindir = str(Path(sys.executable).parent)
+if _bindir not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+@pytest.fixture
+def results_tmp(tmp_path, monkeypatch):
+    """Point IPCBENCH_RESULTS_DIR at a temporary directory for one test."""
+    d = tmp_path / "results"
+    monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(d))
+    return d
+
+
+@pytest.fixture(scope="session")
+def session_results(tmp_path_factory):
+    """Return a results directory shared by the notebook and book tests of one session."""
+    return tmp_path_factory.mktemp("results")

@@ -1,0 +1,106 @@
+"""The book builds with warnings as errors, and a real browser renders it with every image and no errors."""
+
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+from conftest import REPO
+
+BUILD = REPO / "_build" / "test-quick"
+HTML = BUILD / "_build" / "html"
+SCREENSHOTS = REPO / "_build" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _toc_pages() -> list[str]:
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    pages = [toc["root"]]
+    for part in toc.get("parts", []):
+        pages += [c["file"] for c in part["chapters"]]
+    return pages
+
+
+@pytest.fixture(scope="module")
+def built_book(session_results):
+    env = dict(os.environ, IPCBENCH_PROFILE="quick", IPCBENCH_RESULTS_DIR=str(session_results))
+    env.pop("MPLBACKEND", None)
+    jb = Path(sys.executable).with_name("jupyter-book")
+    out = subprocess.run(
+        [str(jb), "build", str(REPO), "--path-output", str(BUILD), "--warningiserror", "--nitpick", "--keep-going"],
+        capture_output=True, text=True, env=env, timeout=1200,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-4000:]
+    return HTML
+
+
+@pytest.mark.slow
+def test_book_builds_every_toc_page(built_book):
+    assert (built_book / "index.html").exists()
+    for page in _toc_pages():
+        html = (built_book / f"{page}.html").read_text()
+        assert "Traceback" not in html or "machine_limits" not in page
+    chapter0 = (built_book / "notebooks" / "00_machine_limits.html").read_text()
+    assert chapter0.count("<img") >= 4
+    assert "cdn.jsdelivr" not in chapter0 and "mathjax/tex-chtml.js" in chapter0
+
+
+@pytest.fixture(scope="module")
+def server(built_book):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_book))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_rendered_book_in_chromium(server):
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Debian chromium is required in CI (.ci/run installs it)")
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )  # fmt: skip
+        try:
+            for page_path in _toc_pages():
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                errors, foreign = [], []
+                page.on("console", lambda m, errors=errors: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+                page.on("request", lambda r, foreign=foreign: foreign.append(r.url)
+                        if urlparse(r.url).hostname not in ("127.0.0.1", None) and not r.url.startswith("data:") else None)  # fmt: skip
+                page.goto(f"{server}/{page_path}.html", wait_until="networkidle")
+                page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+                broken = page.evaluate(
+                    "Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.src)"
+                )
+                name = page_path.replace("/", "_")
+                page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+                assert broken == [], f"{page_path}: images that did not load: {broken}"
+                assert errors == [], f"{page_path}: console errors: {errors}"
+                assert foreign == [], f"{page_path}: requests off this machine: {foreign}"
+                page.close()
+            index = browser.new_page()
+            index.goto(f"{server}/index.html", wait_until="networkidle")
+            assert "What it costs" in index.title() or "ipcbench" in index.content()
+            index.screenshot(path=str(SCREENSHOTS / "index.png"))
+        finally:
+            browser.close()

@@ -1,0 +1,95 @@
+"""Engines start, run SPMD functions in rank order, and never outlive a run, even a failed one."""
+
+import os
+
+import psutil
+import pytest
+from ipcbench.cluster import Cluster, ClusterError, RankError
+
+
+def rank_times(comm, x):
+    return comm.rank * x, comm.size
+
+
+def fail_on_rank_1_while_rank_0_waits(comm):
+    if comm.rank == 1:
+        raise ValueError("deliberate failure on rank 1")
+    comm.Barrier()  # rank 0 is stuck here: an MPI collective cannot be interrupted
+    return "unreachable"
+
+
+def fail_everywhere(comm):
+    raise KeyError(f"rank {comm.rank}")
+
+
+def _alive(pids):
+    alive = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append((pid, " ".join(p.cmdline())))
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _strays():
+    """Return engine/controller/mpiexec processes that are children of this test process."""
+    names = ("ipyparallel", "mpiexec", "hydra_pmi_proxy")
+    return [p for p in psutil.Process().children(recursive=True) if any(n in " ".join(p.cmdline()) for n in names)]
+
+
+def test_run_in_rank_order_and_teardown():
+    with Cluster() as c:
+        assert c.size == len(os.sched_getaffinity(0))
+        assert [r["rank"] for r in c.ranks] == list(range(c.size))
+        out = c.run(rank_times, 3)
+        assert out == [(r * 3, c.size) for r in range(c.size)]
+        assert not c.oversubscribed
+        desc = c.describe()
+        assert desc["engines"] == c.size and desc["pinned"][0] == [sorted(os.sched_getaffinity(0))[0]]
+        pids = c.pids()
+        assert len(pids) >= 3  # controller, mpiexec, engines
+    assert _alive(pids) == []
+    assert _strays() == []
+
+
+def test_failure_inside_engines_leaves_nothing_behind():
+    with pytest.raises(RankError) as info:
+        with Cluster() as c:
+            first_pids = c.pids()
+            try:
+                c.run(fail_on_rank_1_while_rank_0_waits)
+            except RankError as e:
+                # the stuck rank was killed and the engines restarted: the cluster works again
+                assert e.ranks == [1] and "deliberate failure" in str(e) and "left waiting" in str(e)
+                assert "ValueError" in e.remote[0]
+                assert c.run(rank_times, 1)[1] == (1, c.size)
+            all_pids = first_pids | c.pids()
+            c.run(fail_everywhere)
+    assert info.value.ranks == list(range(2))
+    assert "KeyError" in str(info.value)
+    assert _alive(all_pids) == []
+    assert _strays() == []
+
+
+def test_keyboard_interrupt_tears_down():
+    with pytest.raises(KeyboardInterrupt):
+        with Cluster() as c:
+            pids = c.pids()
+            raise KeyboardInterrupt
+    assert _alive(pids) == []
+    assert _strays() == []
+
+
+def test_run_outside_context_is_a_clear_error():
+    with pytest.raises(ClusterError, match="inside `with Cluster"):
+        Cluster().run(rank_times, 1)
+
+
+def test_unknown_external_profile_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path))
+    with pytest.raises(ClusterError, match="ipcluster start --profile=nosuch"):
+        with Cluster(profile="nosuch", start_timeout_s=5):
+            pass

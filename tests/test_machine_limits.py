@@ -1,0 +1,42 @@
+import pandas as pd
+import pytest
+from ipcbench.experiments import machine_limits as ml
+
+BENCH = """# MPI PingPong Test
+# Size [B]  Bandwidth [MB/s] | Time Mean [s] ± StdDev [s]  Samples
+         1              0.70 | 1.4378070e-06 ± 7.2994e-07    10000
+         8              5.58 | 1.4329790e-06 ± 7.5469e-07    10000
+  16777216          12362.04 | 1.3571563e-03 ± 2.7812e-04       10
+"""
+
+
+def test_parse_bench():
+    df = ml.parse_bench(BENCH)
+    assert df["size_bytes"].tolist() == [1, 8, 16777216]
+    assert df["bandwidth_Bps"].iloc[2] == pytest.approx(12362.04e6)
+    assert df["one_way_mean_s"].iloc[1] == pytest.approx(1.4329790e-06)
+    with pytest.raises(ValueError, match="no result lines"):
+        ml.parse_bench("garbage")
+
+
+def test_crosscheck_ratio_and_tolerance():
+    bench = ml.parse_bench(BENCH).assign(mode="buffer")
+    summary = pd.DataFrame([
+        {"experiment": "pingpong", "variant": "mpi_buffer", "metric": "one_way_latency", "size_bytes": 8,
+         "median": 1.5e-6, "ci_low": 1.4e-6, "ci_high": 1.6e-6},
+        {"experiment": "pingpong", "variant": "mpi_buffer", "metric": "bandwidth", "size_bytes": 16777216,
+         "median": 6e9, "ci_low": 5.9e9, "ci_high": 6.1e9},
+    ])  # fmt: skip
+    check = ml.crosscheck(summary, bench).set_index("metric")
+    assert check.loc["one_way_latency", "ratio"] == pytest.approx(1.5e-6 / 1.4329790e-06)
+    assert bool(check.loc["one_way_latency", "within_tolerance"])
+    assert not bool(check.loc["bandwidth", "within_tolerance"])  # 6 GB/s vs 12.4 GB/s
+
+
+def test_profiles_keep_every_path_and_the_crosscheck_sizes():
+    for profile in ("quick", "standard", "full"):
+        p = ml.parameters(profile)
+        assert {8, 16 * ml.MiB} <= set(p["message_sizes"])
+        assert min(p["message_sizes"]) == 1 and max(p["message_sizes"]) == 64 * ml.MiB
+        assert min(p["memcpy_sizes"]) == ml.KiB and max(p["memcpy_sizes"]) == 256 * ml.MiB
+        assert p["bench_modes"] == ["buffer", "pickle", "outband"]

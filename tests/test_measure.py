@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+from ipcbench import measure
+from ipcbench.measure import StoppingRule, median_ci, summarize
+
+
+@pytest.mark.parametrize("n", [10, 30, 101])
+def test_median_ci_covers_true_median_at_stated_rate(n):
+    # lognormal(0, 1): skewed like latencies; its true median is exp(0) = 1
+    rng = np.random.default_rng(1234 + n)
+    trials = 2000
+    hits = 0
+    for _ in range(trials):
+        lo, hi = median_ci(rng.lognormal(0.0, 1.0, size=n))
+        hits += lo <= 1.0 <= hi
+    coverage = hits / trials
+    # order-statistic intervals are conservative: at least 95%, but not absurdly wide
+    assert 0.935 <= coverage <= 0.995, coverage
+
+
+def test_median_ci_exponential_distribution():
+    rng = np.random.default_rng(7)
+    true_median = np.log(2) * 3.0
+    hits = sum(
+        lo <= true_median <= hi for lo, hi in (median_ci(rng.exponential(3.0, 50)) for _ in range(1500))
+    )
+    assert 0.935 <= hits / 1500 <= 0.995
+
+
+def test_median_ci_small_samples_fall_back_to_range():
+    assert median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0)
+    assert all(np.isnan(median_ci([])))
+
+
+def test_summarize_statistics_and_flags():
+    x = np.array([1.0] * 51 + [1.1] * 48 + [10.0])
+    s = summarize(x, "ci")
+    assert s.n == 100
+    assert s.median == pytest.approx(1.0)
+    assert s.min == 1.0
+    assert s.p99 == pytest.approx(np.percentile(x, 99))
+    assert s.iqr == pytest.approx(np.percentile(x, 75) - np.percentile(x, 25))
+    assert s.cv == pytest.approx(x.std(ddof=1) / x.mean())
+    assert s.unstable  # one 10x outlier pushes CV above 10%
+    assert s.outliers == 1
+    assert s.stop_reason == "ci"
+    assert s.ci_low <= s.median <= s.ci_high
+
+
+def test_summarize_stable_point():
+    s = summarize(np.linspace(0.99, 1.01, 40))
+    assert not s.unstable
+    assert s.ci_halfwidth_rel < 0.05
+
+
+def test_summarize_rejects_empty():
+    with pytest.raises(ValueError, match="at least one sample"):
+        summarize([])
+
+
+def test_stopping_rule_stops_on_ci_for_tight_samples():
+    rule = StoppingRule(rel_ci=0.05, min_samples=10, max_samples=1000, time_budget_s=60, check_every=5)
+    point = measure.repeat(lambda: 1.0 + np.random.default_rng().normal(0, 0.001), rule)
+    assert point.summary.stop_reason == "ci"
+    assert point.summary.n == 10
+
+
+def test_stopping_rule_stops_on_budget_for_noisy_samples():
+    rng = np.random.default_rng(3)
+    rule = StoppingRule(rel_ci=0.001, min_samples=10, max_samples=10**9, time_budget_s=0.05, warmup=0)
+    point = measure.repeat(lambda: float(rng.lognormal(0, 2)), rule)
+    assert point.summary.stop_reason == "budget"
+
+
+def test_stopping_rule_max_samples():
+    rule = StoppingRule(rel_ci=0.0, min_samples=5, max_samples=7, time_budget_s=60, warmup=0)
+    point = measure.repeat(lambda: float(np.random.default_rng().random()), rule)
+    assert (point.summary.n, point.summary.stop_reason) == (7, "max_samples")
+
+
+def test_timer_info_is_measured():
+    info = measure.timer_info(n=20_000)
+    assert info.clock == "time.perf_counter_ns"
+    assert 0 < info.measured_resolution_ns < 1e6
+    assert 0 < info.overhead_ns < 1e5
+
+
+def test_time_call_and_calibrate_inner():
+    inner = measure.calibrate_inner(lambda: None, min_sample_s=1e-4)
+    assert 1 <= inner <= 10_000
+    assert measure.time_call(lambda: sum(range(100)), inner=10) > 0
+
+
+def test_fit_alpha_beta_recovers_parameters():
+    sizes = np.array([1, 8, 64, 512, 4096, 32768, 262144, 2**21, 2**24], dtype=float)
+    alpha, beta = 2e-6, 5e9
+    t = alpha + sizes / beta
+    a, b = measure.fit_alpha_beta(sizes, t)
+    assert a == pytest.approx(alpha, rel=1e-6)
+    assert b == pytest.approx(beta, rel=1e-6)
+    assert measure.alpha_beta_time(1024, a, b) == pytest.approx(alpha + 1024 / beta)
+
+
+def test_fit_alpha_beta_needs_two_points():
+    with pytest.raises(ValueError):
+        measure.fit_alpha_beta([1], [1e-6])
+
+
+def test_ci_overlap():
+    a, b = summarize(np.linspace(1, 2, 20)), summarize(np.linspace(5, 6, 20))
+    assert not measure.ci_overlap(a, b)
+    assert measure.ci_overlap(a, a)
