@@ -12,6 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# engines inherit the environment: let them import test modules that define SPMD functions
+_tests = str(Path(__file__).resolve().parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_tests, os.environ.get("PYTHONPATH")) if p)
 os.environ["IPP_NONINTERACTIVE"] = "1"
 _bindir = str(Path(sys.executable).parent)
 if _bindir not in os.environ.get("PATH", "").split(os.pathsep):
