@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+
 from conftest import REPO
 
 BUILD = REPO / "_build" / "test-quick"

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+
 from conftest import SHARED
 from ipcbench import claims, results
 

@@ -4,6 +4,7 @@ import os
 
 import psutil
 import pytest
+
 from ipcbench.cluster import Cluster, ClusterError, RankError
 
 

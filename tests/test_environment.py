@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+
 from ipcbench import profiles
 from ipcbench.environment import capture_environment
 

@@ -1,5 +1,6 @@
 import pandas as pd
 import pytest
+
 from ipcbench.experiments import machine_limits as ml
 
 BENCH = """# MPI PingPong Test

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from ipcbench import measure
 from ipcbench.measure import StoppingRule, median_ci, summarize
 

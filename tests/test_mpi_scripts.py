@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 SCRIPTS = sorted((REPO / "tests" / "mpi_scripts").glob("check_*.py"))

@@ -1,9 +1,10 @@
 """Run chapter 0's SPMD functions as a plain MPI program: `mpiexec -n 2 python check_machine_limits.py`."""
 
 import numpy as np
+from mpi4py import MPI
+
 from ipcbench.experiments import machine_limits as ml
 from ipcbench.measure import StoppingRule
-from mpi4py import MPI
 
 comm = MPI.COMM_WORLD
 rule = StoppingRule(rel_ci=0.2, min_samples=5, max_samples=20, time_budget_s=0.05, warmup=1)

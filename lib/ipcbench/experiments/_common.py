@@ -9,8 +9,13 @@ from ..environment import capture_environment
 
 
 def progress(iterable, desc: str, total: int | None = None):
-    """Return ``iterable`` wrapped in a tqdm progress bar (notebook widget or terminal) on stderr."""
-    from tqdm.auto import tqdm
+    """Return ``iterable`` wrapped in a tqdm progress bar on stderr (a widget in Jupyter when ipywidgets is installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:  # text bar: tqdm.auto would warn that IProgress is missing
+        from tqdm.std import tqdm
 
     return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=True, dynamic_ncols=True)
 
