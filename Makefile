@@ -22,7 +22,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipcbench)" >/dev/null
 	@touch $(STAMP)
 
-book: $(STAMP)
+# Jupyter Book's cache keys on notebook text only: when the library or the profile changes,
+# drop the cached outputs so every published number is measured by the code that is here.
+EXEC_STAMP := _build/.executed-with-$(PROFILE)
+LIBSRC := $(shell find lib -name '*.py' 2>/dev/null) pyproject.toml _config.yml
+
+$(EXEC_STAMP): $(LIBSRC)
+	rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.executed-with-*
+	@mkdir -p _build && touch $@
+
+book: $(STAMP) $(EXEC_STAMP)
 	@echo "Building the book with IPCBENCH_PROFILE=$(PROFILE) (quick|standard|full)"
 	IPCBENCH_PROFILE=$(PROFILE) $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "Book: file://$(abspath _build/html/index.html)"

@@ -31,6 +31,7 @@ def _toc_pages() -> list[str]:
 
 @pytest.fixture(scope="module")
 def built_book(session_results):
+    shutil.rmtree(BUILD, ignore_errors=True)  # the execution cache keys on notebook text, not on lib/
     env = dict(os.environ, IPCBENCH_PROFILE="quick", IPCBENCH_RESULTS_DIR=str(session_results))
     env.pop("MPLBACKEND", None)
     jb = Path(sys.executable).with_name("jupyter-book")

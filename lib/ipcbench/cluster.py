@@ -72,10 +72,19 @@ def _pin(comm, cores: list[int]) -> list[int]:
     return []
 
 
-def _spmd_entry(fn: Callable, args: tuple, kwargs: dict):
+_SUBCOMMS: dict[int, object] = {}
+
+
+def _spmd_entry(fn: Callable, args: tuple, kwargs: dict, nranks: int | None = None):
     from mpi4py import MPI
 
-    return fn(MPI.COMM_WORLD, *args, **kwargs)
+    comm = MPI.COMM_WORLD
+    if nranks is not None and nranks != comm.size:
+        # a communicator of the first nranks ranks; created only by them (MPI_Comm_create_group)
+        if nranks not in _SUBCOMMS:
+            _SUBCOMMS[nranks] = comm.Create_group(comm.group.Incl(list(range(nranks))), tag=nranks)
+        comm = _SUBCOMMS[nranks]
+    return fn(comm, *args, **kwargs)
 
 
 class Cluster:
@@ -274,11 +283,21 @@ class Cluster:
         self.start()
 
     # ----------------------------------------------------------------------- run
-    def run(self, fn: Callable, *args, timeout: float | None = None, **kwargs) -> list:
-        """Return ``[fn(comm, *args, **kwargs) on rank r for r in ranks]``; raise RankError if a rank failed."""
+    def run(self, fn: Callable, *args, timeout: float | None = None, ranks: int | None = None, **kwargs) -> list:
+        """Return ``[fn(comm, *args, **kwargs) on rank r for r in ranks]``; raise RankError if a rank failed.
+
+        ``ranks=k`` runs on the first k ranks only, with ``comm`` a communicator of
+        just those ranks; the other engines stay idle (they do not spin).
+        """
         if self._view is None:
             raise ClusterError("the cluster is not running: use it inside `with Cluster() as cluster:`")
-        ar = self._view.apply_async(_spmd_entry, fn, args, kwargs)
+        view = self._view
+        if ranks is not None:
+            if not 1 <= ranks <= self.size:
+                raise ClusterError(f"ranks={ranks} but the cluster has {self.size} engines")
+            view = self._client.direct_view(targets=[r["engine_id"] for r in self.ranks[:ranks]])
+            view.block = False
+        ar = view.apply_async(_spmd_entry, fn, args, kwargs, ranks)
         started = time.monotonic()
         first_failure = None
         while not ar.ready():

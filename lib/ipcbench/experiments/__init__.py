@@ -10,6 +10,7 @@ import importlib
 # chapter id -> module; only chapters that exist are listed
 CHAPTERS = {
     "machine_limits": "ipcbench.experiments.machine_limits",
+    "fair_serialization": "ipcbench.experiments.fair_serialization",
 }
 
 

@@ -31,3 +31,14 @@ def run_meta(profile: str | None, cluster, params: dict, started: str) -> dict:
         "started": started,
         "finished": results.now_iso(),
     }
+
+
+def run_point(cluster, fn, *args, **kwargs):
+    """Run one SPMD point on the cluster; after a failure, remove what killed ranks left behind, then re-raise."""
+    try:
+        return cluster.run(fn, *args, **kwargs)
+    except BaseException:
+        from ..backends import reap_stale
+
+        reap_stale()
+        raise

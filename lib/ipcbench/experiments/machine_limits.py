@@ -150,7 +150,7 @@ def _zmq_transport(comm, path: str, size: int):
         sock = ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
         if path == "zmq_ipc":
-            tmpdir = tempfile.mkdtemp(prefix="ipcbench-zmq-")
+            tmpdir = tempfile.mkdtemp(prefix=f"ipcbench-zmq-{os.getpid()}-")
             endpoint = f"ipc://{tmpdir}/pingpong.ipc"
             sock.bind(endpoint)
         else:

@@ -1,0 +1,83 @@
+"""IPC channels with one interface: one writer (rank 0), N readers, every reader gets every message in order.
+
+A backend moves frames (a list of buffers); it never chooses the codec
+(``ipcbench.serialization`` does). ``open_channel(kind, comm, **options)`` is
+collective over ``comm``: rank 0 gets the writer end, every other rank a reader end.
+``zmq_pushpull`` is the exception kept on purpose: the source's load-balancing
+PUSH/PULL, which delivers each message to one reader only.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .base import BackendError, Channel, PayloadTooLarge, PeerTimeout, SoloComm
+from .lmdb_backend import LmdbChannel
+from .mpi_backend import MpiBcastChannel, MpiBufferBcastChannel, MpiP2PChannel, MpiPkl5Channel
+from .shm import ShmChannel
+from .zmq_backend import ZmqChannel, ZmqPushPullChannel
+
+BACKENDS: dict[str, type[Channel]] = {
+    "zmq": ZmqChannel,
+    "shm": ShmChannel,
+    "lmdb": LmdbChannel,
+    "mpi_bcast": MpiBcastChannel,
+    "mpi_pkl5": MpiPkl5Channel,
+    "mpi_Bcast": MpiBufferBcastChannel,
+    "mpi_p2p": MpiP2PChannel,
+    "zmq_pushpull": ZmqPushPullChannel,
+}
+BROADCAST_BACKENDS = [k for k, v in BACKENDS.items() if v.delivers_to_all]
+
+__all__ = ["BACKENDS", "BROADCAST_BACKENDS", "BackendError", "Channel", "PayloadTooLarge", "PeerTimeout",
+           "SoloComm", "open_channel", "leftovers", "reap_stale"]  # fmt: skip
+
+
+def open_channel(kind: str, comm, **options) -> Channel:
+    """Open a channel of ``kind`` on every rank of ``comm`` (collective); rank 0 writes."""
+    try:
+        cls = BACKENDS[kind]
+    except KeyError:
+        raise KeyError(f"unknown backend {kind!r}; backends are {', '.join(BACKENDS)}") from None
+    return cls(comm, **options)
+
+
+def reap_stale() -> list[str]:
+    """Remove segments, socket dirs and LMDB dirs whose creating process is dead; return what was removed.
+
+    Names carry the creator's pid, so this never touches a live run's resources.
+    A rank killed while stuck in a collective (see ``Cluster.run``) cannot clean up
+    after itself; the experiment calls this after a failed point.
+    """
+    import re
+    import shutil
+    from multiprocessing import shared_memory
+
+    import psutil
+
+    removed = []
+    for kind, paths in leftovers().items():
+        for path in paths:
+            m = re.search(r"(?:ipcbench_|ipcbench-zmq-|ipcbench-lmdb-)(\d+)[-_]", os.path.basename(path))
+            if not m or psutil.pid_exists(int(m.group(1))):
+                continue
+            if kind == "shm":
+                try:
+                    seg = shared_memory.SharedMemory(name=path)
+                    seg.close()
+                    seg.unlink()
+                except FileNotFoundError:
+                    pass
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def leftovers() -> dict[str, list[str]]:
+    """Return this library's shared-memory segments, ipc socket dirs and LMDB dirs that still exist."""
+    from .lmdb_backend import leftover_dirs
+    from .shm import leftover_segments
+    from .zmq_backend import socket_dirs
+
+    return {"shm": leftover_segments(), "zmq_ipc": socket_dirs(), "lmdb": leftover_dirs()}

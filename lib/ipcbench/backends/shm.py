@@ -1,0 +1,152 @@
+"""A shared-memory ring (``multiprocessing.shared_memory``): one writer, N readers, every reader reads every slot.
+
+Layout of the one segment: a control block of uint64 counters, then ``slots`` slots
+of ``slot_bytes`` each. ``written[s]`` holds 1 + the sequence number of the message
+in slot s; ``read[r, s]`` holds 1 + the last sequence number reader r finished with
+in slot s. The writer may reuse a slot only when every reader has finished with it;
+a reader may read slot s for message m only when ``written[s] == m + 1``. Waiting
+spins a bounded number of times, then yields and sleeps (``base.wait_until``).
+
+Readers get views into the slot (zero-copy): the frames are valid until the reader's
+next ``recv()`` or ``release()``. Payloads larger than a slot raise PayloadTooLarge
+before anything is written. Ordering relies on x86-64's total store order (data
+stored before the counter is visible before it); other architectures would need a
+fence. The writer unlinks the segment at close; readers only detach (and are
+unregistered from the resource tracker, so no leak warnings).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from multiprocessing import resource_tracker, shared_memory
+
+import numpy as np
+
+from .base import (
+    Channel,
+    PayloadTooLarge,
+    PeerTimeout,
+    framed_size,
+    pack_into,
+    unpack_from,
+    wait_until,
+)
+
+PREFIX = "ipcbench_"
+
+
+class ShmChannel(Channel):
+    """Shared-memory ring of slots with per-reader read flags."""
+
+    name = "shm"
+
+    def __init__(self, comm, slot_bytes: int = 1 << 20, slots: int = 4, timeout_s: float = 10.0, readers=None):
+        super().__init__(comm.rank == 0, comm.size - 1)
+        self.timeout_s = timeout_s
+        name = None
+        if self.is_writer:
+            self.slot_bytes = int(slot_bytes)
+            self.slots = int(slots)
+            ctrl = 8 * (self.slots + self.readers * self.slots + self.readers)
+            self.shm = shared_memory.SharedMemory(
+                name=f"{PREFIX}{os.getpid()}_{secrets.token_hex(4)}", create=True, size=ctrl + self.slots * self.slot_bytes
+            )
+            self.shm.buf[:ctrl] = bytes(ctrl)
+            name = (self.shm.name, self.slot_bytes, self.slots)
+        name = comm.bcast(name, root=0)
+        if not self.is_writer:
+            self.slot_bytes, self.slots = name[1], name[2]
+            self.shm = shared_memory.SharedMemory(name=name[0])
+            # the writer owns the segment: stop this process's tracker from unlinking it or warning
+            resource_tracker.unregister(self.shm._name, "shared_memory")  # noqa: SLF001
+        n, r = self.slots, self.readers
+        ctrl = np.ndarray((n + r * n + r,), dtype=np.uint64, buffer=self.shm.buf)
+        self.written = ctrl[:n]
+        self.read = ctrl[n : n + r * n].reshape(r, n)
+        self.attached = ctrl[n + r * n :]
+        self.data_offset = 8 * (n + r * n + r)
+        self.seq = 0
+        self.rank = comm.rank
+        self._holding = None
+        self._ctrl = ctrl
+        if not self.is_writer:
+            self.attached[self.rank - 1] = 1
+        comm.Barrier()
+
+    def _slot(self, s: int) -> memoryview:
+        off = self.data_offset + s * self.slot_bytes
+        return self.shm.buf[off : off + self.slot_bytes]
+
+    def wait_for_readers(self, timeout_s: float | None = None) -> None:
+        """Wait until every reader has attached (raise PeerTimeout naming the missing ones)."""
+        t = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            wait_until(lambda: bool(self.attached.all()), t, "readers to attach")
+        except PeerTimeout:
+            missing = [int(i) + 1 for i in np.flatnonzero(self.attached == 0)]
+            raise PeerTimeout(f"shm: reader(s) {missing} never attached within {t:g} s") from None
+
+    def send(self, frames: list) -> None:
+        """Write the frames into the next slot once every reader has finished with it."""
+        need = framed_size(frames)
+        if need > self.slot_bytes:
+            raise PayloadTooLarge(
+                f"shm: message of {need} B does not fit a slot of {self.slot_bytes} B; "
+                "open the channel with a larger slot_bytes"
+            )
+        s = self.seq % self.slots
+        prev = self.written[s]
+        if prev:
+            read = self.read[:, s]
+            try:
+                wait_until(lambda: bool((read >= prev).all()), self.timeout_s, f"readers to free slot {s}")
+            except PeerTimeout:
+                slow = [int(i) + 1 for i in np.flatnonzero(read < prev)]
+                raise PeerTimeout(
+                    f"shm: reader(s) {slow} did not read message {int(prev) - 1} within {self.timeout_s:g} s"
+                ) from None
+        pack_into(self._slot(s), frames)
+        self.written[s] = self.seq + 1  # published after the data (x86-64 TSO keeps the order)
+        self.seq += 1
+
+    def recv(self) -> list:
+        """Return views of the next message's frames (valid until the next recv or release)."""
+        self.release()
+        s = self.seq % self.slots
+        want = self.seq + 1
+        written = self.written
+        wait_until(lambda: written[s] == want, self.timeout_s, f"shm message {self.seq} from the writer")
+        self._holding = s
+        return unpack_from(self._slot(s))
+
+    def release(self) -> None:
+        """Mark the held slot as read by this reader."""
+        if self._holding is not None:
+            self.read[self.rank - 1, self._holding] = self.seq + 1
+            self._holding = None
+            self.seq += 1
+
+    def close(self) -> None:
+        """Detach (readers) or detach and unlink (writer) the segment."""
+        shm = getattr(self, "shm", None)
+        if shm is None:
+            return
+        self.written = self.read = self.attached = self._ctrl = None
+        try:
+            shm.close()
+        except BufferError:
+            # a caller still holds a view into the segment; unlink anyway so nothing leaks
+            pass
+        if self.is_writer:
+            try:
+                shm.unlink()
+            except FileNotFoundError:
+                pass
+        self.shm = None
+
+
+def leftover_segments() -> list[str]:
+    """Return shared-memory segments of this library still present in /dev/shm."""
+    d = "/dev/shm"
+    return sorted(f for f in os.listdir(d) if f.startswith(PREFIX)) if os.path.isdir(d) else []

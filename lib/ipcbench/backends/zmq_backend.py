@@ -1,0 +1,165 @@
+"""ZeroMQ channels over ipc:// (Unix domain sockets).
+
+* ``zmq``: a real broadcast: one PUSH socket per reader, so every reader gets every
+  message. Frames of 64 KiB and more are sent without copying (pyzmq's threshold).
+  A ready handshake makes the writer wait until every reader is connected, and a
+  send timeout turns a reader that stops reading into a clear error.
+* ``zmq_pushpull``: the source's design: one PUSH bound, N PULLs connected to it.
+  PUSH load-balances, so each reader gets about 1/N of the messages. Kept as a named
+  variant to show what it delivers; it is not a broadcast.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import zmq
+
+from .base import Channel, PeerTimeout
+
+_HELLO = b"H"
+_DATA = b"D"
+
+
+class ZmqChannel(Channel):
+    """One PUSH socket per reader (writer binds N ipc endpoints; reader i connects to endpoint i)."""
+
+    name = "zmq"
+
+    def __init__(self, comm, readers: int | None = None, timeout_s: float = 10.0, hwm: int = 8):
+        super().__init__(comm.rank == 0, comm.size - 1)
+        self.timeout_s = timeout_s
+        self.ctx = zmq.Context.instance()
+        self.tmpdir = None
+        self.socks: list = []
+        endpoints = None
+        if self.is_writer:
+            self.tmpdir = tempfile.mkdtemp(prefix=f"ipcbench-zmq-{os.getpid()}-")
+            endpoints = []
+            for r in range(self.readers):
+                s = self.ctx.socket(zmq.PUSH)
+                s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.SNDHWM, hwm)
+                s.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
+                ep = f"ipc://{self.tmpdir}/r{r}.ipc"
+                s.bind(ep)
+                endpoints.append(ep)
+                self.socks.append(s)
+        endpoints = comm.bcast(endpoints, root=0)
+        if not self.is_writer:
+            s = self.ctx.socket(zmq.PULL)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RCVHWM, hwm)
+            s.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+            s.connect(endpoints[comm.rank - 1])
+            self.socks.append(s)
+        try:
+            self._handshake()
+        except BaseException:
+            self.close()  # a failed open leaves no socket file behind
+            raise
+
+    def _handshake(self) -> None:
+        if self.is_writer:
+            for r, s in enumerate(self.socks):
+                try:
+                    s.send(_HELLO)  # blocks until reader r is connected (PUSH has no peer before)
+                except zmq.Again:
+                    raise PeerTimeout(f"zmq: reader {r + 1} never connected within {self.timeout_s:g} s") from None
+        else:
+            self._recv_raw()
+
+    def _recv_raw(self) -> list:
+        try:
+            return self.socks[0].recv_multipart(copy=False)
+        except zmq.Again:
+            raise PeerTimeout(f"zmq: no message from the writer within {self.timeout_s:g} s") from None
+
+    def send(self, frames: list) -> None:
+        """Send the frames to every reader (zero-copy for frames >= 64 KiB)."""
+        for r, s in enumerate(self.socks):
+            try:
+                s.send(_DATA, zmq.SNDMORE)
+                for i, f in enumerate(frames):
+                    nbytes = memoryview(f).nbytes
+                    s.send(f, zmq.SNDMORE if i < len(frames) - 1 else 0, copy=nbytes < zmq.COPY_THRESHOLD)
+            except zmq.Again:
+                raise PeerTimeout(f"zmq: reader {r + 1} stopped reading (send blocked {self.timeout_s:g} s)") from None
+
+    def recv(self) -> list:
+        """Return the next message's frames (memoryviews of ZeroMQ frames)."""
+        msg = self._recv_raw()
+        while msg[0].bytes == _HELLO:
+            msg = self._recv_raw()
+        return [f.buffer for f in msg[1:]]
+
+    def close(self) -> None:
+        """Close the sockets and remove the ipc socket files."""
+        for s in self.socks:
+            s.close(linger=0)
+        self.socks = []
+        if self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+
+class ZmqPushPullChannel(Channel):
+    """The source's PUSH/PULL "one-to-many": load-balanced, each reader gets about 1/N of the messages."""
+
+    name = "zmq_pushpull"
+    delivers_to_all = False
+
+    def __init__(self, comm, readers: int | None = None, timeout_s: float = 10.0):
+        super().__init__(comm.rank == 0, comm.size - 1)
+        self.timeout_s = timeout_s
+        self.ctx = zmq.Context.instance()
+        self.tmpdir = None
+        ep = None
+        if self.is_writer:
+            self.tmpdir = tempfile.mkdtemp(prefix=f"ipcbench-zmq-{os.getpid()}-")
+            ep = f"ipc://{self.tmpdir}/pushpull.ipc"
+            self.sock = self.ctx.socket(zmq.PUSH)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
+            self.sock.bind(ep)
+        ep = comm.bcast(ep, root=0)
+        if not self.is_writer:
+            self.sock = self.ctx.socket(zmq.PULL)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.connect(ep)
+        comm.Barrier()
+        # wait until every reader's connection is up, so the load balancer sees all of them
+        if self.is_writer:
+            import time
+
+            time.sleep(0.05)
+        comm.Barrier()
+
+    def send(self, frames: list) -> None:
+        """Send one message to whichever reader the PUSH socket picks."""
+        self.sock.send(_DATA, zmq.SNDMORE)
+        for i, f in enumerate(frames):
+            self.sock.send(f, zmq.SNDMORE if i < len(frames) - 1 else 0, copy=memoryview(f).nbytes < zmq.COPY_THRESHOLD)
+
+    def recv(self, timeout_s: float | None = None) -> list | None:
+        """Return the next message's frames, or None if none arrives within ``timeout_s``."""
+        t = self.timeout_s if timeout_s is None else timeout_s
+        if not self.sock.poll(int(t * 1000)):
+            return None
+        msg = self.sock.recv_multipart(copy=False)
+        return [f.buffer for f in msg[1:]]
+
+    def close(self) -> None:
+        """Close the socket and remove the ipc socket file."""
+        self.sock.close(linger=0)
+        if self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+
+def socket_dirs() -> list[str]:
+    """Return leftover ipc socket directories of this library in the temp dir (for cleanup checks)."""
+    tmp = tempfile.gettempdir()
+    return [os.path.join(tmp, d) for d in os.listdir(tmp) if d.startswith("ipcbench-zmq-")]

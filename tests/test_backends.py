@@ -1,0 +1,94 @@
+"""Backends: clear errors for absent or dead readers, oversized payloads and full maps; nothing left behind."""
+
+import time
+
+import numpy as np
+import pytest
+
+from ipcbench import backends
+from ipcbench import serialization as ser
+from ipcbench.backends import PayloadTooLarge, PeerTimeout, SoloComm
+from ipcbench.backends.base import pack, unpack_from
+from ipcbench.experiments import fair_serialization as fs
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    before = backends.leftovers()
+    yield
+    after = backends.leftovers()
+    assert {k: sorted(set(after[k]) - set(before[k])) for k in after} == {k: [] for k in after}
+
+
+@pytest.mark.parametrize("codec", list(ser.CODECS))
+@pytest.mark.parametrize("kind", ["records", "array"])
+def test_codec_round_trip(codec, kind):
+    obj = fs.make_payload(kind, 1000 if kind == "records" else 100_000)
+    if not ser.supports(codec, kind):
+        with pytest.raises(ser.CodecError, match="only"):
+            ser.get(codec).encode(obj)
+        return
+    frames = ser.get(codec).encode(obj)
+    # frames survive being packed into one buffer and viewed back (what shm and lmdb do)
+    back = ser.get(codec).decode(unpack_from(memoryview(pack(frames))))
+    assert fs.same(obj, back)
+
+
+def test_zmq_reader_that_never_connects_is_a_timeout():
+    t0 = time.monotonic()
+    with pytest.raises(PeerTimeout, match="reader 1 never connected"):
+        backends.open_channel("zmq", SoloComm(readers=1), timeout_s=0.3)
+    assert time.monotonic() - t0 < 5
+
+
+def test_shm_reader_that_never_attaches_or_stops_reading():
+    chan = backends.open_channel("shm", SoloComm(readers=2), slot_bytes=4096, slots=2, timeout_s=0.2)
+    try:
+        with pytest.raises(PeerTimeout, match=r"reader\(s\) \[1, 2\] never attached"):
+            chan.wait_for_readers()
+        chan.send([b"a"])
+        chan.send([b"b"])  # the ring is full now: the third message needs slot 0 back
+        with pytest.raises(PeerTimeout, match=r"reader\(s\) \[1, 2\] did not read message 0"):
+            chan.send([b"c"])
+    finally:
+        chan.close()
+
+
+def test_shm_oversized_payload_is_rejected_and_nothing_is_corrupted():
+    chan = backends.open_channel("shm", SoloComm(readers=1), slot_bytes=4096, slots=2, timeout_s=0.2)
+    try:
+        chan.send([b"first"])
+        with pytest.raises(PayloadTooLarge, match="does not fit a slot of 4096 B"):
+            chan.send([np.zeros(10_000, dtype=np.uint8)])
+        assert bytes(unpack_from(chan._slot(0))[0]) == b"first"  # the slot that was written is intact
+        assert int(chan.written[1]) == 0 and chan.seq == 1  # the rejected message took no slot
+    finally:
+        chan.close()
+
+
+def test_lmdb_full_map_is_a_clear_error_and_keeps_what_was_written():
+    chan = backends.open_channel("lmdb", SoloComm(readers=1), map_bytes=1 << 20, timeout_s=0.2)
+    try:
+        with pytest.raises(PeerTimeout, match=r"reader\(s\) \[1\] never attached"):
+            chan.wait_for_readers()
+        chan.send([b"kept"])
+        with pytest.raises(PayloadTooLarge, match="map of 1048576 B is full"):
+            chan.send([np.zeros(4 << 20, dtype=np.uint8)])
+        with chan.env.begin() as txn:
+            assert bytes(unpack_from(memoryview(txn.get((0).to_bytes(8, "big"))))[0]) == b"kept"
+        chan.send([b"after"])  # the channel still works
+    finally:
+        chan.close()
+
+
+def test_failed_run_leaves_no_segment_socket_or_directory():
+    from spmd_helpers import open_all_then_fail_on_reader
+
+    from ipcbench.cluster import Cluster, RankError
+    from ipcbench.experiments._common import run_point
+
+    with Cluster(n=2) as cluster:
+        with pytest.raises(RankError, match="deliberate reader failure"):
+            run_point(cluster, open_all_then_fail_on_reader)
+        assert cluster.run(lambda comm: comm.size) == [2, 2]  # the engines were restarted
+    # the autouse fixture checks that no shm segment, ipc socket dir or LMDB dir of the run remains
