@@ -44,3 +44,22 @@ def test_chapter0_agrees_with_mpi4py_bench(session_results, monkeypatch):
     assert set(summary.query("experiment == 'pingpong'")["variant"]) == {
         "mpi_buffer", "mpi_pickle", "mpi_pkl5", "zmq_ipc", "zmq_tcp"}  # fmt: skip
     assert (summary["n"] >= 5).all()
+
+
+@pytest.mark.slow
+def test_chapter1_gives_every_seed_000_claim_a_verdict(session_results, monkeypatch):
+    monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(session_results))
+    from ipcbench import backends, claims, results
+
+    if not (session_results / "fair_serialization" / "claims.csv").exists():
+        pytest.fail("chapter 1's notebook did not run first in this session")
+    led = claims.ledger().query("chapter == 'fair_serialization'")
+    assert (led["verdict"] != claims.PENDING).all(), led[led["verdict"] == claims.PENDING]["id"].tolist()
+    assert set(led["verdict"]) <= set(claims.VERDICTS)
+    summary = results.read("fair_serialization").summary
+    # every broadcast backend ran every payload kind, with 1 and 3 readers
+    ran = summary.query("metric == 'end_to_end'").groupby(["variant", "kind"])["readers"].agg(set)
+    for b in backends.BROADCAST_BACKENDS:
+        assert ran[(b, "records")] == {1, 3} and ran[(b, "array")] == {1, 3}, (b, ran)
+    assert (summary.query("ranks > 2")["oversubscribed"]).all()
+    assert not any(backends.leftovers().values())
