@@ -240,9 +240,9 @@ def parameters(profile: str | None = None) -> dict:
         messages, big_messages, warmup = 10, 4, 2
         readers = [1, 3]
     else:
-        arrays = [64, KiB, 4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB]
+        arrays = [64, KiB, 4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB]
         arrays_many = [4 * KiB, 256 * KiB, 4 * MiB, 64 * MiB]
-        messages, big_messages, warmup = 40, 12, 3
+        messages, big_messages, warmup = 40, 10, 3
         readers = [1, 3] + ([7] if name == "full" else [])
     return {"records_n": records_n, "array_sizes": arrays, "array_sizes_many_readers": arrays_many,
             "messages": messages, "big_messages": big_messages, "warmup": warmup, "readers": readers,
@@ -286,7 +286,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         if not ser.supports(pt["codec"], pt["kind"]):
             continue
         ranks = 1 + pt["readers"]
-        msgs = p["big_messages"] if pt["kind"] == "array" and pt["size"] >= 4 * MiB else p["messages"]
+        heavy = pt["size"] >= (4 * MiB if pt["kind"] == "array" else 100_000)  # messages of several ms
+        msgs = p["big_messages"] if heavy else p["messages"]
         out = run_point(cluster, transfer_point, pt["backend"], pt["codec"], pt["kind"], pt["size"], msgs, p["warmup"],
                           ranks=ranks, timeout=600)[0]  # fmt: skip
         df = pd.DataFrame(out["per_reader"])
