@@ -70,6 +70,7 @@ def parameters(profile: str | None = None) -> dict:
             "message_sizes": sorted({1, 8, 64, 512, 4 * KiB, 32 * KiB, 256 * KiB, 2 * MiB, 16 * MiB, 64 * MiB}),
             "bench_loop": 1000,
             "bench_modes": ["buffer", "pickle", "outband"],
+            "bench_repeats": 2,
         }
     if name == "standard":
         return {
@@ -77,12 +78,14 @@ def parameters(profile: str | None = None) -> dict:
             "message_sizes": _pow2(1, 64 * MiB),
             "bench_loop": 10000,
             "bench_modes": ["buffer", "pickle", "outband"],
+            "bench_repeats": 3,
         }
     return {
         "memcpy_sizes": _pow2(1 * KiB, 256 * MiB),
         "message_sizes": _pow2(1, 64 * MiB),
         "bench_loop": 10000,
         "bench_modes": ["buffer", "pickle", "outband"],
+        "bench_repeats": 3,
     }
 
 
@@ -305,7 +308,8 @@ def crosscheck(summary: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
                     "book_ci_low": float(book["ci_low"].iloc[0]),
                     "book_ci_high": float(book["ci_high"].iloc[0]),
                     "bench_value": r,
-                    "bench_statistic": "mean over single round trips" if unit == "s" else "size / mean one-way time",
+                    "bench_statistic": ("best-of-k mean over single round trips" if unit == "s"
+                                        else "size / best-of-k mean one-way time"),
                     "ratio": b / r,
                     "within_tolerance": abs(b / r - 1) <= CROSSCHECK_TOLERANCE,
                     "required": path == "mpi_buffer",
@@ -382,10 +386,12 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                 "metric": metric, "unit": unit, "n": f.sizes, "median": value, "unstable": False,
             }  # fmt: skip
 
-    bench = pd.concat(
-        [run_bench(m, max(params["message_sizes"]), params["bench_loop"]) for m in progress(params["bench_modes"], "mpi4py.bench")],
-        ignore_index=True,
-    )
+    # mpi4py.bench reports a mean over single round trips, which one preemption inflates: run it a few
+    # times and keep, per mode and size, the run with the lowest mean (the usual "best of k")
+    runs = [run_bench(m, max(params["message_sizes"]), params["bench_loop"]).assign(run=k)
+            for m in progress(params["bench_modes"], "mpi4py.bench") for k in range(params["bench_repeats"])]  # fmt: skip
+    allruns = pd.concat(runs, ignore_index=True)
+    bench = allruns.loc[allruns.groupby(["mode", "size_bytes"])["one_way_mean_s"].idxmin()].reset_index(drop=True)
     check = crosscheck(summary, bench)
     meta = run_meta(name, cluster, params, started)
     meta["definitions"] = {
@@ -395,7 +401,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "cross-rank summary": "ping-pong is timed on rank 0 only (round trips are symmetric)",
     }
     results.write(CHAPTER, summary, pd.DataFrame(samples), meta,
-                  extra={"alpha_beta": fit, "bench": bench, "crosscheck": check})  # fmt: skip
+                  extra={"alpha_beta": fit, "bench": bench, "bench_runs": allruns, "crosscheck": check})  # fmt: skip
     return summary
 
 
