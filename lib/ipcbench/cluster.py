@@ -219,7 +219,7 @@ class Cluster:
         if self.owned:
             self._owned_pids |= {r["pid"] for r in self.ranks}
             if self.pin and hasattr(os, "sched_getaffinity"):
-                # one rank per core: unpinned ranks sometimes share a core and MPI latency triples
+                # one rank per core: unpinned ranks sometimes share a core and MPI latency jumps several-fold
                 cores = sorted(os.sched_getaffinity(0))
                 for r, aff in zip(self.ranks, self._view.apply_sync(_spmd_entry, _pin, (cores,), {}), strict=True):
                     r["cores"] = aff
