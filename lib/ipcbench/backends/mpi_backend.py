@@ -36,33 +36,33 @@ class MpiBcastChannel(_MpiChannel):
 
     name = "mpi_bcast"
 
+    def __init__(self, comm, readers=None, **_):
+        super().__init__(comm)
+        self.bcomm = self._bcast_comm(comm)
+
+    @staticmethod
+    def _bcast_comm(comm):
+        return comm
+
     def send(self, frames: list) -> None:
         """Broadcast the frames from rank 0."""
-        self.comm.bcast(_picklable(frames), root=0)
+        self.bcomm.bcast(_picklable(frames), root=0)
 
     def recv(self) -> list:
         """Receive the broadcast frames."""
-        return self.comm.bcast(None, root=0)
+        return self.bcomm.bcast(None, root=0)
 
 
-class MpiPkl5Channel(_MpiChannel):
-    """``mpi4py.util.pkl5`` ``bcast``: large buffers out of band."""
+class MpiPkl5Channel(MpiBcastChannel):
+    """``mpi4py.util.pkl5`` ``bcast``: the same call, with large buffers sent out of band."""
 
     name = "mpi_pkl5"
 
-    def __init__(self, comm, readers=None, **_):
-        super().__init__(comm)
+    @staticmethod
+    def _bcast_comm(comm):
         from mpi4py.util import pkl5
 
-        self.pcomm = pkl5.Intracomm(comm)
-
-    def send(self, frames: list) -> None:
-        """Broadcast the frames from rank 0 with out-of-band buffers."""
-        self.pcomm.bcast(_picklable(frames), root=0)
-
-    def recv(self) -> list:
-        """Receive the broadcast frames."""
-        return self.pcomm.bcast(None, root=0)
+        return pkl5.Intracomm(comm)
 
 
 class MpiBufferBcastChannel(_MpiChannel):

@@ -117,25 +117,41 @@ class ZmqPushPullChannel(Channel):
         self.ctx = zmq.Context.instance()
         self.tmpdir = None
         ep = None
+        monitor = None
         if self.is_writer:
             self.tmpdir = tempfile.mkdtemp(prefix=f"ipcbench-zmq-{os.getpid()}-")
             ep = f"ipc://{self.tmpdir}/pushpull.ipc"
             self.sock = self.ctx.socket(zmq.PUSH)
             self.sock.setsockopt(zmq.LINGER, 0)
             self.sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
+            monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
             self.sock.bind(ep)
         ep = comm.bcast(ep, root=0)
         if not self.is_writer:
             self.sock = self.ctx.socket(zmq.PULL)
             self.sock.setsockopt(zmq.LINGER, 0)
             self.sock.connect(ep)
-        comm.Barrier()
-        # wait until every reader's connection is up, so the load balancer sees all of them
         if self.is_writer:
-            import time
-
-            time.sleep(0.05)
+            # every reader must be connected before the first send, or the load balancer skips it
+            try:
+                self._wait_for_handshakes(monitor, self.readers, timeout_s)
+            except BaseException:
+                self.close()
+                raise
+            finally:
+                self.sock.disable_monitor()
+                monitor.close(linger=0)
         comm.Barrier()
+
+    def _wait_for_handshakes(self, monitor, n: int, timeout_s: float) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        seen = 0
+        while seen < n:
+            if not monitor.poll(int(timeout_s * 1000)):
+                raise PeerTimeout(f"zmq_pushpull: {n - seen} of {n} readers never connected within {timeout_s:g} s")
+            if recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                seen += 1
 
     def send(self, frames: list) -> None:
         """Send one message to whichever reader the PUSH socket picks."""

@@ -20,9 +20,10 @@ def progress(iterable, desc: str, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=True, dynamic_ncols=True)
 
 
-def run_meta(profile: str | None, cluster, params: dict, started: str) -> dict:
-    """Return the metadata a chapter writes beside its results (environment, profile, parameters, times)."""
+def run_meta(profile: str | None, cluster, params: dict, started: str, definitions: dict | None = None) -> dict:
+    """Return the metadata a chapter writes beside its results (environment, profile, parameters, times, metric definitions)."""
     return {
+        "definitions": definitions or {},
         "profile": profiles.profile_name(profile),
         "stopping_rule": profiles.stopping_rule(profile).__dict__,
         "parameters": params,

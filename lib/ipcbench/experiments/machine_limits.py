@@ -210,10 +210,7 @@ def pingpong_point(comm, path: str, size: int, rule: StoppingRule) -> dict | Non
         for _ in range(rule.warmup):
             inner = comm.bcast(inner, root=0)
             if comm.rank == 0:
-                t0 = now_ns()
-                ping()
-                rt = (now_ns() - t0) * 1e-9
-                inner = int(min(10_000, max(1, np.ceil(100e-6 / max(rt, 1e-9)))))
+                inner = measure.calibrate_inner(ping)  # round trips per sample, >= 100 µs a sample
             elif comm.rank == 1:
                 pong()
         samples: list[float] = []
@@ -393,13 +390,12 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     allruns = pd.concat(runs, ignore_index=True)
     bench = allruns.loc[allruns.groupby(["mode", "size_bytes"])["one_way_mean_s"].idxmin()].reset_index(drop=True)
     check = crosscheck(summary, bench)
-    meta = run_meta(name, cluster, params, started)
-    meta["definitions"] = {
+    meta = run_meta(name, cluster, params, started, definitions={
         "one_way_latency": "round trip / 2, each sample the mean of `inner` back-to-back round trips",
         "bandwidth": "bytes / one-way latency (B/s; MB = 1e6 B)",
         "memcpy bandwidth": "bytes copied / copy time (each byte read once and written once)",
         "cross-rank summary": "ping-pong is timed on rank 0 only (round trips are symmetric)",
-    }
+    })
     results.write(CHAPTER, summary, pd.DataFrame(samples), meta,
                   extra={"alpha_beta": fit, "bench": bench, "bench_runs": allruns, "crosscheck": check})  # fmt: skip
     return summary
@@ -421,3 +417,32 @@ def memcpy_bandwidth() -> pd.DataFrame:
     """Return chapter 0's memcpy bandwidth rows (size_bytes, median, ci_low, ci_high in B/s)."""
     s = results.read(CHAPTER).summary
     return s.query("experiment == 'memcpy' and metric == 'bandwidth'")[["size_bytes", "median", "ci_low", "ci_high"]]
+
+
+def point(summary: pd.DataFrame, path: str, size: int, metric: str) -> pd.Series:
+    """Return the ping-pong summary row of one path, size and metric."""
+    rows = summary.query("experiment == 'pingpong' and variant == @path and size_bytes == @size and metric == @metric")
+    if rows.empty:
+        raise results.ResultsError(f"no ping-pong row for {path} at {size} B ({metric})")
+    return rows.iloc[0]
+
+
+def headline_table(summary: pd.DataFrame, fit: pd.DataFrame) -> pd.DataFrame:
+    """Return per path: 8 B latency (median [CI]), bandwidth at 16 and 64 MiB, and the alpha-beta fit, formatted."""
+    from ..plots import format_rate, format_seconds
+
+    f = fit.set_index("variant")
+    rows = []
+    for p in PATHS:
+        lat = point(summary, p, CROSSCHECK_LATENCY_SIZE, "one_way_latency")
+        rows.append({
+            "path": PATH_LABELS[p],
+            "latency at 8 B (median [95% CI])": f"{format_seconds(lat['median'])} "
+                                               f"[{format_seconds(lat['ci_low'])}, {format_seconds(lat['ci_high'])}]",
+            "bandwidth at 16 MiB": format_rate(point(summary, p, 16 * MiB, "bandwidth")["median"]),
+            "bandwidth at 64 MiB": format_rate(point(summary, p, 64 * MiB, "bandwidth")["median"]),
+            "alpha (fit)": format_seconds(f.loc[p, "alpha_s"]),
+            "beta (fit)": format_rate(f.loc[p, "beta_Bps"]),
+            "fit's worst error": f"{f.loc[p, 'max_rel_error']:.0%}",
+        })  # fmt: skip
+    return pd.DataFrame(rows)
