@@ -15,6 +15,7 @@ latency, in B/s (MB = 10^6 B).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -96,20 +97,43 @@ def parameters(profile: str | None = None) -> dict:
 # ------------------------------------------------------------- SPMD: on the engines
 
 
-def memcpy_point(comm, size: int, rule: StoppingRule) -> dict | None:
-    """Time ``np.copyto`` of ``size`` bytes on rank 0 (others wait); return its samples (s per copy) on rank 0."""
+def memcpy_point(comm, size: int, rule: StoppingRule, allocations: int = 1) -> dict | None:
+    """Time ``np.copyto`` of ``size`` bytes on rank 0 (others wait); return its samples (s per copy) on rank 0.
+
+    With ``allocations`` > 1 the buffers are made afresh that many times, sharing the
+    point's budget, and the samples are pooled (see :func:`pingpong_point`: a large
+    buffer's speed depends on where its fresh pages land).
+    """
     result = None
     if comm.rank == 0:
-        src = np.full(size, 7, dtype=np.uint8)
-        dst = np.empty_like(src)
-        np.copyto(dst, src)  # first touch outside the timing
-        inner = measure.calibrate_inner(lambda: np.copyto(dst, src))
-        point = measure.repeat(lambda: measure.time_call(lambda: np.copyto(dst, src), inner), rule)
-        if not np.array_equal(dst[:: max(1, size // 4096)], src[:: max(1, size // 4096)]):
-            raise AssertionError("memcpy check failed: destination differs from source")
-        result = {"samples": point.samples, "stop_reason": point.summary.stop_reason, "inner": inner}
+        sub = _split_rule(rule, allocations)
+        samples, medians = [], []
+        for _ in range(allocations):
+            src = np.full(size, 7, dtype=np.uint8)
+            dst = np.empty_like(src)
+            np.copyto(dst, src)  # first touch outside the timing
+            copy = functools.partial(np.copyto, dst, src)
+            inner = measure.calibrate_inner(copy)
+            point = measure.repeat(functools.partial(measure.time_call, copy, inner), sub)
+            if not np.array_equal(dst[:: max(1, size // 4096)], src[:: max(1, size // 4096)]):
+                raise AssertionError("memcpy check failed: destination differs from source")
+            samples += point.samples
+            medians.append(point.summary.median)
+            del src, dst
+        result = {"samples": samples, "stop_reason": point.summary.stop_reason, "inner": inner}
+        if allocations > 1:
+            result["allocation_medians"] = medians
     comm.Barrier()
     return result
+
+
+def _split_rule(rule: StoppingRule, allocations: int) -> StoppingRule:
+    """Return the rule for one of ``allocations`` fresh allocations sharing a point's budget."""
+    if allocations <= 1:
+        return rule
+    from dataclasses import replace
+
+    return replace(rule, time_budget_s=rule.time_budget_s / allocations, min_samples=max(3, rule.min_samples // allocations))
 
 
 def _mpi_transport(comm, path: str, size: int):
@@ -206,10 +230,7 @@ def pingpong_point(comm, path: str, size: int, rule: StoppingRule, allocations: 
     if comm.size < 2:
         raise ValueError("ping-pong needs at least 2 MPI ranks")
     if allocations > 1:
-        from dataclasses import replace
-
-        sub = replace(rule, time_budget_s=rule.time_budget_s / allocations,
-                      min_samples=max(3, rule.min_samples // allocations))  # fmt: skip
+        sub = _split_rule(rule, allocations)
         parts = [_pingpong_allocation(comm, path, size, sub) for _ in range(allocations)]
         if comm.rank != 0:
             return None
@@ -370,6 +391,15 @@ def _point_rows(point: dict, labels: dict, size: int, kind: str) -> tuple[list[d
     return rows, samples
 
 
+def _mark_allocations(rows: list[dict], point: dict, allocs: int, size: int) -> None:
+    """Add how many allocations a point pooled and its best allocation's median, in each row's metric."""
+    meds = point.get("allocation_medians")
+    for row in rows:
+        row["allocations"] = allocs
+        if meds:
+            row["best_allocation"] = size / min(meds) if row["metric"] == "bandwidth" else min(meds)
+
+
 def fits(summary: pd.DataFrame) -> pd.DataFrame:
     """Return the alpha-beta fit per ping-pong path: alpha (s), beta (B/s), and the fit's worst relative error."""
     out = []
@@ -396,8 +426,10 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     samples: list[dict] = []
 
     for size in progress(params["memcpy_sizes"], "memcpy"):
-        point = cluster.run(memcpy_point, size, rule)[0]
+        allocs = params["allocations"] if size >= LARGE_MESSAGE else 1
+        point = cluster.run(memcpy_point, size, rule, allocs)[0]
         r, s = _point_rows(point, {**base, "experiment": "memcpy", "variant": "numpy copyto", "ranks": 1}, size, "memcpy")
+        _mark_allocations(r, point, allocs, size)
         rows += r
         samples += s
 
@@ -406,11 +438,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         allocs = params["allocations"] if size >= LARGE_MESSAGE else 1
         point = cluster.run(pingpong_point, path, size, rule, allocs)[0]
         r, s = _point_rows(point, {**base, "experiment": "pingpong", "variant": path, "ranks": 2}, size, "pingpong")
-        for row in r:
-            row["allocations"] = allocs
-            meds = point.get("allocation_medians")
-            if meds:  # the best allocation, in the row's metric
-                row["best_allocation"] = min(meds) if row["metric"] == "one_way_latency" else size / min(meds)
+        _mark_allocations(r, point, allocs, size)
         rows += r
         samples += s
 
