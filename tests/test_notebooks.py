@@ -63,3 +63,32 @@ def test_chapter1_gives_every_seed_000_claim_a_verdict(session_results, monkeypa
         assert ran[(b, "records")] == {1, 3} and ran[(b, "array")] == {1, 3}, (b, ran)
     assert (summary.query("ranks > 2")["oversubscribed"]).all()
     assert not any(backends.leftovers().values())
+
+
+@pytest.mark.slow
+def test_chapter5_counts_volumes_checks_outputs_and_gives_every_seed_004_claim_a_verdict(session_results, monkeypatch):
+    monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(session_results))
+    from ipcbench import claims, results
+    from ipcbench import tensor_parallel as tp
+    from ipcbench.experiments import tensor_parallel as tpx
+
+    if not (session_results / "tensor_parallel" / "claims.csv").exists():
+        pytest.fail("chapter 5's notebook did not run first in this session")
+    led = claims.ledger().query("chapter == 'tensor_parallel'")
+    assert (led["verdict"] != claims.PENDING).all(), led[led["verdict"] == claims.PENDING]["id"].tolist()
+    res = results.read("tensor_parallel")
+    summary, calls = res.summary, res.extra("calls")
+    # counted bytes per strategy equal the formulas at every measured shape
+    for (s, p, t, i), c in calls.groupby(["strategy", "ranks", "tokens", "intermediate"]):
+        f = tp.volume_formulas(int(t), int(c["hidden"].iloc[0]), int(i), int(p))[s]
+        assert len(c) == f["collectives"] and c["result_bytes"].sum() == f["result_bytes"], (s, p, t, i)
+    mlp = summary.query("experiment == 'mlp'")
+    assert set(mlp.query("ranks == 2")["variant"]) == set(tp.STRATEGIES)
+    assert (mlp["max_rel_error"] <= tpx.MLP_TOL).all()
+    dec = summary[summary["experiment"].str.startswith("decoder")]
+    assert (dec["max_rel_error"] <= tpx.LOGIT_TOL).all()
+    assert dec.query("ranks == 2")["variant"].nunique() == 4
+    assert summary.query("ranks > 2")["oversubscribed"].all() and not summary.query("ranks <= 2")["oversubscribed"].any()
+    # compute + communication = total, per point
+    piv = mlp.pivot_table(index=["variant", "payload", "ranks", "tokens", "intermediate"], columns="metric", values="median")
+    assert (piv["communication"] >= 0).all() and (piv["compute"] <= piv["total"] * 1.0001).all()

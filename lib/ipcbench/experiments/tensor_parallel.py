@@ -64,11 +64,12 @@ def parameters(profile: str | None = None) -> dict:
         "seed": 0,
         "tp_oversubscribed": 4,
         "python_shape": {"t": 2, "h": 64, "i": 128},
+        "oversubscribed_strategies": list(tp.STRATEGIES),  # at TP = 4 (quick: S3 only, to stay under a minute)
     }
     if name == "quick":
         return {**base, "collective_sizes": [8, 4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB],
                 "slow_kernel_tokens": 16, "layers": 2, "vocab": 4096, "decode_steps": 8,
-                "decoder_samples": 3}  # fmt: skip
+                "decoder_samples": 3, "oversubscribed_strategies": ["s3"]}  # fmt: skip
     if name == "standard":
         return {**base, "slow_kernel_tokens": 128, "layers": 4, "vocab": 16384, "decode_steps": 16,
                 "decoder_samples": 5}  # fmt: skip
@@ -378,7 +379,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     for shape in params["shapes"]:
         for t in params["tokens"]:
             for p in tps:
-                for s in tp.STRATEGIES if p > 1 else ["s3"]:  # at TP = 1 every strategy is the same local MLP
+                strategies = ["s3"] if p == 1 else tp.STRATEGIES if p == 2 else params["oversubscribed_strategies"]
+                for s in strategies:  # at TP = 1 every strategy is the same local MLP
                     points.append((s, "numpy", t, shape, p))
         # kernels: the seed's shape only; slow kernels at a token count the profile can afford
         if shape["i"] == SEED_SHAPE["i"]:
@@ -407,7 +409,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
 
     # 4. the whole decoder
     configs = [(m, "sequence") for m in tp.STRATEGIES] + [("s3", "heads")]
-    dpoints = [(m, a, p) for p in tps for m, a in (configs if p > 1 else [("s3", "heads")])]
+    dpoints = [(m, a, p) for p in tps for m, a in (configs if p > 1 else [("s3", "heads")])
+               if p <= 2 or m in params["oversubscribed_strategies"]]  # fmt: skip
     for m, a, p in progress(dpoints, "decoder"):
         pt = run_point(cluster, decoder_point, m, a, params["layers"], params["vocab"], params["prompt"],
                        params["decode_steps"], params["decoder_samples"], params["seed"], ranks=p, timeout=600)[0]  # fmt: skip
