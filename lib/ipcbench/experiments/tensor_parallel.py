@@ -425,7 +425,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             samples += smp
             tok = labels["tokens"]
             st = summarize([tok / x for x in pt[phase]["total"]], pt[phase]["stop_reason"])
-            rows.append(results.summary_row(st, **{**labels, "metric": "tokens_per_s", "unit": "1/s"}))
+            rows.append(results.summary_row(st, **{**labels, "metric": "tokens_per_s", "unit": "1/s"},
+                                            max_rel_error=pt["max_rel_error"]))  # fmt: skip
 
     summary = results.frame(rows)
     model_tab = comm_model(summary, calls)
