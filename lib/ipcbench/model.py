@@ -253,16 +253,21 @@ def forward(weights: Weights, tokens, cache: KVCache | None = None) -> np.ndarra
     return (rms_norm(x, weights.final_norm, cfg.eps) @ weights.lm_head).astype(DTYPE, copy=False)
 
 
-def generate(weights: Weights, prompt, new_tokens: int) -> tuple[list[int], list[np.ndarray]]:
-    """Greedy generation with a KV cache: return (generated token ids, the logits row of every step)."""
-    cache = KVCache(weights.config)
-    logits = forward(weights, prompt, cache)[-1]
+def greedy(first_logits: np.ndarray, step, new_tokens: int) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy decoding: from the prompt's last logits, ``step(token) -> next logits``; return (ids, logits of every step)."""
+    logits = first_logits
     out, steps = [], [logits]
     for _ in range(new_tokens):
         nxt = int(np.argmax(logits))
         out.append(nxt)
         if len(out) == new_tokens:
             break
-        logits = forward(weights, [nxt], cache)[-1]
+        logits = step(nxt)
         steps.append(logits)
     return out, steps
+
+
+def generate(weights: Weights, prompt, new_tokens: int) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy generation with a KV cache: return (generated token ids, the logits row of every step)."""
+    cache = KVCache(weights.config)
+    return greedy(forward(weights, prompt, cache)[-1], lambda tok: forward(weights, [tok], cache)[-1], new_tokens)

@@ -530,13 +530,5 @@ class TPDecoder:
     def generate(self, prompt, new_tokens: int) -> tuple[list[int], list[np.ndarray]]:
         """Greedy generation like :func:`ipcbench.model.generate`: (token ids, logits row of every step)."""
         self.reset()
-        logits = self.forward(prompt, last_only=True)[-1]
-        out, steps = [], [logits]
-        for _ in range(new_tokens):
-            nxt = int(np.argmax(logits))
-            out.append(nxt)
-            if len(out) == new_tokens:
-                break
-            logits = self.forward([nxt], last_only=True)[-1]
-            steps.append(logits)
-        return out, steps
+        first = self.forward(prompt, last_only=True)[-1]
+        return model.greedy(first, lambda tok: self.forward([tok], last_only=True)[-1], new_tokens)
