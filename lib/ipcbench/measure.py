@@ -218,6 +218,39 @@ def time_call(fn: Callable[[], object], inner: int = 1) -> float:
 # ------------------------------------------------------------------ multi-rank rules
 
 
+def _collective_rounds(comm, sample: Callable[[], Sequence[float]], rule: StoppingRule, op: str,
+                       warmup: int | None = None) -> tuple[list[list[float]], list[np.ndarray], str]:  # fmt: skip
+    """The one collective timing loop: Barrier, ``sample()`` -> vector on every rank, element-wise ``op`` over ranks.
+
+    The stopping decision is taken on rank 0 on the first element of the reduced
+    vector and broadcast, so every rank runs the same number of iterations and
+    none is left waiting in a collective. Returns (this rank's vectors, the reduced
+    vectors, the stop reason).
+    """
+    from mpi4py import MPI  # imported here: the client process never needs MPI
+
+    mpi_op = {"max": MPI.MAX, "min": MPI.MIN, "sum": MPI.SUM}[op]
+    for _ in range(rule.warmup if warmup is None else warmup):
+        comm.Barrier()
+        sample()
+    mine: list[list[float]] = []
+    cross: list[np.ndarray] = []
+    firsts: list[float] = []
+    t0 = now_ns()
+    reason = None
+    while reason is None:
+        comm.Barrier()
+        v = np.asarray(sample(), dtype=np.float64).reshape(-1)
+        out = np.empty_like(v)
+        comm.Allreduce(v, out, op=mpi_op)
+        mine.append(v.tolist())
+        cross.append(out)
+        firsts.append(float(out[0]))
+        decision = rule.decide(firsts, (now_ns() - t0) * 1e-9) if comm.rank == 0 else None
+        reason = comm.bcast(decision, root=0)
+    return mine, cross, reason
+
+
 def repeat_collective(comm, sample: Callable[[], float], rule: StoppingRule, reduce: str = "max") -> Point:
     """Time a collective step on every rank of ``comm`` (barrier before each sample); return the cross-rank point.
 
@@ -228,28 +261,55 @@ def repeat_collective(comm, sample: Callable[[], float], rule: StoppingRule, red
     same number of iterations and none is left waiting. The per-rank samples are
     kept in ``point.extra['per_rank']`` (on rank 0).
     """
-    from mpi4py import MPI  # imported here: the client process never needs MPI
-
-    op = {"max": MPI.MAX, "min": MPI.MIN, "sum": MPI.SUM}[reduce]
-    for _ in range(rule.warmup):
-        comm.Barrier()
-        sample()
-    mine: list[float] = []
-    cross: list[float] = []
-    t0 = now_ns()
-    reason = None
-    while reason is None:
-        comm.Barrier()
-        v = float(sample())
-        mine.append(v)
-        cross.append(comm.allreduce(v, op=op))
-        decision = rule.decide(cross, (now_ns() - t0) * 1e-9) if comm.rank == 0 else None
-        reason = comm.bcast(decision, root=0)
-    per_rank = comm.gather(mine, root=0)
-    point = Point(cross, summarize(cross, reason))
+    mine, cross, reason = _collective_rounds(comm, lambda: [float(sample())], rule, reduce)
+    values = [float(c[0]) for c in cross]
+    per_rank = comm.gather([m[0] for m in mine], root=0)
+    point = Point(values, summarize(values, reason))
     point.extra["per_rank"] = per_rank
     point.extra["cross_rank"] = reduce
     return point
+
+
+def repeat_split(comm, step: Callable[[], tuple[float, float]], rule: StoppingRule,
+                 warmup: int | None = None) -> dict | None:  # fmt: skip
+    """Time a step that mixes compute and collectives on every rank; rank 0 returns the split samples (s).
+
+    ``step()`` returns (wall seconds, seconds inside collectives) on each rank. Per
+    sample: ``total`` = the slowest rank's wall time; ``compute`` = the largest
+    time any rank spent outside collectives; ``communication`` = total - compute
+    (time in collectives, waiting for a slower rank included); ``in_collectives_min``
+    = the least time any rank spent inside collectives (the rank that arrives last
+    waits least: close to the pure transfer time). Other ranks return None.
+    """
+
+    def vec():
+        wall, inside = step()
+        return [wall, wall - inside, -inside]  # max over ranks of each; the last gives -min(inside)
+
+    _, cross, reason = _collective_rounds(comm, vec, rule, "max", warmup)
+    if comm.rank != 0:
+        return None
+    total = [float(c[0]) for c in cross]
+    compute = [float(c[1]) for c in cross]
+    return {"total": total, "compute": compute, "communication": [t - c for t, c in zip(total, compute, strict=True)],
+            "in_collectives_min": [float(-c[2]) for c in cross], "stop_reason": reason}  # fmt: skip
+
+
+def calibrate_inner_collective(comm, run_once: Callable[[], None], min_sample_s: float = 100e-6, cap: int = 10_000) -> int:
+    """Like :func:`calibrate_inner` for a collective call: every rank makes the same calls; rank 0 decides.
+
+    (Calibrating a collective on one rank alone would deadlock.)
+    """
+    inner = 1
+    while True:
+        comm.Barrier()
+        t0 = now_ns()
+        for _ in range(inner):
+            run_once()
+        enough = (now_ns() - t0) * 1e-9 >= min_sample_s or inner >= cap
+        if comm.bcast(enough if comm.rank == 0 else None, root=0):
+            return inner
+        inner *= 2
 
 
 def fit_alpha_beta(sizes_bytes: Sequence[float], times_s: Sequence[float]) -> tuple[float, float]:

@@ -1,10 +1,16 @@
-"""measure.repeat_collective under `mpiexec -n 2`: same iteration count on every rank, max across ranks."""
+"""measure.repeat_collective, repeat_split and calibrate_inner_collective under `mpiexec -n 2`: same iteration
+count on every rank, max (or min) across ranks."""
 
 import time
 
 from mpi4py import MPI
 
-from ipcbench.measure import StoppingRule, repeat_collective
+from ipcbench.measure import (
+    StoppingRule,
+    calibrate_inner_collective,
+    repeat_collective,
+    repeat_split,
+)
 
 comm = MPI.COMM_WORLD
 rule = StoppingRule(rel_ci=0.05, min_samples=10, max_samples=50, time_budget_s=0.5, warmup=2)
@@ -26,3 +32,30 @@ if comm.rank == 0:
     assert point.summary.median >= 0.002 * 0.95, point.summary
     assert point.extra["cross_rank"] == "max" and point.summary.stop_reason in ("ci", "budget", "max_samples")
     print("repeat_collective OK")
+
+
+def split_step():
+    # rank 1 computes longer; inside the "collective" rank 0 waits for it
+    t0 = time.perf_counter()
+    time.sleep(0.001 * (1 + comm.rank))
+    t1 = time.perf_counter()
+    comm.Barrier()
+    time.sleep(0.0005)
+    t2 = time.perf_counter()
+    return t2 - t0, t2 - t1
+
+
+split = repeat_split(comm, split_step, rule)
+if comm.rank == 0:
+    n = len(split["total"])
+    assert n >= 5 and all(len(split[k]) == n for k in ("compute", "communication", "in_collectives_min"))
+    for tot, comp, com, least in zip(split["total"], split["compute"], split["communication"], split["in_collectives_min"], strict=True):
+        assert comp >= 0.002 * 0.95 and abs(tot - comp - com) < 1e-12 and 0.0005 * 0.9 <= least <= com + 1e-3
+    print("repeat_split OK")
+else:
+    assert split is None
+
+inner = calibrate_inner_collective(comm, comm.Barrier, min_sample_s=200e-6)
+assert comm.allgather(inner) == [inner] * comm.size and inner >= 1
+if comm.rank == 0:
+    print("calibrate_inner_collective OK")

@@ -21,10 +21,11 @@ labelled oversubscribed):
 Every point checks its output against the single-process reference before it is
 timed. BLAS is pinned to one thread per rank so ranks do not fight over cores.
 
-Time split per sample: every rank times the call and the time it spent inside
-collectives; ``total`` is the slowest rank's wall time, ``compute`` the largest
-per-rank time outside collectives, ``communication`` = total - compute (time in
-collectives including waiting for the slower rank).
+Time split per sample (:func:`ipcbench.measure.repeat_split`): every rank times
+the call and the time it spent inside collectives; ``total`` is the slowest
+rank's wall time, ``compute`` the largest per-rank time outside collectives,
+``communication`` = total - compute (time in collectives including waiting for
+the slower rank).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import pandas as pd
 from .. import claims, model, profiles, results
 from .. import tensor_parallel as tp
 from ..cluster import usable_cores
-from ..measure import StoppingRule, now_ns, summarize
+from ..measure import StoppingRule, calibrate_inner_collective, now_ns, repeat_split, summarize
 from ._common import progress, run_meta, run_point
 
 CHAPTER = "tensor_parallel"
@@ -86,59 +87,6 @@ def _pin_blas() -> None:
     threadpool_limits(1)  # one BLAS thread per rank: ranks already fill the cores
 
 
-def _split_loop(comm, step, rule: StoppingRule, warmup: int | None = None) -> dict | None:
-    """Barrier, ``step()`` -> (wall s, comm s) on every rank; return rank 0's cross-rank samples.
-
-    Per sample: total = max over ranks of wall time, compute = max over ranks of
-    (wall - time in collectives), communication = total - compute, and
-    in_collectives_min = min over ranks of the time inside collectives (the rank
-    that arrives last waits least: close to the pure transfer time).
-    """
-    for _ in range(rule.warmup if warmup is None else warmup):
-        comm.Barrier()
-        step()
-    totals, computes, cmins = [], [], []
-    t0 = now_ns()
-    reason = None
-    buf = np.empty(3)
-    while reason is None:
-        comm.Barrier()
-        wall, c = step()
-        comm.Allreduce(np.array([wall, wall - c, -c]), buf, op=_mpi_max())
-        totals.append(float(buf[0]))
-        computes.append(float(buf[1]))
-        cmins.append(float(-buf[2]))
-        decision = rule.decide(totals, (now_ns() - t0) * 1e-9) if comm.rank == 0 else None
-        reason = comm.bcast(decision, root=0)
-    if comm.rank != 0:
-        return None
-    return {"total": totals, "compute": computes, "communication": [t - c for t, c in zip(totals, computes, strict=True)],
-            "in_collectives_min": cmins, "stop_reason": reason}  # fmt: skip
-
-
-def _mpi_max():
-    from mpi4py import MPI
-
-    return MPI.MAX
-
-
-def _calibrate_collective(comm, call, min_sample_s: float = 100e-6, cap: int = 10_000) -> int:
-    """Return how many back-to-back collective calls make a sample of at least ``min_sample_s`` (decided on rank 0).
-
-    Every rank makes the same calls (a collective calibrated on one rank alone would deadlock).
-    """
-    inner = 1
-    while True:
-        comm.Barrier()
-        t0 = now_ns()
-        for _ in range(inner):
-            call()
-        enough = (now_ns() - t0) * 1e-9 >= min_sample_s or inner >= cap
-        if comm.bcast(enough if comm.rank == 0 else None, root=0):
-            return inner
-        inner *= 2
-
-
 def collective_point(comm, op: str, nbytes: int, rule: StoppingRule) -> dict | None:
     """Time one ``Allgather`` or ``Allreduce`` with an ``nbytes`` result on all ranks; rank 0 returns samples (s)."""
     p = comm.size
@@ -171,7 +119,7 @@ def collective_point(comm, op: str, nbytes: int, rule: StoppingRule) -> dict | N
     else:
         raise ValueError(f"unknown collective {op!r}")
     # several calls per sample for small messages (a sample >= 100 µs), the same count on every rank
-    inner = _calibrate_collective(comm, call)
+    inner = calibrate_inner_collective(comm, call)
 
     def step():
         t0 = now_ns()
@@ -180,7 +128,7 @@ def collective_point(comm, op: str, nbytes: int, rule: StoppingRule) -> dict | N
         dt = (now_ns() - t0) * 1e-9 / inner
         return dt, dt
 
-    out = _split_loop(comm, step, rule)
+    out = repeat_split(comm, step, rule)
     if out is not None:
         out.update(inner=inner, result_bytes=int(recv.nbytes), ring_bytes=float(cc.records[0].ring_bytes))
     return out
@@ -224,7 +172,7 @@ def mlp_point(comm, strategy: str, kernel: str, t: int, h: int, i: int, rule: St
         return (now_ns() - t0) * 1e-9, cc.seconds()
 
     slow = kernel != "numpy"
-    out = _split_loop(comm, step, rule, warmup=1 if slow else None)
+    out = repeat_split(comm, step, rule, warmup=1 if slow else None)
     if out is not None:
         out.update(calls=calls, max_rel_error=max(errs), peak_alloc_bytes=int(peak))
     return out
@@ -297,7 +245,7 @@ def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, promp
         return (now_ns() - t0) * 1e-9, cc.seconds()
 
     rule = StoppingRule(rel_ci=0.05, min_samples=samples, max_samples=samples, time_budget_s=0, warmup=1)
-    pre = _split_loop(comm, prefill, rule)
+    pre = repeat_split(comm, prefill, rule)
     tok = [0]
 
     def decode():
@@ -314,7 +262,7 @@ def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, promp
     dec.forward(prompt, last_only=True)
     drule = StoppingRule(rel_ci=0.05, min_samples=samples * decode_steps, max_samples=samples * decode_steps,
                          time_budget_s=0, warmup=2)  # fmt: skip
-    dcd = _split_loop(comm, decode, drule)
+    dcd = repeat_split(comm, decode, drule)
     if comm.rank != 0:
         return None
     return {"prefill": pre, "decode": dcd, "max_rel_error": max(e for e, _ in errs),
