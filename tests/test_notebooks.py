@@ -46,16 +46,24 @@ def test_chapter0_agrees_with_mpi4py_bench(session_results, monkeypatch):
     assert (summary["n"] >= 5).all()
 
 
-@pytest.mark.slow
-def test_chapter1_gives_every_seed_000_claim_a_verdict(session_results, monkeypatch):
+def _ledger_of(chapter: str, session_results, monkeypatch):
+    """Return a chapter's ledger rows after checking its notebook ran in this session and gave every claim a verdict."""
     monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(session_results))
-    from ipcbench import backends, claims, results
+    from ipcbench import claims
 
-    if not (session_results / "fair_serialization" / "claims.csv").exists():
-        pytest.fail("chapter 1's notebook did not run first in this session")
-    led = claims.ledger().query("chapter == 'fair_serialization'")
+    if not (session_results / chapter / "claims.csv").exists():
+        pytest.fail(f"the {chapter} notebook did not run first in this session")
+    led = claims.ledger().query("chapter == @chapter")
     assert (led["verdict"] != claims.PENDING).all(), led[led["verdict"] == claims.PENDING]["id"].tolist()
     assert set(led["verdict"]) <= set(claims.VERDICTS)
+    return led
+
+
+@pytest.mark.slow
+def test_chapter1_gives_every_seed_000_claim_a_verdict(session_results, monkeypatch):
+    from ipcbench import backends, results
+
+    _ledger_of("fair_serialization", session_results, monkeypatch)
     summary = results.read("fair_serialization").summary
     # every broadcast backend ran every payload kind, with 1 and 3 readers
     ran = summary.query("metric == 'end_to_end'").groupby(["variant", "kind"])["readers"].agg(set)
@@ -67,15 +75,11 @@ def test_chapter1_gives_every_seed_000_claim_a_verdict(session_results, monkeypa
 
 @pytest.mark.slow
 def test_chapter5_counts_volumes_checks_outputs_and_gives_every_seed_004_claim_a_verdict(session_results, monkeypatch):
-    monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(session_results))
-    from ipcbench import claims, results
+    from ipcbench import results
     from ipcbench import tensor_parallel as tp
     from ipcbench.experiments import tensor_parallel as tpx
 
-    if not (session_results / "tensor_parallel" / "claims.csv").exists():
-        pytest.fail("chapter 5's notebook did not run first in this session")
-    led = claims.ledger().query("chapter == 'tensor_parallel'")
-    assert (led["verdict"] != claims.PENDING).all(), led[led["verdict"] == claims.PENDING]["id"].tolist()
+    _ledger_of("tensor_parallel", session_results, monkeypatch)
     res = results.read("tensor_parallel")
     summary, calls = res.summary, res.extra("calls")
     # counted bytes per strategy equal the formulas at every measured shape
