@@ -969,3 +969,41 @@ class PeakMemory:
                 return []
 
         return f
+
+
+def _memory_child(spec_json: str) -> None:
+    """Entry point of :func:`measure_peak_memory`'s fresh interpreter: run once, print the peak PSS as JSON."""
+    import json
+    import sys
+
+    spec = json.loads(spec_json)
+    w = Workload(kind=spec["kind"], seed=spec["seed"], wait_s=spec["wait_s"])
+    proc = {"serial": SerialProcessor, "thread_pipeline": lambda: ThreadPipelineProcessor(spec["queue_size"]),
+            "process_pool": lambda: ProcessPoolProcessor(spec["workers"])}[spec["processor"]]()  # fmt: skip
+    with PeakMemory(PeakMemory.tree()) as mem:
+        r = proc.run(w, spec["n_records"], spec["batch_size"], spec["out_dir"])
+    shutil.rmtree(spec["out_dir"], ignore_errors=True)
+    json.dump({"peak": mem.peak, "baseline": mem.baseline, "checksum": r.checksum}, sys.stdout)
+
+
+def measure_peak_memory(processor: str, w: Workload, n_records: int, batch_size: int, out_dir: Path | str,
+                        queue_size: int = 5, workers: int | None = None, timeout_s: float = 600) -> dict:  # fmt: skip
+    """Run one processor in a fresh interpreter and return its peak PSS, the PSS before the run (B) and the checksum.
+
+    A fresh process, so memory freed by earlier runs and kept by the allocator
+    does not hide this run's growth; its worker processes are included.
+    """
+    import json
+    import subprocess
+    import sys
+
+    if processor not in ("serial", "thread_pipeline", "process_pool"):
+        raise ValueError(f"measure_peak_memory runs local processors, not {processor!r}")
+    spec = {"processor": processor, "kind": w.kind, "seed": w.seed, "wait_s": w.wait_s, "n_records": n_records,
+            "batch_size": batch_size, "out_dir": str(out_dir), "queue_size": queue_size,
+            "workers": workers or len(os.sched_getaffinity(0))}  # fmt: skip
+    code = f"from ipcbench.pipeline import _memory_child; _memory_child({json.dumps(spec)!r})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)
+    if out.returncode != 0:
+        raise PipelineError(f"the memory run of {processor} failed: {out.stderr[-2000:]}", None, None, processor)
+    return json.loads(out.stdout)

@@ -123,6 +123,13 @@ def write(
     return d
 
 
+def write_json(chapter: str, name: str, obj: dict) -> Path:
+    """Write a chapter's extra JSON document (``<name>.json``, e.g. a report in a source's own format); return its path."""
+    p = chapter_dir(chapter) / f"{name}.json"
+    p.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False))
+    return p
+
+
 @dataclass
 class Results:
     """One chapter's results as read back from disk."""
@@ -131,6 +138,13 @@ class Results:
     summary: pd.DataFrame
     samples: pd.DataFrame | None
     meta: dict
+
+    def json(self, name: str) -> dict:
+        """Return an extra JSON document the chapter wrote (``<name>.json``)."""
+        p = results_root() / self.chapter / f"{name}.json"
+        if not p.exists():
+            raise ResultsError(f"{p} does not exist; run `ipcbench run {self.chapter}` first")
+        return json.loads(p.read_text())
 
     def extra(self, name: str) -> pd.DataFrame:
         """Return an extra table the chapter wrote (``<name>.csv``)."""
