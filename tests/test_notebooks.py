@@ -96,3 +96,32 @@ def test_chapter5_counts_volumes_checks_outputs_and_gives_every_seed_004_claim_a
     # compute + communication = total, per point
     piv = mlp.pivot_table(index=["variant", "payload", "ranks", "tokens", "intermediate"], columns="metric", values="median")
     assert (piv["communication"] >= 0).all() and (piv["compute"] <= piv["total"] * 1.0001).all()
+
+
+@pytest.mark.slow
+def test_chapter4_runs_every_processor_and_kind_and_gives_every_seed_003_claim_a_verdict(session_results, monkeypatch):
+    from ipcbench import results
+    from ipcbench.experiments import pipeline as plx
+
+    _ledger_of("pipeline", session_results, monkeypatch)
+    res = results.read("pipeline")
+    s = res.summary
+    etl = s.query("experiment == 'etl' and metric == 'wall_time'")
+    params = plx.parameters("quick")
+    for kind in ("python", "numpy"):
+        for proc in plx.PROCESSORS:
+            assert sorted(etl.query("payload == @kind and variant == @proc")["n_records"]) == params["sizes"], (kind, proc)
+    assert sorted(etl.query("payload == 'wait' and variant == 'serial'")["n_records"]) == list(plx.SOURCE_SIZES)
+    # speedups name their base case; the five-rank MPI run is labelled oversubscribed, nothing else is
+    sp = s.query("metric == 'speedup'")
+    assert sp["base_s"].notna().all() and (sp["base_s"] > 0).all()
+    assert s.query("variant == 'mpi_stages_5'")["oversubscribed"].all()
+    assert not s.query("variant != 'mpi_stages_5'")["oversubscribed"].any()
+    assert set(s.query("experiment == 'start_method'")["start_method"]) == set(plx.START_METHODS)
+    assert set(s.query("experiment == 'memory'")["variant"]) == set(plx.PROCESSORS)
+    report = res.json("final_performance_report")
+    assert set(report["results"]) == {"python", "numpy", "wait"}
+    assert set(report["results"]["python"]["25000"]) >= set(plx.PROCESSORS)
+    tl = res.extra("timeline")
+    assert set(tl["processor"]) == set(plx.PROCESSORS) and (tl["end_s"] >= tl["start_s"]).all()
+    assert not res.extra("queue_depth").empty

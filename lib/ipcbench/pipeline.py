@@ -580,6 +580,12 @@ class ProgressBoard:
             self._fd = os.open(self.dir / str(os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.pwrite(self._fd, f"{stage} {batch}".ljust(64).encode(), 0)
 
+    def close(self) -> None:
+        """Close this process's note file (the notes stay readable)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def dead(self) -> list[tuple[int, str, int]]:
         """Return (pid, stage, batch) of processes that wrote notes and no longer run, excluding finished ('idle') ones."""
         import psutil
@@ -879,6 +885,8 @@ class MpiStagePipeline:
             comm.send({"end": True, "error": state["error"]}, dest=rank + 1, tag=TAG_HEADER)
         wall = (now_ns() - t0) * 1e-9
         cpu = time.process_time() - cpu0
+        if board is not None:
+            board.close()
         shared = comm.allgather((state["error"], state["stops_sent"]))
         # receive every STOP still addressed to us, so none is left for the next run on this communicator
         if rank + 1 < size:
@@ -886,6 +894,8 @@ class MpiStagePipeline:
                 comm.recv(source=rank + 1, tag=TAG_STOP)
         err = shared[-1][0] or next((e for e, _ in shared if e), None)  # the last rank saw every upstream error
         if rank == size - 1:
+            if board is not None:
+                shutil.rmtree(board.dir, ignore_errors=True)
             output.__exit__(PipelineError if err else None, None, None)
         comm.Barrier()  # the output is renamed (or removed) before any rank returns
         if err:

@@ -1,0 +1,149 @@
+"""The ETL processors give identical output, and every failure ends cleanly with its stage and batch named."""
+
+import pickle
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from ipcbench import pipeline as pl
+
+N, BS = 6_000, 1_000  # 6 batches
+LOCAL = [pl.SerialProcessor, pl.ThreadPipelineProcessor, pl.ProcessPoolProcessor]
+
+
+def _children():
+    return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("kind", pl.KINDS)
+def test_every_local_processor_writes_the_same_output(kind, tmp_path):
+    w = pl.Workload(kind=kind, wait_s=0.001)
+    out = {}
+    for cls in LOCAL:
+        r = cls().run(w, N, BS, tmp_path / cls.name)
+        files = sorted((tmp_path / cls.name).iterdir())
+        assert len(files) == N // BS and all(f.stat().st_size > 0 for f in files)
+        assert r.n_batches == N // BS and r.wall_s > 0 and 0 < r.first_batch_s <= r.wall_s
+        assert {e[0] for e in r.events} >= {"preprocess", "transform", "metrics", "save"}
+        assert r.metrics[:, 0].sum() == N  # every record counted once
+        out[cls.name] = r
+    ref = out["serial"]
+    for name, r in out.items():
+        assert r.checksum == ref.checksum, name
+        assert np.array_equal(r.metrics, ref.metrics), name
+    # a different batch size writes different files but the same records and the same per-category counts
+    other = pl.SerialProcessor().run(w, N, BS // 2, tmp_path / "half")
+    assert np.array_equal(other.metrics[:, 0], ref.metrics[:, 0])
+    assert np.allclose(other.metrics, ref.metrics, rtol=1e-12)
+
+
+def test_records_do_not_depend_on_batching():
+    w = pl.Workload(kind="numpy", seed=3)
+    whole = pl.generate(w, 0, 0, 1_000)
+    part = pl.generate(w, 7, 400, 250)
+    for col in ("id", "value", "quantity", "category", "timestamp"):
+        assert np.array_equal(whole[col][400:650], part[col]), col
+    assert whole["category"].min() >= 0 and whole["category"].max() < pl.N_CATEGORIES
+    assert (whole["quantity"] >= 1).all() and np.isfinite(whole["value"]).all()
+
+
+def test_python_and_numpy_kinds_compute_the_same_features():
+    b = pl.generate(pl.Workload(), 0, 0, 2_000)
+    outs = {}
+    for kind in ("python", "numpy"):
+        w = pl.Workload(kind=kind)
+        outs[kind] = pl.metrics(w, pl.transform(w, pl.preprocess(w, b)))
+    for col in ("amount", "hour", "score", "bucket", "tier", "hour_sin", "_metrics"):
+        assert np.allclose(outs["python"][col], outs["numpy"][col], rtol=1e-12, atol=1e-12), col
+
+
+FAULTS = [
+    (pl.Faults(raise_in=("transform", 3)), "transform", 3, pl.PipelineError),
+    (pl.Faults(raise_in=("generate", 0)), "generate", 0, pl.PipelineError),
+    (pl.Faults(raise_in=("save", 5)), "save", 5, pl.PipelineError),
+    (pl.Faults(invalid_record=2_345), "preprocess", 2, pl.RecordValidationError),
+]
+
+
+@pytest.mark.parametrize("cls", LOCAL, ids=lambda c: c.name)
+@pytest.mark.parametrize(("faults", "stage", "batch", "exc"), FAULTS, ids=lambda v: str(v) if isinstance(v, str) else None)
+def test_a_failing_stage_names_stage_and_batch_and_keeps_no_output(cls, faults, stage, batch, exc, tmp_path):
+    before = threading.active_count()
+    t0 = time.monotonic()
+    with pytest.raises(exc) as info:
+        cls().run(pl.Workload(kind="python", faults=faults), N, BS, tmp_path / "out")
+    assert time.monotonic() - t0 < 60
+    assert info.value.stage == stage and info.value.batch == batch
+    assert f"batch {batch}" in str(info.value)
+    if exc is pl.RecordValidationError:
+        assert info.value.record == 2_345 and "nan" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its .partial directory
+    assert threading.active_count() == before
+    assert _children() == []
+
+
+def test_a_dead_pool_worker_is_reported_with_its_stage_and_batch(tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(pl.PipelineError, match="worker process died") as info:
+        pl.ProcessPoolProcessor(2).run(pl.Workload(kind="python", faults=pl.Faults(kill_in=("metrics", 4))), N, BS,
+                                       tmp_path / "out")  # fmt: skip
+    assert time.monotonic() - t0 < 60
+    assert (info.value.stage, info.value.batch) == ("metrics", 4)
+    assert list(tmp_path.iterdir()) == []
+    assert _children() == []
+
+
+def test_a_successful_run_replaces_a_previous_output(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older run")
+    pl.SerialProcessor().run(pl.Workload(kind="numpy"), N, BS, out)
+    assert not (out / "stale.txt").exists() and len(list(out.iterdir())) == N // BS
+
+
+def test_bad_arguments_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown workload kind"):
+        pl.Workload(kind="gpu")
+    with pytest.raises(ValueError, match="unknown stage"):
+        pl.Faults(raise_in=("load", 1))
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        pl.SerialProcessor().run(pl.Workload(), 10, 0, tmp_path / "o")
+    with pytest.raises(ValueError, match="n_records must be >= 1"):
+        pl.SerialProcessor().run(pl.Workload(), 0, 10, tmp_path / "o")
+    with pytest.raises(ValueError, match="no worker process to kill"):
+        pl.ThreadPipelineProcessor().run(pl.Workload(faults=pl.Faults(kill_in=("save", 0))), 10, 5, tmp_path / "o")
+    with pytest.raises(ValueError, match="queue_size"):
+        pl.ThreadPipelineProcessor(0)
+
+
+def test_errors_cross_process_boundaries_with_their_fields():
+    e = pickle.loads(pickle.dumps(pl.PipelineError("boom", "save", 7, "process_pool")))
+    assert (str(e), e.stage, e.batch, e.processor) == ("boom", "save", 7, "process_pool")
+    v = pickle.loads(pickle.dumps(pl.RecordValidationError(2, 99, "value nan is not a finite number >= 0")))
+    assert (v.stage, v.batch, v.record) == ("preprocess", 2, 99) and "record 99 of batch 2" in str(v)
+
+
+def test_balanced_groups_split_stages_in_order():
+    costs = {"generate": 1, "preprocess": 1, "transform": 1, "metrics": 1, "save": 4}
+    assert pl.balanced_groups(costs, 2) == [["generate", "preprocess", "transform", "metrics"], ["save"]]
+    assert pl.balanced_groups(costs, 5) == [[s] for s in pl.STAGES]
+    with pytest.raises(ValueError):
+        pl.balanced_groups(costs, 6)
+
+
+def test_thread_pipeline_records_bounded_queue_depth(tmp_path):
+    r = pl.ThreadPipelineProcessor(queue_size=2).run(pl.Workload(kind="python"), N, BS // 4, tmp_path / "o")
+    assert r.queue_depth and max(d for _, _, d in r.queue_depth) <= 2
+    assert {q for _, q, _ in r.queue_depth} == set(range(len(pl.STAGES) - 1))
+
+
+def test_pool_phases_and_peak_memory_are_measured(tmp_path):
+    r = pl.ProcessPoolProcessor(2).run(pl.Workload(kind="numpy"), N, BS, tmp_path / "o")
+    assert r.phases["workers"] == 2 and r.phases["startup_s"] > 0 and r.phases["payload_bytes"] > N * 8
+    assert 0 < r.phases["serialize_s"] < r.wall_s
+    mem = pl.measure_peak_memory("process_pool", pl.Workload(kind="numpy"), N, BS, tmp_path / "m")
+    assert mem["peak"] >= mem["baseline"] > 0 and mem["checksum"] == r.checksum
+    assert not (tmp_path / "m").exists()
