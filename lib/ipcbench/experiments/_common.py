@@ -43,3 +43,13 @@ def run_point(cluster, fn, *args, **kwargs):
 
         reap_stale()
         raise
+
+
+def pick_row(summary, **where):
+    """Return the first summary row whose columns equal ``where``; raise ResultsError when none does."""
+    q = summary
+    for k, v in where.items():
+        q = q[q[k] == v]
+    if q.empty:
+        raise results.ResultsError(f"no row for {where}")
+    return q.iloc[0]

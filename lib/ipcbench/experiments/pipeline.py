@@ -40,7 +40,7 @@ from .. import claims, profiles, results
 from .. import pipeline as pl
 from ..cluster import usable_cores
 from ..measure import summarize
-from ._common import progress, run_meta, run_point
+from ._common import pick_row, progress, run_meta, run_point
 
 CHAPTER = "pipeline"
 SOURCE_SIZES = (25_000, 50_000, 100_000)
@@ -143,7 +143,7 @@ def _label(proc: str, ranks: int) -> str:
 def _stats_rows(values, labels: dict, metric: str, unit: str, **extra) -> tuple[dict, list[dict]]:
     st = summarize(values)
     lab = {**labels, "metric": metric, "unit": unit}
-    return results.summary_row(st, **lab, **extra), results.sample_rows(values, **lab)
+    return results.summaryrow(st, **lab, **extra), results.sample_rows(values, **lab)
 
 
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
@@ -325,21 +325,12 @@ def _memory_rows(cluster, runner: _Runner, params: dict, n: int, base: dict, cor
             labels = {**base, "experiment": "memory", "variant": proc, "payload": kind, "ranks": nranks,
                       "oversubscribed": False, "n_records": n, "batch_size": bs}  # fmt: skip
             for metric, v in (("peak_pss", mem["peak"]), ("peak_pss_increase", mem["peak"] - mem["baseline"])):
-                rows.append(results.summary_row(summarize([float(v)]), **labels, metric=metric, unit="B",
+                rows.append(results.summaryrow(summarize([float(v)]), **labels, metric=metric, unit="B",
                                                 baseline_pss=float(mem["baseline"])))  # fmt: skip
     return rows
 
 
 # ------------------------------------------------------------------------ analysis
-
-
-def _row(summary: pd.DataFrame, **where) -> pd.Series:
-    q = summary
-    for k, v in where.items():
-        q = q[q[k] == v]
-    if q.empty:
-        raise results.ResultsError(f"no row for {where}")
-    return q.iloc[0]
 
 
 def etl_table(summary: pd.DataFrame, kind: str, sizes=None) -> pd.DataFrame:
@@ -350,10 +341,10 @@ def etl_table(summary: pd.DataFrame, kind: str, sizes=None) -> pd.DataFrame:
     for n in sizes:
         row = {"records": int(n)}
         for proc in PROCESSORS:
-            t = _row(e, n_records=n, variant=proc, metric="wall_time")
+            t = pick_row(e, n_records=n, variant=proc, metric="wall_time")
             row[f"{LABELS[proc]} (s)"] = t["median"]
         for proc in PROCESSORS[1:]:
-            s = _row(e, n_records=n, variant=proc, metric="speedup")
+            s = pick_row(e, n_records=n, variant=proc, metric="speedup")
             row[f"{LABELS[proc]} speedup"] = s["median"]
         out.append(row)
     return pd.DataFrame(out)
@@ -365,13 +356,13 @@ def bounds_table(summary: pd.DataFrame, cores: int) -> pd.DataFrame:
     out = []
     for (kind, n), sub in e.groupby(["payload", "n_records"]):
         ser = sub.query("variant == 'serial'")
-        busy = {s: float(_row(ser, metric=f"busy_{s}")["median"]) for s in pl.STAGES}
+        busy = {s: float(pick_row(ser, metric=f"busy_{s}")["median"]) for s in pl.STAGES}
         nb = int(ser["batches"].iloc[0])
         per = {s: v / nb for s, v in busy.items()}
         s1, m = sum(per.values()), max(per.values())
         stage_bound = nb * s1 / (s1 + (nb - 1) * m)
-        wall = float(_row(ser, metric="wall_time")["median"])
-        cpu = float(_row(ser, metric="cpu_cores")["median"]) * wall
+        wall = float(pick_row(ser, metric="wall_time")["median"])
+        cpu = float(pick_row(ser, metric="cpu_cores")["median"]) * wall
         core_bound = cores * wall / cpu if cpu > 0 else float("inf")
         row = {"kind": kind, "records": int(n), "batches": nb, "serial (s)": wall,
                "slowest stage": max(per, key=per.get), "stage bound": stage_bound, "core bound": core_bound,
@@ -402,10 +393,10 @@ def pool_phase_table(summary: pd.DataFrame) -> pd.DataFrame:
     e = summary.query("experiment == 'etl' and variant == 'process_pool'")
     out = []
     for (kind, n), sub in e.groupby(["payload", "n_records"]):
-        wall = float(_row(sub, metric="wall_time")["median"])
+        wall = float(pick_row(sub, metric="wall_time")["median"])
         row = {"kind": kind, "records": int(n), "wall (s)": wall}
         for ph in ("startup", "generate", "serialize", "deserialize", "compute", "teardown"):
-            v = float(_row(sub, metric=ph)["median"])
+            v = float(pick_row(sub, metric=ph)["median"])
             row[f"{ph} (s)"] = v
         row["startup share"] = row["startup (s)"] / wall
         row["pickling share"] = (row["serialize (s)"] + row["deserialize (s)"]) / wall
@@ -433,11 +424,11 @@ def performance_report(summary: pd.DataFrame, params: dict) -> dict:
         for n, s2 in sub.groupby("n_records"):
             entry = {}
             for proc in PROCESSORS:
-                t = _row(s2, variant=proc, metric="wall_time")
+                t = pick_row(s2, variant=proc, metric="wall_time")
                 entry[proc] = {"total_time": t["median"], "ci": [t["ci_low"], t["ci_high"]],
-                               "first_batch_time": _row(s2, variant=proc, metric="first_batch")["median"]}  # fmt: skip
+                               "first_batch_time": pick_row(s2, variant=proc, metric="first_batch")["median"]}  # fmt: skip
                 if proc != "serial":
-                    entry[proc]["speedup"] = _row(s2, variant=proc, metric="speedup")["median"]
+                    entry[proc]["speedup"] = pick_row(s2, variant=proc, metric="speedup")["median"]
             entry["fastest"] = min(PROCESSORS, key=lambda p: entry[p]["total_time"])
             per[str(int(n))] = entry
         src = [per[str(n)] for n in SOURCE_SIZES if str(n) in per]
@@ -490,12 +481,12 @@ def ledger_evidence(summary: pd.DataFrame, cores: int) -> list[dict]:
         claimed = SEED_TABLE[n]["pipeline_speedup"]
         v = ("confirmed" if all(close(sp[c], claimed) for c in compute_kinds)
              else "partly" if "wait" in sp and close(sp["wait"], claimed) else "refuted")  # fmt: skip
-        ser = {kind: float(_row(summary, experiment="etl", payload=kind, n_records=n, variant="serial",
+        ser = {kind: float(pick_row(summary, experiment="etl", payload=kind, n_records=n, variant="serial",
                                 metric="wall_time")["median"]) for kind in thr}  # fmt: skip
         text = (f"{n:,} records, thread pipeline speedup: " + "; ".join(f"{kd} {sp[kd]:.2f}x (serial {ser[kd]:.3f} s)" for kd in sp)
                 + f"; the source: {claimed}x (serial {SEED_TABLE[n]['serial_s']} s)")  # fmt: skip
         if cid == "pl-05":
-            g = {kd: ser[kd] / float(_row(summary, experiment="etl", payload=kd, n_records=25_000, variant="serial",
+            g = {kd: ser[kd] / float(pick_row(summary, experiment="etl", payload=kd, n_records=25_000, variant="serial",
                                           metric="wall_time")["median"]) for kd in ser}  # fmt: skip
             text += ("; serial time from 25k to 100k records grows " + ", ".join(f"{kd} {g[kd]:.2f}x" for kd in g)
                      + " (the source's: 1.03x, which only fixed per-batch costs give)")  # fmt: skip
@@ -541,7 +532,7 @@ def ledger_evidence(summary: pd.DataFrame, cores: int) -> list[dict]:
     mem = summary.query("experiment == 'memory'")
     if not mem.empty:
         def peak(proc, kind, metric="peak_pss"):
-            return float(_row(mem, variant=proc, payload=kind, metric=metric)["median"])
+            return float(pick_row(mem, variant=proc, payload=kind, metric=metric)["median"])
 
         n_mem = int(mem["n_records"].iloc[0])
         more = {k: (peak("process_pool", k) / peak("serial", k) - 1) * 100 for k in compute_kinds}
@@ -559,7 +550,7 @@ def ledger_evidence(summary: pd.DataFrame, cores: int) -> list[dict]:
                        + ", ".join(f"{k} {s / 2**20:.1f} vs {t / 2**20:.1f} MiB" for k, (s, t) in grow.items())
                        + f" (the pipeline keeps up to {len(pl.STAGES) - 1} queues x {int(summary['queue_size'].dropna().iloc[0])} batches "
                          "in flight; serial holds one batch)"))  # fmt: skip
-        util = {p: {k: float(_row(summary, experiment="etl", payload=k, n_records=max(SOURCE_SIZES), variant=p,
+        util = {p: {k: float(pick_row(summary, experiment="etl", payload=k, n_records=max(SOURCE_SIZES), variant=p,
                                   metric="cpu_cores")["median"]) for k in compute_kinds} for p in ("serial", "process_pool")}  # fmt: skip
         hi_cpu = all(util["process_pool"][k] > util["serial"][k] * 1.2 for k in compute_kinds)
         hi_mem = all(more[k] > 20 for k in compute_kinds)
@@ -571,8 +562,8 @@ def ledger_evidence(summary: pd.DataFrame, cores: int) -> list[dict]:
 
     # pl-09: first result latency
     n = max(SOURCE_SIZES)
-    first = {k: (float(_row(summary, experiment="etl", payload=k, n_records=n, variant="thread_pipeline", metric="first_batch")["median"]),
-                 float(_row(summary, experiment="etl", payload=k, n_records=n, variant="serial", metric="first_batch")["median"]))
+    first = {k: (float(pick_row(summary, experiment="etl", payload=k, n_records=n, variant="thread_pipeline", metric="first_batch")["median"]),
+                 float(pick_row(summary, experiment="etl", payload=k, n_records=n, variant="serial", metric="first_batch")["median"]))
              for k in thr}  # fmt: skip
     chg = {k: (a / b - 1) * 100 for k, (a, b) in first.items()}
     v09 = "confirmed" if all(abs(chg[k] + 70) <= 15 for k in compute_kinds) else "refuted"
@@ -583,8 +574,8 @@ def ledger_evidence(summary: pd.DataFrame, cores: int) -> list[dict]:
                      "beat that, only a stage-at-a-time serial run (all records through each stage) would lose 70%"))  # fmt: skip
 
     # pl-10: CPU utilisation
-    u = {k: (float(_row(summary, experiment="etl", payload=k, n_records=n, variant="thread_pipeline", metric="cpu_cores")["median"]),
-             float(_row(summary, experiment="etl", payload=k, n_records=n, variant="serial", metric="cpu_cores")["median"]))
+    u = {k: (float(pick_row(summary, experiment="etl", payload=k, n_records=n, variant="thread_pipeline", metric="cpu_cores")["median"]),
+             float(pick_row(summary, experiment="etl", payload=k, n_records=n, variant="serial", metric="cpu_cores")["median"]))
          for k in compute_kinds}  # fmt: skip
     gain = {k: (a / b - 1) * 100 for k, (a, b) in u.items()}
     v10 = "confirmed" if all(g >= 150 * 0.8 for g in gain.values()) else "partly" if any(g >= 120 for g in gain.values()) else "refuted"
@@ -624,8 +615,8 @@ def ledger_evidence(summary: pd.DataFrame, cores: int) -> list[dict]:
     e = summary.query("experiment == 'etl' and n_records == @n")
     ratio = {}
     for k in compute_kinds:
-        comp = sum(float(_row(e, payload=k, variant="process_pool", metric=f"busy_{s}")["median"]) for s in pl.STAGES[1:])
-        ser = sum(float(_row(e, payload=k, variant="serial", metric=f"busy_{s}")["median"]) for s in pl.STAGES[1:])
+        comp = sum(float(pick_row(e, payload=k, variant="process_pool", metric=f"busy_{s}")["median"]) for s in pl.STAGES[1:])
+        ser = sum(float(pick_row(e, payload=k, variant="serial", metric=f"busy_{s}")["median"]) for s in pl.STAGES[1:])
         ratio[k] = comp / ser
     v15 = "refuted" if all(r <= 1.15 for r in ratio.values()) else "partly"
     rows.append(ev("pl-15", round(max(ratio.values()), 2), "x", v15,

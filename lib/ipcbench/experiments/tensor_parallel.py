@@ -39,7 +39,7 @@ from .. import claims, model, profiles, results
 from .. import tensor_parallel as tp
 from ..cluster import usable_cores
 from ..measure import StoppingRule, calibrate_inner_collective, now_ns, repeat_split, summarize
-from ._common import progress, run_meta, run_point
+from ._common import pick_row, progress, run_meta, run_point
 
 CHAPTER = "tensor_parallel"
 KiB, MiB = 2**10, 2**20
@@ -556,19 +556,10 @@ def tokens_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _med(summary: pd.DataFrame, **where) -> pd.Series:
-    q = summary
-    for k, v in where.items():
-        q = q[q[k] == v]
-    if q.empty:
-        raise results.ResultsError(f"no row for {where}")
-    return q.iloc[0]
-
-
 def targets(summary: pd.DataFrame, model_tab: pd.DataFrame) -> dict:
     """Return the issue's targets: S3 least data and fastest at TP = 2 (seed's shapes), model within 25% at >= 64 KiB."""
     t, i = SEED_SHAPE["t"], SEED_SHAPE["i"]
-    tot = {s: _med(summary, experiment="mlp", payload="numpy", tokens=t, intermediate=i, ranks=2, variant=s,
+    tot = {s: pick_row(summary, experiment="mlp", payload="numpy", tokens=t, intermediate=i, ranks=2, variant=s,
                    metric="total") for s in tp.STRATEGIES}  # fmt: skip
     fastest = min(tot, key=lambda s: tot[s]["median"])
     least = min(tot, key=lambda s: tot[s]["ring_bytes"])
@@ -597,11 +588,11 @@ def ledger_evidence(summary: pd.DataFrame, calls: pd.DataFrame, simd: dict) -> l
     n = {s: len(v) for s, v in vol.items()}
 
     def mlp(s, kern="numpy", tok=t, metric="total", p=2):
-        return _med(summary, experiment="mlp", payload=kern, tokens=tok, intermediate=i, ranks=p,
+        return pick_row(summary, experiment="mlp", payload=kern, tokens=tok, intermediate=i, ranks=p,
                     variant=s if p > 1 else "tp1", metric=metric)  # fmt: skip
 
     def dec(var, phase="prefill", metric="tokens_per_s", p=2):
-        return _med(summary, experiment=f"decoder_{phase}", variant=var, ranks=p, metric=metric)
+        return pick_row(summary, experiment=f"decoder_{phase}", variant=var, ranks=p, metric=metric)
 
     rows = []
     d1, d2, d3 = dec("sequence/s1"), dec("sequence/s2"), dec("sequence/s3")
@@ -663,7 +654,7 @@ def ledger_evidence(summary: pd.DataFrame, calls: pd.DataFrame, simd: dict) -> l
                    f"{simd['kernels'][0]['packed_fma_zmm']} zmm packed FMAs) vs strict IEEE (scalar), one rank, t={slow_t}: "
                    f"{speed:.1f}x; a 256-bit register holds 8 floats, so '256/32' gives 8, not 4; the lanes used: {lanes}"))  # fmt: skip
     smallest = int(summary.query("experiment == 'collective'")["size_bytes"].min())
-    lat = {op: _med(summary, experiment="collective", variant=op, size_bytes=smallest, metric="total")
+    lat = {op: pick_row(summary, experiment="collective", variant=op, size_bytes=smallest, metric="total")
            for op in ("Allgather", "Allreduce")}  # fmt: skip
     lo = min(x["median"] for x in lat.values()) * 1e6
     hi = max(x["median"] for x in lat.values()) * 1e6
