@@ -143,7 +143,7 @@ def _label(proc: str, ranks: int) -> str:
 def _stats_rows(values, labels: dict, metric: str, unit: str, **extra) -> tuple[dict, list[dict]]:
     st = summarize(values)
     lab = {**labels, "metric": metric, "unit": unit}
-    return results.summaryrow(st, **lab, **extra), results.sample_rows(values, **lab)
+    return results.summary_row(st, **lab, **extra), results.sample_rows(values, **lab)
 
 
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
@@ -325,7 +325,7 @@ def _memory_rows(cluster, runner: _Runner, params: dict, n: int, base: dict, cor
             labels = {**base, "experiment": "memory", "variant": proc, "payload": kind, "ranks": nranks,
                       "oversubscribed": False, "n_records": n, "batch_size": bs}  # fmt: skip
             for metric, v in (("peak_pss", mem["peak"]), ("peak_pss_increase", mem["peak"] - mem["baseline"])):
-                rows.append(results.summaryrow(summarize([float(v)]), **labels, metric=metric, unit="B",
+                rows.append(results.summary_row(summarize([float(v)]), **labels, metric=metric, unit="B",
                                                 baseline_pss=float(mem["baseline"])))  # fmt: skip
     return rows
 
