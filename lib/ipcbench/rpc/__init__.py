@@ -1,0 +1,17 @@
+"""Split inference over ZeroMQ: server, client, per-call performance log and its analyser.
+
+``RpcServer`` holds the weights (the source's "GPU" side); ``RpcClient`` calls it
+and logs every call in the source's format; ``SplitDecoder`` runs the decoder on
+the client ("TEE" side) with the linear work on the server; ``analyze`` reads a
+log back and writes the source's report.
+"""
+
+from .client import CallRecord, RpcClient
+from .server import METHODS, RpcServer
+from .split import GRANULARITIES, SplitDecoder
+from .wire import CODECS, WIRE_DTYPES, PayloadTooLarge, ProtocolError, RpcError, RpcTimeout
+
+__all__ = [
+    "CODECS", "GRANULARITIES", "METHODS", "WIRE_DTYPES", "CallRecord", "PayloadTooLarge", "ProtocolError",
+    "RpcClient", "RpcError", "RpcServer", "RpcTimeout", "SplitDecoder",
+]  # fmt: skip

@@ -1,0 +1,233 @@
+"""The "TEE" side's RPC client: one DEALER socket, per-call timing, the per-call performance log.
+
+Phases of a call, as the source's log names them (client side):
+
+* Serialize: from the call's start until its frames are ready (float16
+  conversion, ``tobytes`` + packing, or the copy into shared memory);
+* Send: ``send_multipart`` returning (ZeroMQ queues the frames; the bytes move later);
+* Recv: from then until the reply's frames are in hand. This includes the server's
+  whole handling (its deserialize, compute, serialize) and both transfers;
+* Deserialize: decoding the reply into float32 arrays (copies out of shared memory).
+
+Each reply also carries the server's own timings (deserialize, compute, serialize,
+total), kept in :class:`CallRecord` beside the log's columns, so transfer = Send +
+Recv - server total can be separated from the server's compute.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import zmq
+
+from . import wire
+from .perflog import PerfLog
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+@dataclass
+class CallRecord:
+    """One RPC's timings (s) and sizes (B), client side, with the server's own timings."""
+
+    id: int
+    method: str
+    serialize_s: float
+    send_s: float
+    recv_s: float
+    deserialize_s: float
+    total_s: float
+    sent_B: int
+    recv_B: int
+    wire_sent_B: int
+    wire_recv_B: int
+    server_deserialize_s: float
+    server_compute_s: float
+    server_serialize_s: float
+    server_total_s: float
+    step: int = -1
+
+    def as_dict(self) -> dict:
+        """Return the record as a plain dict."""
+        return asdict(self)
+
+
+def transport_of(endpoint: str) -> str:
+    """Return the log's transport name of an endpoint ('IPC', 'TCP', ...)."""
+    return endpoint.split("://", 1)[0].upper()
+
+
+class RpcClient:
+    """Call the server at ``endpoint`` with one codec and wire dtype; log every call.
+
+    ``shm_bytes`` sizes each of the two shared-memory arenas (request, reply) of the
+    ``shm`` codec. ``timeout_s`` bounds every call: a server that is gone raises
+    :class:`RpcTimeout` instead of hanging, and the client is then closed.
+    """
+
+    def __init__(self, endpoint: str, codec: str = "msgpack", wire_dtype: str = "float32",
+                 timeout_s: float = DEFAULT_TIMEOUT_S, log=None, shm_bytes: int = 64 * 2**20,
+                 context: zmq.Context | None = None, keep_records: bool = True):  # fmt: skip
+        if codec not in wire.CODECS:
+            raise ValueError(f"unknown codec {codec!r}; codecs are {', '.join(wire.CODECS)}")
+        if wire_dtype not in wire.WIRE_DTYPES:
+            raise ValueError(f"unknown wire dtype {wire_dtype!r}; use one of {wire.WIRE_DTYPES}")
+        self.endpoint, self.codec, self.wire_dtype = endpoint, codec, wire_dtype
+        self.timeout_s = float(timeout_s)
+        self.transport = transport_of(endpoint)
+        self.records: list[CallRecord] = []
+        self.keep_records = keep_records
+        self.step = -1
+        self._next_id = 1
+        self._log = None
+        self._closed = False
+        self.request_arena = self.reply_arena = None
+        self._ctx = context or zmq.Context.instance()
+        self.sock = self._ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
+        self.sock.connect(endpoint)
+        try:
+            if codec == "shm":
+                self.request_arena = wire.Arena(size=shm_bytes)
+                self.reply_arena = wire.Arena(size=shm_bytes)
+            if log is not None:
+                self.start_log(log)
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------- logging
+    def start_log(self, path) -> None:
+        """Start a new per-call log at ``path`` (closing the previous one); call IDs restart at 1."""
+        if self._log is not None:
+            self._log.close()
+        self._log = PerfLog(path, self.transport)
+        self._next_id = 1
+
+    # -------------------------------------------------------------------- calls
+    def call(self, method: str, header: dict | None = None, tensors: dict | None = None) -> tuple[dict, dict]:
+        """Send one request and return (reply header, reply tensors as float32/int arrays)."""
+        if self._closed:
+            raise wire.RpcError("ClientClosed", "this client is closed (after a timeout or close()); create a new one",
+                                method)  # fmt: skip
+        call_id = self._next_id
+        self._next_id += 1
+        t0 = time.perf_counter()
+        frames, shm_out = wire.encode(self.codec, {"method": method, "id": call_id, **(header or {})}, tensors,
+                                      self.wire_dtype, self.request_arena)  # fmt: skip
+        t1 = time.perf_counter()
+        try:
+            self.sock.send_multipart(frames, copy=False)
+        except zmq.Again:
+            self._abandon()
+            raise wire.RpcTimeout(self._timeout_message(method, call_id, "could not send")) from None
+        t2 = time.perf_counter()
+        reply = self._wait_reply(method, call_id)
+        t3 = time.perf_counter()
+        timing_frame, frames_in = reply[-1], reply[:-1]
+        body = wire.decode_header(frames_in[0])
+        if not body.get("ok", False):
+            err = body.get("error") or {}
+            raise wire.RpcError(str(err.get("type", "Error")), str(err.get("message", "")), method)
+        out, shm_in = wire.decode(body, frames_in[1:], self.reply_arena, own=True)
+        t4 = time.perf_counter()
+        s_deser, s_comp, s_ser, s_total = wire.TIMING.unpack(memoryview(timing_frame))
+        wire_out, wire_in = wire.frames_nbytes(frames), wire.frames_nbytes(reply)
+        rec = CallRecord(call_id, method, t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, wire_out + shm_out,
+                         wire_in + shm_in, wire_out, wire_in, s_deser, s_comp, s_ser, s_total, self.step)  # fmt: skip
+        if self.keep_records:
+            self.records.append(rec)
+        if self._log is not None:
+            self._log.write(rec)
+        return body, out
+
+    def _wait_reply(self, method: str, call_id: int) -> list:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(max(1, int(left * 1000))):
+                self._abandon()
+                raise wire.RpcTimeout(self._timeout_message(method, call_id, "got no reply"))
+            reply = self.sock.recv_multipart(copy=False)
+            try:
+                rid = wire.decode_header(reply[0]).get("id")
+            except wire.ProtocolError:
+                continue
+            if rid == call_id or rid is None:
+                return reply
+            # a stale reply to an earlier call: drop it
+
+    def _timeout_message(self, method: str, call_id: int, what: str) -> str:
+        msg = f"{what} to {method} (call {call_id}) from {self.endpoint} within {self.timeout_s:g} s"
+        if self.endpoint.startswith("ipc://") and not os.path.exists(self.endpoint[len("ipc://"):]):
+            msg += "; its socket file does not exist: is the server running?"
+        else:
+            msg += ": is the server running and reachable?"
+        return msg
+
+    # ------------------------------------------------------------------ methods
+    def init(self) -> tuple[dict, dict]:
+        """Open a session; return (the model's config dict, the norm weights by name)."""
+        header = {}
+        if self.codec == "shm":
+            header["shm"] = {"request": self.request_arena.name, "reply": self.reply_arena.name}
+        body, tensors = self.call("Init", header)
+        return body["config"], tensors
+
+    def embedding(self, ids) -> np.ndarray:
+        """Return the embeddings (t, hidden) of token ids."""
+        return self.call("Embedding", {}, {"ids": np.asarray(ids, dtype=np.int64)})[1]["x"]
+
+    def batch_linear(self, layer: int, names: list[str], x: np.ndarray) -> list[np.ndarray]:
+        """Return ``x @ W`` for each named projection of a layer, in order."""
+        out = self.call("BatchLinear", {"layer": layer, "names": list(names)}, {"x": x})[1]
+        return [out[n] for n in names]
+
+    def matmul(self, a: np.ndarray, b: np.ndarray, transpose_b: bool = False) -> np.ndarray:
+        """Return ``a @ b`` (or ``a @ b.T`` over the last two axes), computed on the server."""
+        return self.call("Matmul", {"transpose_b": bool(transpose_b)}, {"a": a, "b": b})[1]["out"]
+
+    def lm_head(self, x: np.ndarray) -> np.ndarray:
+        """Return logits (t, vocab) of normed hidden states."""
+        return self.call("LMHead", {}, {"x": x})[1]["logits"]
+
+    def fused_layer(self, layer: int, x: np.ndarray, start: int) -> np.ndarray:
+        """Return one whole decoder layer's output; the server keeps the KV cache (start 0 at layer 0 resets it)."""
+        return self.call("FusedLayer", {"layer": layer, "start": int(start)}, {"x": x})[1]["x"]
+
+    # ------------------------------------------------------------------ closing
+    def _abandon(self) -> None:
+        """Close without saying goodbye (the server did not answer)."""
+        self._closed = True
+        self.close()
+
+    def close(self) -> None:
+        """Close the session (best effort), the socket, the log and the arenas."""
+        if not self._closed and not self.sock.closed:
+            self._closed = True
+            try:  # tell the server to detach our arenas; do not wait long for a server that is gone
+                frames, _ = wire.encode(self.codec, {"method": "Close", "id": 0}, None, self.wire_dtype,
+                                        self.request_arena)  # fmt: skip
+                self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                if self.sock.poll(min(1000, int(self.timeout_s * 1000))):
+                    self.sock.recv_multipart()
+            except (zmq.ZMQError, wire.ProtocolError):
+                pass
+        self._closed = True
+        if not self.sock.closed:
+            self.sock.close(linger=0)
+        if self._log is not None:
+            self._log.close()
+        for a in (self.request_arena, self.reply_arena):
+            if a is not None:
+                a.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
