@@ -1,4 +1,9 @@
-"""``ipcbench`` command line: run a chapter headless, print the environment record."""
+"""``ipcbench`` command line: run a chapter headless, print the environment record, and the RPC tools.
+
+The RPC tools mirror the source's workflow (chapter 2): ``rpc-serve`` starts the
+"GPU" server, ``rpc-run`` runs the "TEE" client and writes the per-call log,
+``analyze-log`` prints the log's report (and exports CSV).
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,93 @@ def _cmd_env(args) -> int:
     return 0
 
 
+def _model_args(p) -> None:
+    p.add_argument("--preset", default="qwen3-0.6b", help="model shapes: tiny or qwen3-0.6b (default)")
+    p.add_argument("--layers", type=int, default=2, help="decoder layers (qwen3-0.6b has 28; default 2)")
+    p.add_argument("--vocab", type=int, default=8192, help="vocabulary size (qwen3-0.6b has 151 936; default 8192)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (server and --check must agree)")
+
+
+def _weights(args):
+    from . import model
+
+    cfg = model.preset(args.preset, layers=args.layers, vocab=args.vocab if args.preset != "tiny" else None)
+    return model.init_weights(cfg, args.seed)
+
+
+def _cmd_rpc_serve(args) -> int:
+    import signal
+
+    from .rpc import RpcServer
+
+    weights = _weights(args)
+    stop = {"now": False}
+
+    def _on_signal(signum, frame):
+        stop["now"] = True
+
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with RpcServer(weights, args.endpoint or ["ipc:///tmp/ipcbench_rpc.ipc"],
+                       max_request_bytes=args.max_request_bytes) as server:  # fmt: skip
+            print(f"ipcbench rpc-serve: {weights.config.name} ({weights.config.layers} layers, vocab "
+                  f"{weights.config.vocab}, {weights.nbytes() / 1e6:.0f} MB of weights) on "
+                  f"{', '.join(server.endpoints)}", file=sys.stderr, flush=True)  # fmt: skip
+            server.serve(stop=lambda: stop["now"], poll_ms=100)
+            print(f"ipcbench rpc-serve: stopped after {server.served} requests ({server.errors} errors)",
+                  file=sys.stderr)  # fmt: skip
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    return 0
+
+
+def _cmd_rpc_run(args) -> int:
+    import time
+
+    import numpy as np
+
+    from .rpc import RpcClient, RpcError, RpcTimeout, SplitDecoder
+
+    try:
+        with RpcClient(args.endpoint, args.codec, args.dtype, timeout_s=args.timeout, log=args.log) as client:
+            dec = SplitDecoder(client, args.granularity)
+            prompt = np.random.default_rng(args.seed + 1).integers(0, dec.cfg.vocab, args.prompt_tokens).tolist()
+            t0 = time.perf_counter()
+            tokens, logits = dec.generate(prompt, args.new_tokens)
+            wall = time.perf_counter() - t0
+            calls = len(client.records)
+    except (RpcTimeout, RpcError) as exc:
+        print(f"ipcbench rpc-run: {exc}", file=sys.stderr)
+        return 1
+    print(f"generated {tokens} in {wall * 1e3:.1f} ms ({calls} RPCs, {args.codec}, {args.granularity}, "
+          f"{args.dtype}); per-call log: {args.log}")  # fmt: skip
+    if args.check:
+        from . import model
+
+        ref_tokens, ref_logits = model.generate(_weights(args), prompt, args.new_tokens)
+        err = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(logits, ref_logits, strict=False))
+        same = tokens == ref_tokens
+        print(f"reference check: tokens {'identical' if same else 'DIFFER'}, max logit error {err:.2e} of the largest")
+        return 0 if same else 1
+    return 0
+
+
+def _cmd_analyze_log(args) -> int:
+    from .rpc import analyze, perflog
+
+    try:
+        parsed = perflog.read(args.log)
+    except FileNotFoundError as exc:
+        print(f"ipcbench analyze-log: {exc}", file=sys.stderr)
+        return 2
+    print(analyze.analyze(parsed).text())
+    if args.csv:
+        perflog.to_csv(parsed, args.csv)
+        print(f"CSV: {args.csv} ({len(parsed.calls)} calls)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``ipcbench`` command."""
     from . import experiments
@@ -50,6 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
     env = sub.add_parser("env", help="print the environment record as JSON")
     env.add_argument("--profile", choices=profiles.PROFILES, default=None)
     env.set_defaults(func=_cmd_env)
+
+    from .rpc import CODECS, GRANULARITIES, WIRE_DTYPES
+
+    srv = sub.add_parser("rpc-serve", help="serve a model's linear layers over ZeroMQ until SIGINT/SIGTERM")
+    srv.add_argument("--endpoint", action="append", help="ipc://PATH or tcp://HOST:PORT (repeatable)")
+    srv.add_argument("--max-request-bytes", type=int, default=256 * 2**20, help="larger requests get an error reply")
+    _model_args(srv)
+    srv.set_defaults(func=_cmd_rpc_serve)
+    cl = sub.add_parser("rpc-run", help="generate tokens with the split decoder against rpc-serve; write the per-call log")
+    cl.add_argument("--endpoint", default="ipc:///tmp/ipcbench_rpc.ipc")
+    cl.add_argument("--log", default="zmq_performance.log", help="per-call log (default: zmq_performance.log)")
+    cl.add_argument("--codec", choices=CODECS, default="msgpack")
+    cl.add_argument("--granularity", choices=GRANULARITIES, default="per_op")
+    cl.add_argument("--dtype", choices=WIRE_DTYPES, default="float32", help="dtype of activations on the wire")
+    cl.add_argument("--prompt-tokens", type=int, default=16)
+    cl.add_argument("--new-tokens", type=int, default=8)
+    cl.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for any reply")
+    cl.add_argument("--check", action="store_true", help="compare with the single-process reference (same model args)")
+    _model_args(cl)
+    cl.set_defaults(func=_cmd_rpc_run)
+    an = sub.add_parser("analyze-log", help="print the report of a per-call log")
+    an.add_argument("log", help="the log file")
+    an.add_argument("--csv", default=None, help="also export the calls as CSV here")
+    an.set_defaults(func=_cmd_analyze_log)
     return p
 
 
