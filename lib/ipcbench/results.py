@@ -130,6 +130,16 @@ def write_json(chapter: str, name: str, obj: dict) -> Path:
     return p
 
 
+def write_text(chapter: str, name: str, text: str) -> Path:
+    """Write a chapter's extra text file (``name`` may hold a subdirectory, e.g. ``logs/x.log``); return its path."""
+    p = chapter_dir(chapter) / name
+    if ".." in Path(name).parts:
+        raise ResultsError(f"{name!r} must stay inside the chapter's directory")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
 @dataclass
 class Results:
     """One chapter's results as read back from disk."""
@@ -145,6 +155,13 @@ class Results:
         if not p.exists():
             raise ResultsError(f"{p} does not exist; run `ipcbench run {self.chapter}` first")
         return json.loads(p.read_text())
+
+    def text(self, name: str) -> str:
+        """Return an extra text file the chapter wrote (e.g. ``logs/baseline.log``)."""
+        p = results_root() / self.chapter / name
+        if not p.exists():
+            raise ResultsError(f"{p} does not exist; run `ipcbench run {self.chapter}` first")
+        return p.read_text(encoding="utf-8")
 
     def extra(self, name: str) -> pd.DataFrame:
         """Return an extra table the chapter wrote (``<name>.csv``)."""

@@ -11,6 +11,7 @@ import importlib
 CHAPTERS = {
     "machine_limits": "ipcbench.experiments.machine_limits",
     "fair_serialization": "ipcbench.experiments.fair_serialization",
+    "rpc_breakdown": "ipcbench.experiments.rpc_breakdown",
     "pipeline": "ipcbench.experiments.pipeline",
     "tensor_parallel": "ipcbench.experiments.tensor_parallel",
 }

@@ -38,6 +38,7 @@ class Session:
     request_arena: wire.Arena | None = None
     reply_arena: wire.Arena | None = None
     cache: model.KVCache | None = None
+    spin_s: float = 0.0
     calls: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -62,6 +63,7 @@ class RpcServer:
         self.sessions: OrderedDict[bytes, Session] = OrderedDict()
         self.served = 0
         self.errors = 0
+        self._spin_next = 0.0
         self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -79,10 +81,20 @@ class RpcServer:
             raise
 
     # ------------------------------------------------------------------ serving
-    def serve(self, stop=None, poll_ms: int = 100, max_requests: int | None = None) -> int:
-        """Answer requests until ``stop()`` is true (checked every ``poll_ms``) or ``max_requests``; return the count."""
+    def serve(self, stop=None, poll_ms: int = 100, max_requests: int | None = None, spin_s: float = 0.0) -> int:
+        """Answer requests until ``stop()`` is true (checked every ``poll_ms``) or ``max_requests``; return the count.
+
+        ``spin_s`` > 0 busy-polls that long after each reply before sleeping in ``poll``:
+        a request that arrives meanwhile is picked up without a wake-up. A session
+        may ask for it too (Init's ``spin_s``): then the server spins after replying to it.
+        """
         n = 0
         while max_requests is None or n < max_requests:
+            spin = max(spin_s, self._spin_next)
+            if spin > 0:
+                spin_until = time.perf_counter() + spin
+                while not self.sock.poll(0) and time.perf_counter() < spin_until:
+                    pass
             if not self.sock.poll(poll_ms):
                 if stop is not None and stop():
                     break
@@ -97,6 +109,7 @@ class RpcServer:
         t0 = time.perf_counter()
         identity, frames = msg[0], msg[1:]
         req_id = None
+        self._spin_next = 0.0
         try:
             size = wire.frames_nbytes(frames)
             if size > self.max_request_bytes:
@@ -135,6 +148,7 @@ class RpcServer:
             t3 = time.perf_counter()
             session.calls += 1
             self.served += 1
+            self._spin_next = session.spin_s
             timing = wire.TIMING.pack(t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t0)
             return [identity, *reply, timing]
         except Exception as exc:  # every bad request gets an answer; the server goes on
@@ -149,6 +163,10 @@ class RpcServer:
         if old is not None:
             old.close()
         s = Session()
+        spin = body.get("spin_s", 0.0)
+        if not isinstance(spin, (int, float)) or not 0 <= spin <= 1:
+            raise ValueError(f"spin_s must be a number of seconds in [0, 1], got {spin!r}")
+        s.spin_s = float(spin)
         shm = body.get("shm")
         if shm is not None:
             if not isinstance(shm, dict) or not {"request", "reply"} <= set(shm):
