@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 
@@ -125,3 +126,40 @@ def test_chapter4_runs_every_processor_and_kind_and_gives_every_seed_003_claim_a
     tl = res.extra("timeline")
     assert set(tl["processor"]) == set(plx.PROCESSORS) and (tl["end_s"] >= tl["start_s"]).all()
     assert not res.extra("queue_depth").empty
+
+
+@pytest.mark.slow
+def test_chapter2_checks_every_configuration_splits_every_token_and_gives_every_seed_001_claim_a_verdict(
+        session_results, monkeypatch):  # fmt: skip
+    from ipcbench import results
+    from ipcbench.experiments import rpc_breakdown as rb
+    from ipcbench.rpc import analyze, perflog
+
+    _ledger_of("rpc_breakdown", session_results, monkeypatch)
+    res = results.read("rpc_breakdown")
+    s, steps, checks = res.summary, res.extra("steps"), res.extra("checks")
+    # every rung of the ladder was checked against the reference, within its tolerance, before timing
+    assert list(checks["config"]) and set(checks["config"]) == set(rb.LADDER)
+    assert (checks["max_rel_logit_error"] <= checks["tolerance"]).all()
+    assert checks.query("tolerance == @rb.F32_TOL")["tokens_identical"].all()
+    # the split adds up to the token's wall time, per step
+    parts = steps[list(rb.PHASES)].sum(axis=1)
+    assert np.allclose(parts, steps["token"], rtol=1e-6, atol=1e-9)
+    assert (steps["server_compute"] > 0).all() and (steps["serialize"] > 0).all()
+    # RPC counts per step follow the layout: 6 per layer + 2, or 1 per layer + 2
+    layers = res.meta["model"]["layers"]
+    for conf, (_, _, gran, _, _) in rb.LADDER.items():
+        want = (6 if gran == "per_op" else 1) * layers + 2
+        assert set(steps.query("config == @conf")["rpcs"]) == {want}, conf
+    params = rb.parameters("quick")
+    assert steps.groupby("config")["round"].nunique().eq(params["samples"]).all()
+    # the logs are in the source's format and the analyser reads them without problems
+    for conf in rb.LADDER:
+        parsed = perflog.parse(res.text(f"logs/{conf}.log"))
+        per_step = int(steps.query("config == @conf")["rpcs"].iloc[0])
+        assert not parsed.problems and parsed.transport == rb.LADDER[conf][0].upper()
+        assert analyze.analyze(parsed).calls == params["decode"] * per_step  # one generation: D forward steps
+    tg = res.meta["targets"]
+    assert tg["best"] in rb.LADDER and tg["best_tokens_identical"]
+    assert tg["overhead_cut_x"] > 1  # the best configuration has less overhead than the baseline
+    assert not s["oversubscribed"].any()
