@@ -58,7 +58,7 @@ def reap_stale() -> list[str]:
     removed = []
     for kind, paths in leftovers().items():
         for path in paths:
-            m = re.search(r"(?:ipcbench_|ipcbench-zmq-|ipcbench-lmdb-)(\d+)[-_]", os.path.basename(path))
+            m = re.search(r"(?:ipcbench_(?:rpc_)?|ipcbench-zmq-|ipcbench-lmdb-)(\d+)[-_]", os.path.basename(path))
             if not m or psutil.pid_exists(int(m.group(1))):
                 continue
             if kind == "shm":
