@@ -258,7 +258,10 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             logs.update(out["logs"])
             served.append(out["server"])
     finally:
-        cluster.run(release, ranks=2)
+        try:  # best effort: after a failure the engines may have been restarted already
+            cluster.run(release, ranks=2)
+        except Exception:  # noqa: BLE001 - never mask the run's own error
+            pass
     steps_df, calls_df, checks_df = pd.DataFrame(steps), pd.DataFrame(calls), pd.DataFrame(checks)
     cfg = model_config(params)
     payload = f"{cfg.name} shapes, {cfg.layers} layers, vocab {cfg.vocab}"
