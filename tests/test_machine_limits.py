@@ -32,6 +32,31 @@ def test_crosscheck_ratio_and_tolerance():
     assert check.loc["one_way_latency", "ratio"] == pytest.approx(1.5e-6 / 1.4329790e-06)
     assert bool(check.loc["one_way_latency", "within_tolerance"])
     assert not bool(check.loc["bandwidth", "within_tolerance"])  # 6 GB/s vs 12.4 GB/s
+    assert check.loc["bandwidth", "book_buffers"] == "filled payload"
+    assert check.loc["bandwidth", "filled_ratio"] == pytest.approx(check.loc["bandwidth", "ratio"])
+
+
+def test_crosscheck_compares_the_bench_condition_and_reports_the_filled_payload():
+    bench = ml.parse_bench(BENCH).assign(mode="buffer")
+    row = {"variant": "mpi_buffer", "metric": "bandwidth", "size_bytes": 16777216, "ci_low": 0.0, "ci_high": 1.0}
+    summary = pd.DataFrame([
+        {**row, "experiment": "pingpong", "median": 6e9, "best_allocation": 8e9},
+        {**row, "experiment": "pingpong_as_bench", "median": 11e9, "best_allocation": 12e9},
+    ])  # fmt: skip
+    check = ml.crosscheck(summary, bench).set_index("metric").loc["bandwidth"]
+    assert check["book_value"] == 12e9 and check["book_statistic"] == "best allocation's median"
+    assert check["book_buffers"].startswith("as mpi4py.bench")
+    assert check["ratio"] == pytest.approx(12e9 / 12362.04e6) and bool(check["within_tolerance"])
+    assert check["book_filled_value"] == 8e9 and check["filled_ratio"] == pytest.approx(8e9 / 12362.04e6)
+
+
+def test_bench_buffer_condition_only_on_the_buffer_path():
+    with pytest.raises(ValueError, match="one of"):
+        ml._mpi_transport(None, "mpi_buffer", 8, "zeros")
+    with pytest.raises(ValueError, match="only measured on the mpi_buffer path"):
+        ml._mpi_transport(None, "mpi_pickle", 8, "as_bench")
+    with pytest.raises(ValueError, match="only measured on the mpi_buffer path"):
+        ml._zmq_transport(None, "zmq_ipc", 8, "as_bench")
 
 
 def test_profiles_keep_every_path_and_the_crosscheck_sizes():

@@ -73,6 +73,8 @@ def parameters(profile: str | None = None) -> dict:
             "bench_modes": ["buffer", "pickle", "outband"],
             # the buffer path is the required cross-check; the pickle paths are shown for information
             "bench_repeats": {"buffer": 3, "pickle": 1, "outband": 1},
+            # the pickle modes' round trips from 32 KiB to 1 MiB (bench default 1000; 7 s of a quick run)
+            "bench_loop_large": 200,
             "allocations": 3,
         }
     if name == "standard":
@@ -81,7 +83,8 @@ def parameters(profile: str | None = None) -> dict:
             "message_sizes": _pow2(1, 64 * MiB),
             "bench_loop": 10000,
             "bench_modes": ["buffer", "pickle", "outband"],
-            "bench_repeats": {"buffer": 3, "pickle": 3, "outband": 3},
+            "bench_repeats": {"buffer": 5, "pickle": 3, "outband": 3},
+            "bench_loop_large": None,
             "allocations": 4,
         }
     return {
@@ -89,7 +92,8 @@ def parameters(profile: str | None = None) -> dict:
         "message_sizes": _pow2(1, 64 * MiB),
         "bench_loop": 10000,
         "bench_modes": ["buffer", "pickle", "outband"],
-        "bench_repeats": {"buffer": 3, "pickle": 3, "outband": 3},
+        "bench_repeats": {"buffer": 5, "pickle": 3, "outband": 3},
+        "bench_loop_large": None,
         "allocations": 6,
     }
 
@@ -136,12 +140,29 @@ def _split_rule(rule: StoppingRule, allocations: int) -> StoppingRule:
     return replace(rule, time_budget_s=rule.time_budget_s / allocations, min_samples=max(3, rule.min_samples // allocations))
 
 
-def _mpi_transport(comm, path: str, size: int):
-    """Return (rank0_roundtrip, rank1_echo, payload check) closures for an MPI path."""
+def _mpi_transport(comm, path: str, size: int, send_buffer: str = "written"):
+    """Return (payload, ping, pong, close) for an MPI path between ranks 0 and 1.
+
+    As in mpi4py.bench and the OSU benchmarks, each side sends its own copy of the payload and
+    receives into a separate buffer (rank 1 does not echo the buffer it has just received into:
+    at 16 MiB that echo runs ~20% slower here, a cache effect, not a cost of the transport).
+    ``pong`` returns what rank 1 received, so both directions are checked before timing.
+
+    ``send_buffer="as_bench"`` (buffer path only) allocates both buffers as mpi4py.bench does
+    (``numpy.empty``, never filled) instead of sending a filled payload: the bench's condition timed by
+    this harness, for a like-for-like cross-check. Its content is undefined, so only sizes are checked.
+    """
     from mpi4py import MPI
     from mpi4py.util import pkl5
 
-    payload = np.arange(size, dtype=np.uint64).astype(np.uint8)
+    if send_buffer not in SEND_BUFFERS:
+        raise ValueError(f"send_buffer must be one of {SEND_BUFFERS}, not {send_buffer!r}")
+    if send_buffer == "as_bench" and path != "mpi_buffer":
+        raise ValueError("the bench's buffer condition is only measured on the mpi_buffer path")
+    if send_buffer == "as_bench":
+        payload = np.empty(size, "B")
+    else:
+        payload = np.arange(size, dtype=np.uint64).astype(np.uint8)
     if path == "mpi_buffer":
         rbuf = np.empty_like(payload)
 
@@ -152,7 +173,8 @@ def _mpi_transport(comm, path: str, size: int):
 
         def pong():
             comm.Recv([rbuf, MPI.BYTE], source=0, tag=1)
-            comm.Send([rbuf, MPI.BYTE], dest=0, tag=2)
+            comm.Send([payload, MPI.BYTE], dest=0, tag=2)
+            return rbuf
 
     else:
         c = pkl5.Intracomm(comm) if path == "mpi_pkl5" else comm
@@ -162,14 +184,19 @@ def _mpi_transport(comm, path: str, size: int):
             return c.recv(source=1, tag=2)
 
         def pong():
-            c.send(c.recv(source=0, tag=1), dest=0, tag=2)
+            got = c.recv(source=0, tag=1)
+            c.send(payload, dest=0, tag=2)
+            return got
 
     return payload, ping, pong, (lambda: None)
 
 
-def _zmq_transport(comm, path: str, size: int):
+def _zmq_transport(comm, path: str, size: int, send_buffer: str = "written"):
     """Return (payload, ping, pong, close) for a ZeroMQ REQ/REP pair between ranks 0 and 1."""
     import zmq
+
+    if send_buffer != "written":
+        raise ValueError("the bench's buffer condition is only measured on the mpi_buffer path")
 
     payload = np.arange(size, dtype=np.uint64).astype(np.uint8)
     copy = size < zmq.COPY_THRESHOLD  # pyzmq's own rule: copy small frames, zero-copy large ones
@@ -198,7 +225,9 @@ def _zmq_transport(comm, path: str, size: int):
         return np.frombuffer(sock.recv(copy=copy), dtype=np.uint8)
 
     def pong():
-        sock.send(sock.recv(copy=copy), copy=copy)
+        got = sock.recv(copy=copy)
+        sock.send(got, copy=copy)  # REQ/REP echo: the frame goes back as it came
+        return np.frombuffer(got, dtype=np.uint8)
 
     def close():
         if sock is not None:
@@ -209,11 +238,21 @@ def _zmq_transport(comm, path: str, size: int):
     return payload, ping, pong, close
 
 
+WARMUP_WINDOW_S, WARMUP_GAIN, WARMUP_MIN_S, WARMUP_MAX_S = 0.01, 0.03, 0.02, 0.5
+"""Buffer-path ping-pong warm-up (after ``rule.warmup`` calibration round trips): windows of 10 ms until a window's
+round trips are less than 3% faster than the previous window's, at least 20 ms and at most 0.5 s."""
+
+SEND_BUFFERS = ("written", "as_bench")
+BENCH_LARGE = (25, 100)
+"""mpi4py.bench's warm-up and timed round trips for messages above 16 KiB (skip) and above 1 MiB (both),
+buffer mode only."""
+
 LARGE_MESSAGE = 1 * MiB
 """From this size on, a ping-pong point is measured over several fresh buffer allocations."""
 
 
-def pingpong_point(comm, path: str, size: int, rule: StoppingRule, allocations: int = 1) -> dict | None:
+def pingpong_point(comm, path: str, size: int, rule: StoppingRule, allocations: int = 1,
+                   send_buffer: str = "written") -> dict | None:  # fmt: skip
     """Ping-pong ``size`` bytes between ranks 0 and 1 over ``path``; return one-way samples (s) on rank 0.
 
     Rank 0 decides how many round trips each sample has and when to stop, and
@@ -223,39 +262,45 @@ def pingpong_point(comm, path: str, size: int, rule: StoppingRule, allocations: 
     With ``allocations`` > 1 the buffers (and sockets) are made afresh that many
     times and the point's budget is shared between them: on this kind of machine
     the bandwidth of a large message depends on where its fresh pages land (a
-    16 MiB ping-pong runs at ~11 or ~6.5 GB/s from one allocation to the next), so
+    16 MiB ping-pong, warmed up, runs at ~12.5 or ~6-7 GB/s from one allocation to the next), so
     one allocation is a draw, not a measurement. Samples are pooled; each
     allocation's median is returned too.
+
+    ``send_buffer``: "written" (a filled payload: the book's numbers) or "as_bench" (mpi_buffer only;
+    see :func:`_mpi_transport`).
     """
     if comm.size < 2:
         raise ValueError("ping-pong needs at least 2 MPI ranks")
     if allocations > 1:
         sub = _split_rule(rule, allocations)
-        parts = [_pingpong_allocation(comm, path, size, sub) for _ in range(allocations)]
+        parts = [_pingpong_allocation(comm, path, size, sub, send_buffer) for _ in range(allocations)]
         if comm.rank != 0:
             return None
         return {"samples": [x for p in parts for x in p["samples"]], "stop_reason": parts[-1]["stop_reason"],
                 "inner": parts[-1]["inner"],
                 "allocation_medians": [float(np.median(p["samples"])) for p in parts]}  # fmt: skip
-    return _pingpong_allocation(comm, path, size, rule)
+    return _pingpong_allocation(comm, path, size, rule, send_buffer)
 
 
-def _pingpong_allocation(comm, path: str, size: int, rule: StoppingRule) -> dict | None:
+def _pingpong_allocation(comm, path: str, size: int, rule: StoppingRule, send_buffer: str = "written") -> dict | None:
     active = comm.rank in (0, 1)
     make = _zmq_transport if path.startswith("zmq") else _mpi_transport
     payload = ping = pong = None
     close = lambda: None  # noqa: E731
     if path.startswith("zmq") or active:
-        payload, ping, pong, close = make(comm, path, size)
+        payload, ping, pong, close = make(comm, path, size, send_buffer)
     try:
         result = None
         # correctness first: one round trip must return the payload intact
+        unchecked = send_buffer == "as_bench"  # undefined content: sizes only
         if comm.rank == 0:
             back = ping()
-            if back.size != size or not np.array_equal(np.asarray(back), payload):
+            if back.size != size or not (unchecked or np.array_equal(np.asarray(back), payload)):
                 raise AssertionError(f"{path}: echoed payload of {size} B differs from what was sent")
         elif comm.rank == 1:
-            pong()
+            got = pong()
+            if got.size != size or not (unchecked or np.array_equal(np.asarray(got), payload)):
+                raise AssertionError(f"{path}: rank 1 received a payload of {size} B that differs from what was sent")
         # warm-up and calibration: rank 0 picks inner from a timed round trip
         inner = 1
         for _ in range(rule.warmup):
@@ -264,6 +309,32 @@ def _pingpong_allocation(comm, path: str, size: int, rule: StoppingRule) -> dict
                 inner = measure.calibrate_inner(ping)  # round trips per sample, >= 100 µs a sample
             elif comm.rank == 1:
                 pong()
+        # then, on the buffer path, warm up until the round-trip time stops improving: a fresh 16 MiB
+        # buffer pair speeds up over its first 10 to 50 round trips (from ~4 to ~13 GB/s here), so a
+        # count-based warm-up alone would time the ramp, not the steady state. (The pickle and ZeroMQ
+        # paths make new buffers on every message: they have no buffer pair to warm up.)
+        t_warm = t_window = now_ns()
+        window_rt, previous = 0, None
+        while path == "mpi_buffer":
+            go = None
+            if comm.rank == 0:
+                t = now_ns()
+                go = True
+                if (t - t_window) * 1e-9 >= WARMUP_WINDOW_S:
+                    per_rt = (t - t_window) / window_rt
+                    settled = previous is not None and per_rt >= previous * (1 - WARMUP_GAIN)
+                    elapsed = (t - t_warm) * 1e-9
+                    go = not ((settled and elapsed >= WARMUP_MIN_S) or elapsed >= WARMUP_MAX_S)
+                    previous, t_window, window_rt = per_rt, t, 0
+            go, inner = comm.bcast((go, inner) if comm.rank == 0 else None, root=0)
+            if not go:
+                break
+            for _ in range(inner):
+                if comm.rank == 0:
+                    ping()
+                elif comm.rank == 1:
+                    pong()
+            window_rt += inner
         samples: list[float] = []
         t_start = now_ns()
         while True:
@@ -317,13 +388,23 @@ def parse_bench(text: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_bench(mode: str, max_size: int, loop: int, timeout_s: float = 300) -> pd.DataFrame:
-    """Run ``mpiexec -n 2 python -m mpi4py.bench pingpong`` (mode buffer|pickle|outband); return its table."""
+def run_bench(mode: str, max_size: int, loop: int, loop_large: int | None = None, timeout_s: float = 300) -> pd.DataFrame:
+    """Run ``mpiexec -n 2 python -m mpi4py.bench pingpong`` (mode buffer|pickle|outband); return its table.
+
+    ``loop_large``: round trips from 32 KiB to 1 MiB in the pickle modes (None: the bench's default).
+    """
     flags = {"buffer": [], "pickle": ["-p"], "outband": ["-o"]}[mode]
     mpiexec = Path(sys.executable).with_name("mpiexec")
-    # ranks bound to cores, as the book's engines are: an unbound pair sometimes shares a core
+    # ranks bound to cores, as the book's engines are: an unbound pair sometimes shares a core. Above 1 MiB
+    # the bench's default is 1 warm-up and 10 timed round trips, which times the warm-up ramp of a fresh
+    # buffer pair (16 MiB: 11-13 GB/s, sometimes 8.5, against ~15.8 warmed); BENCH_LARGE gives it a warm-up
+    # (buffer mode: the cross-check; the pickle modes, shown for information, keep the bench's defaults)
+    skip, loop_huge = BENCH_LARGE
+    large = ["--skip-large", str(skip), "--skip-huge", str(skip), "--loop-huge", str(loop_huge)] if mode == "buffer" else []
+    if mode != "buffer" and loop_large is not None:
+        large = ["--loop-large", str(loop_large)]
     cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", "2", "-bind-to", "core", sys.executable, "-m", "mpi4py.bench",
-           "pingpong", "-m", "1", "-n", str(max_size), "-l", str(loop), *flags]  # fmt: skip
+           "pingpong", "-m", "1", "-n", str(max_size), "-l", str(loop), *large, *flags]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy())
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
@@ -332,8 +413,22 @@ def run_bench(mode: str, max_size: int, loop: int, timeout_s: float = 300) -> pd
     return df
 
 
+def _book_value(rows: pd.DataFrame) -> tuple[float, str]:
+    """Return a point's value for the cross-check: its best allocation's median where it had several."""
+    best = rows["best_allocation"].iloc[0] if "best_allocation" in rows else np.nan
+    if pd.notna(best):
+        return float(best), "best allocation's median"
+    return float(rows["median"].iloc[0]), "median"
+
+
 def crosscheck(summary: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
-    """Return the book-vs-mpi4py.bench comparison at 8 B (latency) and 16 MiB (bandwidth), with ratios."""
+    """Return the book-vs-mpi4py.bench comparison at 8 B (latency) and 16 MiB (bandwidth), with ratios.
+
+    Like with like: where the summary holds the buffer path timed in the bench's own buffer condition
+    (experiment ``pingpong_as_bench``: ``numpy.empty`` buffers, never filled), that is what is compared;
+    the book's filled-payload number is reported beside it (``book_filled_value``, ``filled_ratio``).
+    mpi4py.bench keeps the best of k runs, so the book offers its best allocation.
+    """
     rows = []
     checks = [
         ("one_way_latency", CROSSCHECK_LATENCY_SIZE, "one_way_mean_s", "s"),
@@ -341,13 +436,15 @@ def crosscheck(summary: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
     ]
     for mode, path in (("buffer", "mpi_buffer"), ("pickle", "mpi_pickle"), ("outband", "mpi_pkl5")):  # noqa: B007 (used in query)
         for metric, size, col, unit in checks:
-            book = summary.query("experiment == 'pingpong' and variant == @path and metric == @metric and size_bytes == @size")
+            sel = "variant == @path and metric == @metric and size_bytes == @size"
+            filled = summary.query(f"experiment == 'pingpong' and {sel}")
+            as_bench = summary.query(f"experiment == 'pingpong_as_bench' and {sel}")
             ref = bench.query("mode == @mode and size_bytes == @size")
-            if book.empty or ref.empty:
+            if filled.empty or ref.empty:
                 continue
-            # like with like: mpi4py.bench keeps its best of k runs, so the book offers its best allocation
-            best = book["best_allocation"].iloc[0] if "best_allocation" in book else np.nan
-            b = float(best) if pd.notna(best) else float(book["median"].iloc[0])
+            book = as_bench if not as_bench.empty else filled
+            b, statistic = _book_value(book)
+            f, _ = _book_value(filled)
             r = float(ref[col].iloc[0])
             rows.append(
                 {
@@ -356,14 +453,17 @@ def crosscheck(summary: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
                     "size_bytes": size,
                     "unit": unit,
                     "book_value": b,
-                    "book_statistic": "best allocation's median" if pd.notna(best) else "median",
+                    "book_statistic": statistic,
+                    "book_buffers": "as mpi4py.bench (numpy.empty, never filled)" if not as_bench.empty else "filled payload",
                     "book_median": float(book["median"].iloc[0]),
                     "book_ci_low": float(book["ci_low"].iloc[0]),
                     "book_ci_high": float(book["ci_high"].iloc[0]),
+                    "book_filled_value": f,
                     "bench_value": r,
                     "bench_statistic": ("best-of-k mean over single round trips" if unit == "s"
                                         else "size / best-of-k mean one-way time"),
                     "ratio": b / r,
+                    "filled_ratio": f / r,
                     "within_tolerance": abs(b / r - 1) <= CROSSCHECK_TOLERANCE,
                     "required": path == "mpi_buffer",
                 }
@@ -442,6 +542,32 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         rows += r
         samples += s
 
+    # the cross-check. The buffer path is timed once more at the two cross-check sizes in mpi4py.bench's
+    # own buffer condition, interleaved with the bench's buffer runs: one fresh pair per size, then one
+    # bench run, k times. Both sides keep their best of k, drawn over the same minutes (even the 8 B
+    # latency moves between ~1.4 and ~1.8 us from one minute to the next on this VM).
+    k = params["bench_repeats"]["buffer"]
+    cross_rule = _split_rule(rule, k)
+    parts: dict[int, list[dict]] = {CROSSCHECK_LATENCY_SIZE: [], CROSSCHECK_BANDWIDTH_SIZE: []}
+    runs = []
+    for rep in progress(range(k), "cross-check (book, mpi4py.bench)"):
+        for size in parts:
+            parts[size].append(cluster.run(pingpong_point, "mpi_buffer", size, cross_rule, 1, "as_bench")[0])
+        runs.append(run_bench("buffer", CROSSCHECK_BANDWIDTH_SIZE, params["bench_loop"]).assign(run=rep))
+    for size, points in parts.items():
+        point = {"samples": [x for p in points for x in p["samples"]], "stop_reason": points[-1]["stop_reason"],
+                 "inner": points[-1]["inner"], "allocation_medians": [float(np.median(p["samples"])) for p in points]}  # fmt: skip
+        labels = {**base, "experiment": "pingpong_as_bench", "variant": "mpi_buffer", "ranks": 2,
+                  "payload": "numpy.empty, never filled (as mpi4py.bench)"}  # fmt: skip
+        r, s = _point_rows(point, labels, size, "pingpong")
+        _mark_allocations(r, point, k, size)
+        rows += r
+        samples += s
+    # the pickle modes, for information
+    runs += [run_bench(m, CROSSCHECK_BANDWIDTH_SIZE, params["bench_loop"], params["bench_loop_large"]).assign(run=rep)
+             for m in progress([m for m in params["bench_modes"] if m != "buffer"], "mpi4py.bench, pickle modes")
+             for rep in range(params["bench_repeats"][m])]  # fmt: skip
+
     summary = results.frame(rows)
     fit = fits(summary)
     for f in fit.itertuples():
@@ -452,10 +578,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                 "metric": metric, "unit": unit, "n": f.sizes, "median": value, "unstable": False,
             }  # fmt: skip
 
-    # mpi4py.bench reports a mean over single round trips, which one preemption inflates: run it a few
-    # times and keep, per mode and size, the run with the lowest mean (the usual "best of k")
-    runs = [run_bench(m, CROSSCHECK_BANDWIDTH_SIZE, params["bench_loop"]).assign(run=k)
-            for m in progress(params["bench_modes"], "mpi4py.bench") for k in range(params["bench_repeats"][m])]  # fmt: skip
+    # mpi4py.bench reports a mean over single round trips, which one preemption inflates: it ran a few
+    # times; keep, per mode and size, the run with the lowest mean (the usual "best of k")
     allruns = pd.concat(runs, ignore_index=True)
     bench = allruns.loc[allruns.groupby(["mode", "size_bytes"])["one_way_mean_s"].idxmin()].reset_index(drop=True)
     check = crosscheck(summary, bench)
