@@ -9,8 +9,9 @@ import pytest
 from conftest import REPO
 
 SCRIPTS = sorted((REPO / "tests" / "mpi_scripts").glob("check_*.py"))
-# (script, ranks): every script on 2 ranks; the backends also to 3 readers (oversubscribed, correctness only)
-CASES = [(s, 2) for s in SCRIPTS] + [(s, 4) for s in SCRIPTS if s.stem == "check_backends"]
+# (script, ranks): every script on 2 ranks; the backends (3 readers) and chapter 3's strategies also on 4 ranks
+# (oversubscribed, correctness only)
+CASES = [(s, 2) for s in SCRIPTS] + [(s, 4) for s in SCRIPTS if s.stem in ("check_backends", "check_multimodal")]
 
 
 @pytest.mark.parametrize(("script", "ranks"), CASES, ids=lambda v: v.stem if hasattr(v, "stem") else f"n{v}")

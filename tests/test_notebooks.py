@@ -163,3 +163,35 @@ def test_chapter2_checks_every_configuration_splits_every_token_and_gives_every_
     assert tg["best"] in rb.LADDER and tg["best_tokens_identical"]
     assert tg["overhead_cut_x"] > 1  # the best configuration has less overhead than the baseline
     assert not s["oversubscribed"].any()
+
+
+@pytest.mark.slow
+def test_chapter3_checks_every_strategy_measures_every_class_and_gives_every_seed_002_claim_a_verdict(
+        session_results, monkeypatch):  # fmt: skip
+    from ipcbench import multimodal as mm
+    from ipcbench import results
+    from ipcbench.experiments import broadcast as bx
+
+    _ledger_of("broadcast", session_results, monkeypatch)
+    res = results.read("broadcast")
+    s, load, cap = res.summary, res.extra("load"), res.extra("capacity")
+    params = bx.parameters("quick")
+    classes = set(params["classes"])
+    # every phase at every size; every strategy and class at no load (TP = 2 and the oversubscribed TP = 4)
+    ph = s.query("experiment == 'phases'")
+    assert ph.groupby("size_bytes")["variant"].nunique().eq(12).all() and ph["size_bytes"].nunique() == len(params["phase_sizes"])
+    lat = s.query("experiment == 'latency'")
+    for tp in (2, params["tp_oversubscribed"]):
+        got = lat.query("ranks == @tp")
+        assert set(zip(got["payload_class"], got["variant"])) == {(c, v) for c in classes for v in mm.STRATEGIES}, tp
+        assert got["oversubscribed"].all() == (tp > 2)
+    # every strategy under load at every rate of every class, with per-rank CPU
+    assert len(load) == len(classes) * len(mm.STRATEGIES) * len(params["rate_fractions"])
+    assert (load["throughput"] > 0).all() and (load["latency_p99"] >= load["latency_p50"]).all()
+    assert load[["cpu_rank0", "cpu_rank1"]].notna().all().all()
+    assert set(cap["variant"]) == set(mm.STRATEGIES)
+    # the models and the projection are computed from the measurements
+    models = res.extra("models")
+    assert models["full_model_s"].gt(0).all() and len(models) == len(classes) * len(mm.STRATEGIES)
+    proj = res.extra("projection")
+    assert set(proj["ranks"]) == {2, 4, 8} and proj.query("ranks == 8")["measured_s"].isna().all()

@@ -12,6 +12,7 @@ CHAPTERS = {
     "machine_limits": "ipcbench.experiments.machine_limits",
     "fair_serialization": "ipcbench.experiments.fair_serialization",
     "rpc_breakdown": "ipcbench.experiments.rpc_breakdown",
+    "broadcast": "ipcbench.experiments.broadcast",
     "pipeline": "ipcbench.experiments.pipeline",
     "tensor_parallel": "ipcbench.experiments.tensor_parallel",
 }

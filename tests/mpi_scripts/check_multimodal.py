@@ -1,0 +1,75 @@
+"""Chapter 3's data path under mpiexec: every strategy leaves identical MultimodalInputs on every rank,
+malformed requests fail on every rank alike (no rank left in a collective), and the timed points run."""
+
+import numpy as np
+from mpi4py import MPI
+
+from ipcbench import multimodal as mm
+from ipcbench.experiments import broadcast as bx
+from ipcbench.measure import StoppingRule
+
+comm = MPI.COMM_WORLD
+rule = StoppingRule(rel_ci=0.5, min_samples=3, max_samples=5, time_budget_s=0.05, warmup=1)
+
+# a request with two valid items (one non-contiguous), one empty item (filtered) and optional args
+base = mm.make_request(300_000, "image", seed=11, items=2)
+base["mm_items"][1]["feature"] = np.asfortranarray(base["mm_items"][1]["feature"])
+base["mm_items"].append({"modality": "image", "feature": np.empty((0, 1176), np.float32), "offsets": [(0, 0)]})
+want = {algo: mm.MultimodalInputs.from_dict(base, algo) for algo in ("sha256", "xxh3")}
+assert len(want["sha256"].mm_items) == 2
+
+features = {}
+for strategy in mm.STRATEGIES:
+    got = mm.process_request(comm, strategy, base if (comm.rank == 0 or strategy == "A0") else None)
+    algo = mm.STRATEGY_SPEC[strategy][2]
+    prints = comm.allgather(got.fingerprint())
+    assert all(p == want[algo].fingerprint() for p in prints), (strategy, comm.rank)
+    assert got.im_token_id == base["im_token_id"] and [it.offsets for it in got.mm_items] == [[(16, 48)], [(48, 80)]]
+    features[strategy] = [np.ascontiguousarray(it.feature) for it in got.mm_items]
+for strategy, fs in features.items():  # byte-identical features whatever the strategy
+    assert all(np.array_equal(a, b) for a, b in zip(fs, features["A"], strict=True)), strategy
+
+# malformed requests: the same error on every rank, then the next valid request succeeds
+bad_requests = {
+    "missing key": {"mm_items": [{"modality": "image", "offsets": []}]},
+    "wrong dtype": {"mm_items": [{"modality": "image", "feature": np.array(["a", "b"]), "offsets": []}]},
+    "object dtype": {"mm_items": [{"modality": "image", "feature": np.array([None, 1]), "offsets": []}]},
+    "no mm_items": {"input_ids": [1, 2]},
+    "unknown modality": {"mm_items": [{"modality": "smell", "feature": np.ones(3, np.float32), "offsets": []}]},
+    "unpicklable": {"mm_items": [{"modality": "image", "feature": np.ones(3, np.float32), "offsets": []}],
+                    "callback": lambda: None},
+}
+for what, req in bad_requests.items():
+    for strategy in mm.STRATEGIES:
+        message = None
+        try:
+            mm.process_request(comm, strategy, req if (comm.rank == 0 or strategy == "A0") else None)
+        except mm.MalformedItemError as e:
+            message = str(e)
+        # (unpicklable: A, C, D, E and DE pickle the raw request and fail; A0 never pickles and B pickles the
+        # built object, which leaves the callback out: both succeed. Either way every rank agrees.)
+        messages = comm.allgather(message)
+        assert len(set(messages)) == 1, (what, strategy, messages)
+        if what != "unpicklable":
+            assert messages[0] is not None, (what, strategy)
+        ok = mm.process_request(comm, strategy, base if (comm.rank == 0 or strategy == "A0") else None)
+        assert len(ok.mm_items) == 2
+
+# the timed points run and return what the chapter reads
+ph = bx.phase_point(comm, 200_000, rule)
+lat = bx.latency_point(comm, "E", 200_000, rule, 1, 1_000_000)
+load = bx.load_point(comm, "B", 200_000, 400.0, 6, 1, 1_000_000)
+bx.drop_pools(comm)
+if comm.rank == 0:
+    assert {"from_dict", "tobytes", "hash_sha256", "hash_xxh3", "hash_blake3", "pickle", "unpickle", "bcast",
+            "pickle_oob", "unpickle_oob", "bcast_oob", "from_dict_xxh3"} == set(ph["samples"])
+    assert ph["pickled_bytes"] > ph["feature_bytes"] > 190_000
+    assert len(lat["samples"]) >= 3 and len(lat["phases"]) == comm.size
+    assert {"pickle", "bcast", "from_dict"} <= set(lat["phases"][0]) and "unpickle" in lat["phases"][-1]
+    assert len(load["latency"]) == 6 and min(load["latency"]) > 0 and load["throughput"] > 0
+    assert len(load["cpu_util"]) == comm.size
+else:
+    assert ph is None and lat is None and load is None
+comm.Barrier()
+if comm.rank == 0:
+    print("OK")

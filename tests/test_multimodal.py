@@ -1,0 +1,131 @@
+"""Chapter 3's mock of SGLang's multimodal path: hashing, from_dict, malformed items, and the analysis helpers."""
+
+import hashlib
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ipcbench import multimodal as mm
+from ipcbench.experiments import broadcast as bx
+
+
+def test_data_hash_is_sglangs_sha256_prefix_and_each_algorithm_is_deterministic():
+    assert mm.data_hash(b"abc") == int.from_bytes(hashlib.sha256(b"abc").digest()[:8], "big")
+    for algo in mm.HASHES:
+        assert mm.data_hash(b"abc", algo) == mm.data_hash(bytearray(b"abc"), algo)
+        assert mm.data_hash(b"abc", algo) != mm.data_hash(b"abd", algo)
+    assert len({mm.data_hash(b"abc", a) for a in mm.HASHES}) == 3
+    with pytest.raises(ValueError, match="unknown hash"):
+        mm.data_hash(b"abc", "md5")
+
+
+def test_hash_feature_copy_or_not_and_any_layout_give_the_same_hash():
+    f = np.random.default_rng(0).random((40, 1176), dtype=np.float32)
+    h = mm.hash_feature(f)
+    assert h == mm.hash_feature(f, copy=False) == mm.hash_feature(f.copy())
+    assert mm.hash_feature(np.asfortranarray(f)) == h  # made C-contiguous first, as SGLang does
+    strided = f[:, ::2]
+    assert mm.hash_feature(strided) == mm.hash_feature(np.ascontiguousarray(strided))
+    g = f.copy()
+    g[3, 7] += 1
+    assert mm.hash_feature(g) != h
+
+
+def test_from_dict_filters_empty_items_sets_pad_values_and_copies_optional_args():
+    raw = mm.make_request(200_000, "image", seed=1, items=2)
+    raw["mm_items"].append({"modality": "image", "feature": np.empty((0, 4), np.float32), "offsets": []})
+    raw["mm_items"].append({"modality": "image", "feature": None, "offsets": []})
+    out = mm.MultimodalInputs.from_dict(raw)
+    assert len(out.mm_items) == 2
+    for item, src in zip(out.mm_items, raw["mm_items"], strict=False):
+        assert item.hash == mm.hash_feature(src["feature"]) and item.pad_value == item.hash % 2**30
+        assert item.feature is src["feature"]  # from_dict builds, it does not copy features
+    assert out.im_token_id == raw["im_token_id"] and out.im_end_id == raw["im_end_id"]
+    again = mm.MultimodalInputs.from_dict(raw, hashes=out.hashes())
+    assert again.fingerprint() == out.fingerprint()
+    assert mm.MultimodalInputs.from_dict(raw, "xxh3").hashes() != out.hashes()
+    with pytest.raises(mm.MalformedItemError, match="1 hashes for 2 valid items"):
+        mm.MultimodalInputs.from_dict(raw, hashes=out.hashes()[:1])
+    # the object survives pickling, with features and pad values, under both protocols
+    for proto in (4, 5):
+        assert pickle.loads(pickle.dumps(out, protocol=proto)).fingerprint() == out.fingerprint()
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ({"modality": "image", "offsets": []}, r"item 0: missing key\(s\) \['feature'\]"),
+    ({"feature": np.ones(3, np.float32), "offsets": []}, r"missing key\(s\) \['modality'\]"),
+    ({"modality": "image", "feature": np.array(["a"]), "offsets": []}, "dtype <U1 is not numeric"),
+    ({"modality": "image", "feature": np.array([None]), "offsets": []}, "dtype object is not numeric"),
+    ({"modality": "image", "feature": [1.0, 2.0], "offsets": []}, "must be a numpy array, got list"),
+    ({"modality": "smell", "feature": np.ones(3, np.float32), "offsets": []}, "modality 'smell'"),
+    ("not an item", "expected a dict"),
+])  # fmt: skip
+def test_malformed_items_are_rejected_with_a_message_naming_the_item(item, message):
+    with pytest.raises(mm.MalformedItemError, match=message):
+        mm.MultimodalInputs.from_dict({"mm_items": [item]})
+
+
+def test_malformed_requests_are_rejected():
+    with pytest.raises(mm.MalformedItemError, match="no 'mm_items'"):
+        mm.MultimodalInputs.from_dict({"input_ids": [1]})
+    with pytest.raises(mm.MalformedItemError, match="must be a dict"):
+        mm.MultimodalInputs.from_dict([1, 2])
+    with pytest.raises(ValueError, match="unknown strategy"):
+        mm.process_request(None, "Z", {})
+
+
+def test_request_classes_have_the_requested_feature_bytes():
+    for nbytes in (100_000, 2_000_000, 20_000_000):
+        r = mm.make_request(nbytes)
+        got = sum(i["feature"].nbytes for i in r["mm_items"])
+        assert abs(got / nbytes - 1) < 0.03
+        assert r["mm_items"][0]["feature"].shape[1] == 1176
+
+
+def _fake_summary():
+    sizes = [1_000_000, 10_000_000, 20_000_000]
+    per_mb = {"from_dict": 1.0e-3, "tobytes": 0.3e-3, "hash_sha256": 0.7e-3, "hash_xxh3": 0.1e-3, "hash_blake3": 0.15e-3,
+              "from_dict_xxh3": 0.4e-3, "pickle": 0.2e-3, "unpickle": 0.15e-3, "bcast": 0.1e-3, "pickle_oob": 1e-6,
+              "unpickle_oob": 1e-6, "bcast_oob": 0.1e-3}  # fmt: skip
+    rows = [{"experiment": "phases", "variant": k, "size_bytes": s, "median": v * s / 1e6, "pickled_bytes": s + 200}
+            for s in sizes for k, v in per_mb.items()]
+    return pd.DataFrame(rows)
+
+
+def test_phase_models_follow_the_strategies_critical_paths():
+    ph = bx._phase_at(_fake_summary(), 10_000_000)
+    assert ph["from_dict"] == pytest.approx(10e-3)
+    travel = ph["pickle"] + ph["bcast"] + ph["unpickle"]
+    assert bx.model_latency(ph, "A0") == pytest.approx(ph["from_dict"])
+    assert bx.model_latency(ph, "A") == pytest.approx(bx.model_latency(ph, "B")) == pytest.approx(ph["from_dict"] + travel)
+    assert bx.model_latency(ph, "D") < bx.model_latency(ph, "C")
+    assert bx.model_latency(ph, "DE") < bx.model_latency(ph, "E") < bx.model_latency(ph, "C")
+    assert bx.source_model(ph, "A") == pytest.approx(ph["from_dict"]) and bx.source_model(ph, "C") is None
+    assert bx.source_model(ph, "B") == pytest.approx(ph["from_dict"] + travel)
+
+
+def test_bcast_model_tree_below_12k_scatter_allgather_above():
+    a, b = 2e-6, 1e10
+    assert bx.bcast_model(100, 1, a, b) == 0
+    assert bx.bcast_model(100, 8, a, b) == pytest.approx(3 * (a + 100 / b))
+    n = 1e7
+    assert bx.bcast_model(n, 8, a, b) == pytest.approx((3 + 7) * a + 2 * 7 / 8 * n / b)
+    assert bx.bcast_model(n, 2, a, b) < bx.bcast_model(n, 8, a, b) < 2 * n / b + 20 * a
+
+
+def test_capacity_and_best_strategy():
+    rows = []
+    caps = {"A": 100, "B": 80, "C": 100, "D": 130, "E": 110, "DE": 170, "A0": 120}
+    for cls, scale in (("small_image", 10), ("video", 1)):
+        for s, c in caps.items():
+            for f in (0.5, 1.0, 1.5):
+                thr = min(f * 100, c) * scale  # never above the offered rate
+                rows.append({"payload_class": cls, "variant": s, "offered_rate": f * 100 * scale, "rate_fraction": f,
+                             "throughput": thr, "latency_p99": 0.01 if f < 1.5 else 0.2, "latency_p50": 0.005})  # fmt: skip
+    cap = bx.capacity(pd.DataFrame(rows))
+    assert float(cap.query("variant == 'DE' and payload_class == 'video'")["capacity"].iloc[0]) == 150
+    assert cap["saturation_rate"].notna().all()
+    best = bx.best_strategy(cap)
+    assert best["best"] == "DE" and best["target_met"] and set(best["beats_A_and_B_in"]) == {"small_image", "video"}
