@@ -183,7 +183,7 @@ def test_chapter3_checks_every_strategy_measures_every_class_and_gives_every_see
     lat = s.query("experiment == 'latency'")
     for tp in (2, params["tp_oversubscribed"]):
         got = lat.query("ranks == @tp")
-        assert set(zip(got["payload_class"], got["variant"])) == {(c, v) for c in classes for v in mm.STRATEGIES}, tp
+        assert set(zip(got["payload_class"], got["variant"], strict=True)) == {(c, v) for c in classes for v in mm.STRATEGIES}, tp
         assert got["oversubscribed"].all() == (tp > 2)
     # every strategy under load at every rate of every class, with per-rank CPU
     assert len(load) == len(classes) * len(mm.STRATEGIES) * len(params["rate_fractions"])
