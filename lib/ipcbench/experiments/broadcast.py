@@ -12,7 +12,7 @@ Experiments (TP ranks are MPI engines; :mod:`ipcbench.multimodal` is the data pa
   class: ``Barrier``, then every rank processes the request; done when the last rank holds its
   :class:`~ipcbench.multimodal.MultimodalInputs`. Also per-rank phase times. Measured at TP = 2
   and, on a 4-engine cluster, TP = 4 (oversubscribed on 2 cores, labelled);
-* **load**: Poisson arrivals at a sweep of rates (fractions of strategy A's no-load capacity) per
+* **load**: Poisson arrivals at a sweep of rates (fractions of each strategy's no-load capacity) per
   strategy and class: throughput (completed / (last completion - first arrival)), p50 and p99
   latency (arrival to the last rank's completion), per-rank CPU utilisation (CPU seconds / wall
   seconds of the run);
@@ -54,7 +54,7 @@ def parameters(profile: str | None = None) -> dict:
         "phase_sizes": [10_000, 100_000, 1_000_000, 2_000_000, 10_000_000, 20_000_000],
         "rate_fractions": [0.5, 1.0, 1.5],
         # requests per load point: rate x duration, within [min, max]
-        "requests": 10, "max_requests": 300, "load_duration_s": 0.2,
+        "requests": 8, "max_requests": 300, "load_duration_s": 0.2,
         "pool_bytes": 64_000_000,
         "tp_oversubscribed": 4,
         "seed": 3,
@@ -289,14 +289,14 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                        "phase": phase, "value": value,
                                        "unit": "faults per request" if phase == "minor_faults" else "s"})  # fmt: skip
 
-        # 3. load: Poisson arrivals at fractions of A's no-load capacity, TP = 2
+        # 3. load: Poisson arrivals at fractions of each strategy's no-load capacity (1 / its latency), TP = 2
         summary_so_far = results.frame(rows)
         load_points = []
         for cls, fb in params["classes"].items():
-            a_lat = float(pick_row(summary_so_far, experiment="latency", variant="A", payload_class=cls, ranks=2)["median"])
             for strategy in mm.STRATEGIES:
+                lat_s = float(pick_row(summary_so_far, experiment="latency", variant=strategy, payload_class=cls, ranks=2)["median"])
                 for f in params["rate_fractions"]:
-                    load_points.append((cls, fb, strategy, f, f / a_lat))
+                    load_points.append((cls, fb, strategy, f, f / lat_s))
         load_rows = []
         for cls, fb, strategy, frac, rate in progress(load_points, "load"):
             n = requests_at(rate, params)
