@@ -65,8 +65,8 @@ def parameters(profile: str | None = None) -> dict:
         return {**base, "classes": {**base["classes"], "video": 40_000_000},
                 "phase_sizes": [10_000, 30_000, 100_000, 300_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000,
                                 20_000_000, 40_000_000],
-                "rate_fractions": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0], "requests": 30,
-                "max_requests": 3000, "load_duration_s": 1.5}  # fmt: skip
+                "rate_fractions": [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0], "requests": 20,
+                "max_requests": 3000, "load_duration_s": 1.0}  # fmt: skip
     return {**base, "classes": {**base["classes"], "video": 50_000_000},
             "phase_sizes": [10_000 * 2**k for k in range(13)],
             "rate_fractions": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0], "requests": 100,
