@@ -62,7 +62,7 @@ load = bx.load_point(comm, "B", 200_000, 400.0, 6, 1, 1_000_000)
 bx.drop_pools(comm)
 if comm.rank == 0:
     assert {"from_dict", "tobytes", "hash_sha256", "hash_xxh3", "hash_blake3", "pickle", "unpickle", "bcast",
-            "pickle_oob", "unpickle_oob", "bcast_oob", "from_dict_xxh3"} == set(ph["samples"])
+            "pickle_oob", "unpickle_oob", "bcast_oob", "from_dict_xxh3", "mpi4py_bcast"} == set(ph["samples"])
     assert ph["pickled_bytes"] > ph["feature_bytes"] > 190_000
     assert len(lat["samples"]) >= 3 and len(lat["phases"]) == comm.size
     assert {"pickle", "bcast", "from_dict"} <= set(lat["phases"][0]) and "unpickle" in lat["phases"][-1]

@@ -6,7 +6,8 @@ Experiments (TP ranks are MPI engines; :mod:`ipcbench.multimodal` is the data pa
   ``tobytes()`` then hash), its two parts (``tobytes`` copy, SHA-256 of the array's memory),
   xxh3 and BLAKE3 hashes, ``pickle.dumps`` / ``pickle.loads`` of the constructed object (default
   protocol, as ``broadcast_pyobj``), the broadcast of those bytes (size ``Bcast`` + bytes
-  ``Bcast``, slowest rank), and the out-of-band path (pickle 5 stream, buffer ``Bcast``,
+  ``Bcast``, slowest rank), mpi4py's plain ``bcast`` of the object (pickle, transfer and
+  unpickle in one call, slowest rank), and the out-of-band path (pickle 5 stream, buffer ``Bcast``,
   ``loads`` on the received buffers);
 * **latency**: end-to-end latency of one request at a time (no load) per strategy and payload
   class: ``Barrier``, then every rank processes the request; done when the last rank holds its
@@ -158,9 +159,17 @@ def phase_point(comm, size: int, rule: StoppingRule, seed: int = 0) -> dict | No
         return (time.perf_counter_ns() - t) * 1e-9
 
     p = measure.repeat_collective(comm, bcast_oob, rule)
+    out["bcast_oob"] = p.samples if comm.rank == 0 else None
+
+    def bcast_mpi4py():  # mpi4py's own lowercase bcast: pickle, transfer and unpickle in one call
+        t = time.perf_counter_ns()
+        comm.bcast(obj if comm.rank == 0 else None, root=0)
+        return (time.perf_counter_ns() - t) * 1e-9
+
+    p = measure.repeat_collective(comm, bcast_mpi4py, rule)
     if comm.rank != 0:
         return None
-    out["bcast_oob"] = p.samples
+    out["mpi4py_bcast"] = p.samples
     return {"samples": out, "pickled_bytes": len(data), "feature_bytes": int(feature.nbytes)}
 
 

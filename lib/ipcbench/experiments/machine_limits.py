@@ -75,6 +75,7 @@ def parameters(profile: str | None = None) -> dict:
             "bench_repeats": {"buffer": 3, "pickle": 1, "outband": 1},
             # the pickle modes' round trips from 32 KiB to 1 MiB (bench default 1000; 7 s of a quick run)
             "bench_loop_large": 200,
+            "latency_rounds": 8,
             "allocations": 3,
         }
     if name == "standard":
@@ -85,6 +86,7 @@ def parameters(profile: str | None = None) -> dict:
             "bench_modes": ["buffer", "pickle", "outband"],
             "bench_repeats": {"buffer": 5, "pickle": 3, "outband": 3},
             "bench_loop_large": None,
+            "latency_rounds": 10,
             "allocations": 4,
         }
     return {
@@ -94,6 +96,7 @@ def parameters(profile: str | None = None) -> dict:
         "bench_modes": ["buffer", "pickle", "outband"],
         "bench_repeats": {"buffer": 5, "pickle": 3, "outband": 3},
         "bench_loop_large": None,
+        "latency_rounds": 10,
         "allocations": 6,
     }
 
@@ -388,7 +391,8 @@ def parse_bench(text: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_bench(mode: str, max_size: int, loop: int, loop_large: int | None = None, timeout_s: float = 300) -> pd.DataFrame:
+def run_bench(mode: str, max_size: int, loop: int, loop_large: int | None = None, timeout_s: float = 300,
+              min_size: int = 1) -> pd.DataFrame:  # fmt: skip
     """Run ``mpiexec -n 2 python -m mpi4py.bench pingpong`` (mode buffer|pickle|outband); return its table.
 
     ``loop_large``: round trips from 32 KiB to 1 MiB in the pickle modes (None: the bench's default).
@@ -404,7 +408,7 @@ def run_bench(mode: str, max_size: int, loop: int, loop_large: int | None = None
     if mode != "buffer" and loop_large is not None:
         large = ["--loop-large", str(loop_large)]
     cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", "2", "-bind-to", "core", sys.executable, "-m", "mpi4py.bench",
-           "pingpong", "-m", "1", "-n", str(max_size), "-l", str(loop), *large, *flags]  # fmt: skip
+           "pingpong", "-m", str(min_size), "-n", str(max_size), "-l", str(loop), *large, *flags]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy())
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
@@ -543,24 +547,27 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         samples += s
 
     # the cross-check. The buffer path is timed once more at the two cross-check sizes in mpi4py.bench's
-    # own buffer condition, interleaved with the bench's buffer runs: one fresh pair per size, then one
-    # bench run, k times. Both sides keep their best of k, drawn over the same minutes (even the 8 B
-    # latency moves between ~1.4 and ~1.8 us from one minute to the next on this VM).
-    k = params["bench_repeats"]["buffer"]
-    cross_rule = _split_rule(rule, k)
+    # own buffer condition, interleaved with the bench's buffer runs: one fresh pair, then one bench run,
+    # k times. Both sides keep their best of k, drawn over the same minutes: the 8 B latency switches
+    # between ~1.4 and ~1.9 us from one second to the next on this VM (both harnesses see it), so the
+    # latency gets more, cheaper rounds (a bench run of the 8 B size alone).
+    k, k_lat = params["bench_repeats"]["buffer"], params["latency_rounds"]
     parts: dict[int, list[dict]] = {CROSSCHECK_LATENCY_SIZE: [], CROSSCHECK_BANDWIDTH_SIZE: []}
     runs = []
-    for rep in progress(range(k), "cross-check (book, mpi4py.bench)"):
-        for size in parts:
-            parts[size].append(cluster.run(pingpong_point, "mpi_buffer", size, cross_rule, 1, "as_bench")[0])
-        runs.append(run_bench("buffer", CROSSCHECK_BANDWIDTH_SIZE, params["bench_loop"]).assign(run=rep))
+    rounds = [(CROSSCHECK_LATENCY_SIZE, k_lat, r) for r in range(k_lat)] + [(CROSSCHECK_BANDWIDTH_SIZE, k, r) for r in range(k)]
+    for size, n, rep in progress(rounds, "cross-check (book, mpi4py.bench)"):
+        parts[size].append(cluster.run(pingpong_point, "mpi_buffer", size, _split_rule(rule, n), 1, "as_bench")[0])
+        if size == CROSSCHECK_LATENCY_SIZE:
+            runs.append(run_bench("buffer", size, params["bench_loop"], min_size=size).assign(run=f"latency-{rep}"))
+        else:
+            runs.append(run_bench("buffer", size, params["bench_loop"]).assign(run=rep))
     for size, points in parts.items():
         point = {"samples": [x for p in points for x in p["samples"]], "stop_reason": points[-1]["stop_reason"],
                  "inner": points[-1]["inner"], "allocation_medians": [float(np.median(p["samples"])) for p in points]}  # fmt: skip
         labels = {**base, "experiment": "pingpong_as_bench", "variant": "mpi_buffer", "ranks": 2,
                   "payload": "numpy.empty, never filled (as mpi4py.bench)"}  # fmt: skip
         r, s = _point_rows(point, labels, size, "pingpong")
-        _mark_allocations(r, point, k, size)
+        _mark_allocations(r, point, len(points), size)
         rows += r
         samples += s
     # the pickle modes, for information
