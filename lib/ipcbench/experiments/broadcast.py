@@ -610,10 +610,11 @@ def ledger_evidence(summary, load, cap, model_df, phases_df, params) -> list[dic
         "anyway). Per-rank CPU under load reaches "
         + ", ".join(f"{s} {cpu.loc[s, 'cpu_rank0']:.2f}/{cpu.loc[s, 'cpu_rank1']:.2f}" for s in cpu.index)
         + " cores (rank 0/rank 1) with no GIL shared between them."))  # fmt: skip
-    idle = load.sort_values("rate_fraction").groupby("variant").first()
+    idle = load.query("payload_class == @big").sort_values("rate_fraction").groupby("variant").first()
     bc_idle = idle.drop(index="A0")
     ev.append(claims.evidence("bc-13", round(float(bc_idle["cpu_rank1"].min()) * 100, 1), "%", "partly",
-        "a rank that waits in an MPI broadcast busy-polls: at the lowest offered rate rank 1's CPU utilisation is "
+        f"a rank that waits in an MPI broadcast busy-polls: at the lowest offered rate of the {CLASS_LABELS[big]} class, "
+        "where requests are furthest apart, rank 1's CPU utilisation is "
         + ", ".join(f"{s} {100 * u:.0f}%" for s, u in bc_idle["cpu_rank1"].items())
         + f", against {100 * float(idle.loc['A0', 'cpu_rank1']):.0f}% for A0, whose ranks wait for arrivals in a sleep. "
         "Hashing and pickling are real costs, but a reading near 100% is also what waiting in a collective looks like; "
