@@ -270,10 +270,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
 
     try:
         # 1. phase costs against size
-        sizes = {}
         for size in progress(params["phase_sizes"], "phases"):
             pt = run_point(cluster, phase_point, size, rule, seed, ranks=2, timeout=600)[0]
-            sizes[size] = pt["pickled_bytes"]
             for metric, values in pt["samples"].items():
                 r, s = _row(values, {**base, "experiment": "phases", "variant": metric, "size_bytes": pt["feature_bytes"],
                                      "ranks": 2, "oversubscribed": False}, "time", "s", pickled_bytes=pt["pickled_bytes"])  # fmt: skip
@@ -322,7 +320,10 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                               "latency_p50": float(np.median(lat)), "latency_p99": float(np.quantile(lat, 0.99)),
                               **{f"cpu_rank{k}": u for k, u in enumerate(pt["cpu_util"])}})  # fmt: skip
     finally:
-        cluster.run(drop_pools)
+        try:  # best effort: after a failure the engines may have been restarted already
+            cluster.run(drop_pools)
+        except Exception:  # noqa: BLE001 - never mask the run's own error
+            pass
 
     summary = results.frame(rows)
     phases_df = pd.DataFrame(phase_rows)
