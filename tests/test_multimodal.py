@@ -95,7 +95,7 @@ def _fake_summary():
 
 
 def test_phase_models_follow_the_strategies_critical_paths():
-    ph = bx._phase_at(_fake_summary(), 10_000_000)
+    ph = bx.phase_at(_fake_summary(), 10_000_000)
     assert ph["from_dict"] == pytest.approx(10e-3)
     travel = ph["pickle"] + ph["bcast"] + ph["unpickle"]
     assert bx.model_latency(ph, "A0") == pytest.approx(ph["from_dict"])

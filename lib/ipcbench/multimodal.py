@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .measure import now_ns
 
 HASHES = ("sha256", "xxh3", "blake3")
 STRATEGIES = ("A0", "A", "B", "C", "D", "E", "DE")
@@ -237,7 +238,7 @@ class _Failure:
 
 
 def _tick(timings: dict | None, key: str, t0: int) -> int:
-    t = time.perf_counter_ns()
+    t = now_ns()
     if timings is not None:
         timings[key] = timings.get(key, 0.0) + (t - t0) * 1e-9
     return t
@@ -249,7 +250,7 @@ def broadcast_pyobj(comm, obj=None, root: int = 0, timings: dict | None = None):
     root cannot pickle arrives everywhere (root included) as a failure that :func:`process_request` raises."""
     from mpi4py import MPI
 
-    t = time.perf_counter_ns()
+    t = now_ns()
     if comm.rank == root:
         try:
             data = pickle.dumps(obj)
@@ -278,7 +279,7 @@ def broadcast_oob(comm, obj=None, root: int = 0, timings: dict | None = None):
     on the received buffers (no copy into or out of the pickle stream). Timings as :func:`broadcast_pyobj`."""
     from mpi4py import MPI
 
-    t = time.perf_counter_ns()
+    t = now_ns()
     if comm.rank == root:
         buffers: list = []
         try:
@@ -307,7 +308,7 @@ def broadcast_oob(comm, obj=None, root: int = 0, timings: dict | None = None):
 
 
 def _from_dict_timed(raw, algorithm: str, timings: dict | None, hashes=None) -> MultimodalInputs:
-    t = time.perf_counter_ns()
+    t = now_ns()
     mm = MultimodalInputs.from_dict(raw, algorithm, hashes=hashes)
     _tick(timings, "from_dict" if hashes is None else "build", t)
     return mm

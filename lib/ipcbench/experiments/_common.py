@@ -45,6 +45,20 @@ def run_point(cluster, fn, *args, **kwargs):
         raise
 
 
+def stats_rows(values, labels: dict, metric: str, unit: str, stop_reason: str = "", **extra) -> tuple[dict, list[dict]]:
+    """Return one summary row (statistics of ``values``, with ``labels`` and ``extra`` columns) and its raw-sample rows.
+
+    ``stop_reason`` (why a repeated point stopped) is recorded as a column when given.
+    """
+    from ..measure import summarize
+
+    st = summarize(values, stop_reason)
+    lab = {**labels, "metric": metric, "unit": unit}
+    if stop_reason:
+        extra = {**extra, "stop_reason": st.stop_reason}
+    return results.summary_row(st, **lab, **extra), results.sample_rows(values, **lab)
+
+
 def pick_row(summary, **where):
     """Return the first summary row whose columns equal ``where``; raise ResultsError when none does."""
     q = summary

@@ -37,14 +37,23 @@ import pandas as pd
 
 from .. import claims, measure, profiles, results
 from .. import multimodal as mm
-from ..measure import StoppingRule, summarize
-from ._common import pick_row, progress, run_meta, run_point
+from ..cluster import usable_cores
+from ..measure import StoppingRule, now_ns
+from ._common import pick_row, progress, run_meta, run_point, stats_rows
 
 CHAPTER = "broadcast"
 MB = 1e6
 CLASS_LABELS = {"small_image": "small image", "large_image": "large image", "video": "video"}
 SOURCE_SIZE = 10 * MB  # the source's table assumes 10 MB of data
 SOURCE_PHASES_MS = {"from_dict": 10.0, "pickle": 20.0, "bcast": 5.0, "unpickle": 15.0}
+SPIN_S = 0.002
+"""A load run's root (and A0's ranks) sleep until an arrival is this close, then spin."""
+SATURATION_FACTOR = 5
+"""The saturation point: the offered rate where p99 latency first exceeds this many times its lowest-rate p99."""
+SUSTAIN = 0.95
+"""The target's "at least A's throughput": the best strategy's capacity >= this fraction of A's in every class."""
+BCAST_TREE_BELOW = 12288
+"""MPICH broadcasts with a binomial tree below this many bytes, scatter + ring allgather above (the model's switch)."""
 
 
 def parameters(profile: str | None = None) -> dict:
@@ -143,28 +152,28 @@ def phase_point(comm, size: int, rule: StoppingRule, seed: int = 0) -> dict | No
     size_buf = np.array([len(data)], dtype=np.int64)
 
     def bcast_bytes():  # as broadcast_pyobj: the size, then the bytes into a buffer allocated for them
-        t = time.perf_counter_ns()
+        t = now_ns()
         comm.Bcast([size_buf, MPI.INT64_T], root=0)
         comm.Bcast([nbytes if comm.rank == 0 else np.empty(int(size_buf[0]), np.uint8), MPI.BYTE], root=0)
-        return (time.perf_counter_ns() - t) * 1e-9
+        return (now_ns() - t) * 1e-9
 
     p = measure.repeat_collective(comm, bcast_bytes, rule)
     out["bcast"] = p.samples if comm.rank == 0 else None
     def bcast_oob():  # as broadcast_oob: header, stream, then each buffer into one allocated for it
-        t = time.perf_counter_ns()
+        t = now_ns()
         comm.bcast((len(meta), [r.nbytes for r in raws]), root=0)
         comm.Bcast([np.frombuffer(meta, dtype=np.uint8) if comm.rank == 0 else np.empty(len(meta), np.uint8), MPI.BYTE], root=0)
         for r in raws:
             comm.Bcast([r if comm.rank == 0 else np.empty_like(r), MPI.BYTE], root=0)
-        return (time.perf_counter_ns() - t) * 1e-9
+        return (now_ns() - t) * 1e-9
 
     p = measure.repeat_collective(comm, bcast_oob, rule)
     out["bcast_oob"] = p.samples if comm.rank == 0 else None
 
     def bcast_mpi4py():  # mpi4py's own lowercase bcast: pickle, transfer and unpickle in one call
-        t = time.perf_counter_ns()
+        t = now_ns()
         comm.bcast(obj if comm.rank == 0 else None, root=0)
-        return (time.perf_counter_ns() - t) * 1e-9
+        return (now_ns() - t) * 1e-9
 
     p = measure.repeat_collective(comm, bcast_mpi4py, rule)
     if comm.rank != 0:
@@ -189,9 +198,9 @@ def latency_point(comm, strategy: str, feature_bytes: int, rule: StoppingRule, s
         raw = pool[state["i"] % len(pool)]
         state["i"] += 1
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        t = time.perf_counter_ns()
+        t = now_ns()
         mm.process_request(comm, strategy, raw if (comm.rank == 0 or strategy == "A0") else None, 0, phases)
-        dt = (time.perf_counter_ns() - t) * 1e-9
+        dt = (now_ns() - t) * 1e-9
         state["faults"] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
         return dt
 
@@ -208,11 +217,11 @@ def latency_point(comm, strategy: str, feature_bytes: int, rule: StoppingRule, s
 
 def _wait_until(t_ns: int) -> None:
     while True:
-        left = t_ns - time.perf_counter_ns()
+        left = t_ns - now_ns()
         if left <= 0:
             return
-        if left > 2_000_000:
-            time.sleep((left - 1_000_000) * 1e-9)
+        if left > SPIN_S * 1e9:
+            time.sleep((left - SPIN_S * 1e9 / 2) * 1e-9)
 
 
 def load_point(comm, strategy: str, feature_bytes: int, rate: float, requests: int, seed: int,
@@ -225,14 +234,14 @@ def load_point(comm, strategy: str, feature_bytes: int, rate: float, requests: i
     holds = comm.rank == 0 or strategy == "A0"
     finish = np.empty(requests)
     comm.Barrier()
-    t0 = time.perf_counter_ns()
+    t0 = now_ns()
     cpu0 = time.process_time()
     for i in range(requests):
         if holds:
             _wait_until(t0 + int(arrivals[i] * 1e9))
         mm.process_request(comm, strategy, pool[i % len(pool)] if holds else None, 0)
-        finish[i] = (time.perf_counter_ns() - t0) * 1e-9
-    wall = (time.perf_counter_ns() - t0) * 1e-9
+        finish[i] = (now_ns() - t0) * 1e-9
+    wall = (now_ns() - t0) * 1e-9
     cpu = time.process_time() - cpu0
     gathered = comm.gather((finish, cpu, wall), root=0)
     if comm.rank != 0:
@@ -245,13 +254,6 @@ def load_point(comm, strategy: str, feature_bytes: int, rate: float, requests: i
 
 
 # ------------------------------------------------------------------------------- the chapter
-
-
-def _row(values, labels: dict, metric: str, unit: str, stop: str = "", **extra) -> tuple[dict, list[dict]]:
-    stats = summarize(values, stop)
-    lab = {**labels, "metric": metric, "unit": unit}
-    return (results.summary_row(stats, **lab, stop_reason=stats.stop_reason, **extra),
-            results.sample_rows(values, **lab))  # fmt: skip
 
 
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
@@ -273,8 +275,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         for size in progress(params["phase_sizes"], "phases"):
             pt = run_point(cluster, phase_point, size, rule, seed, ranks=2, timeout=600)[0]
             for metric, values in pt["samples"].items():
-                r, s = _row(values, {**base, "experiment": "phases", "variant": metric, "size_bytes": pt["feature_bytes"],
-                                     "ranks": 2, "oversubscribed": False}, "time", "s", pickled_bytes=pt["pickled_bytes"])  # fmt: skip
+                r, s = stats_rows(values, {**base, "experiment": "phases", "variant": metric, "size_bytes": pt["feature_bytes"],
+                                     "ranks": 2, "oversubscribed": False}, "time", "s", "", pickled_bytes=pt["pickled_bytes"])  # fmt: skip
                 rows.append(r)
                 samples += s
 
@@ -286,8 +288,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             fb = params["classes"][cls]
             pt = run_point(cluster, latency_point, strategy, fb, rule, seed, pool_bytes, ranks=tp, timeout=600)[0]
             labels = {**base, "experiment": "latency", "variant": strategy, "size_bytes": fb, "ranks": tp,
-                      "oversubscribed": tp > cluster_cores(cluster)}  # fmt: skip
-            r, s = _row(pt["samples"], labels, "end_to_end", "s", pt["stop_reason"], payload_class=cls)
+                      "oversubscribed": tp > usable_cores()}  # fmt: skip
+            r, s = stats_rows(pt["samples"], labels, "end_to_end", "s", pt["stop_reason"], payload_class=cls)
             rows.append(r)
             samples += s
             for rank, ph in enumerate(pt["phases"]):
@@ -311,7 +313,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             labels = {**base, "experiment": "load", "variant": strategy, "size_bytes": fb, "ranks": 2,
                       "oversubscribed": False}  # fmt: skip
             extra = {"payload_class": cls, "offered_rate": rate, "rate_fraction": frac, "requests": n}
-            r, s = _row(pt["latency"], labels, "latency", "s", **extra)
+            r, s = stats_rows(pt["latency"], labels, "latency", "s", **extra)
             rows.append(r)
             samples += s
             lat = np.asarray(pt["latency"])
@@ -351,13 +353,6 @@ def requests_at(rate: float, params: dict) -> int:
     return int(min(params["max_requests"], max(params["requests"], round(rate * params["load_duration_s"]))))
 
 
-def cluster_cores(cluster) -> int:
-    """Return the cores the cluster's engines may use (this machine's usable cores for a local cluster)."""
-    from ..cluster import usable_cores
-
-    return usable_cores()
-
-
 # ------------------------------------------------------------------------------- analysis
 
 
@@ -367,7 +362,7 @@ def phase_table(summary: pd.DataFrame) -> pd.DataFrame:
     return ph.pivot_table(index="size_bytes", columns="variant", values="median")
 
 
-def _phase_at(summary: pd.DataFrame, size: int) -> pd.Series:
+def phase_at(summary: pd.DataFrame, size: int) -> pd.Series:
     """Return the phase medians (s) at the phase size nearest ``size``, interpolated linearly in size."""
     tab = phase_table(summary)
     xs = tab.index.to_numpy(dtype=float)
@@ -420,7 +415,7 @@ def models(summary: pd.DataFrame, params: dict, phases_df: pd.DataFrame) -> pd.D
     out = []
     lat = summary.query("experiment == 'latency' and ranks == 2")
     for r in lat.itertuples():
-        ph = _phase_at(summary, r.size_bytes)
+        ph = phase_at(summary, r.size_bytes)
         root, others = rank_phase_costs(phases_df, r.payload_class, r.variant)
         src = source_model(ph, r.variant)
         src_in = (root.get("from_dict", 0.0) if r.variant in ("A0", "A") else
@@ -448,7 +443,7 @@ def bcast_model(nbytes: float, ranks: int, alpha: float, beta: float) -> float:
     if ranks <= 1:
         return 0.0
     steps = math.ceil(math.log2(ranks))
-    if nbytes < 12288:
+    if nbytes < BCAST_TREE_BELOW:
         return steps * (alpha + nbytes / beta)
     return (steps + ranks - 1) * alpha + 2 * (ranks - 1) / ranks * nbytes / beta
 
@@ -487,7 +482,7 @@ def capacity(load: pd.DataFrame) -> pd.DataFrame:
     for (cls, strategy), g in load.groupby(["payload_class", "variant"], sort=False):
         g = g.sort_values("offered_rate")
         base_p99 = float(g["latency_p99"].iloc[0])
-        over = g[g["latency_p99"] > 5 * base_p99]
+        over = g[g["latency_p99"] > SATURATION_FACTOR * base_p99]
         out.append({"payload_class": cls, "variant": strategy, "capacity": float(g["throughput"].max()),
                     "saturation_rate": float(over["offered_rate"].iloc[0]) if not over.empty else None,
                     "p99_at_lowest_rate": base_p99})  # fmt: skip
@@ -500,7 +495,7 @@ def best_strategy(cap: pd.DataFrame) -> dict:
     rel = piv.div(piv["A"], axis=0)
     candidates = [s for s in piv.columns if s not in ("A0",)]
     best = max(candidates, key=lambda s: float(np.log(rel[s]).sum()))
-    holds_a = bool((piv[best] >= 0.95 * piv["A"]).all())
+    holds_a = bool((piv[best] >= SUSTAIN * piv["A"]).all())
     beats = [c for c in piv.index if piv.loc[c, best] > piv.loc[c, "A"] and piv.loc[c, best] > piv.loc[c, "B"]]
     return {"best": best, "ratio_to_A": rel[best].to_dict(), "ratio_to_B": (piv[best] / piv["B"]).to_dict(),
             "sustains_A_everywhere": holds_a, "beats_A_and_B_in": beats,
@@ -521,13 +516,9 @@ def crossover(summary: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------- verdicts
 
 
-def _at(summary: pd.DataFrame, size: float) -> pd.Series:
-    return _phase_at(summary, size)
-
-
 def ledger_evidence(summary, load, cap, model_df, phases_df, params) -> list[dict]:
     """Return evidence rows for seed 002's claims (bc-01 .. bc-19) from the measurements."""
-    ph = _at(summary, SOURCE_SIZE)
+    ph = phase_at(summary, SOURCE_SIZE)
     ms = {k: float(v) * 1e3 for k, v in ph.items()}
     ev = []
     piv = cap.pivot_table(index="payload_class", columns="variant", values="capacity")
@@ -538,7 +529,7 @@ def ledger_evidence(summary, load, cap, model_df, phases_df, params) -> list[dic
 
     # bc-01: 100 req/s at 10 ms each without broadcast
     a0_cap = {c: float(piv.loc[c, "A0"]) for c in piv.index}
-    a0_pred = {c: 1.0 / float(_at(summary, params["classes"][c])["from_dict"]) for c in piv.index}
+    a0_pred = {c: 1.0 / float(phase_at(summary, params["classes"][c])["from_dict"]) for c in piv.index}
     ratio = a0_cap[big] / a0_pred[big]
     ev.append(claims.evidence("bc-01", round(1e3 / ms["from_dict"], 1), "req/s",
         "confirmed" if within(ratio, 1.0, 0.8, 1.25) else "partly",
@@ -584,7 +575,7 @@ def ledger_evidence(summary, load, cap, model_df, phases_df, params) -> list[dic
         "not latency, and pays its pickle + broadcast + unpickle in full."))  # fmt: skip
     # bc-09: 4000 ms vs 30 ms arithmetic
     extra_b = float(lat2[(big, "B")] - lat2[(big, "A0")])
-    saved_cpu = (params["tp_oversubscribed"] - 1) * float(_at(summary, params["classes"][big])["from_dict"])
+    saved_cpu = (params["tp_oversubscribed"] - 1) * float(phase_at(summary, params["classes"][big])["from_dict"])
     ev.append(claims.evidence("bc-09", round(extra_b * 1e3, 2), "ms",
         "refuted",
         "the comparison multiplies a rate by a latency (100 req/s x 40 ms = 4 s of latency per second) and sets it "

@@ -41,6 +41,7 @@ from .. import pipeline as pl
 from ..cluster import usable_cores
 from ..measure import summarize
 from ._common import pick_row, progress, run_meta, run_point
+from ._common import stats_rows as _stats_rows
 
 CHAPTER = "pipeline"
 SOURCE_SIZES = (25_000, 50_000, 100_000)
@@ -138,12 +139,6 @@ class _Runner:
 
 def _label(proc: str, ranks: int) -> str:
     return "mpi_stages_5" if proc == "mpi_stages" and ranks == 5 else proc
-
-
-def _stats_rows(values, labels: dict, metric: str, unit: str, **extra) -> tuple[dict, list[dict]]:
-    st = summarize(values)
-    lab = {**labels, "metric": metric, "unit": unit}
-    return results.summary_row(st, **lab, **extra), results.sample_rows(values, **lab)
 
 
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
