@@ -1,11 +1,14 @@
-"""data/seeds/claims.csv: every testable claim of the five sources, quoted verbatim, one row each."""
+"""The claims ledger: claims quoted verbatim, a rule for every claim, one judge whose every rule kind reaches every outcome."""
 
 import re
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from conftest import SHARED
+from conftest import REPO, SHARED
 from ipcbench import claims, results
+from ipcbench.claims import CONFIRMED, INCONCLUSIVE, NOT_TESTABLE, PARTLY, REFUTED
 
 
 def _norm(s: str) -> str:
@@ -30,7 +33,275 @@ def test_every_quote_is_verbatim_in_its_source():
     assert missing == [], f"quotes not found verbatim in their source: {missing}"
 
 
+def test_every_claim_has_a_wellformed_rule_and_its_claimed_value_parses():
+    policy, rules = claims.load_rules()
+    seeds = claims.load_claims()
+    assert set(rules) == set(seeds["id"])
+    assert 0 < policy.tolerance < 1 and policy.min_ci_level == 0.95 and policy.text
+    for claim in seeds.to_dict("records"):
+        rule = rules[claim["id"]]
+        for case in claims._cases(rule) if rule["kind"] != "not_testable" else []:
+            if case["kind"] in ("value", "ratio", "share", "bound", "identity") and "claimed_from" not in case:
+                assert claims.parse_claimed(claim["value"], case.get("value_part")) is not None, claim["id"]
+
+
+def test_no_verdict_is_typed_in_the_experiments():
+    words = re.compile(r"[\"'](confirmed|refuted|partly|inconclusive|not testable here)[\"']")
+    typed = {p.name: words.findall(p.read_text()) for p in (REPO / "lib/ipcbench/experiments").glob("*.py")}
+    assert not any(typed.values()), typed
+    assert not any("ledger_evidence" in p.read_text() for p in (REPO / "lib/ipcbench/experiments").glob("*.py"))
+
+
 def test_ledger_lists_every_claim_pending_until_measured(results_tmp):
     led = claims.ledger()
     assert len(led) == len(claims.load_claims())
     assert set(led["verdict"]) == {claims.PENDING}
+    assert set(claims.judge_all()["verdict"]) == {claims.PENDING}
+
+
+# ------------------------------------------------------------------ claimed values
+
+
+@pytest.mark.parametrize(
+    "text, part, low, high",
+    [("5", None, 5, 5), ("-100", None, -100, -100), ("80-90", None, 80, 90), ("0.0057", None, 0.0057, 0.0057),
+     ("4000 vs 30", 0, 4000, 4000), ("40 vs 30", 1, 30, 30), ("6 -> 1-2", 1, 1, 2), ("10-50", None, 10, 50)],
+)  # fmt: skip
+def test_claimed_values_parse(text, part, low, high):
+    c = claims.parse_claimed(text, part)
+    assert (c.low, c.high) == (low, high)
+
+
+def test_claimed_value_with_parts_needs_the_rule_to_choose():
+    with pytest.raises(claims.ClaimsError, match="value_part"):
+        claims.parse_claimed("7 vs 4")
+    assert claims.parse_claimed(None) is None and claims.parse_claimed(float("nan")) is None
+
+
+# ------------------------------------------------------------- the judge, synthetic
+
+
+def _row(variant: str, median: float, lo: float, hi: float, n: int = 20, level: float = 0.96, unit: str = "s") -> dict:
+    return {"chapter": "pipeline", "experiment": "synthetic", "variant": variant, "payload": None, "size_bytes": None,
+            "ranks": 2, "oversubscribed": False, "metric": "m", "unit": unit, "n": n, "median": median, "ci_low": lo,
+            "ci_high": hi, "iqr": 0.0, "min": lo, "p99": hi, "cv": 0.01, "unstable": False, "ci_level": level}  # fmt: skip
+
+
+@pytest.fixture
+def synthetic(results_tmp):
+    """Write a synthetic 'pipeline' summary; return a function judging a claim value + rule against it."""
+
+    def judge(rows: list[dict], rule: dict, value: str | None = None, unit: str = "ms"):
+        summary = results.frame(rows)
+        results.write("pipeline", summary, None, {"synthetic": True})
+        claim = {"id": "pl-99", "chapter": "pipeline", "value": value, "unit": unit}
+        return claims.judge(claim, rule, claims.Results(), claims.Policy())
+
+    return judge
+
+
+def _sel(v: str) -> dict:
+    return {"experiment": "synthetic", "variant": v}
+
+
+@pytest.mark.parametrize(
+    "kind, rows, value, extra, expected",
+    [
+        # value: claimed 10 ms, band 7.5-12.5 ms (25%); measured in s, scaled to ms
+        ("value", [_row("a", 0.010, 0.0095, 0.0105)], "10", {}, CONFIRMED),
+        ("value", [_row("a", 0.030, 0.029, 0.031)], "10", {}, REFUTED),
+        ("value", [_row("a", 0.012, 0.011, 0.016)], "10", {}, INCONCLUSIVE),  # straddles 12.5
+        ("value", [_row("a", 0.010, 0.008, 0.012, n=4, level=0.875)], "10", {}, INCONCLUSIVE),  # too few samples
+        ("value", [_row("a", 0.030, 0.029, 0.031)], "10", {"neutral": 0}, PARTLY),  # right sign, wrong size
+        ("value", [_row("a", -0.030, -0.031, -0.029)], "10", {"neutral": 0}, REFUTED),  # wrong sign
+        # a range claim: 80-90 -> band 60-112.5
+        ("value", [_row("a", 0.1, 0.095, 0.105)], "80-90", {}, CONFIRMED),
+    ],
+)  # fmt: skip
+def test_value_rule_reaches_every_outcome(synthetic, kind, rows, value, extra, expected):
+    j = synthetic(rows, {"kind": kind, "select": _sel("a"), "scale": 1e3, **extra}, value)
+    assert j.verdict == expected, j.evidence
+    assert j.n == rows[0]["n"] and j.measured == pytest.approx(rows[0]["median"] * 1e3)
+
+
+@pytest.mark.parametrize(
+    "rows, value, expected",
+    [
+        ([_row("r", -20, -22, -18, unit="%")], "-22", CONFIRMED),  # pkl5 22% slower: measured 20% slower
+        ([_row("r", -60, -65, -55, unit="%")], "-22", PARTLY),  # slower, but much more than claimed
+        ([_row("r", 8, 5, 11, unit="%")], "-22", REFUTED),  # the wrong sign: faster
+        ([_row("r", -2, -6, 3, unit="%")], "-22", REFUTED),  # no difference, and far from -22
+        ([_row("r", -4, -6.5, -2, unit="%")], "-5", INCONCLUSIVE),  # straddles the band's edge
+    ],
+)  # fmt: skip
+def test_ratio_rule_has_a_direction(synthetic, rows, value, expected):
+    j = synthetic(rows, {"kind": "ratio", "select": _sel("r")}, value, unit="%")
+    assert j.verdict == expected, j.evidence
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [([_row("r", 2.6, 2.5, 2.7, unit="x")], CONFIRMED), ([_row("r", 1.5, 1.45, 1.55, unit="x")], PARTLY),
+     ([_row("r", 0.5, 0.45, 0.55, unit="x")], REFUTED), ([_row("r", 1.8, 1.6, 2.2, unit="x")], INCONCLUSIVE)],
+)  # fmt: skip
+def test_ratio_rule_in_x_uses_1_as_neutral(synthetic, rows, expected):
+    assert synthetic(rows, {"kind": "ratio", "select": _sel("r")}, "2.5", unit="x").verdict == expected
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [([_row("s", 40, 38, 42, unit="%")], CONFIRMED), ([_row("s", 5, 4, 6, unit="%")], REFUTED),
+     ([_row("s", 30, 28, 36, unit="%")], INCONCLUSIVE)],
+)  # fmt: skip
+def test_share_rule(synthetic, rows, expected):
+    assert synthetic(rows, {"kind": "share", "select": _sel("s")}, "40.9", unit="%").verdict == expected
+
+
+def test_share_rule_reaches_partly_through_its_cases(synthetic):
+    rows = [_row("s", 40, 38, 42, unit="%"), _row("t", 5, 4, 6, unit="%")]
+    rule = {"kind": "share", "select": _sel("s"), "cases": [{}, {"select": {"variant": "t"}}]}
+    j = synthetic(rows, rule, "40.9", unit="%")
+    assert j.verdict == PARTLY and j.cases == [CONFIRMED, REFUTED]
+
+
+@pytest.mark.parametrize(
+    "rows, bound, neutral, expected",
+    [
+        ([_row("b", 3, 2, 4, unit="%")], "at_most", None, CONFIRMED),  # within 5%
+        ([_row("b", 40, 30, 50, unit="%")], "at_most", None, REFUTED),
+        ([_row("b", 6, 4, 8, unit="%")], "at_most", None, INCONCLUSIVE),  # straddles 6.25
+        ([_row("b", 40, 30, 50, unit="%")], "at_most", 0, PARTLY),  # a lead, but larger than claimed
+        ([_row("b", -10, -12, -8, unit="%")], "at_most", 0, REFUTED),  # no lead at all
+        ([_row("b", 200, 180, 220, unit="%")], "at_least", None, CONFIRMED),
+        ([_row("b", 40, 30, 50, unit="%")], "at_least", 0, PARTLY),  # up, but less than claimed
+        ([_row("b", -40, -50, -30, unit="%")], "at_least", 0, REFUTED),
+    ],
+)  # fmt: skip
+def test_bound_rule(synthetic, rows, bound, neutral, expected):
+    value = "5" if bound == "at_most" else "150"
+    rule = {"kind": "bound", "bound": bound, "select": _sel("b"), **({"neutral": neutral} if neutral is not None else {})}
+    assert synthetic(rows, rule, value, unit="%").verdict == expected
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [([_row("q", 1.05, 1.0, 1.1, unit="x")], CONFIRMED), ([_row("q", 1.6, 1.5, 1.7, unit="x")], REFUTED),
+     ([_row("q", 1.2, 1.1, 1.4, unit="x")], INCONCLUSIVE)],
+)  # fmt: skip
+def test_same_rule(synthetic, rows, expected):
+    assert synthetic(rows, {"kind": "same", "select": _sel("q")}).verdict == expected
+
+
+def test_same_rule_reaches_partly_through_its_cases(synthetic):
+    rows = [_row("q", 1.05, 1.0, 1.1, unit="x"), _row("w", 1.6, 1.5, 1.7, unit="x")]
+    rule = {"kind": "same", "select": _sel("q"), "cases": [{}, {"select": {"variant": "w"}}]}
+    assert synthetic(rows, rule).verdict == PARTLY
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        ((1.0, 0.9, 1.1), (2.0, 1.9, 2.1), CONFIRMED),
+        ((2.0, 1.9, 2.1), (1.0, 0.9, 1.1), REFUTED),  # the claim's wrong sign: A is measured slower
+        ((1.0, 0.9, 1.5), (1.2, 1.1, 1.3), INCONCLUSIVE),  # overlapping intervals: no difference shown
+    ],
+)
+def test_order_rule(synthetic, a, b, expected):
+    rows = [_row("a", *a), _row("b", *b)]
+    assert synthetic(rows, {"kind": "order", "lower": _sel("a"), "than": _sel("b")}).verdict == expected
+    flipped = {CONFIRMED: REFUTED, REFUTED: CONFIRMED, INCONCLUSIVE: INCONCLUSIVE}[expected]
+    assert synthetic(rows, {"kind": "order", "higher": _sel("a"), "than": _sel("b")}).verdict == flipped
+
+
+def test_order_rule_with_too_few_samples_is_inconclusive(synthetic):
+    rows = [_row("a", 1.0, 0.9, 1.1, n=3, level=0.75), _row("b", 2.0, 1.9, 2.1)]
+    assert synthetic(rows, {"kind": "order", "lower": _sel("a"), "than": _sel("b")}).verdict == INCONCLUSIVE
+
+
+def test_order_rule_reaches_partly_through_its_cases(synthetic):
+    rows = [_row("a", 1.0, 0.9, 1.1), _row("b", 2.0, 1.9, 2.1), _row("c", 0.5, 0.4, 0.6)]
+    rule = {"kind": "order", "lower": _sel("a"), "than": _sel("b"), "cases": [{}, {"than": {"variant": "c"}}]}
+    j = synthetic(rows, rule)
+    assert j.verdict == PARTLY and j.cases == [CONFIRMED, REFUTED]
+
+
+@pytest.mark.parametrize(
+    "computed, expected", [(3.75, REFUTED), (3750.5, CONFIRMED)],
+)
+def test_identity_rule_checks_the_sources_arithmetic_at_its_rounding(synthetic, computed, expected):
+    rows = [_row("id", computed, computed, computed, n=1, level=1.0, unit="1")]
+    assert synthetic(rows, {"kind": "identity", "select": _sel("id")}, "3750.23", unit="MB").verdict == expected
+
+
+def test_identity_rule_reaches_partly_through_its_cases(synthetic):
+    rows = [_row("x", 3750.2, 3750.2, 3750.2, n=1, level=1.0), _row("y", 3.75, 3.75, 3.75, n=1, level=1.0)]
+    rule = {"kind": "identity", "select": _sel("x"), "cases": [{}, {"select": {"variant": "y"}}]}
+    assert synthetic(rows, rule, "3750.23").verdict == PARTLY
+
+
+def test_claimed_from_a_measured_row(synthetic):
+    rows = [_row("got", 10, 10, 10, n=1, level=1.0), _row("sent", 30, 30, 30, n=1, level=1.0)]
+    rule = {"kind": "identity", "select": _sel("got"), "claimed_from": _sel("sent")}
+    assert synthetic(rows, rule).verdict == REFUTED
+    rule["claimed_from"] = _sel("got")
+    assert synthetic(rows, rule).verdict == CONFIRMED
+
+
+def test_absolute_tolerance_around_zero(synthetic):
+    rule = {"kind": "value", "select": _sel("z"), "tolerance_abs": 0.5, "why": "half a copy"}
+    assert synthetic([_row("z", 0.1, 0.05, 0.2, unit="1")], rule, "0").verdict == CONFIRMED
+    assert synthetic([_row("z", 1.0, 0.9, 1.1, unit="1")], rule, "0").verdict == REFUTED
+
+
+def test_not_testable_says_why_and_may_show_a_measurement(synthetic):
+    j = synthetic([_row("a", 1.0, 0.9, 1.1)], {"kind": "not_testable", "reason": "because no GPU", "show": _sel("a")}, "3")
+    assert j.verdict == NOT_TESTABLE and j.evidence.startswith("Not testable here because no GPU") and j.measured == 1.0
+
+
+@pytest.mark.parametrize(
+    "rule, match",
+    [
+        ({"kind": "guess", "select": {}}, "kind"),
+        ({"kind": "value"}, "select"),
+        ({"kind": "order", "lower": {}}, "than"),
+        ({"kind": "bound", "select": {}}, "at_least"),
+        ({"kind": "value", "select": {}, "tolerance": 0.5}, "why"),
+        ({"kind": "not_testable", "reason": "no GPU"}, "because"),
+        ({"kind": "value", "select": {}, "note": "this is confirmed"}, "outcome"),
+        ({"kind": "value", "select": {}, "colour": 1}, "unknown"),
+    ],
+)
+def test_malformed_rules_are_refused(rule, match):
+    with pytest.raises(claims.ClaimsError, match=match):
+        claims.check_rule("x-1", rule)
+
+
+def test_a_selector_that_finds_no_row_or_several_fails_loudly(synthetic):
+    with pytest.raises(claims.ClaimsError, match="finds 0 rows"):
+        synthetic([_row("a", 1, 1, 1)], {"kind": "value", "select": _sel("nope")}, "1")
+    with pytest.raises(claims.ClaimsError, match="finds 2 rows"):
+        synthetic([_row("a", 1, 1, 1), _row("a", 2, 2, 2)], {"kind": "value", "select": _sel("a")}, "1")
+
+
+def test_combine():
+    assert claims.combine([CONFIRMED, CONFIRMED]) == CONFIRMED
+    assert claims.combine([CONFIRMED, REFUTED]) == PARTLY
+    assert claims.combine([CONFIRMED, INCONCLUSIVE]) == INCONCLUSIVE
+    assert claims.combine([REFUTED, INCONCLUSIVE]) == REFUTED
+    assert claims.combine([PARTLY, REFUTED]) == PARTLY
+
+
+def test_rules_file_can_be_swapped_and_a_tolerance_changes_a_verdict(synthetic, tmp_path, monkeypatch):
+    """A reader changes a tolerance in the rules file and sees the verdict change (the policy is data)."""
+    rows = [_row("a", 0.014, 0.0135, 0.0145)]
+    assert synthetic(rows, {"kind": "value", "select": _sel("a"), "scale": 1e3}, "10").verdict == REFUTED
+    rule = {"kind": "value", "select": _sel("a"), "scale": 1e3, "tolerance": 0.5, "why": "a test"}
+    assert synthetic(rows, rule, "10").verdict == CONFIRMED
+
+
+def test_rules_yaml_is_the_one_source(tmp_path):
+    p = Path(claims.rules_path())
+    assert p.name == "claim_rules.yaml" and p.exists()
+    doc = p.read_text()
+    assert "policy:" in doc and "rules:" in doc
+    assert pd.notna(claims.load_rules(p)[0].tolerance)

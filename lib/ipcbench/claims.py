@@ -1,24 +1,60 @@
-"""The claims ledger: every testable claim of the source analyses, with measured evidence and a verdict.
+"""The claims ledger: every claim of the source analyses, a rule for each kept as data, and one judge.
 
-Claims are quoted by hand in ``data/seeds/claims.csv`` (one row each: id, source
-file, the quote in its original language, an English paraphrase, value, unit,
-chapter). Each chapter writes its evidence (``claims.csv`` in its results:
-claim_id, measured, unit, verdict, evidence); :func:`ledger` joins the two.
+``data/seeds/claims.csv`` quotes each claim (id, source, quote, paraphrase, claimed value, unit,
+chapter). ``data/seeds/claim_rules.yaml`` gives each claim a rule: which measured summary row it
+reads (a selector on a chapter's ``summary.csv``), which comparison it makes (:data:`KINDS`) and,
+where the default does not fit, its own tolerance with the reason. :func:`judge` turns a rule and
+the rows it selects into a verdict and an evidence sentence built only from the numbers; no chapter
+writes a verdict. The claimed value is always read from ``claims.csv``.
+
+The judge decides with confidence intervals (the tolerance policy is in the rules file):
+
+* ``confirmed``: the measured 95% interval lies inside the claimed value's band (the claimed value
+  or range widened by the tolerance): every value the measurement allows is within tolerance;
+* ``refuted``: the interval lies entirely outside the band;
+* ``partly``: outside the band but on the claimed side of the rule's neutral point (the direction
+  holds, the size does not), or the claim holds for some of the cases it covers and not others;
+* ``inconclusive``: the interval straddles an edge of the band, an ordering's intervals overlap,
+  or the interval covers less than 95% (fewer than 6 samples): no difference is shown;
+* ``not testable here``: the rule says why.
 """
 
 from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from . import results
 
-VERDICTS = ("confirmed", "refuted", "partly", "not testable here")
+CONFIRMED, REFUTED, PARTLY, INCONCLUSIVE, NOT_TESTABLE = (
+    "confirmed", "refuted", "partly", "inconclusive", "not testable here")  # fmt: skip
+VERDICTS = (CONFIRMED, REFUTED, PARTLY, INCONCLUSIVE, NOT_TESTABLE)
 PENDING = "not yet measured"
 SEED_COLUMNS = ["id", "source", "quote", "paraphrase", "value", "unit", "chapter"]
+KINDS = ("value", "ratio", "share", "bound", "same", "order", "identity", "not_testable")
+"""Rule kinds: a value near the claimed one; a ratio or percentage difference near the claimed one
+(its neutral point, 1 or 0, gives the claim a direction); a share of a total (in %); a bound (at least /
+at most the claimed value); "the same" (a measured ratio within the tolerance of 1); an ordering of two
+measured rows (by their intervals); an identity on the source's own numbers (checked at the rounding of
+its printed figures); not testable here (with the reason). A rule's cases may each have their own kind."""
+NUMERIC_KINDS = ("value", "ratio", "share", "bound", "same", "identity")
+LEDGER_COLUMNS = ["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_high", "n", "ci_level", "claimed",
+                  "evidence"]  # fmt: skip
+EVIDENCE_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence", "ci_low", "ci_high", "n", "ci_level",
+                    "claimed"]  # fmt: skip
+_RULE_KEYS = {"kind", "select", "cases", "lower", "higher", "than", "bound", "neutral", "scale", "unit", "tolerance",
+              "tolerance_abs", "why", "note", "value_part", "reason", "show", "headline", "claimed_from"}  # fmt: skip
 
 
 class ClaimsError(ValueError):
-    """The claims file or a chapter's evidence does not follow the ledger's rules."""
+    """The claims file, the rules file or a rule's selection does not follow the ledger's rules."""
+
+
+# ------------------------------------------------------------------------------ files
 
 
 def load_claims() -> pd.DataFrame:
@@ -38,35 +74,431 @@ def load_claims() -> pd.DataFrame:
     return df
 
 
-def evidence(
-    claim_id: str, measured: float | str | None, unit: str, verdict: str, evidence: str
-) -> dict:
-    """Return one evidence row for a claim, checking its verdict and that the claim exists."""
-    if verdict not in VERDICTS:
-        raise ClaimsError(f"verdict {verdict!r} for {claim_id} is not one of {VERDICTS}")
-    if verdict == "not testable here" and "because" not in evidence.lower():
-        raise ClaimsError(f"{claim_id}: a 'not testable here' verdict must say why ('because ...')")
-    known = set(load_claims()["id"])
-    if claim_id not in known:
-        raise ClaimsError(f"claim {claim_id!r} is not in data/seeds/claims.csv")
-    return {"claim_id": claim_id, "measured": measured, "unit": unit, "verdict": verdict, "evidence": evidence}
+@dataclass(frozen=True)
+class Policy:
+    """The tolerance policy: one default for every claim; a rule's own tolerance must say why."""
+
+    tolerance: float = 0.25
+    identity_tolerance: float = 0.01
+    min_ci_level: float = 0.95
+    text: str = ""
 
 
-def record(chapter: str, rows: list[dict]) -> pd.DataFrame:
-    """Write a chapter's evidence rows (from :func:`evidence`) to its results; return them as a table."""
-    df = pd.DataFrame(rows, columns=results.CLAIM_COLUMNS)
-    own = set(load_claims().query("chapter == @chapter")["id"])
-    foreign = sorted(set(df["claim_id"]) - own)
-    if foreign:
-        raise ClaimsError(f"chapter {chapter} gave evidence for claims of other chapters: {foreign}")
-    results.write_claims(chapter, df)
-    return df
+def rules_path() -> Path:
+    """Return the rules file: IPCBENCH_CLAIM_RULES, else data/seeds/claim_rules.yaml."""
+    import os
+
+    env = os.environ.get("IPCBENCH_CLAIM_RULES")
+    return Path(env) if env else results.seeds_path("claim_rules.yaml")
+
+
+def load_rules(path: Path | str | None = None) -> tuple[Policy, dict[str, dict]]:
+    """Return the tolerance policy and the rule of every claim id, after checking each rule's shape."""
+    import yaml
+
+    p = Path(path) if path is not None else rules_path()
+    if not p.exists():
+        raise ClaimsError(f"{p} is missing")
+    doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    pol = doc.get("policy", {})
+    policy = Policy(tolerance=float(pol.get("tolerance", 0.25)), identity_tolerance=float(pol.get("identity_tolerance", 0.01)),
+                    min_ci_level=float(pol.get("min_ci_level", 0.95)), text=str(pol.get("text", "")).strip())  # fmt: skip
+    rules = doc.get("rules") or {}
+    for cid, rule in rules.items():
+        check_rule(cid, rule)
+    return policy, rules
+
+
+def check_rule(cid: str, rule: dict) -> None:
+    """Raise ClaimsError unless ``rule`` is a well-formed rule of one of :data:`KINDS`."""
+    if not isinstance(rule, dict):
+        raise ClaimsError(f"rule {cid}: must be a mapping, got {rule!r}")
+    kind = rule.get("kind")
+    if kind not in KINDS:
+        raise ClaimsError(f"rule {cid}: kind {kind!r} is not one of {KINDS}")
+    unknown = set(rule) - _RULE_KEYS
+    if unknown:
+        raise ClaimsError(f"rule {cid}: unknown key(s) {sorted(unknown)}")
+    if ("tolerance" in rule or "tolerance_abs" in rule) and not str(rule.get("why", "")).strip():
+        raise ClaimsError(f"rule {cid}: a tolerance other than the policy's needs a 'why'")
+    if "note" in rule and re.search(r"\b(confirm|refut|partly|inconclusive|holds|wrong|right)\w*", str(rule["note"]), re.I):
+        raise ClaimsError(f"rule {cid}: a note says what was compared, never an outcome: {rule['note']!r}")
+    if kind == "not_testable":
+        if not str(rule.get("reason", "")).lower().startswith("because"):
+            raise ClaimsError(f"rule {cid}: a 'not testable here' rule needs a reason starting with 'because'")
+        return
+    for case in _cases(rule):
+        ck = case["kind"]
+        if ck not in KINDS or ck == "not_testable":
+            raise ClaimsError(f"rule {cid}: case kind {ck!r} is not one of {KINDS[:-1]}")
+        if ck == "order":
+            if ("lower" in case) == ("higher" in case) or "than" not in case:
+                raise ClaimsError(f"rule {cid}: an order case needs one of 'lower'/'higher' and 'than' (selectors)")
+        elif "select" not in case:
+            raise ClaimsError(f"rule {cid}: a {ck} case needs 'select'")
+        if ck == "bound" and case.get("bound") not in ("at_least", "at_most"):
+            raise ClaimsError(f"rule {cid}: a bound case needs bound: at_least | at_most")
+
+
+# ------------------------------------------------------------------ claimed values
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed value or range, as written in claims.csv (``text``)."""
+
+    low: float
+    high: float
+    text: str
+
+    @property
+    def point(self) -> bool:
+        """Return True when the claim is one value, not a range."""
+        return self.low == self.high
+
+
+_NUM = r"[-+]?\d+(?:\.\d+)?"
+
+
+def parse_claimed(text: str | float | None, part: int | None = None) -> Claimed | None:
+    """Return the claimed value of a claims.csv ``value`` cell: ``5``, ``-100``, ``80-90``; ``a vs b`` and ``a -> b`` by ``part``."""
+    if text is None or (isinstance(text, float) and math.isnan(text)) or str(text).strip() == "":
+        return None
+    s = str(text).strip()
+    parts = [p.strip() for p in re.split(r"\s+vs\s+|\s*->\s*", s)]
+    if len(parts) > 1:
+        if part is None:
+            raise ClaimsError(f"claimed value {s!r} has {len(parts)} parts: the rule must say which (value_part)")
+        s = parts[part]
+    m = re.fullmatch(rf"({_NUM})\s*-\s*({_NUM})", s)
+    if m:
+        lo, hi = float(m.group(1)), float(m.group(2))
+        return Claimed(min(lo, hi), max(lo, hi), str(text))
+    if re.fullmatch(_NUM, s):
+        return Claimed(float(s), float(s), str(text))
+    raise ClaimsError(f"cannot read a number or range from the claimed value {text!r}")
+
+
+# -------------------------------------------------------------------------- selection
+
+
+@dataclass
+class Measured:
+    """One selected summary row, in the claim's unit (``scale`` applied)."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+    ci_level: float
+    label: str
+
+    def text(self, unit: str) -> str:
+        """Return e.g. '4.97 ms [4.87, 5.06] (n = 30)'."""
+        ci = "" if self.low == self.high == self.value else f" [{_fmt(self.low)}, {_fmt(self.high)}]"
+        return f"{_fmt(self.value)}{_u(unit)}{ci} (n = {self.n})"
+
+
+def _fmt(x: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e5 or abs(x) < 1e-3:
+        return f"{x:.3g}"
+    return f"{x:.4g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def _u(unit: str) -> str:
+    return "" if not unit else ("%" if unit == "%" else f" {unit}")
+
+
+def _same(cell, want) -> bool:
+    if isinstance(want, list):
+        return any(_same(cell, w) for w in want)
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        return want is None
+    if isinstance(want, bool) or isinstance(cell, (bool,)):
+        return str(cell).lower() == str(want).lower()
+    try:
+        return math.isclose(float(cell), float(want), rel_tol=1e-9, abs_tol=0.0)
+    except (TypeError, ValueError):
+        return str(cell) == str(want)
+
+
+class Results:
+    """The chapters' summaries as read from disk once (one results tree)."""
+
+    def __init__(self):
+        self._cache: dict[str, pd.DataFrame | None] = {}
+
+    def summary(self, chapter: str) -> pd.DataFrame | None:
+        """Return a chapter's summary, or None when it has not run."""
+        if chapter not in self._cache:
+            try:
+                self._cache[chapter] = results.read(chapter).summary
+            except results.ResultsError:
+                self._cache[chapter] = None
+        return self._cache[chapter]
+
+
+def select(res: Results, default_chapter: str, selector: dict) -> pd.Series:
+    """Return the one summary row ``selector`` names (column -> value or list of values; ``chapter`` picks the table)."""
+    sel = dict(selector)
+    chapter = sel.pop("chapter", default_chapter)
+    df = res.summary(chapter)
+    if df is None:
+        raise results.ResultsError(f"no results for {chapter!r}: run `ipcbench run {chapter}` first")
+    missing = [c for c in sel if c not in df.columns]
+    if missing:
+        raise ClaimsError(f"selector {selector} names column(s) {missing} that {chapter}'s summary does not have")
+    mask = pd.Series(True, index=df.index)
+    for col, want in sel.items():
+        mask &= df[col].map(lambda c, w=want: _same(c, w))
+    got = df[mask]
+    if len(got) != 1:
+        raise ClaimsError(f"selector {selector} finds {len(got)} rows in {chapter}'s summary, not 1")
+    return got.iloc[0]
+
+
+def _measured(row: pd.Series, scale: float) -> Measured:
+    lo, hi = float(row["ci_low"]) * scale, float(row["ci_high"]) * scale
+    level = float(row["ci_level"]) if "ci_level" in row and pd.notna(row["ci_level"]) else float("nan")
+    label = " / ".join(str(row[c]) for c in ("experiment", "variant", "metric") if pd.notna(row.get(c)))
+    return Measured(float(row["median"]) * scale, min(lo, hi), max(lo, hi), int(row["n"]), level, label)
+
+
+# ------------------------------------------------------------------------------ judging
+
+
+@dataclass
+class Judgement:
+    """A claim's verdict with the measured value it rests on and the evidence sentence."""
+
+    claim_id: str
+    verdict: str
+    measured: float | None = None
+    unit: str = ""
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+    ci_level: float | None = None
+    claimed: str = ""
+    evidence: str = ""
+    cases: list[str] = field(default_factory=list)
+
+    def row(self) -> dict:
+        """Return the evidence row written to a chapter's claims.csv."""
+        d = asdict(self)
+        return {c: d[c] for c in EVIDENCE_COLUMNS}
+
+
+def _band(claimed: Claimed, case: dict, tol: float, tol_abs: float) -> tuple[float, float]:
+    """Return the claimed value's band: the claimed value or range widened by the tolerance (relative, or absolute)."""
+    lo = claimed.low - max(tol * abs(claimed.low), tol_abs)
+    hi = claimed.high + max(tol * abs(claimed.high), tol_abs)
+    if case["kind"] == "bound":
+        neutral = case.get("neutral")
+        if case["bound"] == "at_least":
+            return (lo, math.inf)
+        return (-math.inf if neutral is None else float(neutral), hi)
+    return lo, hi
+
+
+def _neutral(case: dict, unit: str) -> float | None:
+    if "neutral" in case:
+        return None if case["neutral"] is None else float(case["neutral"])
+    if case["kind"] == "ratio":
+        return 1.0 if unit in ("x", "") else 0.0
+    return None
+
+
+def _numeric_case(m: Measured, claimed: Claimed, case: dict, tol: float, tol_abs: float, policy: Policy,
+                  unit: str) -> tuple[str, str]:  # fmt: skip
+    """Return (verdict, clause) for one measured row against the claimed value's band."""
+    lo_b, hi_b = _band(claimed, case, tol, tol_abs)
+    band = (f"at least {_fmt(lo_b)}{_u(unit)}" if math.isinf(hi_b) else f"at most {_fmt(hi_b)}{_u(unit)}"
+            if math.isinf(lo_b) else f"{_fmt(lo_b)} to {_fmt(hi_b)}{_u(unit)}")  # fmt: skip
+    head = f"{m.label}: {m.text(unit)}, against the band {band}"
+    if not m.ci_level >= policy.min_ci_level:
+        return INCONCLUSIVE, (f"{head}; with n = {m.n} the interval covers {m.ci_level:.0%}, less than "
+                              f"{policy.min_ci_level:.0%}")  # fmt: skip
+    if m.high < lo_b or m.low > hi_b:
+        neutral = _neutral(case, unit)
+        side = 0
+        if neutral is not None:
+            side = 1 if claimed.low > neutral else -1 if claimed.high < neutral else 0
+        if side and ((side > 0 and m.low > neutral) or (side < 0 and m.high < neutral)):
+            return PARTLY, (f"{head}; the interval lies outside the band, on the claimed side of "
+                            f"{_fmt(neutral)}{_u(unit)}")  # fmt: skip
+        if side:
+            other = (side > 0 and m.high < neutral) or (side < 0 and m.low > neutral)
+            return REFUTED, (f"{head}; the interval lies outside the band, "
+                             f"{'on the other side of' if other else 'across'} {_fmt(neutral)}{_u(unit)}")  # fmt: skip
+        return REFUTED, f"{head}; the interval lies {'below' if m.high < lo_b else 'above'} the band"
+    if m.low >= lo_b and m.high <= hi_b:
+        return CONFIRMED, f"{head}; the interval lies inside the band"
+    return INCONCLUSIVE, f"{head}; the interval straddles an edge of the band"
+
+
+def _order_case(a: Measured, b: Measured, higher: bool, policy: Policy, unit: str) -> tuple[str, str]:
+    word = "above" if higher else "below"
+    head = f"{a.label}: {a.text(unit)} against {b.label}: {b.text(unit)}"
+    low = min(a.ci_level, b.ci_level)
+    if not low >= policy.min_ci_level:
+        return INCONCLUSIVE, f"{head}; an interval covers {low:.0%}, less than {policy.min_ci_level:.0%}"
+    if (a.low > b.high) if higher else (a.high < b.low):
+        return CONFIRMED, f"{head}; the first interval lies entirely {word} the second"
+    if (a.high < b.low) if higher else (a.low > b.high):
+        return REFUTED, f"{head}; the first interval lies entirely {'below' if higher else 'above'} the second"
+    return INCONCLUSIVE, f"{head}; the intervals overlap"
+
+
+def combine(verdicts: list[str]) -> str:
+    """Return one verdict for a claim that covers several cases (every case judged on its own)."""
+    s = set(verdicts)
+    if len(s) == 1:
+        return verdicts[0]
+    if CONFIRMED in s and (REFUTED in s or PARTLY in s):
+        return PARTLY
+    if PARTLY in s:
+        return PARTLY
+    if REFUTED in s:
+        return REFUTED  # refuted where decided, undecided elsewhere: it holds in no case shown
+    return INCONCLUSIVE  # confirmed where decided, undecided elsewhere
+
+
+def _cases(rule: dict) -> list[dict]:
+    """Return the rule's cases: each case's keys override the rule's (selectors are merged)."""
+    base = {k: v for k, v in rule.items() if k != "cases"}
+    out = []
+    for case in rule.get("cases") or [{}]:
+        merged = dict(base)
+        for k, v in case.items():
+            merged[k] = {**base.get(k, {}), **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        out.append(merged)
+    return out
+
+
+def _claimed_of(claim, case: dict, res: Results, chapter: str, scale: float) -> Claimed | None:
+    if case["kind"] == "same":
+        return Claimed(1.0, 1.0, "1 (the same)")
+    if "claimed_from" in case:
+        m = _measured(select(res, chapter, case["claimed_from"]), scale)
+        return Claimed(m.value, m.value, f"{_fmt(m.value)} ({m.label})")
+    return parse_claimed(claim.get("value"), case.get("value_part"))
+
+
+def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, policy: Policy | None = None) -> Judgement:
+    """Return the verdict of one claim (a claims.csv row) under ``rule``, from the results on disk (or ``res``)."""
+    res = res or Results()
+    policy = policy or Policy()
+    cid, chapter = claim["id"], claim["chapter"]
+    check_rule(cid, rule)
+    kind = rule["kind"]
+    claim_unit = "" if pd.isna(claim.get("unit")) else str(claim.get("unit"))
+    raw_value = "" if pd.isna(claim.get("value")) else str(claim.get("value"))
+    note = str(rule.get("note", "")).strip()
+    lead = f"{note[0].upper()}{note[1:]}. " if note else ""
+    if kind == "not_testable":
+        unit = str(rule.get("unit", claim_unit))
+        j = Judgement(cid, NOT_TESTABLE, unit=unit, claimed=raw_value)
+        shown = ""
+        if "show" in rule:
+            m = _measured(select(res, chapter, rule["show"]), float(rule.get("scale", 1.0)))
+            j.measured, j.ci_low, j.ci_high, j.n, j.ci_level = m.value, m.low, m.high, m.n, m.ci_level
+            shown = f" Measured here for reference: {m.label}: {m.text(unit)}."
+        j.evidence = f"{lead}Not testable here {rule['reason'].strip().rstrip('.')}.{shown}"
+        return j
+    verdicts, clauses, heads, units, claimed_texts, tols = [], [], [], [], [], []
+    for case in _cases(rule):
+        ck = case["kind"]
+        scale = float(case.get("scale", 1.0))
+        unit = str(case.get("unit", claim_unit if ck in ("value", "bound", "identity") else ""))
+        if ck == "order":
+            higher = "higher" in case
+            a = _measured(select(res, chapter, case["higher" if higher else "lower"]), scale)
+            b = _measured(select(res, chapter, case["than"]), scale)
+            v, clause = _order_case(a, b, higher, policy, unit)
+            heads.append(a)
+        else:
+            claimed = _claimed_of(claim, case, res, chapter, scale)
+            if claimed is None:
+                raise ClaimsError(f"rule {cid}: a {ck} case needs a claimed value in claims.csv")
+            tol = float(case.get("tolerance", policy.identity_tolerance if ck == "identity" else policy.tolerance))
+            tol_abs = float(case.get("tolerance_abs", 0.0))
+            m = _measured(select(res, chapter, case["select"]), scale)
+            v, clause = _numeric_case(m, claimed, case, tol, tol_abs, policy, unit)
+            heads.append(m)
+            claimed_texts.append(claimed.text)
+            tols.append(f"{tol:.0%}" + (f" or {_fmt(tol_abs)}{_u(unit)}" if tol_abs else "")
+                        + (f" ({case['why'].strip().rstrip('.')})" if "why" in case else " (the policy's default)"))
+        verdicts.append(v)
+        clauses.append(clause)
+        units.append(unit)
+    verdict = combine(verdicts)
+    k = int(rule.get("headline", 0))
+    head = heads[k]
+    if len(clauses) > 1:
+        body = "; ".join(f"({i + 1}) {c} [{v}]" for i, (c, v) in enumerate(zip(clauses, verdicts, strict=True)))
+    else:
+        body = clauses[0]
+    claimed_txt = f"Claimed: {raw_value}{_u(claim_unit)}. " if raw_value else ""
+    tol_txt = f" Tolerance: {'; '.join(sorted(set(tols)))}." if tols else ""
+    ev = f"{lead}{claimed_txt}Measured: {body}.{tol_txt}"
+    return Judgement(cid, verdict, head.value, units[k], head.low, head.high, head.n, head.ci_level,
+                     raw_value, ev, verdicts)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ ledger
+
+
+def judge_all(chapters: list[str] | None = None, rules_file: Path | str | None = None) -> pd.DataFrame:
+    """Return the ledger: every claim (of ``chapters``) judged from the results on disk, one row each.
+
+    A claim whose chapter has not run is 'not yet measured'. A rule whose selection fails on results
+    that exist raises: a build must never publish a claim without its verdict.
+    """
+    seeds = load_claims()
+    policy, rules = load_rules(rules_file)
+    missing = sorted(set(seeds["id"]) - set(rules))
+    if missing:
+        raise ClaimsError(f"claims without a rule in {rules_path()}: {missing}")
+    extra = sorted(set(rules) - set(seeds["id"]))
+    if extra:
+        raise ClaimsError(f"rules for claims that are not in claims.csv: {extra}")
+    res = Results()
+    rows = []
+    for claim in seeds.to_dict("records"):
+        if chapters is not None and claim["chapter"] not in chapters:
+            continue
+        if res.summary(claim["chapter"]) is None:
+            rows.append({**claim, "verdict": PENDING, "evidence": f"the {claim['chapter']} chapter has not run"})
+            continue
+        j = judge(claim, rules[claim["id"]], res, policy)
+        rows.append({**claim, **{k: v for k, v in j.row().items() if k != "claim_id"}, "claimed": j.claimed or claim["value"]})
+    out = pd.DataFrame(rows)
+    for c in LEDGER_COLUMNS:
+        if c not in out.columns:
+            out[c] = None
+    out["unit"] = [r.get("unit") if isinstance(r.get("unit"), str) else "" for r in rows]
+    return out[LEDGER_COLUMNS + ["source", "quote", "paraphrase"]]
+
+
+def record(chapter: str) -> pd.DataFrame:
+    """Judge a chapter's claims from its results on disk and write them as its evidence (claims.csv); return them."""
+    led = judge_all([chapter])
+    ev = led.rename(columns={"id": "claim_id"})[EVIDENCE_COLUMNS]
+    results.write_table(chapter, "claims", ev)
+    return ev
 
 
 def ledger() -> pd.DataFrame:
-    """Return every seed claim joined with the evidence chapters have written (verdict 'not yet measured' if none)."""
+    """Return every seed claim with the evidence chapters wrote (verdict 'not yet measured' where none)."""
     seeds = load_claims()
-    parts = [e for ch in results.CHAPTERS if (e := results.read_claims(ch)) is not None]
+    parts = [e for ch in results.CHAPTERS if (e := results.read_table(ch, "claims")) is not None]
     if parts:
         ev = pd.concat(parts, ignore_index=True).rename(columns={"unit": "measured_unit"})
         out = seeds.merge(ev, left_on="id", right_on="claim_id", how="left").drop(columns=["claim_id"])
@@ -76,6 +508,11 @@ def ledger() -> pd.DataFrame:
     return out
 
 
-def verdict_counts() -> pd.Series:
-    """Return how many claims have each verdict (including 'not yet measured')."""
-    return ledger()["verdict"].value_counts()
+def verdict_counts(led: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Return verdict counts per source chapter (rows) and verdict (columns), with totals."""
+    led = ledger() if led is None else led
+    cols = [v for v in (*VERDICTS, PENDING) if v in set(led["verdict"])]
+    t = pd.crosstab(led["chapter"], led["verdict"]).reindex(columns=cols, fill_value=0)
+    t.loc["all"] = t.sum()
+    t["claims"] = t.sum(axis=1)
+    return t

@@ -65,6 +65,29 @@ def timer_info(n: int = 200_000) -> TimerInfo:
 # ---------------------------------------------------------------------- statistics
 
 
+def _ci_rank(n: int, confidence: float = 0.95) -> int:
+    """Return the 0-based index ``lo`` of the lower order statistic of the median's CI for ``n`` samples."""
+    alpha = 1.0 - confidence
+    # largest l with P(B <= l-1) <= alpha/2, B ~ Bin(n, 0.5): then [x_(l), x_(n-l+1)] (1-based)
+    lo = int(_sstats.binom.ppf(alpha / 2, n, 0.5))
+    if _sstats.binom.cdf(lo, n, 0.5) > alpha / 2:
+        lo -= 1
+    return max(lo, 0)  # 0-based index of x_(l) where l = lo + 1
+
+
+def ci_coverage(n: int, confidence: float = 0.95) -> float:
+    """Return the coverage (a fraction) that :func:`median_ci`'s interval really has for ``n`` samples.
+
+    With l = the interval's lower rank, coverage = 1 - 2 P(B <= l - 1), B ~ Binomial(n, 1/2). At
+    least ``confidence`` from 6 samples on; below that the interval is the sample range, whose
+    coverage is 1 - 2^(1-n): 0 for one sample, 0.75 for 3, 0.94 for 5.
+    """
+    if n < 1:
+        return 0.0
+    lo = _ci_rank(n, confidence)
+    return float(1.0 - 2.0 * _sstats.binom.cdf(lo - 1, n, 0.5)) if lo > 0 else float(1.0 - 2.0 * 0.5**n)
+
+
 def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """Return a distribution-free CI of the median (order statistics, binomial ranks), in the samples' unit.
 
@@ -76,12 +99,7 @@ def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float
     n = x.size
     if n == 0:
         return (float("nan"), float("nan"))
-    alpha = 1.0 - confidence
-    # largest l with P(B <= l-1) <= alpha/2, B ~ Bin(n, 0.5): then [x_(l), x_(n-l+1)] (1-based)
-    lo = int(_sstats.binom.ppf(alpha / 2, n, 0.5))
-    if _sstats.binom.cdf(lo, n, 0.5) > alpha / 2:
-        lo -= 1
-    lo = max(lo, 0)  # 0-based index of x_(l) where l = lo + 1
+    lo = _ci_rank(n, confidence)
     hi = n - 1 - lo
     return (float(x[lo]), float(x[hi]))
 
@@ -101,6 +119,11 @@ class Summary:
     unstable: bool
     outliers: int = 0
     stop_reason: str = ""
+    ci_level: float = float("nan")
+
+    def __post_init__(self):
+        if self.ci_level != self.ci_level:  # NaN: the order-statistic interval's own coverage
+            self.ci_level = ci_coverage(self.n)
 
     def as_dict(self) -> dict:
         """Return the statistics as a plain dict."""
@@ -138,6 +161,47 @@ def summarize(samples: Sequence[float], stop_reason: str = "") -> Summary:
         outliers=outliers,
         stop_reason=stop_reason,
     )
+
+
+def exact(value: float) -> Summary:
+    """Return the summary of a quantity that is counted or computed, not sampled (a count, a formula): CI = the value, coverage 1."""
+    v = float(value)
+    return Summary(n=1, median=v, ci_low=v, ci_high=v, iqr=0.0, min=v, p99=v, cv=0.0, unstable=False, ci_level=1.0)
+
+
+def derived(fn: Callable[..., float], *sample_sets: Sequence[float], paired: bool = False, resamples: int = 2000,
+            seed: int = 0) -> Summary:  # fmt: skip
+    """Return the summary of ``fn(median(a), median(b), ...)`` with a percentile-bootstrap 95% CI.
+
+    Each set of samples is resampled (jointly, by index, when ``paired``: samples taken side by side
+    in the same rounds), ``fn`` is applied to the resamples' medians, and the 2.5% and 97.5%
+    percentiles of the results are the interval. ``n`` is the smallest input's sample count and
+    ``ci_level`` the smallest input's :func:`ci_coverage`: a bootstrap over fewer than 6 samples is no
+    better than the range of those samples. For a ratio, a difference or a share whose parts are in
+    the results, so that a claim rule reads them and never computes a number itself.
+    """
+    sets = [np.asarray(s, dtype=float) for s in sample_sets]
+    if not sets or any(s.size == 0 for s in sets):
+        raise ValueError("derived() needs at least one non-empty set of samples")
+    if paired and len({s.size for s in sets}) != 1:
+        raise ValueError(f"paired samples must have equal counts, got {[s.size for s in sets]}")
+    point = float(fn(*(float(np.median(s)) for s in sets)))
+    rng = np.random.default_rng(seed)
+    if paired:
+        idx = rng.integers(0, sets[0].size, size=(resamples, sets[0].size))
+        meds = [np.median(s[idx], axis=1) for s in sets]
+    else:
+        meds = [np.median(s[rng.integers(0, s.size, size=(resamples, s.size))], axis=1) for s in sets]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = np.asarray(fn(*meds), dtype=float)
+    boot = boot[np.isfinite(boot)]
+    lo, q1, q3, p99 = (np.percentile(boot, [2.5, 25, 75, 99]) if boot.size else (np.nan,) * 4)
+    n = min(s.size for s in sets)
+    spread = float(boot.std(ddof=1) / abs(boot.mean())) if boot.size > 1 and boot.mean() else 0.0
+    hi = float(np.percentile(boot, 97.5)) if boot.size else float("nan")
+    return Summary(n=int(n), median=point, ci_low=float(min(lo, point)), ci_high=float(max(hi, point)),
+                   iqr=float(q3 - q1), min=float(boot.min()) if boot.size else float("nan"), p99=float(p99), cv=spread,
+                   unstable=bool(spread >= UNSTABLE_CV), ci_level=min(ci_coverage(s.size) for s in sets))  # fmt: skip
 
 
 def ci_overlap(a: Summary, b: Summary) -> bool:

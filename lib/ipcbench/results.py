@@ -32,10 +32,10 @@ CHAPTERS = (
 
 SUMMARY_COLUMNS = [
     "chapter", "experiment", "variant", "payload", "size_bytes", "ranks", "oversubscribed",
-    "metric", "unit", "n", "median", "ci_low", "ci_high", "iqr", "min", "p99", "cv", "unstable",
+    "metric", "unit", "n", "median", "ci_low", "ci_high", "iqr", "min", "p99", "cv", "unstable", "ci_level",
 ]  # fmt: skip
+STAT_COLUMNS = ("n", "median", "ci_low", "ci_high", "iqr", "min", "p99", "cv", "unstable", "ci_level")
 SAMPLE_COLUMNS = ["chapter", "experiment", "variant", "payload", "size_bytes", "ranks", "metric", "unit", "sample", "value"]
-CLAIM_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence"]
 UNITS = {"s", "B/s", "1/s", "x", "B", "1", "%"}
 
 
@@ -178,42 +178,36 @@ def read(chapter: str) -> Results:
         raise ResultsError(
             f"no results for {chapter!r} under {d}; run `ipcbench run {chapter}` or its notebook first"
         )
-    summary = pd.read_csv(d / "summary.csv")
+    summary = pd.read_csv(d / "summary.csv", dtype={"unit": str})
     validate_summary(summary)
     samples = pd.read_csv(d / "samples.csv") if (d / "samples.csv").exists() else None
     meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
     return Results(chapter, summary, samples, meta)
 
 
-def write_claims(chapter: str, evidence: pd.DataFrame) -> Path:
-    """Write a chapter's ledger evidence (claims.csv: claim_id, measured, unit, verdict, evidence)."""
-    from .claims import VERDICTS
-
-    if list(evidence.columns[: len(CLAIM_COLUMNS)]) != CLAIM_COLUMNS:
-        raise ResultsError(f"claims evidence columns must be {CLAIM_COLUMNS}")
-    bad = set(evidence["verdict"]) - set(VERDICTS)
-    if bad:
-        raise ResultsError(f"unknown verdict(s) {sorted(bad)}; use one of {VERDICTS}")
-    p = chapter_dir(chapter) / "claims.csv"
-    evidence.to_csv(p, index=False)
+def write_table(chapter: str, name: str, table: pd.DataFrame) -> Path:
+    """Write one more table of a chapter (``<name>.csv``, e.g. the ledger's evidence ``claims.csv``); return its path."""
+    p = chapter_dir(chapter) / f"{name}.csv"
+    table.to_csv(p, index=False)
     return p
 
 
-def read_claims(chapter: str) -> pd.DataFrame | None:
-    """Return a chapter's ledger evidence, or None when the chapter has not written any."""
-    p = results_root() / chapter / "claims.csv"
+def read_table(chapter: str, name: str) -> pd.DataFrame | None:
+    """Return a chapter's extra table ``<name>.csv``, or None when the chapter has not written it."""
+    p = results_root() / chapter / f"{name}.csv"
     return pd.read_csv(p) if p.exists() else None
 
 
 def summary_row(stats, **labels) -> dict:
     """Return one summary row: the schema's label columns from ``labels``, statistics from ``stats``.
 
-    ``stats`` is a :class:`ipcbench.measure.Summary` (or anything with its fields);
+    ``stats`` is a :class:`ipcbench.measure.Summary` (or anything with its fields; ``ci_level`` is the
+    coverage its interval really has);
     labels not in the schema become extra columns after it.
     """
     row = {c: labels.pop(c, None) for c in SUMMARY_COLUMNS[:8]}
     row["unit"] = labels.pop("unit")
-    for c in ("n", "median", "ci_low", "ci_high", "iqr", "min", "p99", "cv", "unstable"):
+    for c in STAT_COLUMNS:
         row[c] = getattr(stats, c)
     row.update(labels)
     return row
