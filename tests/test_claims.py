@@ -305,3 +305,29 @@ def test_rules_yaml_is_the_one_source(tmp_path):
     doc = p.read_text()
     assert "policy:" in doc and "rules:" in doc
     assert pd.notna(claims.load_rules(p)[0].tolerance)
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [([_row("q", 0.4, 0.3, 0.5, unit="x")], CONFIRMED), ([_row("q", 1.6, 1.5, 1.7, unit="x")], REFUTED),
+     ([_row("q", 1.2, 1.1, 1.4, unit="x")], INCONCLUSIVE)],
+)  # fmt: skip
+def test_same_rule_bounded_above_means_no_worse(synthetic, rows, expected):
+    """'A negligible disadvantage': at most the tolerance worse; being better does not contradict it."""
+    assert synthetic(rows, {"kind": "same", "bound": "at_most", "select": _sel("q")}).verdict == expected
+
+
+def test_a_case_of_another_kind_does_not_inherit_the_rules_scale(synthetic):
+    rows = [_row("a", 0.010, 0.0095, 0.0105), _row("b", 0.020, 0.019, 0.021), _row("r", 1.0, 0.95, 1.05, unit="x")]
+    rule = {"kind": "order", "lower": _sel("a"), "than": _sel("b"), "scale": 1e3, "unit": "ms",
+            "cases": [{}, {"kind": "same", "select": _sel("r")}]}  # fmt: skip
+    j = synthetic(rows, rule)
+    assert j.cases == [CONFIRMED, CONFIRMED] and "1 [0.95, 1.05]" in j.evidence
+
+
+def test_selector_can_take_the_largest_size_measured(synthetic):
+    rows = [{**_row("a", 1.0, 0.9, 1.1), "size_bytes": 10}, {**_row("a", 3.0, 2.9, 3.1), "size_bytes": 1000}]
+    rule = {"kind": "value", "select": {"variant": "a", "size_bytes": "@max"}}
+    assert synthetic(rows, rule, "3").verdict == CONFIRMED
+    rule["select"]["size_bytes"] = "@min"
+    assert synthetic(rows, rule, "3").verdict == REFUTED

@@ -42,6 +42,8 @@ at most the claimed value); "the same" (a measured ratio within the tolerance of
 measured rows (by their intervals); an identity on the source's own numbers (checked at the rounding of
 its printed figures); not testable here (with the reason). A rule's cases may each have their own kind."""
 NUMERIC_KINDS = ("value", "ratio", "share", "bound", "same", "identity")
+UNIT_WORDS = {"ranking", "qualitative", "design", "model", "condition", "expected effect", "count", ""}
+"""claims.csv units that name a kind of claim, not a unit to print beside a number."""
 LEDGER_COLUMNS = ["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_high", "n", "ci_level", "claimed",
                   "evidence"]  # fmt: skip
 EVIDENCE_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence", "ci_low", "ci_high", "n", "ci_level",
@@ -79,7 +81,7 @@ class Policy:
     """The tolerance policy: one default for every claim; a rule's own tolerance must say why."""
 
     tolerance: float = 0.25
-    identity_tolerance: float = 0.01
+    identity_tolerance: float = 0.0025
     min_ci_level: float = 0.95
     text: str = ""
 
@@ -101,7 +103,7 @@ def load_rules(path: Path | str | None = None) -> tuple[Policy, dict[str, dict]]
         raise ClaimsError(f"{p} is missing")
     doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     pol = doc.get("policy", {})
-    policy = Policy(tolerance=float(pol.get("tolerance", 0.25)), identity_tolerance=float(pol.get("identity_tolerance", 0.01)),
+    policy = Policy(tolerance=float(pol.get("tolerance", 0.25)), identity_tolerance=float(pol.get("identity_tolerance", 0.0025)),
                     min_ci_level=float(pol.get("min_ci_level", 0.95)), text=str(pol.get("text", "")).strip())  # fmt: skip
     rules = doc.get("rules") or {}
     for cid, rule in rules.items():
@@ -138,6 +140,8 @@ def check_rule(cid: str, rule: dict) -> None:
             raise ClaimsError(f"rule {cid}: a {ck} case needs 'select'")
         if ck == "bound" and case.get("bound") not in ("at_least", "at_most"):
             raise ClaimsError(f"rule {cid}: a bound case needs bound: at_least | at_most")
+        if ck not in ("bound", "same") and "bound" in case:
+            raise ClaimsError(f"rule {cid}: only bound and same cases take 'bound'")
 
 
 # ------------------------------------------------------------------ claimed values
@@ -150,6 +154,7 @@ class Claimed:
     low: float
     high: float
     text: str
+    source: str = ""  # where a claimed value read from the results came from (empty: claims.csv)
 
     @property
     def point(self) -> bool:
@@ -245,7 +250,8 @@ class Results:
 
 
 def select(res: Results, default_chapter: str, selector: dict) -> pd.Series:
-    """Return the one summary row ``selector`` names (column -> value or list of values; ``chapter`` picks the table)."""
+    """Return the one summary row ``selector`` names (column -> value, list of values, or "@max"/"@min": the largest or
+    smallest value among the rows the other columns select; ``chapter`` picks the chapter's table)."""
     sel = dict(selector)
     chapter = sel.pop("chapter", default_chapter)
     df = res.summary(chapter)
@@ -255,9 +261,14 @@ def select(res: Results, default_chapter: str, selector: dict) -> pd.Series:
     if missing:
         raise ClaimsError(f"selector {selector} names column(s) {missing} that {chapter}'s summary does not have")
     mask = pd.Series(True, index=df.index)
+    extreme = {c: w for c, w in sel.items() if w in ("@max", "@min")}
     for col, want in sel.items():
-        mask &= df[col].map(lambda c, w=want: _same(c, w))
+        if col not in extreme:
+            mask &= df[col].map(lambda c, w=want: _same(c, w))
     got = df[mask]
+    for col, want in extreme.items():  # "@max": the largest value of the column among the rows the rest selects
+        target = got[col].max() if want == "@max" else got[col].min()
+        got = got[got[col] == target]
     if len(got) != 1:
         raise ClaimsError(f"selector {selector} finds {len(got)} rows in {chapter}'s summary, not 1")
     return got.iloc[0]
@@ -266,7 +277,12 @@ def select(res: Results, default_chapter: str, selector: dict) -> pd.Series:
 def _measured(row: pd.Series, scale: float) -> Measured:
     lo, hi = float(row["ci_low"]) * scale, float(row["ci_high"]) * scale
     level = float(row["ci_level"]) if "ci_level" in row and pd.notna(row["ci_level"]) else float("nan")
-    label = " / ".join(str(row[c]) for c in ("experiment", "variant", "metric") if pd.notna(row.get(c)))
+    parts = [str(row[c]) for c in ("experiment", "variant", "metric") if pd.notna(row.get(c))]
+    if row.get("experiment") == "derived":
+        parts = [str(row["metric"])] + [f"{c} {_fmt(float(row[c]))}" if isinstance(row[c], float) else f"{c} {row[c]}"
+                                        for c in ("payload", "n_records", "readers", "array_bytes")
+                                        if c in row and pd.notna(row[c]) and c != "metric"]  # fmt: skip
+    label = " / ".join(dict.fromkeys(parts))
     return Measured(float(row["median"]) * scale, min(lo, hi), max(lo, hi), int(row["n"]), level, label)
 
 
@@ -299,7 +315,7 @@ def _band(claimed: Claimed, case: dict, tol: float, tol_abs: float) -> tuple[flo
     """Return the claimed value's band: the claimed value or range widened by the tolerance (relative, or absolute)."""
     lo = claimed.low - max(tol * abs(claimed.low), tol_abs)
     hi = claimed.high + max(tol * abs(claimed.high), tol_abs)
-    if case["kind"] == "bound":
+    if case.get("bound"):
         neutral = case.get("neutral")
         if case["bound"] == "at_least":
             return (lo, math.inf)
@@ -321,7 +337,7 @@ def _numeric_case(m: Measured, claimed: Claimed, case: dict, tol: float, tol_abs
     lo_b, hi_b = _band(claimed, case, tol, tol_abs)
     band = (f"at least {_fmt(lo_b)}{_u(unit)}" if math.isinf(hi_b) else f"at most {_fmt(hi_b)}{_u(unit)}"
             if math.isinf(lo_b) else f"{_fmt(lo_b)} to {_fmt(hi_b)}{_u(unit)}")  # fmt: skip
-    head = f"{m.label}: {m.text(unit)}, against the band {band}"
+    head = f"{m.label}: {m.text(unit)}, against the band {band}" + (f" around {claimed.text}" if claimed.source else "")
     if not m.ci_level >= policy.min_ci_level:
         return INCONCLUSIVE, (f"{head}; with n = {m.n} the interval covers {m.ci_level:.0%}, less than "
                               f"{policy.min_ci_level:.0%}")  # fmt: skip
@@ -375,6 +391,9 @@ def _cases(rule: dict) -> list[dict]:
     base = {k: v for k, v in rule.items() if k != "cases"}
     out = []
     for case in rule.get("cases") or [{}]:
+        if case.get("kind", base["kind"]) != base["kind"]:  # a case of another kind stands on its own
+            out.append(dict(case))
+            continue
         merged = dict(base)
         for k, v in case.items():
             merged[k] = {**base.get(k, {}), **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
@@ -387,7 +406,7 @@ def _claimed_of(claim, case: dict, res: Results, chapter: str, scale: float) -> 
         return Claimed(1.0, 1.0, "1 (the same)")
     if "claimed_from" in case:
         m = _measured(select(res, chapter, case["claimed_from"]), scale)
-        return Claimed(m.value, m.value, f"{_fmt(m.value)} ({m.label})")
+        return Claimed(m.value, m.value, f"{m.label} = {_fmt(m.value)}", source=m.label)
     return parse_claimed(claim.get("value"), case.get("value_part"))
 
 
@@ -413,10 +432,13 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
         j.evidence = f"{lead}Not testable here {rule['reason'].strip().rstrip('.')}.{shown}"
         return j
     verdicts, clauses, heads, units, claimed_texts, tols = [], [], [], [], [], []
+    uses_csv = False
     for case in _cases(rule):
         ck = case["kind"]
         scale = float(case.get("scale", 1.0))
-        unit = str(case.get("unit", claim_unit if ck in ("value", "bound", "identity") else ""))
+        from_csv = ck not in ("order", "same") and "claimed_from" not in case
+        unit = str(case.get("unit", claim_unit if from_csv and claim_unit not in UNIT_WORDS else ""))
+        uses_csv = uses_csv or from_csv
         if ck == "order":
             higher = "higher" in case
             a = _measured(select(res, chapter, case["higher" if higher else "lower"]), scale)
@@ -433,7 +455,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
             v, clause = _numeric_case(m, claimed, case, tol, tol_abs, policy, unit)
             heads.append(m)
             claimed_texts.append(claimed.text)
-            tols.append(f"{tol:.0%}" + (f" or {_fmt(tol_abs)}{_u(unit)}" if tol_abs else "")
+            tols.append(f"{tol * 100:g}%" + (f" or {_fmt(tol_abs)}{_u(unit)}" if tol_abs else "")
                         + (f" ({case['why'].strip().rstrip('.')})" if "why" in case else " (the policy's default)"))
         verdicts.append(v)
         clauses.append(clause)
@@ -445,7 +467,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
         body = "; ".join(f"({i + 1}) {c} [{v}]" for i, (c, v) in enumerate(zip(clauses, verdicts, strict=True)))
     else:
         body = clauses[0]
-    claimed_txt = f"Claimed: {raw_value}{_u(claim_unit)}. " if raw_value else ""
+    claimed_txt = f"Claimed: {raw_value}{_u(claim_unit)}. " if raw_value and uses_csv else ""
     tol_txt = f" Tolerance: {'; '.join(sorted(set(tols)))}." if tols else ""
     ev = f"{lead}{claimed_txt}Measured: {body}.{tol_txt}"
     return Judgement(cid, verdict, head.value, units[k], head.low, head.high, head.n, head.ci_level,
@@ -463,7 +485,8 @@ def judge_all(chapters: list[str] | None = None, rules_file: Path | str | None =
     """
     seeds = load_claims()
     policy, rules = load_rules(rules_file)
-    missing = sorted(set(seeds["id"]) - set(rules))
+    wanted = seeds if chapters is None else seeds[seeds["chapter"].isin(chapters)]
+    missing = sorted(set(wanted["id"]) - set(rules))
     if missing:
         raise ClaimsError(f"claims without a rule in {rules_path()}: {missing}")
     extra = sorted(set(rules) - set(seeds["id"]))
@@ -516,3 +539,19 @@ def verdict_counts(led: pd.DataFrame | None = None) -> pd.DataFrame:
     t.loc["all"] = t.sum()
     t["claims"] = t.sum(axis=1)
     return t
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """Return ``df`` as a GitHub-flavoured Markdown table (cells with '|' escaped, numbers at 4 significant digits)."""
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, float):
+            return _fmt(v)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])

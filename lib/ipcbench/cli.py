@@ -15,17 +15,45 @@ from . import profiles
 
 
 def _cmd_run(args) -> int:
-    from . import experiments
-    from .cluster import Cluster
+    from . import experiments, results
+    from .experiments._common import EnginesError
 
-    module = experiments.get(args.chapter)
-    profile = profiles.profile_name(args.profile)
-    with Cluster(n=args.engines, profile=args.cluster_profile) as cluster:
-        print(f"ipcbench: chapter {args.chapter}, profile {profile}, {cluster.describe()}", file=sys.stderr)
-        summary = module.run(cluster, profile)
-    from . import results
-
+    try:
+        summary = experiments.drive(args.chapter, args.profile, args.engines, args.cluster_profile)
+    except EnginesError as exc:
+        print(f"ipcbench run: {exc}", file=sys.stderr)
+        return 2
     print(f"ipcbench: {len(summary)} summary rows written to {results.chapter_dir(args.chapter)}")
+    return 0
+
+
+def _cmd_ledger(args) -> int:
+    import os
+
+    from . import claims, results
+
+    if args.results:
+        os.environ["IPCBENCH_RESULTS_DIR"] = args.results
+    try:
+        led = claims.judge_all(rules_file=args.rules)
+    except (claims.ClaimsError, results.ResultsError) as exc:
+        print(f"ipcbench ledger: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "csv":
+        led[claims.LEDGER_COLUMNS].to_csv(sys.stdout, index=False)
+        return 0
+    counts = claims.verdict_counts(led)
+    if args.format == "markdown":
+        print(claims.markdown_table(counts.reset_index()))
+        print()
+        print(claims.markdown_table(led[claims.LEDGER_COLUMNS]))
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", None, "display.max_colwidth", 90, "display.width", 200):
+        print(led[["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_high", "n", "claimed"]].to_string(index=False))
+        print()
+        print(counts.to_string())
     return 0
 
 
@@ -132,13 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one chapter headless and write its results under data/results/")
     run.add_argument("chapter", choices=sorted(experiments.CHAPTERS), help="chapter id")
     run.add_argument("--profile", choices=profiles.PROFILES, default=None, help="default: IPCBENCH_PROFILE or standard")
-    run.add_argument("--engines", type=int, default=None, help="MPI engines to start (default: the usable cores)")
+    run.add_argument("--engines", type=int, default=None,
+                     help="MPI engines to start (default: what the chapter needs in the profile; never fewer)")
     run.add_argument(
         "--cluster-profile",
         default=None,
         help="connect to this running ipyparallel profile instead of starting engines (or IPCBENCH_CLUSTER_PROFILE)",
     )
     run.set_defaults(func=_cmd_run)
+    led = sub.add_parser("ledger", help="judge every claim from the results on disk (nothing is re-run) and print the ledger")
+    led.add_argument("--results", default=None, help="results tree (default: IPCBENCH_RESULTS_DIR or data/results)")
+    led.add_argument("--rules", default=None, help="claim rules file (default: data/seeds/claim_rules.yaml)")
+    led.add_argument("--format", choices=("table", "csv", "markdown"), default="table",
+                     help="csv: one row per claim, no counts (parses as one table)")
+    led.set_defaults(func=_cmd_ledger)
     env = sub.add_parser("env", help="print the environment record as JSON")
     env.add_argument("--profile", choices=profiles.PROFILES, default=None)
     env.set_defaults(func=_cmd_env)

@@ -1,6 +1,7 @@
-"""One module per chapter, each exposing ``run(cluster, profile) -> pandas.DataFrame``.
+"""One module per chapter, each exposing ``engines(profile) -> int`` and ``run(cluster, profile) -> DataFrame``.
 
-Notebooks and the command line call these; nothing else does the sweeping.
+Notebooks and the command line both call :func:`drive`, so a headless run and the book run the same
+experiment on the same number of engines; nothing else does the sweeping.
 """
 
 from __future__ import annotations
@@ -24,3 +25,33 @@ def get(chapter: str):
         return importlib.import_module(CHAPTERS[chapter])
     except KeyError:
         raise KeyError(f"unknown chapter {chapter!r}; available: {', '.join(CHAPTERS)}") from None
+
+
+def engines(chapter: str, profile: str | None = None) -> int:
+    """Return how many MPI engines a chapter needs in a profile."""
+    return int(get(chapter).engines(profile))
+
+
+def drive(chapter: str, profile: str | None = None, engines_n: int | None = None, cluster_profile: str | None = None):
+    """Run one chapter on a cluster of the engines it needs (started here, or an existing ipyparallel profile); return its summary.
+
+    ``engines_n`` may ask for more engines than the chapter needs, never fewer: a run that cannot have
+    what it needs stops with :class:`~ipcbench.experiments._common.EnginesError` instead of dropping a part.
+    """
+    import sys
+
+    from .. import profiles
+    from ..cluster import Cluster
+    from ._common import EnginesError, require_engines
+
+    module = get(chapter)
+    profile = profiles.profile_name(profile)
+    need = int(module.engines(profile))
+    if engines_n is not None and engines_n < need:
+        raise EnginesError(f"chapter {chapter} needs {need} MPI engines in the {profile} profile; --engines {engines_n} is too few")
+    with Cluster(n=engines_n or need, profile=cluster_profile) as cluster:
+        require_engines(cluster, need, chapter, f"the {profile} profile")
+        d = cluster.describe()
+        print(f"ipcbench: chapter {chapter}, profile {profile}, {d['engines']} engines "
+              f"({d['source']}, oversubscribed={d['oversubscribed']})", file=sys.stderr)  # fmt: skip
+        return module.run(cluster, profile)

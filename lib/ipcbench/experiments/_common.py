@@ -20,6 +20,19 @@ def progress(iterable, desc: str, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=True, dynamic_ncols=True)
 
 
+class EnginesError(ValueError):
+    """A chapter was given fewer MPI engines than its profile needs (it never drops a part silently)."""
+
+
+def require_engines(cluster, need: int, chapter: str, why: str) -> None:
+    """Raise EnginesError unless ``cluster`` has at least ``need`` engines (``why`` says what needs them)."""
+    if cluster.size < need:
+        raise EnginesError(
+            f"chapter {chapter} needs {need} MPI engines ({why}), the cluster has {cluster.size}: "
+            f"run it with `ipcbench run {chapter}` (which starts {need}) or give it a cluster of {need} or more"
+        )
+
+
 def run_meta(profile: str | None, cluster, params: dict, started: str, definitions: dict | None = None) -> dict:
     """Return the metadata a chapter writes beside its results (environment, profile, parameters, times, metric definitions)."""
     return {
@@ -67,3 +80,64 @@ def pick_row(summary, **where):
     if q.empty:
         raise results.ResultsError(f"no row for {where}")
     return q.iloc[0]
+
+
+# ------------------------------------------------------------------ derived quantities
+
+_SAMPLE_KEYS = ("experiment", "variant", "payload", "size_bytes", "ranks", "metric")
+
+
+def _eq(series, value):
+    """Return a mask of ``series == value`` where NaN equals NaN (summary cells are often empty)."""
+    import pandas as pd
+
+    if value is None or (isinstance(value, float) and value != value):
+        return series.isna()
+    return series == value if not pd.api.types.is_numeric_dtype(series) else (series == value) & series.notna()
+
+
+def one_row(summary, **where):
+    """Return the one summary row whose columns equal ``where``; raise ResultsError when none or several do."""
+    q = summary
+    for k, v in where.items():
+        q = q[_eq(q[k], v)]
+    if len(q) != 1:
+        raise results.ResultsError(f"{len(q)} summary rows match {where}, need exactly 1")
+    return q.iloc[0]
+
+
+def sample_values(summary, samples, **where):
+    """Return (as a numpy array, in sample order) the raw samples behind the one summary row ``where`` selects."""
+    row = one_row(summary, **where)
+    q = samples
+    for k in _SAMPLE_KEYS:
+        q = q[_eq(q[k], row[k])]
+    if q.empty:
+        raise results.ResultsError(f"no raw samples behind the summary row {where}")
+    if len(q) != int(row["n"]):
+        raise results.ResultsError(f"{len(q)} raw samples behind {where}, whose summary says n = {int(row['n'])}")
+    return q.sort_values("sample")["value"].to_numpy()
+
+
+def derived_row(fn, sample_sets, name: str, unit: str, chapter: str, paired: bool = False, inputs: str = "",
+                **labels) -> dict:  # fmt: skip
+    """Return a summary row (experiment 'derived', variant and metric ``name``) for ``fn`` of the sets' medians.
+
+    The interval is a percentile bootstrap (:func:`ipcbench.measure.derived`); ``inputs`` says in
+    words which rows it combines. ``fn`` must work element-wise on numpy arrays.
+    """
+    from ..measure import derived
+
+    st = derived(fn, *sample_sets, paired=paired)
+    lab = {"chapter": chapter, "experiment": "derived", "variant": name, "metric": name, "unit": unit,
+           "ranks": None, "oversubscribed": False, **labels}  # fmt: skip
+    return results.summary_row(st, **lab, inputs=inputs, stop_reason="bootstrap")
+
+
+def exact_row(value: float, name: str, unit: str, chapter: str, inputs: str = "", **labels) -> dict:
+    """Return a summary row for a counted or computed value (no sampling: its interval is the value, coverage 1)."""
+    from ..measure import exact
+
+    lab = {"chapter": chapter, "experiment": "derived", "variant": name, "metric": name, "unit": unit,
+           "ranks": None, "oversubscribed": False, **labels}  # fmt: skip
+    return results.summary_row(exact(value), **lab, inputs=inputs, stop_reason="exact")

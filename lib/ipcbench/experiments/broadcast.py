@@ -39,7 +39,7 @@ from .. import claims, measure, profiles, results
 from .. import multimodal as mm
 from ..cluster import usable_cores
 from ..measure import StoppingRule, now_ns
-from ._common import pick_row, progress, run_meta, run_point, stats_rows
+from ._common import pick_row, progress, require_engines, run_meta, run_point, stats_rows
 
 CHAPTER = "broadcast"
 MB = 1e6
@@ -256,19 +256,23 @@ def load_point(comm, strategy: str, feature_bytes: int, rate: float, requests: i
 # ------------------------------------------------------------------------------- the chapter
 
 
+def engines(profile: str | None = None) -> int:
+    """Return the MPI engines this chapter needs: the oversubscribed TP degree of the profile."""
+    return int(parameters(profile)["tp_oversubscribed"])
+
+
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
     """Run chapter 3 on ``cluster`` (>= 2 ranks; TP = 4 also when it has 4); write results; return the summary."""
     name = profiles.profile_name(profile)
     rule = profiles.stopping_rule(name)
     params = parameters(name)
-    if cluster.size < 2:
-        raise ValueError("chapter 3 needs at least 2 MPI engines (TP = 2)")
+    require_engines(cluster, engines(name), CHAPTER, f"TP = 2 and the oversubscribed TP = {params['tp_oversubscribed']}")
     started = results.now_iso()
     base = {"chapter": CHAPTER, "payload": "float32 features [patches, 1176]"}
     rows: list[dict] = []
     samples: list[dict] = []
     seed, pool_bytes = params["seed"], params["pool_bytes"]
-    tp_big = params["tp_oversubscribed"] if cluster.size >= params["tp_oversubscribed"] else None
+    tp_big = params["tp_oversubscribed"]
 
     try:
         # 1. phase costs against size

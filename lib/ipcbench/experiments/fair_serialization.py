@@ -30,7 +30,7 @@ from .. import backends, claims, profiles, results
 from .. import serialization as ser
 from ..backends.base import framed_size
 from ..measure import now_ns, summarize
-from ._common import progress, run_meta, run_point
+from ._common import progress, require_engines, run_meta, run_point
 
 CHAPTER = "fair_serialization"
 KiB, MiB = 2**10, 2**20
@@ -301,15 +301,18 @@ def _points(p: dict) -> list[dict]:
     return pts  # fmt: skip
 
 
+def engines(profile: str | None = None) -> int:
+    """Return the MPI engines this chapter needs: 1 writer + the most readers of the profile."""
+    return 1 + max(parameters(profile)["readers"])
+
+
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
     """Run chapter 1 on ``cluster`` (needs 1 + max(readers) engines), write its results, return the summary."""
     from ..cluster import usable_cores
 
     name = profiles.profile_name(profile)
     p = parameters(name)
-    need = 1 + max(p["readers"])
-    if cluster.size < need:
-        raise ValueError(f"chapter 1 needs {need} MPI engines (1 writer + {max(p['readers'])} readers), has {cluster.size}")
+    require_engines(cluster, engines(name), CHAPTER, f"1 writer + {max(p['readers'])} readers")
     started = results.now_iso()
     rows, samples, phases = [], [], []
     for pt in progress(_points(p), "fair serialization"):
@@ -322,15 +325,15 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                           ranks=ranks, timeout=600)[0]  # fmt: skip
         df = pd.DataFrame(out["per_reader"])
         # cross-rank summary: per message, the slowest reader
-        per_msg = df.groupby("message").agg({"serialize": "max", "transfer": "max", "deserialize": "max",
-                                             "end_to_end": "max"})  # fmt: skip
+        per_msg = df.groupby("message").agg({"serialize": "max", "send_call": "max", "transfer": "max",
+                                             "deserialize": "max", "end_to_end": "max"})  # fmt: skip
         labels = {"chapter": CHAPTER, "experiment": pt["experiment"], "variant": pt["backend"],
                   "payload": f"{pt['kind']}:{pt['codec']}", "size_bytes": out["nbytes"], "ranks": ranks,
                   "oversubscribed": ranks > usable_cores()}  # fmt: skip
         extra = {"backend": pt["backend"], "codec": pt["codec"], "kind": pt["kind"], "readers": pt["readers"],
                  "n_records": pt["size"] if pt["kind"] == "records" else None,
                  "array_bytes": pt["size"] if pt["kind"] == "array" else None}  # fmt: skip
-        for metric in ("serialize", "transfer", "deserialize", "end_to_end"):
+        for metric in ("serialize", "send_call", "transfer", "deserialize", "end_to_end"):
             st = summarize(per_msg[metric].to_numpy())
             rows.append(results.summary_row(st, **labels, metric=metric, unit="s", **extra))
             samples += results.sample_rows(per_msg[metric].to_numpy(), **labels, metric=metric, unit="s")
@@ -344,10 +347,12 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         for b in p["backends"]:
             out = run_point(cluster, read_time_point, b, p["source_codec"], n, p["messages"], ranks=1 + src_readers, timeout=600)[0]
             st = summarize(out["read_time"])
+            nbytes = ser.frames_nbytes(ser.get(p["source_codec"]).encode(make_records(n)))
             lab = {"chapter": CHAPTER, "experiment": "source_read_time", "variant": b, "payload": f"records:{p['source_codec']}",
-                   "size_bytes": None, "ranks": 1 + src_readers, "oversubscribed": 1 + src_readers > usable_cores()}  # fmt: skip
+                   "size_bytes": nbytes, "ranks": 1 + src_readers, "oversubscribed": 1 + src_readers > usable_cores()}  # fmt: skip
             rows.append(results.summary_row(st, **lab, metric="read_time", unit="s", backend=b, codec=p["source_codec"],
                                             kind="records", n_records=n, readers=src_readers))  # fmt: skip
+            samples += results.sample_rows(out["read_time"], **lab, metric="read_time", unit="s")
     # the source's PUSH/PULL "one-to-many"
     pp = run_point(cluster, pushpull_point, p["source_codec"], 1000, p["pushpull_messages"], ranks=1 + src_readers, timeout=120)[0]
     delivery = pd.DataFrame([{"reader": i + 1, "messages_received": len(g), "messages_sent": p["pushpull_messages"],
@@ -364,7 +369,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                         payload="array:raw", size_bytes=small, ranks=1, oversubscribed=False,
                                         metric=metric, unit="s", backend=None, codec="raw", kind="array",
                                         n_records=None, readers=0, array_bytes=small))  # fmt: skip
+    samples_df = pd.DataFrame(samples)
     summary = results.frame(rows)
+    summary = results.frame(rows + derived_rows(summary, samples_df, delivery, results.read("machine_limits")))
     meta = run_meta(name, cluster, p, started, definitions={
         "transfer": "writer's send call start -> reader's receive call return (one CLOCK_MONOTONIC clock)",
         "end_to_end": "writer's encode start -> reader's decode return",
@@ -372,9 +379,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "read_time": "the source's metric: reader's receive + decode call only",
         "pacing": "one message in flight: a barrier before every message",
     })
-    results.write(CHAPTER, summary, pd.DataFrame(samples), meta,
+    results.write(CHAPTER, summary, samples_df, meta,
                   extra={"phases": pd.DataFrame(phases), "pushpull_delivery": delivery})  # fmt: skip
-    claims.record(CHAPTER, ledger_evidence(summary, delivery))
+    claims.record(CHAPTER)
     return summary
 
 
@@ -477,146 +484,92 @@ def _framing_share(summary: pd.DataFrame, best_lat: pd.Series, pingpong_s: float
             "framing_share_of_gap": float(framing[kind]) / gap if gap > 0 else float("nan")}  # fmt: skip
 
 
-# ------------------------------------------------------------------------ the ledger
+# ------------------------------------------------------------------ derived rows (analysis)
+
+SOURCE_FIVE = ("zmq", "mpi_bcast", "lmdb", "shm", "mpi_pkl5")
+"""The source's five backends (its MPI-Native is lowercase ``bcast``)."""
 
 
-def _med(summary, **where) -> float:
-    q = _pick(summary, **where)
-    if q.empty:
-        raise KeyError(f"no row for {where}")
-    return float(q["median"].iloc[0])
+def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.DataFrame, limits) -> list[dict]:
+    """Return the ratios, spreads and counts the claims of seed 000 read, each with its own interval.
 
+    Pure: from this chapter's summary and raw samples, the PUSH/PULL delivery table and chapter 0's
+    results (memcpy). Times are per message; the bootstrap resamples each point's messages.
+    """
+    from ._common import derived_row, exact_row, sample_values
 
-def _row(summary, **where) -> pd.Series:
-    return _pick(summary, **where).iloc[0]
+    out = []
 
+    def e2e(b, n, r=1, metric="end_to_end"):
+        return sample_values(summary, samples, experiment="records", variant=b, n_records=n, readers=r, metric=metric)
 
-def _rel_verdict(measured: float, claimed: float, tol: float = 0.25) -> str:
-    if claimed == 0:
-        return "refuted"
-    r = measured / claimed
-    return "confirmed" if abs(r - 1) <= tol else ("partly" if 1 / 3 <= r <= 3 else "refuted")
+    def add(fn, sets, name, unit, inputs, **labels):
+        out.append(derived_row(fn, sets, name, unit, CHAPTER, inputs=inputs, **labels))
 
+    ns = sorted(summary.query("experiment == 'records'")["n_records"].dropna().astype(int).unique())
+    for n in ns:
+        sets = [e2e(b, n) for b in SOURCE_FIVE]
+        lab = {"n_records": n, "readers": 1, "payload": "records:pickle5"}
+        add(lambda *m: np.max(np.stack(np.broadcast_arrays(*m)), 0) / np.min(np.stack(np.broadcast_arrays(*m)), 0),
+            sets, "spread_max_over_min", "x", "end to end, slowest over fastest of the source's five backends", **lab)
+        add(lambda *m: (np.max(np.stack(np.broadcast_arrays(*m)), 0) / np.min(np.stack(np.broadcast_arrays(*m)), 0) - 1) * 100,
+            sets, "spread", "%", "end to end, slowest over fastest of the source's five backends, minus 1", **lab)
+        add(lambda z, *o: np.min(np.stack(np.broadcast_arrays(*o)), 0) / z, sets, "zmq_lead_x", "x",
+            "end to end, the fastest other backend's time over ZeroMQ's", **lab)
+        add(lambda z, *o: (np.min(np.stack(np.broadcast_arrays(*o)), 0) / z - 1) * 100, sets, "zmq_lead", "%",
+            "end to end, the fastest other backend's time over ZeroMQ's, minus 1", **lab)
+        add(lambda pk, bc: (1 - pk / bc) * 100, [e2e("mpi_pkl5", n), e2e("mpi_bcast", n)], "pkl5_speed_vs_bcast", "%",
+            "end to end, 1 - pkl5 / lowercase bcast (the source's sign: negative = pkl5 slower)", **lab)
+        for other in ("zmq", "shm"):
+            add(lambda a, b: a / b, [e2e("mpi_bcast", n), e2e(other, n)], f"mpi_bcast_over_{other}", "x",
+                f"end to end, lowercase bcast's time over {other}'s", **lab)
+    # the source's metric (reader's receive + decode), lowercase bcast over ZeroMQ
+    for n in sorted(summary.query("experiment == 'source_read_time'")["n_records"].dropna().astype(int).unique()):
+        rt = [sample_values(summary, samples, experiment="source_read_time", variant=b, n_records=n, metric="read_time")
+              for b in ("mpi_bcast", "zmq")]  # fmt: skip
+        add(lambda a, b: a / b, rt, "read_time_mpi_bcast_over_zmq", "x", "the source's read time, lowercase bcast over ZeroMQ",
+            n_records=n, payload="records:pickle5")  # fmt: skip
+    # uppercase Bcast (buffers) and point-to-point against lowercase bcast
+    big = int(summary.query("experiment == 'arrays'")["array_bytes"].max())
 
-def ledger_evidence(summary: pd.DataFrame, delivery: pd.DataFrame) -> list[dict]:
-    """Return the evidence rows for every seed-000 claim, computed from this chapter's measurements."""
-    ev = []
-    e2e = lambda b, n, r=1: _row(summary, experiment="records", variant=b, n_records=n, readers=r, metric="end_to_end")  # noqa: E731
-    rt = lambda b, n: _med(summary, experiment="source_read_time", variant=b, n_records=n)  # noqa: E731
-    src5 = ["zmq", "mpi_bcast", "lmdb", "shm", "mpi_pkl5"]  # the source's five
+    def arr(b, codec, metric="end_to_end", size=big, r=1):
+        return sample_values(summary, samples, experiment="arrays", variant=b, codec=codec, array_bytes=size, readers=r,
+                             metric=metric)  # fmt: skip
 
-    # fs-01 / fs-14 / fs-24: spread and ranking at N = 10 000, end to end (fair), 1 reader
-    rows = {b: e2e(b, 10_000) for b in src5}
-    meds = {b: float(r["median"]) for b, r in rows.items()}
-    best = min(meds, key=meds.get)
-    spread = (max(meds.values()) / min(meds.values()) - 1) * 100
-    tr = {b: _med(summary, experiment="records", variant=b, n_records=10_000, readers=1, metric="transfer") for b in src5}
-    tspread = max(tr.values()) / min(tr.values())
-    ev.append(claims.evidence("fs-01", round(spread, 1), "%", "confirmed" if spread <= 5 else ("partly" if spread <= 15 else "refuted"),
-        f"End-to-end medians at N = 10 000, 1 reader, pickle 5 for all: the five source backends span {spread:.1f}% "
-        f"(fastest {best}); serialization and deserialization dominate, while the transfer phase alone differs {tspread:.1f}x."))  # fmt: skip
-    zrow, brow = rows["zmq"], rows[best]
-    overlap = not (zrow["ci_low"] > brow["ci_high"] or brow["ci_low"] > zrow["ci_high"])
-    z_verdict = "confirmed" if best == "zmq" else ("partly" if overlap else "refuted")
-    for cid in ("fs-07", "fs-14", "fs-24"):
-        ev.append(claims.evidence(cid, round(meds["zmq"] / meds[best], 3), "x", z_verdict,
-            f"ZeroMQ end to end at N = 10 000 is {meds['zmq'] * 1e3:.2f} ms [{zrow['ci_low'] * 1e3:.2f}, {zrow['ci_high'] * 1e3:.2f}]; "
-            f"the fastest is {best} at {meds[best] * 1e3:.2f} ms [{brow['ci_low'] * 1e3:.2f}, {brow['ci_high'] * 1e3:.2f}]"
-            + ("; the CIs overlap, so no ranking is claimed." if overlap and best != "zmq" else ".")))  # fmt: skip
-    # fs-02..06: the source's read times at N = 10 000 (ms)
-    for cid, b, claimed in (("fs-02", "zmq", 0.0057), ("fs-03", "mpi_bcast", 0.0058), ("fs-04", "lmdb", 0.0059),
-                            ("fs-05", "shm", 0.0060), ("fs-06", "mpi_pkl5", 0.0060)):  # fmt: skip
-        m = rt(b, 10_000) * 1e3
-        de = _med(summary, experiment="records", variant=b, n_records=10_000, readers=1, metric="deserialize") * 1e3
-        ev.append(claims.evidence(cid, round(m, 4), "ms", _rel_verdict(m, claimed),
-            f"The source's own metric (reader's receive + decode call) for {b} at N = 10 000 measures {m:.3f} ms, "
-            f"{m / claimed:.0f}x the claimed {claimed} ms; unpickling the 10 000 records alone takes {de:.2f} ms (1 reader)."))  # fmt: skip
-    # fs-08: MPI 2.5x slower than ZeroMQ under the unfair (read-side) metric
-    ratio = rt("mpi_bcast", 10_000) / rt("zmq", 10_000)
-    ratio_1k = rt("mpi_bcast", 1000) / rt("zmq", 1000)
-    ev.append(claims.evidence("fs-08", round(ratio, 2), "x", _rel_verdict(ratio, 2.5, 0.3),
-        f"Reader-side time, MPI lowercase bcast over ZeroMQ (queued): {ratio:.2f}x at N = 10 000 and {ratio_1k:.2f}x at N = 1 000; "
-        "the read-side metric charges MPI's transfer to its reader while ZeroMQ's reader finds the message already queued."))  # fmt: skip
-    # fs-09/10/11: the size table's units
-    for cid, n, claimed, unit in (("fs-09", 10, 0.005e-3, "µs"), ("fs-10", 1000, 0.304e-3, "µs"), ("fs-11", 10_000, 5.74, "ms")):
-        m = min(rt(b, n) for b in src5) * 1e3  # ms
-        shown = m * 1e3 if unit == "µs" else m
-        claimed_shown = claimed * 1e3 if unit == "µs" else claimed
-        ev.append(claims.evidence(cid, round(shown, 4), unit, _rel_verdict(m, claimed),
-            f"Fastest measured read time at N = {n}: {shown:.4g} {unit} against the table's {claimed_shown:g} {unit}. "
-            + (f"Read as µs, the table's entry is {claimed_shown * 1e3:g} ns per message, {shown / claimed_shown:.0f}x less "
-               f"than measured; read as ms it would be {m / claimed_shown:.1f}x less than measured." if unit == "µs" else
-               "Milliseconds are the right unit here, so the table mixes µs and ms for the same quantity.")))  # fmt: skip
-    # fs-12/13 and pkl5 vs bcast by size (fs-15..18), end to end, 1 reader
-    small_e = {b: float(e2e(b, 10)["median"]) for b in src5}
-    pk = {n: (float(e2e("mpi_pkl5", n)["median"]) / float(e2e("mpi_bcast", n)["median"]) - 1) * 100 for n in (10, 100, 1000, 10_000)}
-    spread10 = (max(small_e.values()) / min(small_e.values()) - 1) * 100
-    ev.append(claims.evidence("fs-12", round(pk[10], 1), "%", "confirmed" if pk[10] > 0 and spread10 < 50 else ("partly" if pk[10] > 0 else "refuted"),
-        f"At N = 10 the source backends span {spread10:.0f}% end to end; pkl5 is {pk[10]:+.0f}% against lowercase bcast."))  # fmt: skip
-    r1k = {b: e2e(b, 1000) for b in src5}
-    m1k = {b: float(r["median"]) for b, r in r1k.items()}
-    best1k = min(m1k, key=m1k.get)
-    shm_overlaps = r1k["shm"]["ci_low"] <= r1k[best1k]["ci_high"]
-    ev.append(claims.evidence("fs-13", round(m1k["shm"] / m1k[best1k], 3), "x",
-        "confirmed" if best1k == "shm" else ("partly" if shm_overlaps else "refuted"),
-        f"At N = 1 000 the fastest end to end is {best1k} ({m1k[best1k] * 1e3:.3f} ms); shared memory takes {m1k['shm'] * 1e3:.3f} ms, "
-        f"ZeroMQ {m1k['zmq'] * 1e3:.3f} ms" + ("; shared memory's CI overlaps the fastest." if best1k != "shm" and shm_overlaps else ".")))  # fmt: skip
-    for cid, n, claimed in (("fs-15", 10, 100), ("fs-16", 100, 22), ("fs-17", 1000, 6), ("fs-18", 10_000, 5)):
-        m = pk[n]
-        verdict = "confirmed" if abs(m - claimed) <= max(10, 0.25 * claimed) else ("partly" if m > 0 else "refuted")
-        ev.append(claims.evidence(cid, round(m, 1), "%", verdict,
-            f"pkl5 bcast vs lowercase bcast, end to end at N = {n}, 1 reader: {m:+.1f}% (claimed {claimed}% slower)."))  # fmt: skip
-    # fs-19/20: pkl5 has no advantage / no zero-copy advantage: look at large arrays with out-of-band frames
-    arr = _pick(summary, experiment="arrays", readers=1, metric="end_to_end", codec="pickle5_oob")
-    big = arr["array_bytes"].max()
-    a_pk = float(arr[(arr.variant == "mpi_pkl5") & (arr.array_bytes == big)]["median"].iloc[0])
-    a_bc = float(arr[(arr.variant == "mpi_bcast") & (arr.array_bytes == big)]["median"].iloc[0])
-    for cid in ("fs-19", "fs-20"):
-        ev.append(claims.evidence(cid, round(a_bc / a_pk, 2), "x", "refuted" if a_bc / a_pk > 1.2 else "partly",
-            f"For a {big / MiB:.0f} MiB array carried as pickle-5 out-of-band frames, pkl5 bcast takes {a_pk * 1e3:.2f} ms "
-            f"and lowercase bcast {a_bc * 1e3:.2f} ms end to end ({a_bc / a_pk:.1f}x): pkl5 sends the buffers without copying "
-            "them into a pickle. For small record lists it is indeed slower (fs-15..18)."))  # fmt: skip
-    # fs-21: buffer Bcast 80-90% faster
-    rec_gain = (1 - float(e2e("mpi_Bcast", 10_000)["median"]) / float(e2e("mpi_bcast", 10_000)["median"])) * 100
-    raw = _pick(summary, experiment="arrays", readers=1, metric="end_to_end", array_bytes=big)
-    arr_gain = (1 - float(raw[(raw.variant == "mpi_Bcast") & (raw.codec == "raw")]["median"].iloc[0])
-                / float(raw[(raw.variant == "mpi_bcast") & (raw.codec == "pickle5")]["median"].iloc[0])) * 100  # fmt: skip
-    ev.append(claims.evidence("fs-21", round(arr_gain, 1), "%", "partly" if (arr_gain >= 70) != (rec_gain >= 70) else
-                              ("confirmed" if arr_gain >= 70 else "refuted"),
-        f"Time saved by uppercase Bcast over lowercase bcast: {arr_gain:.0f}% for a {big / MiB:.0f} MiB float32 array sent raw "
-        f"(vs pickled), but {rec_gain:.0f}% for 10 000 records, where pickling the records, not moving bytes, is the cost."))  # fmt: skip
-    # fs-22: point-to-point 10-20% faster than bcast (3 readers and 1)
-    r_max = int(summary.query("experiment == 'records'")["readers"].max())
-    p2p = (1 - float(e2e("mpi_p2p", 10_000, r_max)["median"]) / float(e2e("mpi_bcast", 10_000, r_max)["median"])) * 100
-    p2p1 = (1 - float(e2e("mpi_p2p", 10_000, 1)["median"]) / float(e2e("mpi_bcast", 10_000, 1)["median"])) * 100
-    ev.append(claims.evidence("fs-22", round(p2p, 1), "%", "confirmed" if 10 <= p2p <= 20 else ("partly" if p2p > 0 else "refuted"),
-        f"Time saved by root-to-each-reader send over bcast at N = 10 000: {p2p:+.0f}% with {r_max} readers (oversubscribed on this "
-        f"machine) and {p2p1:+.0f}% with 1 reader. The root sends N copies one after another; a tree bcast does not."))  # fmt: skip
-    # fs-23: PUSH/PULL one-to-many
-    frac = delivery["fraction"]
-    ev.append(claims.evidence("fs-23", round(float(frac.mean()), 3), "fraction", "refuted",
-        f"With {len(delivery)} readers, PUSH/PULL delivered {', '.join(f'{x:.0%}' for x in frac)} of the messages to the "
-        "readers: it load-balances, so each reader saw about 1/N of the stream and its read time covered only its share."))  # fmt: skip
-    # fs-25: zero-copy reads in shm/LMDB
-    big_raw = _pick(summary, experiment="arrays", readers=1, metric="end_to_end", array_bytes=big, codec="raw")
-    shm_t = float(big_raw[big_raw.variant == "shm"]["median"].iloc[0])
-    lmdb_t = float(big_raw[big_raw.variant == "lmdb"]["median"].iloc[0])
-    ev.append(claims.evidence("fs-25", round(lmdb_t / shm_t, 2), "x", "partly",
-        f"With the raw codec a {big / MiB:.0f} MiB array reaches the reader as a view into shared memory in {shm_t * 1e3:.2f} ms "
-        f"(zero-copy), while LMDB's get copies the value out of the map: {lmdb_t * 1e3:.2f} ms. With in-band pickle both copy "
-        "on deserialize anyway."))  # fmt: skip
-    # fs-26: MPI's synchronisation overhead negligible (small messages, 1 reader)
-    mpi10, zmq10, shm10 = (float(e2e(b, 10)["median"]) for b in ("mpi_bcast", "zmq", "shm"))
-    ev.append(claims.evidence("fs-26", round(mpi10 / min(zmq10, shm10), 2), "x", "confirmed" if mpi10 <= 1.05 * min(zmq10, shm10) else "partly",
-        f"At N = 10, where synchronisation would show, lowercase bcast takes {mpi10 * 1e6:.1f} µs end to end against ZeroMQ's "
-        f"{zmq10 * 1e6:.1f} µs and shared memory's {shm10 * 1e6:.1f} µs."))  # fmt: skip
-    # fs-27: ZeroMQ and LMDB near optimal
-    bw = _pick(summary, experiment="arrays", readers=1, metric="bandwidth", array_bytes=big)
-    best_bw = bw.loc[bw["median"].idxmax()]
-    z_bw = float(bw[bw.variant == "zmq"]["median"].max())
-    l_bw = float(bw[bw.variant == "lmdb"]["median"].max())
-    ev.append(claims.evidence("fs-27", round(z_bw / float(best_bw["median"]), 2), "fraction of best", "refuted" if max(z_bw, l_bw) < 0.7 * best_bw["median"] else "partly",
-        f"At {big / MiB:.0f} MiB the best path ({best_bw['variant']} + {best_bw['codec']}) moves {best_bw['median'] / 1e9:.2f} GB/s; "
-        f"ZeroMQ's best reaches {z_bw / 1e9:.2f} GB/s and LMDB's {l_bw / 1e9:.2f} GB/s."))  # fmt: skip
-    assert {e["claim_id"] for e in ev} == set(claims.load_claims().query("chapter == @CHAPTER")["id"]), "every claim of seed 000 has evidence"
-    return ev
+    add(lambda up, lo: (1 - up / lo) * 100, [arr("mpi_Bcast", "raw"), arr("mpi_bcast", "pickle5")], "Bcast_saving", "%",
+        "end to end, 1 - uppercase Bcast of the raw array / lowercase bcast of the pickled array", payload="array",
+        array_bytes=big, readers=1)  # fmt: skip
+    n_max = 10_000 if 10_000 in ns else max(ns)
+    add(lambda up, lo: (1 - up / lo) * 100, [e2e("mpi_Bcast", n_max), e2e("mpi_bcast", n_max)], "Bcast_saving", "%",
+        "end to end, 1 - uppercase Bcast / lowercase bcast of the pickled records", payload="records:pickle5",
+        n_records=n_max, readers=1)  # fmt: skip
+    for r in sorted(summary.query("experiment == 'records'")["readers"].unique()):
+        add(lambda p2p, bc: (1 - p2p / bc) * 100, [e2e("mpi_p2p", n_max, int(r)), e2e("mpi_bcast", n_max, int(r))],
+            "p2p_saving", "%", "end to end, 1 - root-to-each-reader send / lowercase bcast", payload="records:pickle5",
+            n_records=n_max, readers=int(r))  # fmt: skip
+    # zero-copy reads: the reader's own time per message (transfer - writer's send call + decode) in payload copies
+    mem = limits.summary.query("experiment == 'memcpy' and metric == 'copy_time'")
+    at = float(mem.iloc[(mem["size_bytes"] - big).abs().argsort()[:1]]["size_bytes"].iloc[0])
+    copy_s = sample_values(limits.summary, limits.samples, experiment="memcpy", metric="copy_time", size_bytes=at)
+    for b in ("shm", "lmdb", "zmq"):
+        reader = arr(b, "raw", "transfer") - arr(b, "raw", "send_call") + arr(b, "raw", "deserialize")
+        add(lambda rd, cp, s=big / at: rd / (cp * s), [reader, copy_s], f"reader_copies_{b}", "1",
+            f"{b} + raw codec, the reader's time per message (transfer - writer's send call + decode) over chapter 0's "
+            f"memcpy of the payload", payload="array:raw", array_bytes=big, readers=1, backend=b)  # fmt: skip
+    # near optimal: each backend's best codec at the largest array against the best path measured
+    arrs = summary.query("experiment == 'arrays' and readers == 1 and metric == 'end_to_end' and array_bytes == @big")
+    best = arrs.loc[arrs["median"].idxmin()]
+    for b in ("zmq", "lmdb"):
+        mine = arrs[arrs["variant"] == b].sort_values("median").iloc[0]
+        add(lambda t_best, t_b: t_best / t_b, [arr(best["variant"], best["codec"]), arr(b, mine["codec"])],
+            f"bandwidth_fraction_of_best_{b}", "x",
+            f"{b} + {mine['codec']} bandwidth over the best path's ({best['variant']} + {best['codec']}), largest array",
+            payload="array", array_bytes=big, readers=1, backend=b)  # fmt: skip
+    # PUSH/PULL: messages each reader received, against messages sent
+    out.append(exact_row(float(delivery["messages_received"].min()), "pushpull_received_min", "1", CHAPTER,
+                         "fewest messages any PUSH/PULL reader received", readers=len(delivery)))  # fmt: skip
+    out.append(exact_row(float(delivery["messages_received"].max()), "pushpull_received_max", "1", CHAPTER,
+                         "most messages any PUSH/PULL reader received", readers=len(delivery)))  # fmt: skip
+    out.append(exact_row(float(delivery["messages_sent"].iloc[0]), "pushpull_sent", "1", CHAPTER,
+                         "messages the PUSH/PULL writer sent", readers=len(delivery)))  # fmt: skip
+    return out

@@ -29,7 +29,7 @@ import pandas as pd
 
 from .. import measure, profiles, results
 from ..measure import StoppingRule, now_ns, summarize
-from ._common import progress, run_meta
+from ._common import progress, require_engines, run_meta
 
 CHAPTER = "machine_limits"
 KiB, MiB = 2**10, 2**20
@@ -517,13 +517,17 @@ def fits(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def engines(profile: str | None = None) -> int:
+    """Return the MPI engines this chapter needs (the same for the notebook and ``ipcbench run``)."""
+    return 2
+
+
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
     """Run chapter 0 on ``cluster`` (>= 2 ranks), write its results, and return the summary table."""
     name = profiles.profile_name(profile)
     rule = profiles.stopping_rule(name)
     params = parameters(name)
-    if cluster.size < 2:
-        raise ValueError("chapter 0 needs at least 2 MPI engines for the ping-pong")
+    require_engines(cluster, engines(name), CHAPTER, "two ranks for the ping-pong")
     started = results.now_iso()
     base = {"chapter": CHAPTER, "payload": "uint8 array", "oversubscribed": bool(cluster.oversubscribed)}
     rows: list[dict] = []

@@ -40,7 +40,7 @@ from .. import claims, profiles, results
 from .. import pipeline as pl
 from ..cluster import usable_cores
 from ..measure import summarize
-from ._common import pick_row, progress, run_meta, run_point
+from ._common import pick_row, progress, require_engines, run_meta, run_point
 from ._common import stats_rows as _stats_rows
 
 CHAPTER = "pipeline"
@@ -75,7 +75,7 @@ def parameters(profile: str | None = None) -> dict:
         return {**base, "samples": 3, "wait_s": 0.005, "sweep_samples": 3, "sweep_size": 50_000, "start_method_samples": 3,
                 "batch_fractions": [20, 10, 5], "queue_sizes": [1, 5, 10]}  # fmt: skip
     if name == "standard":
-        return {**base, "sizes": [*base["sizes"], 1_000_000], "samples": 5, "wait_s": 0.015, "sweep_samples": 5}
+        return {**base, "sizes": [*base["sizes"], 1_000_000], "samples": 6, "wait_s": 0.015, "sweep_samples": 5}
     return {**base, "sizes": [*base["sizes"], 1_000_000, 10_000_000], "samples": 7, "wait_s": 0.015,
             "sweep_samples": 7, "sweep_size": 1_000_000}  # fmt: skip
 
@@ -141,12 +141,16 @@ def _label(proc: str, ranks: int) -> str:
     return "mpi_stages_5" if proc == "mpi_stages" and ranks == 5 else proc
 
 
+def engines(profile: str | None = None) -> int:
+    """Return the MPI engines this chapter needs: one per stage for the MPI stage run."""
+    return len(pl.STAGES)
+
+
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
     """Run chapter 4 (>= 2 engines; 5 for one MPI rank per stage), write its results and report, return the summary."""
     name = profiles.profile_name(profile)
     params = parameters(name)
-    if cluster.size < 2:
-        raise ValueError("chapter 4 needs at least 2 MPI engines (the MPI stage pipeline)")
+    require_engines(cluster, engines(name), CHAPTER, f"one MPI rank per stage ({len(pl.STAGES)} stages)")
     started = results.now_iso()
     cores = usable_cores()
     scratch = Path(tempfile.mkdtemp(prefix="ipcbench-pipeline-"))
@@ -179,18 +183,17 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                               for t, q, d in mid["queue_depth"]]  # fmt: skip
 
         # 2. one MPI rank per stage (oversubscribed on 2 cores), at the sweep size
-        if cluster.size >= len(pl.STAGES):
-            n = params["sweep_size"]
-            bs = n // params["batches"]
-            for kind in progress(params["kinds"], "MPI: one stage per rank"):
-                w = pl.Workload(kind=kind, seed=params["seed"], wait_s=params["wait_s"])
-                runs = {"serial": [], "mpi_stages": []}
-                for _ in range(params["samples"]):
-                    runs["serial"].append(runner.run("serial", w, n, bs))
-                    runs["mpi_stages"].append(runner.run("mpi_stages", w, n, bs, groups=None, ranks=len(pl.STAGES)))
-                r_, s_ = _point_rows(runs, base, kind, n, bs, params["queue_size"], cores, None, ranks_mpi=len(pl.STAGES))
-                rows += [r for r in r_ if r["variant"] != "serial"]
-                samples += [s for s in s_ if s["variant"] != "serial"]
+        n = params["sweep_size"]
+        bs = n // params["batches"]
+        for kind in progress(params["kinds"], "MPI: one stage per rank"):
+            w = pl.Workload(kind=kind, seed=params["seed"], wait_s=params["wait_s"])
+            runs = {"serial": [], "mpi_stages": []}
+            for _ in range(params["samples"]):
+                runs["serial"].append(runner.run("serial", w, n, bs))
+                runs["mpi_stages"].append(runner.run("mpi_stages", w, n, bs, groups=None, ranks=len(pl.STAGES)))
+            r_, s_ = _point_rows(runs, base, kind, n, bs, params["queue_size"], cores, None, ranks_mpi=len(pl.STAGES))
+            rows += [r for r in r_ if r["variant"] != "serial"]
+            samples += [s for s in s_ if s["variant"] != "serial"]
 
         # 3. process start-up per start method, and the pool run with each
         n0 = min(SOURCE_SIZES)
@@ -227,7 +230,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    samples_df = pd.DataFrame(samples)
     summary = results.frame(rows)
+    summary = results.frame(rows + derived_rows(summary, samples_df))
     report = performance_report(summary, params)
     meta = run_meta(name, cluster, params, started, definitions={
         "wall_time": "seconds from the processor's start (pool: before creating it) to its last saved batch",
@@ -246,11 +251,11 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     meta["groups"] = groups_used
     meta["start_methods"] = list(START_METHODS)
     meta["default_start_method"] = mp.get_start_method()
-    results.write(CHAPTER, summary, pd.DataFrame(samples), meta,
+    results.write(CHAPTER, summary, samples_df, meta,
                   extra={"timeline": pd.DataFrame(timeline), "queue_depth": pd.DataFrame(depth),
                          "bounds": bounds_table(summary, cores)})  # fmt: skip
     results.write_json(CHAPTER, "final_performance_report", report)
-    claims.record(CHAPTER, ledger_evidence(summary, cores))
+    claims.record(CHAPTER)
     return summary
 
 
@@ -279,12 +284,14 @@ def _point_rows(runs: dict, base: dict, kind: str, n: int, bs: int, q: int, core
             rows.append(r_)
             samples += s_
         for stage in pl.STAGES:
-            r_, _ = _stats_rows([r["busy"][stage] for r in rs], labels, f"busy_{stage}", "s", **extra)
+            r_, s_ = _stats_rows([r["busy"][stage] for r in rs], labels, f"busy_{stage}", "s", **extra)
             rows.append(r_)
+            samples += s_
         if proc == "process_pool":
             for ph in ("startup", "generate", "serialize", "deserialize", "compute", "teardown"):
-                r_, _ = _stats_rows([r["phases"][f"{ph}_s"] for r in rs], labels, ph, "s", **extra)
+                r_, s_ = _stats_rows([r["phases"][f"{ph}_s"] for r in rs], labels, ph, "s", **extra)
                 rows.append(r_)
+                samples += s_
             r_, _ = _stats_rows([r["phases"]["payload_bytes"] for r in rs], labels, "payload", "B", **extra)
             rows.append(r_)
     return rows, samples
@@ -437,188 +444,74 @@ def performance_report(summary: pd.DataFrame, params: dict) -> dict:
     return out
 
 
-def _speedups_at_source(summary: pd.DataFrame, proc: str) -> dict[str, list[float]]:
-    e = summary.query("experiment == 'etl' and variant == @proc and metric == 'speedup' and n_records in @SOURCE_SIZES")
-    return {k: g.sort_values("n_records")["median"].tolist() for k, g in e.groupby("payload")}
+def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame) -> list[dict]:
+    """Return the speedups, shares and changes seed 003's claims read, each with its own interval.
+
+    Pure: from this chapter's summary and raw samples. Runs of different processors at one point were
+    interleaved (run k of each processor sits in the same round), so their ratios are paired by round.
+    Percent changes follow the source's sign: (processor / serial - 1) x 100 for times, so -66% is
+    "0.34x serial's speed" (its 2.06 s against 0.69 s).
+    """
+    from ._common import derived_row, exact_row, sample_values
+
+    out = []
+    etl = summary.query("experiment == 'etl'")
+
+    def smp(proc, kind, n, metric, experiment="etl"):
+        return sample_values(summary, samples, experiment=experiment, variant=proc, payload=kind, n_records=n, metric=metric)
+
+    def add(fn, sets, name, unit, inputs, paired=True, **labels):
+        out.append(derived_row(fn, sets, name, unit, CHAPTER, paired=paired, inputs=inputs, **labels))
+
+    out.append(exact_row(1.0, "parity", "x", CHAPTER, "a speedup of 1: the processor takes serial's time"))
+    kinds = [k for k in pl.KINDS if k in set(etl["payload"])]
+    for kind in kinds:
+        sp = [smp("thread_pipeline", kind, n, "speedup") for n in SOURCE_SIZES]
+        add(lambda *a: np.mean(np.stack(np.broadcast_arrays(*a)), 0), sp, "pipeline_speedup_mean", "x",
+            "thread pipeline speedup over serial, mean over 25 000, 50 000 and 100 000 records", paired=False, payload=kind)
+        add(lambda *a: np.max(np.stack(np.broadcast_arrays(*a)), 0) / np.min(np.stack(np.broadcast_arrays(*a)), 0), sp,
+            "pipeline_speedup_max_over_min", "x", "thread pipeline speedup, largest over smallest of 25k/50k/100k records",
+            paired=False, payload=kind)  # fmt: skip
+        for n in SOURCE_SIZES:
+            if kind == "wait":
+                continue
+            add(lambda s: (s - 1) * 100, [smp("process_pool", kind, n, "speedup")], "pool_speed_change", "%",
+                "process pool: (speedup over serial - 1) x 100, the source's sign", payload=kind, n_records=n)
+            add(lambda a, b, w: (a + b) / w * 100, [smp("process_pool", kind, n, "startup"), smp("process_pool", kind, n, "teardown"),
+                                                   smp("process_pool", kind, n, "wall_time")],
+                "pool_startup_teardown_share", "%", "process pool: (start-up + teardown) / wall time, per run", payload=kind,
+                n_records=n)  # fmt: skip
+            add(lambda a, b, w, c: (a + b) / (w * c) * 100,
+                [smp("process_pool", kind, n, m) for m in ("serialize", "deserialize", "wall_time", "cpu_cores")],
+                "pool_pickling_share_of_cpu", "%",
+                "process pool: (pickling in the parent + unpickling in the workers) / the run's CPU seconds (wall x cores busy)",
+                payload=kind, n_records=n)  # fmt: skip
+        n = max(SOURCE_SIZES)
+        add(lambda a, b: (a / b - 1) * 100, [smp("thread_pipeline", kind, n, "first_batch"), smp("serial", kind, n, "first_batch")],
+            "pipeline_first_batch_change", "%", "time to the first saved batch, thread pipeline / serial - 1", payload=kind,
+            n_records=n)  # fmt: skip
+        add(lambda a, b: (a / b - 1) * 100, [smp("thread_pipeline", kind, n, "cpu_cores"), smp("serial", kind, n, "cpu_cores")],
+            "pipeline_cpu_change", "%", "cores kept busy (CPU s / wall s), thread pipeline / serial - 1", payload=kind,
+            n_records=n)  # fmt: skip
+        if kind != "wait":
+            busy = {p: sum(smp(p, kind, n, f"busy_{st}") for st in pl.STAGES[1:]) for p in ("process_pool", "serial")}
+            add(lambda a, b: a / b, [busy["process_pool"], busy["serial"]], "pool_stage_time_ratio", "x",
+                "seconds inside the transform stages (preprocess to save) per run, process pool's workers / serial",
+                payload=kind, n_records=n)  # fmt: skip
+    # memory: one untimed run per processor (no interval: the rules see n = 1)
+    mem = summary.query("experiment == 'memory'")
+    for kind in sorted(set(mem["payload"])):
+        def m(proc, metric, kind=kind):
+            return np.array([float(pick_row(mem, variant=proc, payload=kind, metric=metric)["median"])])
+
+        add(lambda a, b: (a / b - 1) * 100, [m("process_pool", "peak_pss"), m("serial", "peak_pss")], "pool_memory_change",
+            "%", "peak PSS of every process of the run, process pool / serial - 1 (one run each)", paired=False,
+            payload=kind)  # fmt: skip
+        add(lambda a, b: (a / b - 1) * 100, [m("serial", "peak_pss_increase"), m("thread_pipeline", "peak_pss_increase")],
+            "pipeline_memory_efficiency", "%", "memory growth during the run, serial / thread pipeline - 1 (one run each)",
+            paired=False, payload=kind)  # fmt: skip
+    return out
 
 
 def _fmt(xs) -> str:
     return ", ".join(f"{x:.2f}x" for x in xs)
-
-
-def ledger_evidence(summary: pd.DataFrame, cores: int) -> list[dict]:
-    """Return the ledger rows for seed 003's claims from this run's measurements (verdicts follow the numbers)."""
-    ev = claims.evidence
-    rows = []
-    thr = _speedups_at_source(summary, "thread_pipeline")
-    pool = _speedups_at_source(summary, "process_pool")
-    bt = bounds_table(summary, cores)
-    compute_kinds = [k for k in ("python", "numpy") if k in thr]
-
-    def close(x, claimed, tol=0.2):
-        return abs(x / claimed - 1) <= tol
-
-    # pl-01 / pl-03..05: the pipeline speedups
-    avg = {k: float(np.mean(v)) for k, v in thr.items()}
-    compute_match = all(close(avg[k], 2.55) for k in compute_kinds)
-    wait_match = "wait" in avg and close(avg["wait"], 2.55)
-    v01 = "confirmed" if compute_match else "partly" if wait_match else "refuted"
-    cb = bt.query("kind in @compute_kinds and records in @SOURCE_SIZES")["core bound"]
-    rows.append(ev("pl-01", round(max(avg[k] for k in compute_kinds), 2), "x", v01,
-                   "thread pipeline vs serial, mean over 25k/50k/100k records: "
-                   + "; ".join(f"{k} {avg[k]:.2f}x" for k in avg)
-                   + f". On {cores} cores a computing workload cannot exceed {cores}x (core bound measured "
-                   f"{cb.min():.2f}-{cb.max():.2f}x), and per-record Python holds the GIL"
-                   + (f"; only the wait kind (fixed waits per batch, no work) reaches {avg['wait']:.2f}x" if "wait" in avg else "")))  # fmt: skip
-    for cid, n in (("pl-03", 25_000), ("pl-04", 50_000), ("pl-05", 100_000)):
-        k = SOURCE_SIZES.index(n)
-        sp = {kind: v[k] for kind, v in thr.items()}
-        claimed = SEED_TABLE[n]["pipeline_speedup"]
-        v = ("confirmed" if all(close(sp[c], claimed) for c in compute_kinds)
-             else "partly" if "wait" in sp and close(sp["wait"], claimed) else "refuted")  # fmt: skip
-        ser = {kind: float(pick_row(summary, experiment="etl", payload=kind, n_records=n, variant="serial",
-                                metric="wall_time")["median"]) for kind in thr}  # fmt: skip
-        text = (f"{n:,} records, thread pipeline speedup: " + "; ".join(f"{kd} {sp[kd]:.2f}x (serial {ser[kd]:.3f} s)" for kd in sp)
-                + f"; the source: {claimed}x (serial {SEED_TABLE[n]['serial_s']} s)")  # fmt: skip
-        if cid == "pl-05":
-            g = {kd: ser[kd] / float(pick_row(summary, experiment="etl", payload=kd, n_records=25_000, variant="serial",
-                                          metric="wall_time")["median"]) for kd in ser}  # fmt: skip
-            text += ("; serial time from 25k to 100k records grows " + ", ".join(f"{kd} {g[kd]:.2f}x" for kd in g)
-                     + " (the source's: 1.03x, which only fixed per-batch costs give)")  # fmt: skip
-        rows.append(ev(cid, round(sp[compute_kinds[0]], 2), "x", v, text))
-
-    # pl-02: the pool at small sizes (the source's -66% = 0.34x: three times the serial time)
-    small = {k: v[0] for k, v in pool.items()}
-    sm = summary.query("experiment == 'start_method' and variant == 'process_pool' and metric == 'speedup'")
-    by_method = {r.start_method: r.median for r in sm.itertuples()}
-    default = mp.get_start_method()
-    change = {k: (v - 1) * 100 for k, v in small.items()}
-    slow_default = all(change[k] <= -50 for k in compute_kinds)
-    slow_any = any((v - 1) * 100 <= -50 for v in by_method.values())
-    v02 = "confirmed" if slow_default else "partly" if slow_any else "refuted"
-    rows.append(ev("pl-02", round(change[compute_kinds[0]], 1), "%", v02,
-                   f"process pool ({default}) vs serial at 25k records, speedup: "
-                   + "; ".join(f"{k} {small[k]:.2f}x" for k in small)
-                   + " (the source's -66% is a speedup of 0.34x: 2.06 s against 0.69 s). Python kind per start method: "
-                   + ", ".join(f"{m} {v:.2f}x" for m, v in by_method.items())))  # fmt: skip
-
-    # pl-06 / pl-07: start-up and pickling shares of the pool's time at the source sizes
-    ph = pool_phase_table(summary).query("records in @SOURCE_SIZES")
-    st = summary.query("experiment == 'start_method' and variant == 'process_pool'")
-    su = {r.start_method: r.median for r in st.query("metric == 'startup'").itertuples()}
-    wl = {r.start_method: r.median for r in st.query("metric == 'wall_time'").itertuples()}
-    share_m = {m: su[m] / wl[m] for m in su}
-    s_lo, s_hi = ph["startup share"].min() * 100, ph["startup share"].max() * 100
-    s_med = float(ph["startup share"].median() * 100)
-    v06 = ("confirmed" if abs(s_med - 35) <= 10 else
-           "partly" if any(abs(v * 100 - 35) <= 10 for v in share_m.values()) else "refuted")  # fmt: skip
-    rows.append(ev("pl-06", round(s_med, 1), "%", v06,
-                   f"pool start-up (until every worker is up) is {s_lo:.0f}-{s_hi:.0f}% of the pool's wall time at "
-                   f"25k-100k records ({default}); at 25k records (python) per start method: "
-                   + ", ".join(f"{m} {su[m] * 1e3:.0f} ms = {share_m[m]:.0%}" for m in su)))  # fmt: skip
-    p_lo, p_hi = ph["pickling share"].min() * 100, ph["pickling share"].max() * 100
-    p_med = float(ph["pickling share"].median() * 100)
-    v07 = "confirmed" if abs(p_med - 25) <= 10 else "refuted"
-    rows.append(ev("pl-07", round(p_med, 1), "%", v07,
-                   f"pickling in the parent plus unpickling in the workers is {p_lo:.1f}-{p_hi:.1f}% of the pool's wall "
-                   f"time at 25k-100k records (numpy columns pickle as raw buffers)"))  # fmt: skip
-
-    # pl-08 / pl-11 / pl-16: memory
-    mem = summary.query("experiment == 'memory'")
-    if not mem.empty:
-        def peak(proc, kind, metric="peak_pss"):
-            return float(pick_row(mem, variant=proc, payload=kind, metric=metric)["median"])
-
-        n_mem = int(mem["n_records"].iloc[0])
-        more = {k: (peak("process_pool", k) / peak("serial", k) - 1) * 100 for k in compute_kinds}
-        v08 = "confirmed" if all(200 <= v <= 400 for v in more.values()) else "refuted"
-        rows.append(ev("pl-08", round(more[compute_kinds[0]], 1), "%", v08,
-                       f"peak PSS (shared pages split among sharers) of all processes, {n_mem:,} records: pool vs serial "
-                       + "; ".join(f"{k} {peak('process_pool', k) / 2**20:.0f} vs {peak('serial', k) / 2**20:.0f} MiB "
-                                   f"({more[k]:+.0f}%)" for k in more)))  # fmt: skip
-        grow = {k: (peak("serial", k, "peak_pss_increase"), peak("thread_pipeline", k, "peak_pss_increase"))
-                for k in compute_kinds}  # fmt: skip
-        eff = {k: s / t if t > 0 else float("inf") for k, (s, t) in grow.items()}
-        v11 = "confirmed" if all(v >= 1.6 * 0.8 for v in eff.values()) else "refuted"
-        rows.append(ev("pl-11", round((eff[compute_kinds[0]] - 1) * 100, 1), "%", v11,
-                       f"memory growth during the run (fresh process), {n_mem:,} records, serial vs thread pipeline: "
-                       + ", ".join(f"{k} {s / 2**20:.1f} vs {t / 2**20:.1f} MiB" for k, (s, t) in grow.items())
-                       + f" (the pipeline keeps up to {len(pl.STAGES) - 1} queues x {int(summary['queue_size'].dropna().iloc[0])} batches "
-                         "in flight; serial holds one batch)"))  # fmt: skip
-        util = {p: {k: float(pick_row(summary, experiment="etl", payload=k, n_records=max(SOURCE_SIZES), variant=p,
-                                  metric="cpu_cores")["median"]) for k in compute_kinds} for p in ("serial", "process_pool")}  # fmt: skip
-        hi_cpu = all(util["process_pool"][k] > util["serial"][k] * 1.2 for k in compute_kinds)
-        hi_mem = all(more[k] > 20 for k in compute_kinds)
-        v16 = "confirmed" if hi_cpu and hi_mem else "partly" if hi_cpu or hi_mem else "refuted"
-        rows.append(ev("pl-16", None, "qualitative", v16,
-                       "cores kept busy at 100k records, pool vs serial: "
-                       + "; ".join(f"{k} {util['process_pool'][k]:.2f} vs {util['serial'][k]:.2f}" for k in compute_kinds)
-                       + "; peak PSS " + ", ".join(f"{k} {more[k]:+.0f}%" for k in more)))  # fmt: skip
-
-    # pl-09: first result latency
-    n = max(SOURCE_SIZES)
-    first = {k: (float(pick_row(summary, experiment="etl", payload=k, n_records=n, variant="thread_pipeline", metric="first_batch")["median"]),
-                 float(pick_row(summary, experiment="etl", payload=k, n_records=n, variant="serial", metric="first_batch")["median"]))
-             for k in thr}  # fmt: skip
-    chg = {k: (a / b - 1) * 100 for k, (a, b) in first.items()}
-    v09 = "confirmed" if all(abs(chg[k] + 70) <= 15 for k in compute_kinds) else "refuted"
-    rows.append(ev("pl-09", round(chg[compute_kinds[0]], 1), "%", v09,
-                   f"time to the first saved batch at {n:,} records, thread pipeline vs serial: "
-                   + "; ".join(f"{k} {a * 1e3:.1f} vs {b * 1e3:.1f} ms ({chg[k]:+.0f}%)" for k, (a, b) in first.items())
-                   + ". A batch-at-a-time serial run saves its first batch after one batch's stages; a pipeline cannot "
-                     "beat that, only a stage-at-a-time serial run (all records through each stage) would lose 70%"))  # fmt: skip
-
-    # pl-10: CPU utilisation
-    u = {k: (float(pick_row(summary, experiment="etl", payload=k, n_records=n, variant="thread_pipeline", metric="cpu_cores")["median"]),
-             float(pick_row(summary, experiment="etl", payload=k, n_records=n, variant="serial", metric="cpu_cores")["median"]))
-         for k in compute_kinds}  # fmt: skip
-    gain = {k: (a / b - 1) * 100 for k, (a, b) in u.items()}
-    v10 = "confirmed" if all(g >= 150 * 0.8 for g in gain.values()) else "partly" if any(g >= 120 for g in gain.values()) else "refuted"
-    rows.append(ev("pl-10", round(max(gain.values()), 1), "%", v10,
-                   f"cores kept busy (CPU s / wall s) at {n:,} records, thread pipeline vs serial: "
-                   + "; ".join(f"{k} {a:.2f} vs {b:.2f} ({gain[k]:+.0f}%)" for k, (a, b) in u.items())
-                   + f"; +150% would need 2.5x serial's CPU rate, more than {cores} cores allow when serial already uses one"))  # fmt: skip
-
-    # pl-12: the same speedup at every size
-    spread = {k: (max(v) / min(v) - 1) * 100 for k, v in thr.items()}
-    flat = {k: s <= 10 for k, s in spread.items()}
-    v12 = "confirmed" if all(flat.values()) else "partly" if any(flat.values()) else "refuted"
-    rows.append(ev("pl-12", round(spread[compute_kinds[0]], 1), "%", v12,
-                   "spread of the thread pipeline's speedup over 25k/50k/100k records: "
-                   + "; ".join(f"{k} {_fmt(thr[k])} ({spread[k]:.0f}%)" for k in thr)
-                   + ". Flat where per-batch costs do not depend on the batch's size (the wait kind)"))  # fmt: skip
-
-    # pl-13: where processes pay off
-    cx = {k: crossover(summary, k) for k in compute_kinds}
-    cxs = cx["python"]["crossover_records"] if "python" in cx else None
-    v13 = "confirmed" if cxs is not None and 500_000 <= cxs <= 2_000_000 else "refuted"
-    rows.append(ev("pl-13", cxs if cxs is not None else "none measured", "records", v13,
-                   "smallest size from which the process pool beats serial with CIs clear (and at every larger size): "
-                   + "; ".join(f"{k} {c['crossover_records'] if c['crossover_records'] is not None else 'not within ' + format(max(c['sizes']), ',')} "
-                               f"(speedups {_fmt(c['speedups'])} at {', '.join(format(s, ',') for s in c['sizes'])})"
-                               for k, c in cx.items())
-                   + f"; start method {default}"))  # fmt: skip
-
-    # pl-14: threads overlap where the GIL is released
-    if "wait" in avg and "python" in avg:
-        v14 = "confirmed" if avg["wait"] > 1.5 and avg["python"] < 1.2 else "partly"
-        rows.append(ev("pl-14", None, "qualitative", v14,
-                       f"thread pipeline, mean speedup at 25k-100k: wait kind (sleep releases the GIL) {avg['wait']:.2f}x, "
-                       f"per-record Python {avg['python']:.2f}x, numpy {avg.get('numpy', float('nan')):.2f}x"))  # fmt: skip
-
-    # pl-15: cache friendliness, by its consequence: per-record stage time in the pool's workers vs serial
-    e = summary.query("experiment == 'etl' and n_records == @n")
-    ratio = {}
-    for k in compute_kinds:
-        comp = sum(float(pick_row(e, payload=k, variant="process_pool", metric=f"busy_{s}")["median"]) for s in pl.STAGES[1:])
-        ser = sum(float(pick_row(e, payload=k, variant="serial", metric=f"busy_{s}")["median"]) for s in pl.STAGES[1:])
-        ratio[k] = comp / ser
-    v15 = "refuted" if all(r <= 1.15 for r in ratio.values()) else "partly"
-    rows.append(ev("pl-15", round(max(ratio.values()), 2), "x", v15,
-                   "hardware cache counters are not read here; by the claim's consequence, the pool's workers spend "
-                   + ", ".join(f"{k} {r:.2f}x" for k, r in ratio.items())
-                   + f" serial's time in the same stages on the same batches ({n:,} records)"
-                   + (": no sign of a cache penalty" if v15 == "refuted" else
-                      ": slower per batch, but two workers share the last-level cache and memory bandwidth, so the "
-                      "cause cannot be split without counters; the pipeline's threads touch the same batches in turn too")))  # fmt: skip
-    return rows

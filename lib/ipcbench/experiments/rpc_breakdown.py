@@ -27,6 +27,7 @@ interpolated log-log between its measured sizes, same transport).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -36,7 +37,7 @@ import pandas as pd
 from .. import claims, model, profiles, results
 from ..measure import summarize
 from ..rpc import RpcClient, RpcServer, SplitDecoder, analyze, perflog
-from ._common import pick_row, progress, run_meta, run_point
+from ._common import pick_row, progress, require_engines, run_meta, run_point
 
 CHAPTER = "rpc_breakdown"
 F32_TOL = 1e-4  # max |logit - reference| / max |reference logit|, float32 on the wire
@@ -67,7 +68,7 @@ def parameters(profile: str | None = None) -> dict:
     name = profiles.profile_name(profile)
     base = {"preset": "qwen3-0.6b", "seed": 0, "ladder": list(LADDER)}
     if name == "quick":
-        return {**base, "layers": 2, "vocab": 8192, "prompt": 16, "decode": 8, "samples": 5}
+        return {**base, "layers": 2, "vocab": 8192, "prompt": 16, "decode": 8, "samples": 6}
     if name == "standard":
         return {**base, "layers": 4, "vocab": 16384, "prompt": 32, "decode": 16, "samples": 9}
     return {**base, "layers": 8, "vocab": 32768, "prompt": 64, "decode": 32, "samples": 15}
@@ -239,12 +240,16 @@ def _summ(values, labels: dict, metric: str, unit: str, **extra) -> tuple[dict, 
     return results.summary_row(summarize(values), **lab, **extra), results.sample_rows(values, **lab)
 
 
+def engines(profile: str | None = None) -> int:
+    """Return the MPI engines this chapter needs: a client and a server."""
+    return 2
+
+
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
     """Run chapter 2 on >= 2 engines (server on rank 1, client on rank 0); write its results; return the summary."""
     name = profiles.profile_name(profile)
     params = parameters(name)
-    if cluster.size < 2:
-        raise ValueError("chapter 2 needs at least 2 MPI engines (a server and a client)")
+    require_engines(cluster, engines(name), CHAPTER, "a server and a client")
     curves = bare_zmq(results.read("machine_limits").summary)  # fail fast, before any work, if chapter 0 is missing
     started = results.now_iso()
     checks, steps, calls, logs, served = [], [], [], {}, []
@@ -299,7 +304,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             rows.append(r)
             samples += s
     summary = results.frame(rows)
-    tg = targets(summary, steps_df)
+    samples_df = pd.DataFrame(samples)
     reports = {k: analyze.analyze(perflog.parse(v, source=f"{k}.log")) for k, v in logs.items()}
     for k, v in logs.items():
         results.write_text(CHAPTER, f"logs/{k}.log", v)
@@ -307,6 +312,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     seeds_dir = results.seeds_path("rpc_example_report.txt").parent
     ex = analyze.example_checks((seeds_dir / "rpc_example_report.txt").read_text(encoding="utf-8"),
                                 (seeds_dir / "rpc_example_log.txt").read_text(encoding="utf-8"))  # fmt: skip
+    summary = results.frame(rows + derived_rows(summary, samples_df, calls_df, ex, cfg.layers))
+    tg = targets(summary, steps_df)
     meta = run_meta(name, cluster, params, started, definitions={
         "token": "wall time of one decode step (embedding to logits), averaged over the D-1 decode steps of a "
                  "generation; one sample per round",
@@ -321,9 +328,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "bytes": "bytes the calls moved by any path (socket frames + shared memory); wire_bytes: socket frames only",
         "KB / MB in logs": "KB = 10^3 B, MB = 10^6 B",
     }) | {"model": cfg.as_dict(), "targets": tg, "servers": served, "ladder": {k: list(v) for k, v in LADDER.items()}}
-    results.write(CHAPTER, summary, pd.DataFrame(samples), meta,
+    results.write(CHAPTER, summary, samples_df, meta,
                   extra={"steps": steps_df, "calls": calls_df, "checks": checks_df, "example_checks": ex})  # fmt: skip
-    claims.record(CHAPTER, ledger_evidence(summary, calls_df, reports, ex))
+    claims.record(CHAPTER)
     return summary
 
 
@@ -371,176 +378,56 @@ def targets(summary: pd.DataFrame, steps: pd.DataFrame) -> dict:
     }
 
 
-# --------------------------------------------------------------------- verdicts
+# ------------------------------------------------------------ derived rows (analysis)
+
+CALL_PHASES = {"Serialize": "serialize_s", "Send": "send_s", "Receive": "recv_s", "Deserialize": "deserialize_s"}
+"""The per-call log's four client phases (the source's report) and the call columns that hold them."""
 
 
-def ledger_evidence(summary, calls, reports: dict, ex: pd.DataFrame) -> list[dict]:
-    """Return the ledger rows for seed 001's claims (rpc-01..18)."""
-    E = claims.evidence
-    v = lambda conf, m, exp="per_token": pick_row(summary, experiment=exp, variant=conf, metric=m)["median"]  # noqa: E731
-    rep = reports[BASELINE]
-    exk = ex.set_index("check")
-    pct = rep.phase_pct
-    rpcs_tok = v(BASELINE, "rpcs_per_token")
-    bc = calls[calls["config"] == BASELINE]
-    recv_server = 100 * float(bc["server_total_s"].sum() / bc["recv_s"].sum())  # % of Recv the server spent handling
-    pct_key = "'% of Total' by method adds up to 100%"
-    rows = [
-        E("rpc-01", rep.calls, "count", "not testable here",
-          f"Not testable here because the source's run (model, prompt, code) is not available. Its own report is "
-          f"inconsistent about it: its method table lists 96 BatchLinear + 1 Embedding + 1 LMHead = 98, no Matmul "
-          f"although its guide counts 2 Matmul among 6 RPCs per layer, and no Init although its log starts with one. "
-          f"Here the baseline layout makes {rpcs_tok:.0f} RPCs per decode token (6 per layer x "
-          f"{(rpcs_tok - 2) / 6:.0f} layers + Embedding + LMHead) and the logged generation {rep.calls} calls."),
-        E("rpc-02", rep.avg_ms, "ms", "not testable here",
-          f"Not testable here because the source's hardware and model size are unknown. The example's own "
-          f"identity holds (3.393 ms x 98 = {exk.loc['Total Time = Average Time/Call x Total RPC Calls', 'computed']:.2f} ms "
-          f"against 332.45). Measured here: {rep.avg_ms:.3f} ms per call on average for the baseline (msgpack, ipc), "
-          f"{recv_server:.0f}% of whose Recv time is the server's own handling."),
-        E("rpc-03", pct["Serialize"], "%", _verdict_share(pct["Serialize"], 40.9),
-          f"The baseline's analyser report (one generation, {rep.calls} calls): Serialize {pct['Serialize']:.1f}% of "
-          f"the average call ({rep.phase_ms['Serialize']:.3f} ms). The share depends on how much server compute "
-          f"sits in Recv: the same bytes cost the same to pack whatever the server does."),
-        E("rpc-04", pct["Send"], "%", _verdict_share(pct["Send"], 5.8),
-          f"Send {pct['Send']:.1f}% ({rep.phase_ms['Send']:.3f} ms): ZeroMQ's send only queues the frames; "
-          f"the bytes move inside Recv."),
-        E("rpc-05", pct["Receive"], "%", _verdict_share(pct["Receive"], 15.0),
-          f"Receive {pct['Receive']:.1f}% ({rep.phase_ms['Receive']:.3f} ms), of which the server's own handling is "
-          f"{recv_server:.0f}% (its compute, decode and encode, reported in each reply): Recv is mostly not transfer."),
-        E("rpc-06", rep.other_pct, "%", "refuted",
-          f"Measured consistently the four phases cover the call: {100 - rep.other_pct:.1f}% of the average call, "
-          f"{rep.other_pct:.1f}% unaccounted, against the example's 73.7% (26.3% missing). Deserialize is "
-          f"{pct['Deserialize']:.1f}% here."),
-        E("rpc-07", float(exk.loc["Total Sent = KB/call x calls (in MB)", "computed"]), "MB", "refuted",
-          f"98 calls x 38.27 KB = {exk.loc['Total Sent = KB/call x calls (in MB)', 'computed']:.2f} MB, not 3750.23 MB: "
-          f"the example prints KB as MB (a factor 1000). A consistent report of the baseline: {rep.sent_MB:.3f} MB sent, "
-          f"{rep.sent_MB * 1e3 / rep.calls:.2f} KB/call."),
-        E("rpc-08", float(exk.loc["Throughput = Total / Total Time, with the per-call sizes", "computed"]), "MB/s", "refuted",
-          f"With its own per-call sizes the example's throughput is "
-          f"{exk.loc['Throughput = Total / Total Time, with the per-call sizes', 'computed']:.1f} MB/s, not 22 567.89 "
-          f"(that figure divides the mislabelled total). Measured: the baseline's calls move {rep.throughput_MBps:.1f} MB/s "
-          f"averaged over their time, because most of that time is the server computing."),
-        E("rpc-09", float(exk.loc[pct_key, "computed"]), "%", "refuted",
-          f"The example's per-method shares add to {exk.loc[pct_key, 'computed']:.1f}% "
-          f"and its per-method times to {exk.loc['time by method adds up to Total Time', 'computed']:.2f} ms against "
-          f"332.45 ms. Measured, baseline: "
-          + ", ".join(f"{r.Method} {r.calls} calls {r.pct:.1f}%" for r in rep.by_method.head(3).itertuples()) + "."),
-        E("rpc-10", float(exk.loc["log call 2 (Embedding): Throughput = (Sent + Recv) / Total", "computed"]), "MB/s", "partly",
-          f"The row's own arithmetic nearly holds ((32.5 + 8192) KB / 2.047 ms = "
-          f"{exk.loc['log call 2 (Embedding): Throughput = (Sent + Recv) / Total', 'computed']:.1f} MB/s against 4012.45), "
-          f"but one Embedding call receiving 8 192 KB is more than the report's 98 calls receive together "
-          f"(98 x 38.27 KB = 3 750 KB). Measured here, the baseline's Embedding calls: "
-          f"{_method_mean(rep, 'Embedding', 'avg_recv_KB'):.2f} KB received each."),
-        _rpc11(summary, v),
-        _rpc12(summary, v, pct, recv_server),
-        _rpc13_14(summary, v, "rpc-13", rep),
-        _rpc13_14(summary, v, "rpc-14", rep),
-        _rpc15(summary, v),
-        _rpc16(summary, v),
-        E("rpc-17", None, "qualitative", "not testable here",
-          "Not testable here because protobuf is not part of this build (it needs a schema compiled per message). "
-          f"What bounds any format: zero-copy multipart frames, which encode nothing, cut the per-token serialize time "
-          f"from {v(BASELINE, 'serialize') * 1e3:.3f} ms (msgpack) to {v('multipart', 'serialize') * 1e3:.3f} ms; "
-          f"a format that copies tensors into a message cannot beat that."),
-        _rpc18(summary, v),
-    ]
-    return rows
+def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, calls: pd.DataFrame, ex: pd.DataFrame,
+                 layers: int) -> list[dict]:  # fmt: skip
+    """Return the shares, ratios and counts seed 001's claims read, each with its own interval.
 
+    Pure: from this chapter's summary, raw samples, timed calls and the checks of the source's example
+    report. Shares are per round (one sample per timed round, over its decode calls), like the report.
+    """
+    from ._common import derived_row, exact_row, sample_values
 
-def _verdict_share(measured: float, claimed: float) -> str:
-    """confirmed within 25% of the claim, partly within a factor 2, refuted beyond."""
-    if abs(measured - claimed) <= 0.25 * claimed:
-        return "confirmed"
-    return "partly" if claimed / 2 <= measured <= claimed * 2 else "refuted"
+    out = []
+    base = calls[(calls["config"] == BASELINE) & (calls["phase"] == "decode")]
+    per_round = base.groupby("round")
+    total = per_round["total_s"].sum()
+    for name, col in CALL_PHASES.items():
+        share = (per_round[col].sum() / total * 100).to_numpy()
+        out.append(results.summary_row(summarize(share), chapter=CHAPTER, experiment="derived", variant=f"share_{name.lower()}",
+                                       metric=f"share_{name.lower()}", unit="%", ranks=2, oversubscribed=False,
+                                       inputs=f"baseline decode calls, {name} as % of the call's total, per round"))  # fmt: skip
+    other = (100 - sum(per_round[c].sum() for c in CALL_PHASES.values()) / total * 100).to_numpy()
+    out.append(results.summary_row(summarize(other), chapter=CHAPTER, experiment="derived", variant="share_other",
+                                   metric="share_other", unit="%", ranks=2, oversubscribed=False,
+                                   inputs="baseline decode calls, total minus the four phases, as % of the total, per round"))  # fmt: skip
+    transfer_share = ((per_round["send_s"].sum() + per_round["recv_s"].sum() - per_round["server_total_s"].sum())
+                      / (per_round["send_s"].sum() + per_round["recv_s"].sum()) * 100).to_numpy()  # fmt: skip
+    out.append(results.summary_row(summarize(transfer_share), chapter=CHAPTER, experiment="derived",
+                                   variant="share_transfer_of_send_receive", metric="share_transfer_of_send_receive",
+                                   unit="%", ranks=2, oversubscribed=False,
+                                   inputs="baseline decode calls: (Send + Receive - the server's handling) / (Send + Receive), per round"))  # fmt: skip
 
+    def tok(conf, metric):
+        return sample_values(summary, samples, experiment="per_token", variant=conf, metric=metric)
 
-def _clearly_below(summary, a: str, b: str, metric: str = "overhead") -> bool:
-    """Return True when config a's per-token metric CI lies entirely below config b's."""
-    ra = pick_row(summary, experiment="per_token", variant=a, metric=metric)
-    rb_ = pick_row(summary, experiment="per_token", variant=b, metric=metric)
-    return bool(ra["ci_high"] < rb_["ci_low"])
-
-
-def _method_mean(rep, method: str, col: str) -> float:
-    m = rep.by_method[rep.by_method["Method"] == method]
-    return float(m[col].iloc[0]) if len(m) else float("nan")
-
-
-def _rpc11(summary, v):
-    ser_b, ser_m, ser_s = (v(c, "serialize") for c in (BASELINE, "multipart", "shm"))
-    ov_b, ov_m, ov_s = (v(c, "overhead") for c in (BASELINE, "multipart", "shm"))
-    if not _clearly_below(summary, "shm", BASELINE):
-        verdict = "refuted"
-    else:
-        verdict = "confirmed" if ov_s <= ov_m else "partly"
-    return claims.evidence("rpc-11", ov_b / ov_s, "x", verdict,
-        f"Per decode token, serialize: msgpack {ser_b * 1e3:.3f} ms, multipart frames {ser_m * 1e3:.3f} ms, shared memory "
-        f"{ser_s * 1e3:.3f} ms; whole RPC overhead {ov_b * 1e3:.3f} / {ov_m * 1e3:.3f} / {ov_s * 1e3:.3f} ms. Shared memory "
-        f"cuts the overhead {ov_b / ov_s:.2f}x against msgpack; zero-copy frames, with no shared memory, "
-        f"{ov_b / ov_m:.2f}x (a cut is claimed only where the CIs are clear of each other: "
-        f"{'they are' if _clearly_below(summary, 'shm', BASELINE) else 'they are not'} for shared memory).")  # fmt: skip
-
-
-def _rpc12(summary, v, pct, recv_server):
-    t_ipc, t_tcp = v(BASELINE, "token"), v("tcp", "token")
-    tr_ipc, tr_tcp = v(BASELINE, "transfer"), v("tcp", "transfer")
-    verdict = "partly" if recv_server > 50 else "confirmed"  # the rule fires on the server's time, not the transport's
-    return claims.evidence("rpc-12", pct["Send"] + pct["Receive"], "%", verdict,
-        f"The baseline's Send + Receive is {pct['Send'] + pct['Receive']:.1f}% of its calls, so the rule fires, but "
-        f"{recv_server:.0f}% of Receive is the server's own handling. Switching to tcp:// changes transfer per token "
-        f"from {tr_ipc * 1e3:.3f} to {tr_tcp * 1e3:.3f} ms and the token from {t_ipc * 1e3:.2f} to {t_tcp * 1e3:.2f} ms: "
-        f"the transport is worth checking, but the share mostly measures the server.")  # fmt: skip
-
-
-def _rpc13_14(summary, v, cid, rep):
-    ov_p, ov_f = v(BASELINE, "overhead"), v("fused_msgpack", "overhead")
-    r_p, r_f = v(BASELINE, "rpcs_per_token"), v("fused_msgpack", "rpcs_per_token")
-    c_p, c_f = v(BASELINE, "client_compute"), v("fused_msgpack", "client_compute")
-    s_p, s_f = v(BASELINE, "server_compute"), v("fused_msgpack", "server_compute")
-    text = (f"With msgpack on both sides, 1 fused RPC per layer instead of 6 makes {r_f:.0f} RPCs per token instead "
-            f"of {r_p:.0f} and cuts the RPC overhead per token {ov_p / ov_f:.2f}x ({ov_p * 1e3:.3f} -> {ov_f * 1e3:.3f} ms). "
-            f"It does so by moving the norms, RoPE, softmax and the KV cache to the server: client compute "
-            f"{c_p * 1e3:.2f} -> {c_f * 1e3:.2f} ms, server compute {s_p * 1e3:.2f} -> {s_f * 1e3:.2f} ms per token.")
-    verdict = "confirmed" if _clearly_below(summary, "fused_msgpack", BASELINE) else "refuted"  # CIs clear, or no claim
-    if cid == "rpc-13":
-        return claims.evidence(cid, rep.calls, "count", verdict,
-                               f"The baseline's logged generation makes {rep.calls} calls (> 50). " + text)
-    return claims.evidence(cid, ov_p / ov_f, "x", verdict, text)
-
-
-def _rpc15(summary, v):
-    b32, b16 = v("fused", "bytes_per_token"), v("float16", "bytes_per_token")
-    o32, o16 = v("fused", "overhead"), v("float16", "overhead")
-    ratio = b16 / b32
-    verdict = "confirmed" if 0.45 <= ratio <= 0.55 else "partly"
-    return claims.evidence("rpc-15", ratio, "x", verdict,
-        f"float16 on the wire moves {ratio:.3f}x the bytes per token of float32 ({b32 / 1e3:.1f} -> {b16 / 1e3:.1f} KB; "
-        f"token ids and headers do not shrink), and changes the RPC overhead per token from {o32 * 1e3:.3f} to "
-        f"{o16 * 1e3:.3f} ms (the conversions cost time too). Logits stay within the stated float16 tolerance.")  # fmt: skip
-
-
-def _rpc16(summary, v):
-    ser_b, ser_s = v(BASELINE, "serialize"), v("shm", "serialize")
-    ratio = ser_s / ser_b
-    verdict = "confirmed" if ratio < 0.2 else "partly" if ratio < 0.8 else "refuted"
-    return claims.evidence("rpc-16", ratio, "x", verdict,
-        f"Shared memory does not remove serialization: it replaces tobytes + packing with one copy into the arena "
-        f"(and one out on the other side). Per token, serialize goes from {ser_b * 1e3:.3f} to {ser_s * 1e3:.3f} ms "
-        f"({ratio:.2f}x); deserialize from {v(BASELINE, 'deserialize') * 1e3:.3f} to "
-        f"{v('shm', 'deserialize') * 1e3:.3f} ms.")  # fmt: skip
-
-
-def _rpc18(summary, v):
-    c_ipc = pick_row(summary, experiment="per_call", variant=BASELINE, metric="call_overhead")
-    c_tcp = pick_row(summary, experiment="per_call", variant="tcp", metric="call_overhead")
-    t_ipc = pick_row(summary, experiment="per_token", variant=BASELINE, metric="token")
-    t_tcp = pick_row(summary, experiment="per_token", variant="tcp", metric="token")
-    clear = c_tcp["ci_low"] > c_ipc["ci_high"]
-    tok_clear = t_tcp["ci_low"] > t_ipc["ci_high"]
-    verdict = "confirmed" if clear and tok_clear else "partly" if clear else "refuted"
-    return claims.evidence("rpc-18", c_tcp["median"] / c_ipc["median"], "x", verdict,
-        f"Per call, the overhead (all but server compute) is {c_ipc['median'] * 1e6:.0f} us over ipc:// and "
-        f"{c_tcp['median'] * 1e6:.0f} us over tcp:// loopback ({c_tcp['median'] / c_ipc['median']:.2f}x, CIs "
-        f"{'clear' if clear else 'overlapping'}); per token {t_ipc['median'] * 1e3:.2f} vs {t_tcp['median'] * 1e3:.2f} ms "
-        f"(CIs {'clear' if tok_clear else 'overlapping'}). IPC is "
-        f"{'faster per call' if clear else 'not measurably faster'}, and the transport is a small part of a token.")  # fmt: skip
+    out.append(derived_row(lambda a, b: a / b, [tok("float16", "bytes_per_token"), tok("fused", "bytes_per_token")],
+                           "bytes_float16_over_float32", "x", CHAPTER, paired=True,
+                           inputs="bytes per decode token, float16 on the wire over float32 (fused, shared memory)"))  # fmt: skip
+    out.append(derived_row(lambda a, b: a / b * 100, [tok("shm", "serialize"), tok(BASELINE, "serialize")],
+                           "serialize_shm_pct_of_msgpack", "%", CHAPTER, paired=True,
+                           inputs="serialize time per decode token, shared memory as % of msgpack (6 RPCs per layer)"))  # fmt: skip
+    fused_rpcs = float(pick_row(summary, experiment="per_token", variant="fused_msgpack", metric="rpcs_per_token")["median"])
+    out.append(exact_row((fused_rpcs - 2) / layers, "fused_rpcs_per_layer", "1", CHAPTER,
+                         "RPCs per layer with fusion: (RPCs per token - Embedding - LMHead) / layers"))  # fmt: skip
+    for chk in ex.itertuples():
+        slug = re.sub(r"[^a-z0-9]+", "_", chk.check.lower()).strip("_")
+        for which, v in (("stated", chk.stated), ("computed", chk.computed)):
+            out.append(exact_row(float(v), f"example_{which}", "1", CHAPTER, f"the source's example report: {chk.check}",
+                                 payload=slug))  # fmt: skip
+    return out

@@ -39,7 +39,7 @@ from .. import claims, model, profiles, results
 from .. import tensor_parallel as tp
 from ..cluster import usable_cores
 from ..measure import StoppingRule, calibrate_inner_collective, now_ns, repeat_split, summarize
-from ._common import pick_row, progress, run_meta, run_point
+from ._common import pick_row, progress, require_engines, run_meta, run_point
 
 CHAPTER = "tensor_parallel"
 KiB, MiB = 2**10, 2**20
@@ -282,15 +282,19 @@ def _rows(point: dict, labels: dict, parts=("total", "compute", "communication",
     return rows, samples
 
 
+def engines(profile: str | None = None) -> int:
+    """Return the MPI engines this chapter needs: the oversubscribed TP degree of the profile."""
+    return int(parameters(profile)["tp_oversubscribed"])
+
+
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
     """Run chapter 5 on ``cluster`` (>= 2 engines; 4 for the oversubscribed TP = 4 points), write results, return the summary."""
     name = profiles.profile_name(profile)
     rule = profiles.stopping_rule(name)
     params = parameters(name)
-    if cluster.size < 2:
-        raise ValueError("chapter 5 needs at least 2 MPI engines")
+    require_engines(cluster, engines(name), CHAPTER, f"TP = 1, 2 and the oversubscribed TP = {params['tp_oversubscribed']}")
     started = results.now_iso()
-    tps = [1, 2] + ([params["tp_oversubscribed"]] if cluster.size >= params["tp_oversubscribed"] else [])
+    tps = [1, 2, params["tp_oversubscribed"]]
     cores = usable_cores()
 
     def over(p):
