@@ -214,9 +214,17 @@ def summary_row(stats, **labels) -> dict:
 
 
 def sample_rows(values, **labels) -> list[dict]:
-    """Return raw-sample rows (one per value) carrying the point's labels."""
+    """Return raw-sample rows (one per value) carrying the point's labels.
+
+    Labels beyond the schema's (a chapter's own columns, e.g. ``tokens=128``) that are integers or
+    strings go into one ``point`` column (``"k=v;k=v"``), so two points that share the schema's labels
+    still have their own samples.
+    """
     base = {c: labels.get(c) for c in SAMPLE_COLUMNS if c not in ("sample", "value")}
-    return [{**base, "sample": i, "value": float(v)} for i, v in enumerate(values)]
+    own = sorted((k, v) for k, v in labels.items() if k not in SAMPLE_COLUMNS and k not in STAT_COLUMNS
+                 and isinstance(v, (int, str, np.integer)) and not isinstance(v, bool))  # fmt: skip
+    point = ";".join(f"{k}={v}" for k, v in own)
+    return [{**base, "point": point, "sample": i, "value": float(v)} for i, v in enumerate(values)]
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:

@@ -69,7 +69,7 @@ def stats_rows(values, labels: dict, metric: str, unit: str, stop_reason: str = 
     lab = {**labels, "metric": metric, "unit": unit}
     if stop_reason:
         extra = {**extra, "stop_reason": st.stop_reason}
-    return results.summary_row(st, **lab, **extra), results.sample_rows(values, **lab)
+    return results.summary_row(st, **lab, **extra), results.sample_rows(values, **lab, **extra)
 
 
 def pick_row(summary, **where):
@@ -106,12 +106,30 @@ def one_row(summary, **where):
     return q.iloc[0]
 
 
+def _point_matches(point, row) -> bool:
+    """Return whether a sample's ``point`` labels ("k=v;...") equal the summary row's columns of those names."""
+    if not isinstance(point, str) or not point:
+        return False
+    for kv in point.split(";"):
+        k, _, v = kv.partition("=")
+        cell = row.get(k)
+        try:
+            if float(cell) != float(v):
+                return False
+        except (TypeError, ValueError):
+            if str(cell) != v:
+                return False
+    return True
+
+
 def sample_values(summary, samples, **where):
     """Return (as a numpy array, in sample order) the raw samples behind the one summary row ``where`` selects."""
     row = one_row(summary, **where)
     q = samples
     for k in _SAMPLE_KEYS:
         q = q[_eq(q[k], row[k])]
+    if "point" in q and q["point"].nunique() > 1:  # several points share the schema's labels: the chapter's own tell
+        q = q[q["point"].map(lambda pt: _point_matches(pt, row))]
     if q.empty:
         raise results.ResultsError(f"no raw samples behind the summary row {where}")
     if len(q) != int(row["n"]):

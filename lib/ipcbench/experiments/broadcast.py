@@ -331,10 +331,12 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         except Exception:  # noqa: BLE001 - never mask the run's own error
             pass
 
-    summary = results.frame(rows)
+    samples_df = pd.DataFrame(samples)
     phases_df = pd.DataFrame(phase_rows)
     load_df = pd.DataFrame(load_rows)
     cap = capacity(load_df)
+    summary = results.frame(rows)
+    summary = results.frame(rows + derived_rows(summary, samples_df, cap, params))
     model_df = models(summary, params, phases_df)
     proj = projection(summary, params)
     meta = run_meta(name, cluster, params, started, definitions={
@@ -345,10 +347,10 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "cpu utilisation": "a rank's CPU seconds / wall seconds over a load run (1 = one core busy)",
         "phases": "rank 0 alone for local phases; bcast phases: the slowest rank, Barrier before each sample",
     })
-    results.write(CHAPTER, summary, pd.DataFrame(samples), meta,
+    results.write(CHAPTER, summary, samples_df, meta,
                   extra={"load": load_df, "capacity": cap, "rank_phases": phases_df, "models": model_df,
                          "projection": proj})  # fmt: skip
-    claims.record(CHAPTER, ledger_evidence(summary, load_df, cap, model_df, phases_df, params))
+    claims.record(CHAPTER)
     return summary
 
 
@@ -517,147 +519,66 @@ def crossover(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-# ---------------------------------------------------------------------------------- verdicts
+# ------------------------------------------------------------------ derived rows (analysis)
 
 
-def ledger_evidence(summary, load, cap, model_df, phases_df, params) -> list[dict]:
-    """Return evidence rows for seed 002's claims (bc-01 .. bc-19) from the measurements."""
-    ph = phase_at(summary, SOURCE_SIZE)
-    ms = {k: float(v) * 1e3 for k, v in ph.items()}
-    ev = []
-    piv = cap.pivot_table(index="payload_class", columns="variant", values="capacity")
-    big = max(params["classes"], key=params["classes"].get)
+def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, cap: pd.DataFrame, params: dict) -> list[dict]:
+    """Return the capacities, model checks and sums seed 002's claims read, each with its own interval.
 
-    def within(measured, claimed, lo=2 / 3, hi=1.5):
-        return lo <= measured / claimed <= hi
+    Pure: from this chapter's summary, raw samples and the load runs' capacities. Phase costs come from
+    the isolated phase measurements and latencies from the separate no-load runs, so a model built
+    from the first is checked against the second (held out), not against the runs it was read from.
+    """
+    from ._common import derived_row, sample_values
 
-    # bc-01: 100 req/s at 10 ms each without broadcast
-    a0_cap = {c: float(piv.loc[c, "A0"]) for c in piv.index}
-    a0_pred = {c: 1.0 / float(phase_at(summary, params["classes"][c])["from_dict"]) for c in piv.index}
-    ratio = a0_cap[big] / a0_pred[big]
-    ev.append(claims.evidence("bc-01", round(1e3 / ms["from_dict"], 1), "req/s",
-        "confirmed" if within(ratio, 1.0, 0.8, 1.25) else "partly",
-        f"without a broadcast a rank's capacity is 1 / T_from_dict: at 10 MB T_from_dict = {ms['from_dict']:.2f} ms, so "
-        f"{1e3 / ms['from_dict']:.0f} req/s, not 100 (the 10 ms was assumed). Under load, A0 reached "
-        f"{a0_cap[big]:.1f} req/s for the {CLASS_LABELS[big]} class against 1/T_from_dict = {a0_pred[big]:.1f} req/s "
-        f"({ratio:.2f}x)."))  # fmt: skip
-    # bc-02: 78% throughput drop
-    drops = {c: 1 - float(piv.loc[c, "B"]) / float(piv.loc[c, "A"]) for c in piv.index}
-    drops0 = {c: 1 - float(piv.loc[c, "B"]) / float(piv.loc[c, "A0"]) for c in piv.index}
-    worst = max(drops0.values())
-    ev.append(claims.evidence("bc-02", round(100 * worst, 1), "%",
-        "confirmed" if abs(worst - 0.78) <= 0.1 else "refuted",
-        "measured capacity drop of B (the change) against A0 (no broadcast, the source's baseline): "
-        + ", ".join(f"{CLASS_LABELS[c]} {100 * d:.0f}%" for c, d in drops0.items())
-        + "; against A (raw request broadcast first, as the scheduler does): "
-        + ", ".join(f"{CLASS_LABELS[c]} {100 * d:.0f}%" for c, d in drops.items())
-        + ". The source's 78% comes from assumed phase times (10 + 20 + 5 + 15 ms), not a measurement."))  # fmt: skip
-    for cid, phase, key in (("bc-03", "from_dict", "from_dict"), ("bc-04", "pickle", "pickle"),
-                            ("bc-05", "bcast", "bcast"), ("bc-06", "unpickle", "unpickle")):  # fmt: skip
-        claimed = SOURCE_PHASES_MS[phase]
-        v = ms[key]
-        ev.append(claims.evidence(cid, round(v, 3), "ms", "confirmed" if within(v, claimed) else "refuted",
-            f"{phase} of a request with 10 MB of float32 features, measured: {v:.2f} ms against the source's "
-            f"~{claimed:g} ms ({v / claimed:.2f}x); 'confirmed' needs 2/3x to 1.5x."))  # fmt: skip
-    total_b = ms["from_dict"] + ms["pickle"] + ms["bcast"] + ms["unpickle"]
-    b_meas = model_df.query("variant == 'B'")
-    ev.append(claims.evidence("bc-07", round(total_b, 2), "ms", "refuted",
-        f"the source's table sums to 50 ms while its timeline says 45 ms. Measured at 10 MB the four phases add to "
-        f"{total_b:.2f} ms; B's measured no-load latency: "
-        + ", ".join(f"{CLASS_LABELS[r.payload_class]} {r.measured_s * 1e3:.2f} ms" for r in b_meas.itertuples()) + "."))  # fmt: skip
-    # bc-08: condition pickle + unpickle >= from_dict
-    sizes = phase_table(summary)
-    cond = (sizes["pickle"] + sizes["unpickle"]) / sizes["from_dict"]
-    holds = [f"{n / MB:g} MB" for n, c in cond.items() if c >= 1]
-    lat2 = summary.query("experiment == 'latency' and ranks == 2").set_index(["payload_class", "variant"])["median"]
-    b_slower = {c: float(lat2[(c, "B")]) > float(lat2[(c, "A0")]) for c in params["classes"]}
-    ev.append(claims.evidence("bc-08", round(float(cond.max()), 3), "x", "partly",
-        f"(pickle + unpickle) / from_dict is {cond.min():.2f}x to {cond.max():.2f}x over the sizes measured "
-        f"(at least 1 at: {', '.join(holds) or 'none'}). As a sufficient condition the claim holds, but it is not the "
-        f"one that decides: B is slower than A0 at no load in {sum(b_slower.values())} of {len(b_slower)} classes, "
-        "whatever the ratio, because at TP = 2 the ranks hash in parallel; B saves CPU (the other ranks' hashing), "
-        "not latency, and pays its pickle + broadcast + unpickle in full."))  # fmt: skip
-    # bc-09: 4000 ms vs 30 ms arithmetic
-    extra_b = float(lat2[(big, "B")] - lat2[(big, "A0")])
-    saved_cpu = (params["tp_oversubscribed"] - 1) * float(phase_at(summary, params["classes"][big])["from_dict"])
-    ev.append(claims.evidence("bc-09", round(extra_b * 1e3, 2), "ms",
-        "refuted",
-        "the comparison multiplies a rate by a latency (100 req/s x 40 ms = 4 s of latency per second) and sets it "
-        f"against a per-request saving: the units differ. Like with like, per {CLASS_LABELS[big]} request: B adds "
-        f"{extra_b * 1e3:.2f} ms of latency over A0 at TP = 2 and saves (N - 1) x T_from_dict = {saved_cpu * 1e3:.2f} ms "
-        "of CPU at N = 4; the load runs show which matters for throughput."))  # fmt: skip
-    ev.append(claims.evidence("bc-10", round(ms["pickle"] + ms["unpickle"], 2), "ms",
-        "refuted" if ms["pickle"] + ms["unpickle"] < 3 * ms["from_dict"] else "confirmed",
-        f"at 10 MB pickle + unpickle = {ms['pickle'] + ms['unpickle']:.2f} ms (not 40 ms) against "
-        f"3 x T_from_dict = {3 * ms['from_dict']:.2f} ms."))  # fmt: skip
-    # bc-11: serialisation
-    lat_b = float(lat2[(big, "B")])
-    ser_cap = 1.0 / lat_b
-    ev.append(claims.evidence("bc-11", round(float(piv.loc[big, "B"]) * lat_b, 2), "x",
-        "partly" if float(piv.loc[big, "B"]) > 1.15 * ser_cap else "confirmed",
-        f"if B's requests ran strictly one after another its capacity would be 1 / latency = {ser_cap:.1f} req/s "
-        f"({CLASS_LABELS[big]}); measured {float(piv.loc[big, 'B']):.1f} req/s: the root starts the next request's "
-        "from_dict while the other ranks unpickle, so a blocking broadcast orders requests but does not make the "
-        "ranks wait for each other's whole request. Every strategy, A0 included, handles a rank's requests in order."))  # fmt: skip
-    cpu = load.groupby("variant")[["cpu_rank0", "cpu_rank1"]].max()
-    ev.append(claims.evidence("bc-12", None, "", "refuted",
-        "TP ranks are separate processes, each with its own interpreter and GIL, and each rank's loop here is one "
-        "thread: no other thread wants the GIL while a rank pickles or hashes (hashlib releases it for large buffers "
-        "anyway). Per-rank CPU under load reaches "
-        + ", ".join(f"{s} {cpu.loc[s, 'cpu_rank0']:.2f}/{cpu.loc[s, 'cpu_rank1']:.2f}" for s in cpu.index)
-        + " cores (rank 0/rank 1) with no GIL shared between them."))  # fmt: skip
-    idle = load.query("payload_class == @big").sort_values("rate_fraction").groupby("variant").first()
-    bc_idle = idle.drop(index="A0")
-    ev.append(claims.evidence("bc-13", round(float(bc_idle["cpu_rank1"].min()) * 100, 1), "%", "partly",
-        f"a rank that waits in an MPI broadcast busy-polls: at the lowest offered rate of the {CLASS_LABELS[big]} class, "
-        "where requests are furthest apart, rank 1's CPU utilisation is "
-        + ", ".join(f"{s} {100 * u:.0f}%" for s, u in bc_idle["cpu_rank1"].items())
-        + f", against {100 * float(idle.loc['A0', 'cpu_rank1']):.0f}% for A0, whose ranks wait for arrivals in a sleep. "
-        "Hashing and pickling are real costs, but a reading near 100% is also what waiting in a collective looks like; "
-        "it does not by itself show queued work or GIL contention."))  # fmt: skip
-    mb = model_df.query("variant == 'B'")
-    err_b = float(mb["source_error"].abs().max())
-    err_in = float(mb["source_in_situ_error"].abs().max())
-    ev.append(claims.evidence("bc-14", round(err_in * 100, 1), "%",
-        "confirmed" if max(err_b, err_in) <= 0.2 else ("partly" if err_in <= 0.2 else "refuted"),
-        "B's measured no-load latency against T_from_dict + T_pickle + T_bcast + T_unpickle, with the phase times "
-        "measured inside the runs: " + ", ".join(f"{CLASS_LABELS[r.payload_class]} {100 * r.source_in_situ_error:+.0f}%"
-                                                for r in mb.itertuples())
-        + "; with the phases timed in isolation (warm, reused buffers): "
-        + ", ".join(f"{CLASS_LABELS[r.payload_class]} {100 * r.source_error:+.0f}%" for r in mb.itertuples())
-        + ". The sum is the right shape; phase costs taken from micro-benchmarks miss the page faults of the fresh "
-        "buffers every request allocates (the pickle stream, the receive buffer, the unpickled array)."))  # fmt: skip
-    ma = model_df.query("variant == 'A'")
-    err_a = float(ma["source_error"].abs().max())
-    ev.append(claims.evidence("bc-15", round(err_a * 100, 1), "%", "confirmed" if err_a <= 0.2 else "refuted",
-        "A's measured no-load latency (raw request broadcast first, as the scheduler does) against the source's "
-        "T_from_dict alone: " + ", ".join(f"{CLASS_LABELS[r.payload_class]} {100 * r.source_error:+.0f}%" for r in ma.itertuples())
-        + "; the broadcast the source leaves out is part of A too."))  # fmt: skip
-    rp = phases_df.query("variant == 'B' and ranks == 2")
-    pick0 = rp.query("rank == 0 and phase == 'pickle'")["value"]
-    pick1 = rp.query("rank == 1 and phase == 'pickle'")["value"]
-    ev.append(claims.evidence("bc-16", None, "", "refuted",
-        "only the root pickles and only the other ranks unpickle: in B's per-rank phase times rank 0 spent "
-        f"{float(pick0.max()) * 1e3:.2f} ms pickling per request at most and rank 1 "
-        f"{(float(pick1.max()) if not pick1.empty else 0.0) * 1e3:.2f} ms; CPU is T_from_dict + T_pickle + "
-        "(N - 1) x T_unpickle, not N x T_pickle + N x T_unpickle."))  # fmt: skip
-    share = sizes["tobytes"] / sizes["from_dict"]
-    ev.append(claims.evidence("bc-17", round(float(share.loc[share.index.max()]) * 100, 1), "%",
-        "partly",
-        f"tobytes() copies the whole array before hashing: {100 * share.min():.0f}% to {100 * share.max():.0f}% of "
-        "from_dict over the sizes measured. A real cost, but the hash itself is the larger part; hashing the array's "
-        "memory directly (same hash) removes the copy."))  # fmt: skip
-    cr = crossover(summary)
-    tp2 = cr.query("ranks == 2")
-    a_wins = bool((tp2["B_over_A"] > 1).all())
-    ev.append(claims.evidence("bc-18", round(float(tp2["B_over_A"].min()), 3), "x", "confirmed" if a_wins else "partly",
-        "no-load latency of B over A at TP = 2: " + ", ".join(f"{CLASS_LABELS[r.payload_class]} {r.B_over_A:.2f}x"
-                                                               for r in tp2.itertuples())
-        + (" (A faster in every class)." if a_wins else ".")))  # fmt: skip
-    speed = sizes["hash_sha256"] / sizes["hash_xxh3"]
-    ev.append(claims.evidence("bc-19", round(float(speed.loc[speed.index.max()]), 1), "x", "confirmed",
-        f"xxh3 hashes {speed.loc[speed.index.max()]:.1f}x faster than SHA-256 at {speed.index.max() / MB:.0f} MB "
-        f"(BLAKE3 {float(sizes['hash_sha256'].iloc[-1] / sizes['hash_blake3'].iloc[-1]):.1f}x); from_dict with xxh3 "
-        f"takes {float(sizes['from_dict_xxh3'].iloc[-1] / sizes['from_dict'].iloc[-1]):.2f}x the SHA-256 time "
-        "(the tobytes copy remains)."))  # fmt: skip
-    return ev
+    out = []
+
+    def phase(name, size):
+        return sample_values(summary, samples, experiment="phases", variant=name, size_bytes=size)
+
+    def lat(strategy, cls, tp=2):
+        return sample_values(summary, samples, experiment="latency", variant=strategy, payload_class=cls, ranks=tp)
+
+    def add(fn, sets, name, unit, inputs, **labels):
+        out.append(derived_row(fn, sets, name, unit, CHAPTER, inputs=inputs, **labels))
+
+    src = int(SOURCE_SIZE)
+    add(lambda fd: 1 / fd, [phase("from_dict", src)], "capacity_from_dict", "1/s",
+        "1 / T_from_dict at 10 MB: one rank's requests per second without a broadcast", size_bytes=src)
+    add(lambda p, b, u: p + b + u, [phase("pickle", src), phase("bcast", src), phase("unpickle", src)], "travel_cost",
+        "s", "T_pickle + T_bcast + T_unpickle at 10 MB (TP = 2)", size_bytes=src)  # fmt: skip
+    add(lambda fd, p, b, u: fd + p + b + u, [phase(x, src) for x in ("from_dict", "pickle", "bcast", "unpickle")],
+        "source_model_total", "s", "T_from_dict + T_pickle + T_bcast + T_unpickle at 10 MB (TP = 2)", size_bytes=src)
+    tp_big = params["tp_oversubscribed"]
+    add(lambda fd: (tp_big - 1) * fd, [phase("from_dict", src)], "from_dict_saved", "s",
+        f"(N - 1) x T_from_dict at 10 MB, N = {tp_big}: the hashing B spares the other ranks", size_bytes=src)
+    for cls, fb in params["classes"].items():
+        lab = {"payload_class": cls, "size_bytes": fb, "ranks": 2}
+        add(lambda a0, b: (1 - a0 / b) * 100, [lat("A0", cls), lat("B", cls)], "throughput_drop_serial", "%",
+            "1 - latency(A0) / latency(B) at TP = 2: the throughput drop if each strategy handled one request at a time",
+            **lab)  # fmt: skip
+        add(lambda fd, p, b, u, m: (fd + p + b + u) / m, [*(phase(x, fb) for x in ("from_dict", "pickle", "bcast", "unpickle")),
+                                                          lat("B", cls)],
+            "source_model_over_measured_B", "x", "the source's model for B (isolated phase costs) over B's measured no-load "
+            "latency at TP = 2 (separate runs)", **lab)  # fmt: skip
+        add(lambda fd, m: fd / m, [phase("from_dict", fb), lat("A", cls)], "source_model_over_measured_A", "x",
+            "the source's model for the old path (T_from_dict alone, isolated) over A's measured no-load latency at TP = 2",
+            **lab)  # fmt: skip
+        add(lambda b, a0: b - a0, [lat("B", cls), lat("A0", cls)], "b_extra_latency", "s",
+            "latency(B) - latency(A0) at TP = 2: the latency B adds per request", **lab)
+        add(lambda fd: (tp_big - 1) * fd, [phase("from_dict", fb)], "from_dict_saved", "s",
+            f"(N - 1) x T_from_dict with N = {tp_big}: the hashing B spares the other ranks per request", **lab)
+    # capacity under load: one open-loop run per offered rate, so n = 1 (no interval) until points are repeated
+    from ..measure import summarize
+
+    for r in cap.itertuples():
+        out.append(results.summary_row(summarize([float(r.capacity)]), chapter=CHAPTER, experiment="capacity",
+                                       variant=r.variant, payload=None, size_bytes=params["classes"][r.payload_class],
+                                       ranks=2, oversubscribed=False, metric="capacity", unit="1/s",
+                                       payload_class=r.payload_class,
+                                       inputs="the highest throughput over the offered rates, one run per rate"))  # fmt: skip
+        if r.variant == "B":
+            add(lambda c, m: c * m, [np.array([float(r.capacity)]), lat("B", r.payload_class)], "capacity_times_latency_B",
+                "x", "B's capacity under load x its no-load latency at TP = 2: 1 when requests run strictly one after "
+                "another (one load run, so no interval)", payload_class=r.payload_class, ranks=2)  # fmt: skip
+    return out

@@ -70,10 +70,10 @@ def parameters(profile: str | None = None) -> dict:
     if name == "quick":
         return {**base, "collective_sizes": [8, 4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB],
                 "slow_kernel_tokens": 16, "layers": 2, "vocab": 4096, "decode_steps": 8,
-                "decoder_samples": 3, "oversubscribed_strategies": ["s3"]}  # fmt: skip
+                "decoder_samples": 6, "oversubscribed_strategies": ["s3"]}  # fmt: skip
     if name == "standard":
         return {**base, "slow_kernel_tokens": 128, "layers": 4, "vocab": 16384, "decode_steps": 16,
-                "decoder_samples": 5}  # fmt: skip
+                "decoder_samples": 8}  # fmt: skip
     return {**base, "slow_kernel_tokens": 128, "layers": 28, "vocab": 151_936, "decode_steps": 32,
             "decoder_samples": 10}  # fmt: skip
 
@@ -380,7 +380,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             rows.append(results.summary_row(st, **{**labels, "metric": "tokens_per_s", "unit": "1/s"},
                                             max_rel_error=pt["max_rel_error"]))  # fmt: skip
 
+    samples_df = pd.DataFrame(samples)
     summary = results.frame(rows)
+    summary = results.frame(rows + derived_rows(summary, samples_df, pd.DataFrame(calls)))
     model_tab = comm_model(summary, calls)
     meta = run_meta(name, cluster, params, started, definitions={
         "total": "slowest rank's wall time of one call (s)",
@@ -395,10 +397,10 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     })  # fmt: skip
     meta["simd"] = simd
     meta["networks"] = NETWORKS
-    results.write(CHAPTER, summary, pd.DataFrame(samples), meta,
+    results.write(CHAPTER, summary, samples_df, meta,
                   extra={"calls": pd.DataFrame(calls), "model": model_tab, "collective_fit": collective_fit(summary),
                          "projection": projection(summary)})  # fmt: skip
-    claims.record(CHAPTER, ledger_evidence(summary, pd.DataFrame(calls), simd))
+    claims.record(CHAPTER)
     return summary
 
 
@@ -581,129 +583,67 @@ def targets(summary: pd.DataFrame, model_tab: pd.DataFrame) -> dict:
     }
 
 
-def ledger_evidence(summary: pd.DataFrame, calls: pd.DataFrame, simd: dict) -> list[dict]:
-    """Return the ledger rows for seed 004's claims from this run's measurements."""
-    ev = claims.evidence
+def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, calls: pd.DataFrame) -> list[dict]:
+    """Return the counted volumes and the time ratios seed 004's claims read (counts are exact; times carry intervals).
+
+    Pure: from this chapter's summary, raw samples and the collective calls counted by CountingComm.
+    Volumes are those of the seed's shapes at TP = 2 (t, h, i = 128, 1024, 2048).
+    """
+    from ._common import derived_row, exact_row, sample_values
+
+    out = []
     t, h, i = SEED_SHAPE["t"], SEED_SHAPE["h"], SEED_SHAPE["i"]
     c = calls.query("ranks == 2 and tokens == @t and intermediate == @i")
-    vol = {s: c.query("strategy == @s") for s in tp.STRATEGIES}
-    rb = {s: float(v["result_bytes"].sum()) for s, v in vol.items()}
-    ring = {s: float(v["ring_bytes"].sum()) for s, v in vol.items()}
-    n = {s: len(v) for s, v in vol.items()}
+    lab = {"tokens": t, "hidden": h, "intermediate": i, "ranks": 2}
+    for strat in tp.STRATEGIES:
+        mine = c[c["strategy"] == strat]
+        out.append(exact_row(len(mine), "collectives", "1", CHAPTER, f"collectives per {strat} MLP call (counted)",
+                             payload=strat, **lab))  # fmt: skip
+        out.append(exact_row(float(mine["result_bytes"].sum()) / 4, "result_floats", "1", CHAPTER,
+                             f"floats (4 B) of every result buffer of one {strat} MLP call (counted)", payload=strat, **lab))  # fmt: skip
+        for tag, b in mine.groupby("tag")["result_bytes"].sum().items():
+            out.append(exact_row(float(b), "result_bytes", "B", CHAPTER, f"bytes of the {tag} collective's result in {strat}",
+                                 payload=f"{strat}:{tag}", **lab))  # fmt: skip
+            out.append(exact_row(float(b) / 4, "result_floats", "1", CHAPTER, f"floats of the {tag} collective's result in {strat}",
+                                 payload=f"{strat}:{tag}", **lab))  # fmt: skip
+    n1, n2 = (len(c[c["strategy"] == x]) for x in ("s1", "s2"))
+    b1, b2 = (float(c[c["strategy"] == x]["result_bytes"].sum()) for x in ("s1", "s2"))
+    out.append(exact_row(n2 - n1, "s2_extra_collectives", "1", CHAPTER, "collectives of S2 minus those of S1 (counted)", **lab))
+    out.append(exact_row((b2 / b1 - 1) * 100, "s2_more_floats", "%", CHAPTER, "result floats of S2 over S1, minus 1 (counted)", **lab))
 
-    def mlp(s, kern="numpy", tok=t, metric="total", p=2):
-        return pick_row(summary, experiment="mlp", payload=kern, tokens=tok, intermediate=i, ranks=p,
-                    variant=s if p > 1 else "tp1", metric=metric)  # fmt: skip
+    mlp = summary.query("experiment == 'mlp'")
+    slow_t = int(mlp.query("payload == 'numba_scalar'")["tokens"].max())
 
-    def dec(var, phase="prefill", metric="tokens_per_s", p=2):
-        return pick_row(summary, experiment=f"decoder_{phase}", variant=var, ranks=p, metric=metric)
+    def m(strategy, kernel, tokens, metric="total", p=2):
+        return sample_values(summary, samples, experiment="mlp", variant=strategy if p > 1 else "tp1", payload=kernel,
+                             tokens=tokens, intermediate=i, ranks=p, metric=metric)  # fmt: skip
 
-    rows = []
-    d1, d2, d3 = dec("sequence/s1"), dec("sequence/s2"), dec("sequence/s3")
-    why_abs = ("because the seed's C++ program, its model depth and how it counted tokens (34 964 ms / 384 tokens "
-               "= 128-token prompt x 3 iterations) are not available; here, the same layout in numpy, TP = 2, prefill "
-               "of a 128-token prompt")  # fmt: skip
-    rows.append(ev("tp-01", round(float(d2["median"]), 1), "tok/s", "not testable here",
-                   f"{why_abs}: S2 (the AVX2 version's MLP) {d2['median']:.1f} tok/s [{d2['ci_low']:.1f}, {d2['ci_high']:.1f}]"))
-    rows.append(ev("tp-02", round(float(d1["median"]), 1), "tok/s", "not testable here",
-                   f"{why_abs}: S1 (the plain version's MLP) {d1['median']:.1f} tok/s [{d1['ci_low']:.1f}, {d1['ci_high']:.1f}]"))
-    slower = (1 - d2["median"] / d1["median"]) * 100
-    overlap = not (d2["ci_high"] < d1["ci_low"] or d1["ci_high"] < d2["ci_low"])
-    verdict = "confirmed" if (slower > 5 and not overlap) else "refuted"
-    rows.append(ev("tp-03", round(float(slower), 1), "%", verdict,
-                   f"decoder prefill at TP = 2 with the seed's layout: S2 MLP {d2['median']:.1f} tok/s vs S1 "
-                   f"{d1['median']:.1f} tok/s ({slower:+.1f}% slower{'; CIs overlap' if overlap else ''}); "
-                   f"S3 {d3['median']:.1f} tok/s"
-                   + ("" if verdict == "confirmed" else ". The AVX2 version's MLP layout does not make the forward "
-                      "measurably slower here")))  # fmt: skip
-    more = (rb["s2"] / rb["s1"] - 1) * 100
-    more_ring = (ring["s2"] / ring["s1"] - 1) * 100
-    seed_s1 = 4 * t * h * 4  # the seed's own formula for S1: 4 x (128 x 1024 x 4)
-    rows.append(ev("tp-04", round(more, 1), "%", "confirmed" if abs(more - 25) <= 5 else "refuted",
-                   f"counted at t={t}, h={h}, i={i}, TP = 2: S2 hands MPI {rb['s2'] / 4:,.0f} floats of results vs S1's "
-                   f"{rb['s1'] / 4:,.0f} ({more:+.0f}%); received per rank under ring algorithms {ring['s2'] / 4:,.0f} vs "
-                   f"{ring['s1'] / 4:,.0f} floats ({more_ring:+.0f}%). The seed's S1 total is 4 x {t} x {h} x 4 = {seed_s1:,}: "
-                   f"bytes of four t x h results, while S1's gate, up and activated gathers return t x i"))  # fmt: skip
-    s1c = vol["s1"].set_index("tag")["result_bytes"]
-    as_bytes = [tag for tag, b in s1c.items() if b == 524_288]
-    v05 = "confirmed" if (s1c == 4 * 524_288).all() else "partly" if as_bytes else "refuted"
-    rows.append(ev("tp-05", int(s1c.get("gate", 0)), "B", v05,
-                   f"counted result per S1 Allgather: gate {s1c.get('gate', 0):,} B, up {s1c.get('up', 0):,} B, activated "
-                   f"{s1c.get('activated', 0):,} B, down {s1c.get('down', 0):,} B; 524 288 floats would be "
-                   f"{4 * 524_288:,} B; Allgathers whose result is 524 288 bytes: {', '.join(as_bytes) or 'none'}"))  # fmt: skip
-    rows.append(ev("tp-06", int(rb["s1"] // 4), "floats", "confirmed" if rb["s1"] // 4 == 2_097_152 else "refuted",
-                   f"S1's four Allgathers return {rb['s1'] / 4:,.0f} floats ({rb['s1']:,.0f} B) in all, not 2 097 152 floats"))
-    s2c = vol["s2"].set_index("tag")["result_bytes"]
-    g2 = int(s2c.get("gate", 0))
-    v07 = "confirmed" if g2 // 4 == 1_048_576 else "partly" if g2 == 1_048_576 else "refuted"
-    rows.append(ev("tp-07", g2, "B", v07,
-                   f"S2's gate Allgatherv returns {g2:,} B = {g2 // 4:,} floats"
-                   + (": the number is right in bytes, the unit is wrong" if v07 == "partly" else "")))  # fmt: skip
-    rows.append(ev("tp-08", n["s1"], "count", "confirmed" if n["s1"] == 4 else "refuted",
-                   f"counted {n['s1']} collectives per S1 MLP call: {', '.join(vol['s1']['op'] + ' ' + vol['s1']['tag'])}"))
-    rows.append(ev("tp-09", n["s2"] - n["s1"], "count", "confirmed" if n["s2"] - n["s1"] == 3 else "refuted",
-                   f"counted {n['s2']} collectives for S2 against {n['s1']} for S1 ({n['s2'] - n['s1']:+d}; "
-                   f"S3 makes {n['s3']})"))  # fmt: skip
-    alloc = {s: int(mlp(s)["peak_alloc_bytes"]) for s in tp.STRATEGIES}
-    rows.append(ev("tp-10", f"{alloc['s2'] / MiB:.1f} vs {alloc['s1'] / MiB:.1f} MiB", "MiB", "not testable here",
-                   "because the count is of C++ vectors in the seed's source; in numpy every strategy allocates each "
-                   f"intermediate. Peak bytes allocated by one call at TP = 2: S1 {alloc['s1'] / MiB:.1f} MiB, S2 "
-                   f"{alloc['s2'] / MiB:.1f} MiB, S3 {alloc['s3'] / MiB:.1f} MiB"))  # fmt: skip
-    slow_t = int(summary.query("experiment == 'mlp' and payload == 'numba_scalar'")["tokens"].max())
-    sc, sv = mlp("s3", "numba_scalar", slow_t, "compute", 1), mlp("s3", "numba_simd", slow_t, "compute", 1)
-    speed = sc["median"] / sv["median"]
-    lanes = "16 (AVX-512)" if simd["kernels"][0]["packed_fma_zmm"] else "8 (AVX2 ymm)"
-    rows.append(ev("tp-11", round(float(speed), 2), "x", "partly" if abs(speed / 4 - 1) <= 0.25 else "refuted",
-                   f"the same compiled dot-product loop, vectorised (fastmath: {simd['kernels'][0]['packed_fma_ymm']} ymm / "
-                   f"{simd['kernels'][0]['packed_fma_zmm']} zmm packed FMAs) vs strict IEEE (scalar), one rank, t={slow_t}: "
-                   f"{speed:.1f}x; a 256-bit register holds 8 floats, so '256/32' gives 8, not 4; the lanes used: {lanes}"))  # fmt: skip
-    smallest = int(summary.query("experiment == 'collective'")["size_bytes"].min())
-    lat = {op: pick_row(summary, experiment="collective", variant=op, size_bytes=smallest, metric="total")
-           for op in ("Allgather", "Allreduce")}  # fmt: skip
-    lo = min(x["median"] for x in lat.values()) * 1e6
-    hi = max(x["median"] for x in lat.values()) * 1e6
-    rows.append(ev("tp-12", f"{lo:.1f}-{hi:.1f}", "µs", "refuted" if hi < 10 else "confirmed",
-                   f"smallest Allgather / Allreduce at TP = 2 on one node: {lat['Allgather']['median'] * 1e6:.1f} µs / "
-                   f"{lat['Allreduce']['median'] * 1e6:.1f} µs per call ({smallest} B result, shared memory)"))  # fmt: skip
-    s2p, s2d = mlp("s2"), mlp("s2", tok=1)
-    share_p = mlp("s2", metric="communication")["median"] / s2p["median"]
-    share_d = mlp("s2", tok=1, metric="communication")["median"] / s2d["median"]
-    rows.append(ev("tp-13", round(float(share_p) * 100, 1), "%", "refuted" if share_p < 0.5 else "confirmed",
-                   f"S2 MLP at TP = 2 (numpy kernel): communication is {share_p:.0%} of the call for t={t} (prefill) and "
-                   f"{share_d:.0%} for t=1 (decode)"))  # fmt: skip
-    blas, fm = mlp("s3", "numpy", slow_t, "compute", 1), mlp("s3", "numba_simd", slow_t, "compute", 1)
-    slower_than_blas = fm["median"] / blas["median"]
-    rows.append(ev("tp-14", round(float(slower_than_blas), 1), "x", "partly" if slower_than_blas > 1 else "refuted",
-                   f"a compiled, vectorised loop (numba fastmath) takes {slower_than_blas:.1f}x the time of BLAS sgemm for "
-                   f"the same MLP (t={slow_t}, one rank); hand-written intrinsics were not tested"))  # fmt: skip
-    s1p = mlp("s1")
-    rows.append(ev("tp-15", round(float(s1p["median"] / s2p["median"]), 2), "x",
-                   "confirmed" if s1p["median"] <= s2p["median"] * 1.05 else "refuted",
-                   f"proposal 1 = S1 everywhere: S1 MLP {s1p['median'] * 1e3:.2f} ms vs S2 {s2p['median'] * 1e3:.2f} ms "
-                   f"at TP = 2, t={t} (numpy kernel)"))  # fmt: skip
-    s3p = mlp("s3")
-    rows.append(ev("tp-16", n["s3"], "count", "confirmed" if n["s3"] == 1 else "refuted",
-                   f"S3 counted {n['s3']} collective ({ring['s3'] / 4:,.0f} ring floats per rank vs S2's {ring['s2'] / 4:,.0f}); "
-                   f"S3 {s3p['median'] * 1e3:.2f} ms vs S2 {s2p['median'] * 1e3:.2f} ms per MLP call at TP = 2, t={t}"))  # fmt: skip
-    s1s, s1b = mlp("s1", "numba_simd", slow_t), mlp("s1", "numpy", slow_t)
-    same = s1s["result_bytes"] == s1b["result_bytes"] and s1s["collectives"] == s1b["collectives"]
-    rows.append(ev("tp-17", round(float(s1s["median"] * 1e3), 2), "ms", "confirmed" if same else "refuted",
-                   f"S1 with the vectorised kernel inside each sharded linear: {int(s1s['collectives'])} collectives, "
-                   f"{int(s1s['result_bytes']):,} B counted, against {int(s1b['collectives'])} and "
-                   f"{int(s1b['result_bytes']):,} B with BLAS; {s1s['median'] * 1e3:.2f} ms against "
-                   f"{s1b['median'] * 1e3:.2f} ms at TP = 2, t={slow_t}"))  # fmt: skip
-    comm_gain_p = s2p["median"] - s3p["median"]
-    comm_part = mlp("s2", metric="communication")["median"] - mlp("s3", metric="communication")["median"]
-    kern_gain = mlp("s2", "numba_simd", slow_t)["median"] - mlp("s2", "numpy", slow_t)["median"]
-    proj = projection(summary)
-    far = proj.query("tokens == @t and intermediate == @i and strategy == 's2' and TP == 8 and where.str.contains('25 GbE')")
-    far_share = float(far["communication share"].iloc[0]) if len(far) else float("nan")
-    v18 = "refuted" if kern_gain > comm_gain_p else "confirmed"
-    rows.append(ev("tp-18", round(float(comm_part * 1e3), 3), "ms", v18,
-                   f"at TP = 2 on one node, S2 -> S3 saves {comm_gain_p * 1e3:.2f} ms per MLP call at t={t}, of which "
-                   f"{comm_part * 1e3:.2f} ms is communication and {(comm_gain_p - comm_part) * 1e3:.2f} ms compute (S3 "
-                   f"has no full-tensor SwiGLU and no gather reassembly); numba fastmath -> BLAS (compute) saves "
-                   f"{kern_gain * 1e3:.2f} ms at t={slow_t}. On one node the "
-                   f"{'kernel' if v18 == 'refuted' else 'communication'} matters more; projected to TP = 8 over two "
-                   f"nodes on 25 GbE, communication would be {far_share:.0%} of an S2 call (model, not measured)"))  # fmt: skip
-    return rows
+    def add(fn, sets, name, unit, inputs, **labels):
+        out.append(derived_row(fn, sets, name, unit, CHAPTER, inputs=inputs, **labels))
+
+    for kernel in ("numpy", "numba_simd", "numba_scalar"):
+        row = pick_row(mlp, variant="s1", payload=kernel, tokens=slow_t, intermediate=i, ranks=2, metric="total")
+        out.append(exact_row(float(row["result_bytes"]), "s1_call_result_bytes", "B", CHAPTER,
+                             f"bytes of every result buffer of one S1 MLP call with the {kernel} kernel (counted)",
+                             payload=kernel, tokens=slow_t, intermediate=i, ranks=2))  # fmt: skip
+    add(lambda sc, sv: sc / sv, [m("tp1", "numba_scalar", slow_t, "compute", 1), m("tp1", "numba_simd", slow_t, "compute", 1)],
+        "simd_speedup", "x", "the same compiled MLP loops, strict IEEE (scalar) over fastmath (vectorised), one rank",
+        tokens=slow_t, intermediate=i, ranks=1)  # fmt: skip
+    for kernel, tokens in (("numpy", t), ("numba_simd", slow_t), ("numba_scalar", slow_t)):
+        add(lambda a, b: a / b, [m("s1", kernel, tokens), m("s2", kernel, tokens)], "s1_over_s2", "x",
+            "one MLP call at TP = 2, S1 (4 Allgathers) over S2 (the AVX2 version's layout)", payload=kernel,
+            tokens=tokens, intermediate=i, ranks=2)  # fmt: skip
+    add(lambda a, b: a / b, [m("s1", "numba_simd", slow_t), m("s1", "numba_scalar", slow_t)], "proposal1_over_plain", "x",
+        "one S1 MLP call at TP = 2 with the vectorised kernel over the plain (scalar) kernel", tokens=slow_t,
+        intermediate=i, ranks=2)  # fmt: skip
+    add(lambda s2, s3: s2 - s3, [m("s2", "numba_simd", slow_t), m("s3", "numba_simd", slow_t)], "gain_layout", "s",
+        "time saved per MLP call at TP = 2 by the communication change, S2 -> S3 (vectorised kernel)", tokens=slow_t,
+        intermediate=i, ranks=2)  # fmt: skip
+    add(lambda sc, sv: sc - sv, [m("s2", "numba_scalar", slow_t), m("s2", "numba_simd", slow_t)], "gain_kernel", "s",
+        "time saved per MLP call at TP = 2 by the compute change, scalar -> vectorised kernel (S2 layout)",
+        tokens=slow_t, intermediate=i, ranks=2)  # fmt: skip
+    d1 = sample_values(summary, samples, experiment="decoder_prefill", variant="sequence/s1", ranks=2, metric="total")
+    d2 = sample_values(summary, samples, experiment="decoder_prefill", variant="sequence/s2", ranks=2, metric="total")
+    add(lambda a, b: (a / b - 1) * 100, [d2, d1], "s2_decoder_slower", "%",
+        "decoder prefill at TP = 2, S2 MLP layout's time over S1's, minus 1 (the same numpy kernel in both)", ranks=2)
+    return out
