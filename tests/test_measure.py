@@ -111,3 +111,41 @@ def test_ci_overlap():
     a, b = summarize(np.linspace(1, 2, 20)), summarize(np.linspace(5, 6, 20))
     assert not measure.ci_overlap(a, b)
     assert measure.ci_overlap(a, a)
+
+
+def test_ci_level_is_the_coverage_the_interval_really_has():
+    from ipcbench.measure import ci_coverage, exact
+
+    assert summarize([1.0, 2, 3, 4, 5]).ci_level == pytest.approx(1 - 2 * 0.5**5)  # the range of 5: 93.75%
+    assert summarize([1.0, 2, 3, 4, 5]).ci_level < 0.95
+    assert summarize(np.arange(8.0)).ci_level >= 0.95
+    assert summarize([3.0]).ci_level == 0.0  # one value: no interval at all
+    assert ci_coverage(3) == pytest.approx(0.75)
+    assert all(ci_coverage(n) >= 0.95 for n in range(6, 200))
+    assert exact(7).ci_level == 1.0 and exact(7).ci_low == exact(7).ci_high == 7
+
+
+def test_a_spent_budget_never_stops_a_point_below_six_samples():
+    from ipcbench.measure import MIN_SAMPLES_95
+
+    rule = StoppingRule(rel_ci=0.0, min_samples=20, max_samples=1000, time_budget_s=0.0, warmup=0)
+    assert rule.decide([1.0] * (MIN_SAMPLES_95 - 1), 10.0) is None
+    assert rule.decide([1.0] * MIN_SAMPLES_95, 10.0) == "budget"
+
+
+def test_derived_quantity_has_a_bootstrap_interval_around_the_ratio_of_medians():
+    from ipcbench.measure import derived
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(2.0, 0.05, 40)
+    b = rng.normal(1.0, 0.02, 40)
+    st = derived(lambda x, y: x / y, a, b)
+    assert st.median == pytest.approx(np.median(a) / np.median(b))
+    assert st.ci_low < st.median < st.ci_high and st.ci_high - st.ci_low < 0.2
+    assert st.n == 40 and st.ci_level >= 0.95
+    paired = derived(lambda x, y: x / y, a, a * 0.5, paired=True)  # paired rounds: the ratio is exactly 2
+    assert paired.ci_low == pytest.approx(2.0) and paired.ci_high == pytest.approx(2.0)
+    few = derived(lambda x, y: x - y, a[:4], b)
+    assert few.n == 4 and few.ci_level < 0.95  # a bootstrap of 4 samples is no better than their range
+    with pytest.raises(ValueError, match="equal counts"):
+        derived(lambda x, y: x / y, a, b[:10], paired=True)

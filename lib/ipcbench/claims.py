@@ -211,7 +211,7 @@ def _fmt(x: float) -> str:
         return "∞" if x > 0 else "-∞"
     if x == 0:
         return "0"
-    if abs(x) >= 1e5 or abs(x) < 1e-3:
+    if abs(x) >= 1e9 or abs(x) < 1e-3:
         return f"{x:.3g}"
     return f"{x:.4g}" if abs(x) < 1000 else f"{x:,.0f}"
 
@@ -555,3 +555,38 @@ def markdown_table(df: pd.DataFrame) -> str:
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, sep, *body])
+
+
+# ------------------------------------------------------------------------ for the pages
+
+
+def chapter_table(chapter: str) -> pd.DataFrame:
+    """Return a chapter's ledger for its page: quote, verdict, measured value with its interval and n, claimed, evidence."""
+    led = ledger().query("chapter == @chapter")
+
+    def measured(r) -> str:
+        if pd.isna(r.get("measured")):
+            return ""
+        u = r.get("measured_unit") if isinstance(r.get("measured_unit"), str) else ""
+        lo, hi = r.get("ci_low"), r.get("ci_high")
+        ci = "" if pd.isna(lo) or lo == hi else f" [{_fmt(float(lo))}, {_fmt(float(hi))}]"
+        n = "" if pd.isna(r.get("n")) else f" (n = {int(r['n'])})"
+        return f"{_fmt(float(r['measured']))}{_u(u)}{ci}{n}"
+
+    return pd.DataFrame({
+        "id": led["id"], "quote": led["quote"], "verdict": led["verdict"],
+        "measured [95% CI]": [measured(r) for r in led.to_dict("records")],
+        "claimed": [("" if pd.isna(v) else f"{v}{_u(u) if isinstance(u, str) and u not in UNIT_WORDS else ''}")
+                    for v, u in zip(led["value"], led["unit"], strict=True)],
+        "evidence": led["evidence"],
+    }).set_index("id")  # fmt: skip
+
+
+def counts_text(chapter: str | None = None) -> str:
+    """Return e.g. 'Of 27 claims this build finds 4 confirmed, 12 refuted, 3 partly, 6 inconclusive and 2 not testable here.'"""
+    led = ledger()
+    if chapter is not None:
+        led = led.query("chapter == @chapter")
+    c = led["verdict"].value_counts()
+    parts = [f"{int(c.get(v, 0))} {v}" for v in (*VERDICTS, PENDING) if v != PENDING or c.get(v, 0)]
+    return f"Of {len(led)} claims this build finds " + ", ".join(parts[:-1]) + f" and {parts[-1]}."

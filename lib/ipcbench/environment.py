@@ -94,6 +94,36 @@ def git_commit() -> str:
         return "unknown"
 
 
+def blas_info() -> dict:
+    """Return the BLAS numpy calls (threadpoolctl): library, version, CPU architecture it selected, threads."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        for lib in threadpool_info():
+            if lib.get("user_api") == "blas":
+                return {"library": lib.get("internal_api", "unknown"), "version": lib.get("version"),
+                        "architecture": lib.get("architecture"), "threads": lib.get("num_threads")}  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - an environment record never fails the run
+        return {"library": f"unavailable ({exc.__class__.__name__})"}
+    return {"library": "none found"}
+
+
+def vector_bits(simd: dict) -> int:
+    """Return the widest SIMD register width (bits) the CPU offers numpy: 512 (AVX-512F), 256 (AVX2/AVX) or 128."""
+    have = set(simd.get("available", []))
+    return 512 if "AVX512F" in have else 256 if {"AVX2", "AVX"} & have else 128
+
+
+def machine_facts(record: dict) -> dict:
+    """Return the facts prose cites, from an environment record: cores, CPU, memory (GiB), BLAS, vector width, float32 lanes."""
+    bits = vector_bits(record.get("numpy_simd", {}))
+    blas = record.get("blas", {})
+    return {"cores": int(record.get("usable_cores", 0)), "cpu_model": record.get("cpu_model", "unknown"),
+            "memory_GiB": float(record.get("memory_bytes", 0)) / 2**30,
+            "blas": f"{blas.get('library', 'unknown')} {blas.get('version') or ''}".strip(),
+            "vector_bits": bits, "float32_lanes": bits // 32}  # fmt: skip
+
+
 def capture_environment(profile: str | None = None, timer: bool = True) -> dict:
     """Return the environment record: CPU, cores, SMT, memory, kernel, versions, profile, commit."""
     import numpy as np
@@ -115,6 +145,7 @@ def capture_environment(profile: str | None = None, timer: bool = True) -> dict:
         "python_implementation": platform.python_implementation(),
         "numpy": np.__version__,
         "numpy_simd": numpy_simd(),
+        "blas": blas_info(),
         "mpi4py": _version("mpi4py"),
         "mpi_library": mpi_library_version(),
         "mpich_wheel": _version("mpich"),

@@ -27,6 +27,10 @@ from scipy import stats as _sstats
 now_ns = time.perf_counter_ns
 """The one clock of the book: ``time.perf_counter_ns`` (integer nanoseconds)."""
 
+MIN_SAMPLES_95 = 6
+"""The fewest samples whose median interval covers 95% (with 5 the sample range covers 94%): a spent budget never
+stops a point below this."""
+
 UNSTABLE_CV = 0.10
 """Coefficient of variation at or above which a point is flagged unstable."""
 
@@ -233,7 +237,7 @@ class StoppingRule:
             med = statistics.median(samples)
             if med and (hi - lo) / 2 <= self.rel_ci * abs(med):
                 return "ci"
-        if elapsed_s >= self.time_budget_s and n >= min(self.min_samples, 5):
+        if elapsed_s >= self.time_budget_s and n >= min(self.min_samples, MIN_SAMPLES_95):
             return "budget"
         return None
 

@@ -189,3 +189,8 @@ def phase_breakdown(
         ax.set_title(title)
     ax.legend(ncols=min(len(phases), 4), loc="lower right" if horizontal else "upper left")
     return ax
+
+
+def wrap_table(df: pd.DataFrame):
+    """Return ``df`` styled for a page: text left-aligned and wrapped, so long quotes and evidence stay in the column."""
+    return df.style.set_properties(**{"text-align": "left", "white-space": "normal"})

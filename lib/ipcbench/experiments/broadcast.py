@@ -280,7 +280,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             pt = run_point(cluster, phase_point, size, rule, seed, ranks=2, timeout=600)[0]
             for metric, values in pt["samples"].items():
                 r, s = stats_rows(values, {**base, "experiment": "phases", "variant": metric, "size_bytes": pt["feature_bytes"],
-                                     "ranks": 2, "oversubscribed": False}, "time", "s", "", pickled_bytes=pt["pickled_bytes"])  # fmt: skip
+                                     "ranks": 2, "oversubscribed": False}, "time", "s", "", pickled_bytes=pt["pickled_bytes"],
+                                     nominal_bytes=size)  # fmt: skip
                 rows.append(r)
                 samples += s
 
@@ -534,7 +535,7 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, cap: pd.DataFrame
     out = []
 
     def phase(name, size):
-        return sample_values(summary, samples, experiment="phases", variant=name, size_bytes=size)
+        return sample_values(summary, samples, experiment="phases", variant=name, nominal_bytes=size)
 
     def lat(strategy, cls, tp=2):
         return sample_values(summary, samples, experiment="latency", variant=strategy, payload_class=cls, ranks=tp)

@@ -30,6 +30,7 @@ the slower rank).
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 
 import numpy as np
@@ -244,7 +245,8 @@ def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, promp
         dec.forward(prompt, last_only=True)
         return (now_ns() - t0) * 1e-9, cc.seconds()
 
-    rule = StoppingRule(rel_ci=0.05, min_samples=samples, max_samples=samples, time_budget_s=0, warmup=1)
+    # exactly ``samples`` samples (a budget of 0 s would stop at 5: StoppingRule's floor for budget stops)
+    rule = StoppingRule(rel_ci=0.05, min_samples=samples, max_samples=samples, time_budget_s=math.inf, warmup=1)
     pre = repeat_split(comm, prefill, rule)
     tok = [0]
 
@@ -261,7 +263,7 @@ def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, promp
     dec.reset()
     dec.forward(prompt, last_only=True)
     drule = StoppingRule(rel_ci=0.05, min_samples=samples * decode_steps, max_samples=samples * decode_steps,
-                         time_budget_s=0, warmup=2)  # fmt: skip
+                         time_budget_s=math.inf, warmup=2)  # fmt: skip
     dcd = repeat_split(comm, decode, drule)
     if comm.rank != 0:
         return None
