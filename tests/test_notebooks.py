@@ -1,5 +1,6 @@
 """Every chapter notebook executes in the quick profile and records what its page and ledger need."""
 
+import io
 import os
 from pathlib import Path
 
@@ -205,3 +206,78 @@ def test_chapter3_checks_every_strategy_measures_every_class_and_gives_every_see
     assert models["full_model_s"].gt(0).all() and len(models) == len(classes) * len(mm.STRATEGIES)
     proj = res.extra("projection")
     assert set(proj["ranks"]) == {2, 4, 8} and proj.query("ranks == 8")["measured_s"].isna().all()
+
+
+# ------------------------------------------------------------------ the ledger, from disk
+
+
+@pytest.mark.slow
+def test_every_rule_selects_rows_in_the_quick_build_and_the_cli_rejudges_the_same(session_results, tmp_path, monkeypatch):
+    """`ipcbench ledger` over a copy of the build's results gives the build's verdicts, and follows a changed value."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from ipcbench import claims, results
+
+    monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(session_results))
+    missing = [ch for ch in results.CHAPTERS if not (session_results / ch / "summary.csv").exists()]
+    if missing:
+        pytest.fail(f"the notebooks of {missing} did not run first in this session")
+    built = claims.ledger().set_index("id")
+    assert (built["verdict"] != claims.PENDING).all()
+    judged = claims.judge_all().set_index("id")  # raises if any rule's selector finds no row
+    assert judged["verdict"].to_dict() == built["verdict"].to_dict()
+
+    copy = tmp_path / "results"
+    shutil.copytree(session_results, copy)
+    cli = [sys.executable, "-m", "ipcbench.cli", "ledger", "--results", str(copy), "--format", "csv"]
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=300, check=True).stdout
+    led = pd.read_csv(io.StringIO(out)).set_index("id")
+    assert list(led.reset_index().columns) == claims.LEDGER_COLUMNS
+    assert led["verdict"].to_dict() == built["verdict"].to_dict()
+
+    # change the measured value behind a decided claim in the copy: its verdict follows
+    rule = claims.load_rules()[1]["bc-03"]
+    summary = pd.read_csv(copy / "broadcast" / "summary.csv")
+    sel = (summary["experiment"] == "phases") & (summary["variant"] == "from_dict") & (summary["nominal_bytes"] == 10_000_000)
+    assert sel.sum() == 1 and rule["select"]["nominal_bytes"] == 10_000_000
+    for c in ("median", "ci_low", "ci_high"):
+        summary.loc[sel, c] = 0.200  # 200 ms against the claimed ~10 ms
+    summary["ci_level"] = summary["ci_level"].where(~sel, 0.99)
+    summary.to_csv(copy / "broadcast" / "summary.csv", index=False)
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=300, check=True).stdout
+    changed = pd.read_csv(io.StringIO(out)).set_index("id")
+    assert changed.loc["bc-03", "verdict"] == claims.REFUTED
+    assert changed.loc["bc-03", "measured"] == pytest.approx(200.0)
+    assert (changed.drop(index="bc-03")["verdict"] == led.drop(index="bc-03")["verdict"]).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", ["machine_limits", "fair_serialization", "rpc_breakdown", "broadcast", "pipeline",
+                                     "tensor_parallel"])  # fmt: skip
+def test_headless_run_and_notebook_run_the_same_experiment(chapter, session_results, tmp_path):
+    """`ipcbench run <chapter>` and the notebook produce the same summary rows (experiment, variant, metric, ranks)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    if not (session_results / chapter / "summary.csv").exists():
+        pytest.fail(f"the {chapter} notebook did not run first in this session")
+    d = tmp_path / "results"
+    d.mkdir()
+    if chapter != "machine_limits":  # the later chapters read chapter 0's results of the same build
+        shutil.copytree(session_results / "machine_limits", d / "machine_limits")
+    env = {**os.environ, "IPCBENCH_RESULTS_DIR": str(d), "IPCBENCH_PROFILE": "quick"}
+    subprocess.run([sys.executable, "-m", "ipcbench.cli", "run", chapter, "--profile", "quick"], env=env, check=True,
+                   capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    def rows(root):
+        s = pd.read_csv(root / chapter / "summary.csv")
+        return set(zip(s["experiment"], s["variant"], s["metric"], s["ranks"].fillna(-1).astype(int), strict=True))
+
+    assert rows(d) == rows(session_results)

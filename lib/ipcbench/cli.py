@@ -27,6 +27,19 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_analyze(args) -> int:
+    from . import experiments, results
+
+    try:
+        n = experiments.reanalyze(args.chapter)
+    except results.ResultsError as exc:
+        print(f"ipcbench analyze: {exc}", file=sys.stderr)
+        return 2
+    print(f"ipcbench: {n} derived rows recomputed for {args.chapter} from its results on disk"
+          + ("" if args.chapter == "machine_limits" else "; its claims re-judged"))
+    return 0
+
+
 def _cmd_ledger(args) -> int:
     import os
 
@@ -168,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="connect to this running ipyparallel profile instead of starting engines (or IPCBENCH_CLUSTER_PROFILE)",
     )
     run.set_defaults(func=_cmd_run)
+    ana = sub.add_parser("analyze", help="recompute a chapter's derived rows and verdicts from its results on disk")
+    ana.add_argument("chapter", choices=sorted(experiments.CHAPTERS), help="chapter id")
+    ana.set_defaults(func=_cmd_analyze)
     led = sub.add_parser("ledger", help="judge every claim from the results on disk (nothing is re-run) and print the ledger")
     led.add_argument("--results", default=None, help="results tree (default: IPCBENCH_RESULTS_DIR or data/results)")
     led.add_argument("--rules", default=None, help="claim rules file (default: data/seeds/claim_rules.yaml)")

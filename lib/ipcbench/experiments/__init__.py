@@ -55,3 +55,21 @@ def drive(chapter: str, profile: str | None = None, engines_n: int | None = None
         print(f"ipcbench: chapter {chapter}, profile {profile}, {d['engines']} engines "
               f"({d['source']}, oversubscribed={d['oversubscribed']})", file=sys.stderr)  # fmt: skip
         return module.run(cluster, profile)
+
+
+def reanalyze(chapter: str) -> int:
+    """Recompute a chapter's derived rows from its results on disk, rewrite its summary and re-judge its claims.
+
+    The measurement is not repeated: this is the analysis half of a chapter (pure functions from its
+    tables), for when the analysis or the claim rules change. Returns the number of derived rows.
+    """
+    from .. import claims, results
+
+    res = results.read(chapter)
+    rows = get(chapter).reanalyze(res)
+    kept = res.summary[~res.summary["experiment"].isin(["derived", "capacity"])] if rows else res.summary
+    summary = results.frame(kept.to_dict("records") + rows) if rows else kept
+    results.write(chapter, summary, res.samples, res.meta)
+    if chapter != "machine_limits":
+        claims.record(chapter)
+    return len(rows)

@@ -159,3 +159,21 @@ def exact_row(value: float, name: str, unit: str, chapter: str, inputs: str = ""
     lab = {"chapter": chapter, "experiment": "derived", "variant": name, "metric": name, "unit": unit,
            "ranks": None, "oversubscribed": False, **labels}  # fmt: skip
     return results.summary_row(exact(value), **lab, inputs=inputs, stop_reason="exact")
+
+
+def compare(a, b) -> dict:
+    """Return how summary row ``a`` stands to row ``b`` for prose: the ratio of medians and the intervals' relation.
+
+    ``relation`` is 'below' or 'above' only where the 95% intervals do not overlap (and both cover 95%),
+    else 'no different from' ('not shown different from' when an interval covers less): prose built on it
+    claims a difference only where the data show one.
+    """
+    ratio = float(a["median"]) / float(b["median"]) if float(b["median"]) else float("nan")
+    enough = min(float(a.get("ci_level", 1.0)), float(b.get("ci_level", 1.0))) >= 0.95
+    if enough and float(a["ci_high"]) < float(b["ci_low"]):
+        rel = "below"
+    elif enough and float(a["ci_low"]) > float(b["ci_high"]):
+        rel = "above"
+    else:
+        rel = "no different from" if enough else "not shown different from"
+    return {"ratio": ratio, "relation": rel, "clear": rel in ("below", "above")}

@@ -583,3 +583,9 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, cap: pd.DataFrame
                 "x", "B's capacity under load x its no-load latency at TP = 2: 1 when requests run strictly one after "
                 "another (one load run, so no interval)", payload_class=r.payload_class, ranks=2)  # fmt: skip
     return out
+
+
+def reanalyze(res: results.Results) -> list[dict]:
+    """Return this chapter's derived rows recomputed from its results on disk."""
+    measured = res.summary[~res.summary["experiment"].isin(["derived", "capacity"])]
+    return derived_rows(measured, res.samples, res.extra("capacity"), res.meta["parameters"])

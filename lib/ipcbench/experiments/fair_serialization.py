@@ -573,3 +573,9 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
     out.append(exact_row(float(delivery["messages_sent"].iloc[0]), "pushpull_sent", "1", CHAPTER,
                          "messages the PUSH/PULL writer sent", readers=len(delivery)))  # fmt: skip
     return out
+
+
+def reanalyze(res: results.Results) -> list[dict]:
+    """Return this chapter's derived rows recomputed from its results on disk (and chapter 0's)."""
+    measured = res.summary[res.summary["experiment"] != "derived"]
+    return derived_rows(measured, res.samples, res.extra("pushpull_delivery"), results.read("machine_limits"))

@@ -29,6 +29,7 @@ included), pool phases (``startup``, ``generate``, ``serialize``, ``deserialize`
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,11 +46,20 @@ from ._common import stats_rows as _stats_rows
 
 CHAPTER = "pipeline"
 SOURCE_SIZES = (25_000, 50_000, 100_000)
-SEED_TABLE = {  # seed 003's results table: serial, pipeline, pool (s) and its speedups
-    25_000: {"serial_s": 0.69, "pipeline_s": 0.28, "pool_s": 2.06, "pipeline_speedup": 2.51},
-    50_000: {"serial_s": 0.70, "pipeline_s": 0.27, "pool_s": 2.02, "pipeline_speedup": 2.57},
-    100_000: {"serial_s": 0.71, "pipeline_s": 0.28, "pool_s": 2.05, "pipeline_speedup": 2.56},
-}
+SOURCE_ROWS = ("pl-03", "pl-04", "pl-05")
+"""The claims that quote the rows of seed 003's results table (its table is read from their quotes, never retyped)."""
+
+
+def source_table() -> pd.DataFrame:
+    """Return seed 003's results table read from the quotes of its rows in data/seeds/claims.csv (s and x)."""
+    seeds = claims.load_claims().set_index("id")
+    rows = []
+    for cid in SOURCE_ROWS:
+        cells = [c.strip() for c in seeds.loc[cid, "quote"].strip().strip("|").split("|")]
+        num = [float(re.sub(r"[^\d.\-]", "", c)) for c in cells]
+        rows.append({"records": int(num[0]), "serial (s)": num[1], "thread pipeline (s)": num[2],
+                     "process pool (s)": num[3], "thread pipeline speedup": num[4], "process pool change (%)": num[5]})  # fmt: skip
+    return pd.DataFrame(rows)
 PROCESSORS = ("serial", "thread_pipeline", "process_pool", "mpi_stages")
 LABELS = {"serial": "serial", "thread_pipeline": "thread pipeline", "process_pool": "process pool",
           "mpi_stages": "MPI stages (2 ranks)", "mpi_stages_5": "MPI stage per rank (5 ranks, oversubscribed)"}  # fmt: skip
@@ -515,3 +525,8 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame) -> list[dict]:
 
 def _fmt(xs) -> str:
     return ", ".join(f"{x:.2f}x" for x in xs)
+
+
+def reanalyze(res: results.Results) -> list[dict]:
+    """Return this chapter's derived rows recomputed from its results on disk."""
+    return derived_rows(res.summary[res.summary["experiment"] != "derived"], res.samples)

@@ -431,3 +431,9 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, calls: pd.DataFra
             out.append(exact_row(float(v), f"example_{which}", "1", CHAPTER, f"the source's example report: {chk.check}",
                                  payload=slug))  # fmt: skip
     return out
+
+
+def reanalyze(res: results.Results) -> list[dict]:
+    """Return this chapter's derived rows recomputed from its results on disk."""
+    measured = res.summary[res.summary["experiment"] != "derived"]
+    return derived_rows(measured, res.samples, res.extra("calls"), res.extra("example_checks"), int(res.meta["model"]["layers"]))

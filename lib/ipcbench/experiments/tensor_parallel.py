@@ -649,3 +649,8 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, calls: pd.DataFra
     add(lambda a, b: (a / b - 1) * 100, [d2, d1], "s2_decoder_slower", "%",
         "decoder prefill at TP = 2, S2 MLP layout's time over S1's, minus 1 (the same numpy kernel in both)", ranks=2)
     return out
+
+
+def reanalyze(res: results.Results) -> list[dict]:
+    """Return this chapter's derived rows recomputed from its results on disk."""
+    return derived_rows(res.summary[res.summary["experiment"] != "derived"], res.samples, res.extra("calls"))
