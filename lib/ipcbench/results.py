@@ -178,7 +178,7 @@ def read(chapter: str) -> Results:
         raise ResultsError(
             f"no results for {chapter!r} under {d}; run `ipcbench run {chapter}` or its notebook first"
         )
-    summary = pd.read_csv(d / "summary.csv", dtype={"unit": str})
+    summary = pd.read_csv(d / "summary.csv", dtype={"unit": str, "ranks": "Int64"})
     validate_summary(summary)
     samples = pd.read_csv(d / "samples.csv") if (d / "samples.csv").exists() else None
     meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
@@ -231,4 +231,6 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     """Return summary rows as a DataFrame with the schema's columns first."""
     df = pd.DataFrame(rows)
     extra = [c for c in df.columns if c not in SUMMARY_COLUMNS]
-    return df[SUMMARY_COLUMNS + extra]
+    df = df[SUMMARY_COLUMNS + extra]
+    df["ranks"] = df["ranks"].astype("Int64")  # whole numbers, empty for derived rows that span several
+    return df
