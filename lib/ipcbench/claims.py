@@ -41,7 +41,6 @@ KINDS = ("value", "ratio", "share", "bound", "same", "order", "identity", "not_t
 at most the claimed value); "the same" (a measured ratio within the tolerance of 1); an ordering of two
 measured rows (by their intervals); an identity on the source's own numbers (checked at the rounding of
 its printed figures); not testable here (with the reason). A rule's cases may each have their own kind."""
-NUMERIC_KINDS = ("value", "ratio", "share", "bound", "same", "identity")
 UNIT_WORDS = {"ranking", "qualitative", "design", "model", "condition", "expected effect", "count", ""}
 """claims.csv units that name a kind of claim, not a unit to print beside a number."""
 LEDGER_COLUMNS = ["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_high", "n", "ci_level", "claimed",
@@ -411,9 +410,12 @@ def _claimed_of(claim, case: dict, res: Results, chapter: str, scale: float) -> 
 
 
 def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, policy: Policy | None = None) -> Judgement:
-    """Return the verdict of one claim (a claims.csv row) under ``rule``, from the results on disk (or ``res``)."""
+    """Return the verdict of one claim (a claims.csv row) under ``rule``, from the results on disk (or ``res``).
+
+    ``policy`` defaults to the rules file's tolerance policy.
+    """
     res = res or Results()
-    policy = policy or Policy()
+    policy = policy or load_rules()[0]
     cid, chapter = claim["id"], claim["chapter"]
     check_rule(cid, rule)
     kind = rule["kind"]

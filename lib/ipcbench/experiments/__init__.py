@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+from ._common import EnginesError, compare, pick_row  # noqa: F401 - for the notebooks: prose built on comparisons
+
 # chapter id -> module; only chapters that exist are listed
 CHAPTERS = {
     "machine_limits": "ipcbench.experiments.machine_limits",

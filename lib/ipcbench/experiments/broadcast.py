@@ -45,7 +45,6 @@ CHAPTER = "broadcast"
 MB = 1e6
 CLASS_LABELS = {"small_image": "small image", "large_image": "large image", "video": "video"}
 SOURCE_SIZE = 10 * MB  # the source's table assumes 10 MB of data
-SOURCE_PHASES_MS = {"from_dict": 10.0, "pickle": 20.0, "bcast": 5.0, "unpickle": 15.0}
 SPIN_S = 0.002
 """A load run's root (and A0's ranks) sleep until an arrival is this close, then spin."""
 SATURATION_FACTOR = 5
