@@ -44,7 +44,7 @@ def drive(chapter: str, profile: str | None = None, engines_n: int | None = None
 
     from .. import profiles
     from ..cluster import Cluster
-    from ._common import EnginesError, require_engines
+    from ._common import require_engines
 
     module = get(chapter)
     profile = profiles.profile_name(profile)
