@@ -56,7 +56,23 @@ def test_run_in_rank_order_and_teardown():
     assert _strays() == []
 
 
-def test_failure_inside_engines_leaves_nothing_behind():
+def _mpich_segments() -> set[str]:
+    import glob
+
+    from ipcbench.cluster import MPICH_SHM_GLOB
+
+    return set(glob.glob(MPICH_SHM_GLOB))
+
+
+@pytest.fixture
+def no_leaked_mpich_segments():
+    """The test may kill ranks on purpose: whatever killed them also removes their MPICH segments from /dev/shm."""
+    before = _mpich_segments()
+    yield
+    assert _mpich_segments() - before == set(), "killed ranks left MPICH shared-memory segments in /dev/shm"
+
+
+def test_failure_inside_engines_leaves_nothing_behind(no_leaked_mpich_segments):
     with pytest.raises(RankError) as info:
         with Cluster() as c:
             first_pids = c.pids()
@@ -75,7 +91,7 @@ def test_failure_inside_engines_leaves_nothing_behind():
     assert _strays() == []
 
 
-def test_keyboard_interrupt_tears_down():
+def test_keyboard_interrupt_tears_down(no_leaked_mpich_segments):
     with pytest.raises(KeyboardInterrupt):
         with Cluster() as c:
             pids = c.pids()

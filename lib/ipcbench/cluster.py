@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["Cluster", "ClusterError", "RankError", "OversubscribedWarning", "usable_cores"]
+__all__ = ["Cluster", "ClusterError", "RankError", "OversubscribedWarning", "usable_cores", "reap_mpich_segments"]
 
 ENV_PROFILE = "IPCBENCH_CLUSTER_PROFILE"
 
@@ -55,6 +55,54 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+MPICH_SHM_GLOB = "/dev/shm/mpich_shm_*"
+"""The segments MPICH's shared-memory transport creates at MPI_Init (one per node and job)."""
+
+
+def _mapped_paths() -> set[str]:
+    """Return every file some live process of this machine has mapped (from /proc/*/maps)."""
+    out: set[str] = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/maps", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    i = line.find("/dev/shm/")
+                    if i >= 0:
+                        out.add(line[i:].strip().removesuffix(" (deleted)"))
+        except OSError:  # the process ended, or is not ours to read
+            continue
+    return out
+
+
+def reap_mpich_segments(min_age_s: float = 5.0) -> list[str]:
+    """Remove MPICH shared-memory segments that no live process maps any more; return their paths.
+
+    MPICH removes its segment at MPI_Finalize; a job that is aborted or whose ranks are killed (a rank
+    stuck in a collective, a test that kills one on purpose) leaves it behind in /dev/shm. A segment
+    still mapped by any process belongs to a live job and is kept, and so is one younger than
+    ``min_age_s`` (its job may be between creating and mapping it).
+    """
+    import glob
+    import time
+
+    candidates = [p for p in glob.glob(MPICH_SHM_GLOB) if time.time() - os.path.getmtime(p) >= min_age_s]
+    if not candidates:
+        return []
+    mapped = _mapped_paths()
+    removed = []
+    for p in candidates:
+        if p in mapped:
+            continue
+        try:
+            os.unlink(p)
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def _rank_and_pid() -> tuple[int, int, int, str]:
@@ -247,6 +295,8 @@ class Cluster:
             except Exception:  # noqa: BLE001
                 pass
         self._reap(self._owned_pids)
+        if self._owned_pids:  # killed ranks leave MPICH's segment behind; a clean exit removes it itself
+            reap_mpich_segments(min_age_s=2.0)
         self._owned_pids = set()
         self.ranks = []
 

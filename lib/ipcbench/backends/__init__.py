@@ -55,7 +55,9 @@ def reap_stale() -> list[str]:
 
     import psutil
 
-    removed = []
+    from ..cluster import reap_mpich_segments
+
+    removed = reap_mpich_segments()
     for kind, paths in leftovers().items():
         for path in paths:
             m = re.search(r"(?:ipcbench_(?:rpc_)?|ipcbench-zmq-|ipcbench-lmdb-)(\d+)[-_]", os.path.basename(path))
