@@ -92,3 +92,15 @@ def test_failed_run_leaves_no_segment_socket_or_directory():
             run_point(cluster, open_all_then_fail_on_reader)
         assert cluster.run(lambda comm: comm.size) == [2, 2]  # the engines were restarted
     # the autouse fixture checks that no shm segment, ipc socket dir or LMDB dir of the run remains
+
+
+def test_shared_memory_ring_refuses_cpus_without_total_store_order(monkeypatch):
+    from ipcbench.backends import shm
+
+    shm.require_total_store_order("x86_64")  # this machine's kind: fine
+    with pytest.raises(shm.UnsupportedPlatform, match="total store order.*'aarch64'"):
+        shm.require_total_store_order("aarch64")
+    monkeypatch.setattr(shm.platform, "machine", lambda: "ppc64le")
+    with pytest.raises(shm.UnsupportedPlatform, match="zmq, lmdb or mpi"):
+        backends.open_channel("shm", SoloComm(readers=1), slot_bytes=4096, slots=2)
+    assert not backends.leftovers()["shm"]  # refused before creating anything

@@ -9,21 +9,24 @@ spins a bounded number of times, then yields and sleeps (``base.wait_until``).
 
 Readers get views into the slot (zero-copy): the frames are valid until the reader's
 next ``recv()`` or ``release()``. Payloads larger than a slot raise PayloadTooLarge
-before anything is written. Ordering relies on x86-64's total store order (data
-stored before the counter is visible before it); other architectures would need a
-fence. The writer unlinks the segment at close; readers only detach (and are
+before anything is written. Ordering relies on x86's total store order (data stored
+before the counter is visible before it); on any other CPU the channel refuses to open
+(:class:`UnsupportedPlatform`) rather than risk a reader seeing the counter before the
+data. The writer unlinks the segment at close; readers only detach (and are
 unregistered from the resource tracker, so no leak warnings).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import secrets
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
 
 from .base import (
+    BackendError,
     Channel,
     PayloadTooLarge,
     PeerTimeout,
@@ -34,6 +37,24 @@ from .base import (
 )
 
 PREFIX = "ipcbench_"
+TOTAL_STORE_ORDER = {"x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"}
+"""CPUs whose stores become visible to other cores in program order (the ring's only synchronisation)."""
+
+
+class UnsupportedPlatform(BackendError):
+    """The shared-memory ring cannot guarantee ordering on this CPU."""
+
+
+def require_total_store_order(machine: str | None = None) -> None:
+    """Raise UnsupportedPlatform unless this CPU keeps stores in program order (x86), which the ring relies on."""
+    machine = machine or platform.machine()
+    if machine.lower() not in TOTAL_STORE_ORDER:
+        raise UnsupportedPlatform(
+            f"the shared-memory ring publishes a message by storing its data, then its sequence counter, and relies "
+            f"on x86's total store order for a reader to see them in that order; this CPU is {machine!r}, whose "
+            "stores may become visible out of order. Use the zmq, lmdb or mpi backends on this machine (or give "
+            "ShmChannel release/acquire fences around its counters)."
+        )
 
 
 class ShmChannel(Channel):
@@ -42,6 +63,7 @@ class ShmChannel(Channel):
     name = "shm"
 
     def __init__(self, comm, slot_bytes: int = 1 << 20, slots: int = 4, timeout_s: float = 10.0, readers=None):
+        require_total_store_order()  # every rank runs on the same CPU kind, so every rank raises alike
         super().__init__(comm.rank == 0, comm.size - 1)
         self.timeout_s = timeout_s
         name = None
