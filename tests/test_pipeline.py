@@ -161,3 +161,19 @@ def test_pool_phases_and_peak_memory_are_measured(tmp_path):
     mem = pl.measure_peak_memory("process_pool", pl.Workload(kind="numpy"), N, BS, tmp_path / "m")
     assert mem["peak"] >= mem["baseline"] > 0 and mem["checksum"] == r.checksum
     assert not (tmp_path / "m").exists()
+
+
+def test_an_mpi_stage_never_waits_for_ever_for_a_dead_peer():
+    """A rank that died outside a stage sends no END: the next rank's probe gives up with a clear error."""
+    from ipcbench.pipeline import MpiStagePipeline, PeerTimeout
+
+    class SilentComm:  # rank 1 of 2 whose rank 0 never sends anything
+        rank, size = 1, 2
+
+        def Iprobe(self, source, tag):  # noqa: N802 - mpi4py's name
+            return False
+
+    stage = MpiStagePipeline(SilentComm(), groups=[["generate", "preprocess"], ["transform", "metrics", "save"]],
+                             peer_timeout_s=0.05)  # fmt: skip
+    with pytest.raises(PeerTimeout, match=r"rank 1 waited 0.05 s for a message from rank 0 \(stages \['generate'"):
+        stage._probe(0, 1)

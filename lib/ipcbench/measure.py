@@ -286,6 +286,11 @@ def time_call(fn: Callable[[], object], inner: int = 1) -> float:
 # ------------------------------------------------------------------ multi-rank rules
 
 
+class CollectiveAborted(RuntimeError):
+    """Another rank failed inside a collective timing loop; this rank stops too instead of waiting for ever."""
+
+
+
 def _collective_rounds(comm, sample: Callable[[], Sequence[float]], rule: StoppingRule, op: str,
                        warmup: int | None = None) -> tuple[list[list[float]], list[np.ndarray], str]:  # fmt: skip
     """The one collective timing loop: Barrier, ``sample()`` -> vector on every rank, element-wise ``op`` over ranks.
@@ -298,9 +303,24 @@ def _collective_rounds(comm, sample: Callable[[], Sequence[float]], rule: Stoppi
     from mpi4py import MPI  # imported here: the client process never needs MPI
 
     mpi_op = {"max": MPI.MAX, "min": MPI.MIN, "sum": MPI.SUM}[op]
+
+    def guarded():
+        """Run ``sample()``; on an exception every rank learns of it in the same collective and raises."""
+        try:
+            return np.asarray(sample(), dtype=np.float64).reshape(-1), None
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            return None, exc
+
+    def agree(exc) -> None:
+        failed = comm.allreduce(1 if exc is not None else 0, op=MPI.MAX)
+        if failed:
+            if exc is not None:
+                raise exc
+            raise CollectiveAborted(f"another rank failed while rank {comm.rank} was timing a collective step")
+
     for _ in range(rule.warmup if warmup is None else warmup):
         comm.Barrier()
-        sample()
+        agree(guarded()[1])
     mine: list[list[float]] = []
     cross: list[np.ndarray] = []
     firsts: list[float] = []
@@ -308,7 +328,8 @@ def _collective_rounds(comm, sample: Callable[[], Sequence[float]], rule: Stoppi
     reason = None
     while reason is None:
         comm.Barrier()
-        v = np.asarray(sample(), dtype=np.float64).reshape(-1)
+        v, exc = guarded()
+        agree(exc)  # before the Allreduce: a rank that failed never leaves the others waiting in it
         out = np.empty_like(v)
         comm.Allreduce(v, out, op=mpi_op)
         mine.append(v.tolist())

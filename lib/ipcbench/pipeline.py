@@ -69,6 +69,13 @@ class PipelineError(RuntimeError):
         return (PipelineError, (str(self), self.stage, self.batch, self.processor))
 
 
+class PeerTimeout(PipelineError):
+    """An MPI stage waited longer than its peer timeout for the previous stage's rank."""
+
+    def __init__(self, message: str):
+        super().__init__(message, None, None, "mpi_stages")
+
+
 class RecordValidationError(PipelineError):
     """A record failed validation in ``preprocess``; ``record`` is its id."""
 
@@ -738,8 +745,10 @@ class MpiStagePipeline:
 
     name = "mpi_stages"
 
-    def __init__(self, comm, groups: list[list[str]] | None = None, queue_size: int = 5, poll_s: float = 200e-6):
+    def __init__(self, comm, groups: list[list[str]] | None = None, queue_size: int = 5, poll_s: float = 200e-6,
+                 peer_timeout_s: float = 600.0):  # fmt: skip
         self.comm = comm
+        self.peer_timeout_s = peer_timeout_s
         if groups is None:
             groups = [[s] for s in STAGES] if comm.size == len(STAGES) else balanced_groups({}, comm.size)
         flat = [s for g in groups for s in g]
@@ -753,7 +762,11 @@ class MpiStagePipeline:
 
     # -- messaging
     def _probe(self, source: int, tag: int) -> None:
+        deadline = time.monotonic() + self.peer_timeout_s
         while not self.comm.Iprobe(source=source, tag=tag):
+            if time.monotonic() > deadline:  # a rank that died outside a stage never sends END: do not wait for ever
+                raise PeerTimeout(f"rank {self.comm.rank} waited {self.peer_timeout_s:g} s for a message from rank "
+                                  f"{source} (stages {self.groups[source]}): it died or is stuck")  # fmt: skip
             time.sleep(self.poll_s)
 
     def _send(self, b: Batch, inflight: list) -> None:

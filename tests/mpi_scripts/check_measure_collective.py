@@ -59,3 +59,27 @@ inner = calibrate_inner_collective(comm, comm.Barrier, min_sample_s=200e-6)
 assert comm.allgather(inner) == [inner] * comm.size and inner >= 1
 if comm.rank == 0:
     print("calibrate_inner_collective OK")
+
+# a step that raises on one rank ends the loop on every rank (no rank is left waiting in a collective)
+from ipcbench.measure import CollectiveAborted  # noqa: E402
+
+calls = [0]
+
+
+def failing_step():
+    calls[0] += 1
+    if comm.rank == comm.size - 1 and calls[0] == 4:
+        raise ZeroDivisionError("deliberate failure in a timed step")
+    return 1e-6
+
+
+try:
+    repeat_collective(comm, failing_step, rule)
+    raise AssertionError("repeat_collective returned although a rank failed")
+except ZeroDivisionError:
+    assert comm.rank == comm.size - 1
+except CollectiveAborted:
+    assert comm.rank != comm.size - 1
+comm.Barrier()  # every rank got here: none is stuck
+if comm.rank == 0:
+    print("collective failure OK")

@@ -327,7 +327,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                               **{f"cpu_rank{k}": u for k, u in enumerate(pt["cpu_util"])}})  # fmt: skip
     finally:
         try:  # best effort: after a failure the engines may have been restarted already
-            cluster.run(drop_pools)
+            cluster.run(drop_pools, timeout=60)
         except Exception:  # noqa: BLE001 - never mask the run's own error
             pass
 

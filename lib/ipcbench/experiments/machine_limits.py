@@ -29,7 +29,7 @@ import pandas as pd
 
 from .. import measure, profiles, results
 from ..measure import StoppingRule, now_ns, summarize
-from ._common import progress, require_engines, run_meta
+from ._common import progress, require_engines, run_meta, run_point
 
 CHAPTER = "machine_limits"
 KiB, MiB = 2**10, 2**20
@@ -194,6 +194,13 @@ def _mpi_transport(comm, path: str, size: int, send_buffer: str = "written"):
     return payload, ping, pong, (lambda: None)
 
 
+ZMQ_TIMEOUT_MS = 30_000
+"""A ZeroMQ ping-pong waits at most this long for its peer before raising (a dead peer never hangs chapter 0)."""
+
+POINT_TIMEOUT_S = 600
+"""The longest one measured point of chapter 0 may take on the engines before the run is stopped."""
+
+
 def _zmq_transport(comm, path: str, size: int, send_buffer: str = "written"):
     """Return (payload, ping, pong, close) for a ZeroMQ REQ/REP pair between ranks 0 and 1."""
     import zmq
@@ -210,6 +217,8 @@ def _zmq_transport(comm, path: str, size: int, send_buffer: str = "written"):
     if comm.rank == 1:
         sock = ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, ZMQ_TIMEOUT_MS)  # a dead peer raises zmq.Again instead of hanging the run
+        sock.setsockopt(zmq.SNDTIMEO, ZMQ_TIMEOUT_MS)
         if path == "zmq_ipc":
             tmpdir = tempfile.mkdtemp(prefix=f"ipcbench-zmq-{os.getpid()}-")
             endpoint = f"ipc://{tmpdir}/pingpong.ipc"
@@ -221,6 +230,8 @@ def _zmq_transport(comm, path: str, size: int, send_buffer: str = "written"):
     if comm.rank == 0:
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, ZMQ_TIMEOUT_MS)
+        sock.setsockopt(zmq.SNDTIMEO, ZMQ_TIMEOUT_MS)
         sock.connect(endpoint)
 
     def ping():
@@ -535,7 +546,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
 
     for size in progress(params["memcpy_sizes"], "memcpy"):
         allocs = params["allocations"] if size >= LARGE_MESSAGE else 1
-        point = cluster.run(memcpy_point, size, rule, allocs)[0]
+        point = run_point(cluster, memcpy_point, size, rule, allocs, timeout=POINT_TIMEOUT_S)[0]
         r, s = _point_rows(point, {**base, "experiment": "memcpy", "variant": "numpy copyto", "ranks": 1}, size, "memcpy")
         _mark_allocations(r, point, allocs, size)
         rows += r
@@ -544,7 +555,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     points = [(p, s) for p in PATHS for s in params["message_sizes"]]
     for path, size in progress(points, "ping-pong"):
         allocs = params["allocations"] if size >= LARGE_MESSAGE else 1
-        point = cluster.run(pingpong_point, path, size, rule, allocs)[0]
+        point = run_point(cluster, pingpong_point, path, size, rule, allocs, timeout=POINT_TIMEOUT_S)[0]
         r, s = _point_rows(point, {**base, "experiment": "pingpong", "variant": path, "ranks": 2}, size, "pingpong")
         _mark_allocations(r, point, allocs, size)
         rows += r
@@ -560,7 +571,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     runs = []
     rounds = [(CROSSCHECK_LATENCY_SIZE, k_lat, r) for r in range(k_lat)] + [(CROSSCHECK_BANDWIDTH_SIZE, k, r) for r in range(k)]
     for size, n, rep in progress(rounds, "cross-check (book, mpi4py.bench)"):
-        parts[size].append(cluster.run(pingpong_point, "mpi_buffer", size, _split_rule(rule, n), 1, "as_bench")[0])
+        parts[size].append(run_point(cluster, pingpong_point, "mpi_buffer", size, _split_rule(rule, n), 1, "as_bench",
+                                     timeout=POINT_TIMEOUT_S)[0])  # fmt: skip
         if size == CROSSCHECK_LATENCY_SIZE:
             runs.append(run_bench("buffer", size, params["bench_loop"], min_size=size).assign(run=f"latency-{rep}"))
         else:

@@ -264,7 +264,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             served.append(out["server"])
     finally:
         try:  # best effort: after a failure the engines may have been restarted already
-            cluster.run(release, ranks=2)
+            cluster.run(release, ranks=2, timeout=60)
         except Exception:  # noqa: BLE001 - never mask the run's own error
             pass
     steps_df, calls_df, checks_df = pd.DataFrame(steps), pd.DataFrame(calls), pd.DataFrame(checks)
