@@ -149,3 +149,18 @@ def test_derived_quantity_has_a_bootstrap_interval_around_the_ratio_of_medians()
     assert few.n == 4 and few.ci_level < 0.95  # a bootstrap of 4 samples is no better than their range
     with pytest.raises(ValueError, match="equal counts"):
         derived(lambda x, y: x / y, a, b[:10], paired=True)
+
+
+def test_the_harness_pauses_the_cyclic_collector_while_it_times():
+    import gc
+
+    from ipcbench.measure import gc_paused, repeat
+
+    seen = []
+    rule = StoppingRule(rel_ci=0.5, min_samples=6, max_samples=6, time_budget_s=10, warmup=1)
+    repeat(lambda: seen.append(gc.isenabled()) or 1.0, rule)
+    assert seen and not any(seen) and gc.isenabled()  # paused inside, restored after
+    with pytest.raises(ZeroDivisionError), gc_paused():
+        assert not gc.isenabled()
+        1 / 0  # noqa: B018
+    assert gc.isenabled()  # restored after an exception too

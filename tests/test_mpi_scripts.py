@@ -51,3 +51,27 @@ def test_a_script_that_fails_on_one_rank_ends_the_job_at_once():
         reap_mpich_segments(min_age_s=0.0)
         time.sleep(0.2)
     assert set(glob.glob(MPICH_SHM_GLOB)) - before == set()
+
+
+def test_a_corrupted_timed_message_is_caught():
+    """A timed message whose content changed but whose size and sequence number did not fails the run."""
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    script = REPO / "tests" / "mpi_faults" / "corrupt_timed_message.py"
+    out = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode != 0 and "unreachable" not in out.stdout
+    assert "decoded different content in message 3" in out.stderr, out.stderr[-2000:]
+    from ipcbench.cluster import reap_mpich_segments
+
+    deadline = time.monotonic() + 15
+    while reap_mpich_segments(min_age_s=0.0) or time.monotonic() < deadline and _any_unmapped_mpich():
+        time.sleep(0.2)
+
+
+def _any_unmapped_mpich() -> bool:
+    import glob
+
+    from ipcbench.cluster import MPICH_SHM_GLOB, _mapped_paths
+
+    mapped = _mapped_paths()
+    return any(p not in mapped for p in glob.glob(MPICH_SHM_GLOB))

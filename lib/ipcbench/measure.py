@@ -15,6 +15,8 @@ by the same rules (DESIGN.md, "Measurement rules"):
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import statistics
 import time
@@ -27,6 +29,11 @@ from scipy import stats as _sstats
 now_ns = time.perf_counter_ns
 """The one clock of the book: ``time.perf_counter_ns`` (integer nanoseconds)."""
 
+
+def now_s() -> float:
+    """Return the book's one clock (:data:`now_ns`) in seconds, for code that keeps float seconds."""
+    return now_ns() * 1e-9
+
 MIN_SAMPLES_95 = 6
 """The fewest samples whose median interval covers 95% (with 5 the sample range covers 94%): a spent budget never
 stops a point below this."""
@@ -36,6 +43,24 @@ UNSTABLE_CV = 0.10
 
 
 # --------------------------------------------------------------------------- timer
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Collect, then pause Python's cyclic garbage collector while timing (reference counting still frees memory).
+
+    Every chapter times with the collector paused, so a collection triggered by one variant's garbage is never
+    charged to the next; the previous state is restored on exit, also after an exception.
+    """
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
 
 
 @dataclass(frozen=True)
@@ -253,16 +278,20 @@ class Point:
 
 
 def repeat(sample: Callable[[], float], rule: StoppingRule) -> Point:
-    """Warm up, then call ``sample()`` (which returns one measured value) until ``rule`` stops; return the point."""
-    for _ in range(rule.warmup):
-        sample()
-    values: list[float] = []
-    t0 = now_ns()
-    while True:
-        values.append(float(sample()))
-        reason = rule.decide(values, (now_ns() - t0) * 1e-9)
-        if reason:
-            return Point(values, summarize(values, reason))
+    """Warm up, then call ``sample()`` (which returns one measured value) until ``rule`` stops; return the point.
+
+    The cyclic garbage collector is paused meanwhile (:func:`gc_paused`), as in every timed loop of the book.
+    """
+    with gc_paused():
+        for _ in range(rule.warmup):
+            sample()
+        values: list[float] = []
+        t0 = now_ns()
+        while True:
+            values.append(float(sample()))
+            reason = rule.decide(values, (now_ns() - t0) * 1e-9)
+            if reason:
+                return Point(values, summarize(values, reason))
 
 
 def calibrate_inner(run_once: Callable[[], None], min_sample_s: float = 100e-6, cap: int = 10_000) -> int:
@@ -350,7 +379,8 @@ def repeat_collective(comm, sample: Callable[[], float], rule: StoppingRule, red
     same number of iterations and none is left waiting. The per-rank samples are
     kept in ``point.extra['per_rank']`` (on rank 0).
     """
-    mine, cross, reason = _collective_rounds(comm, lambda: [float(sample())], rule, reduce)
+    with gc_paused():
+        mine, cross, reason = _collective_rounds(comm, lambda: [float(sample())], rule, reduce)
     values = [float(c[0]) for c in cross]
     per_rank = comm.gather([m[0] for m in mine], root=0)
     point = Point(values, summarize(values, reason))
@@ -375,7 +405,8 @@ def repeat_split(comm, step: Callable[[], tuple[float, float]], rule: StoppingRu
         wall, inside = step()
         return [wall, wall - inside, -inside]  # max over ranks of each; the last gives -min(inside)
 
-    _, cross, reason = _collective_rounds(comm, vec, rule, "max", warmup)
+    with gc_paused():
+        _, cross, reason = _collective_rounds(comm, vec, rule, "max", warmup)
     if comm.rank != 0:
         return None
     total = [float(c[0]) for c in cross]

@@ -20,7 +20,6 @@ only, measured after the writer has already queued everything it can.
 
 from __future__ import annotations
 
-import gc
 import struct
 
 import numpy as np
@@ -29,7 +28,7 @@ import pandas as pd
 from .. import backends, claims, profiles, results
 from .. import serialization as ser
 from ..backends.base import framed_size
-from ..measure import now_ns, summarize
+from ..measure import gc_paused, now_ns, summarize
 from ._common import progress, require_engines, run_meta, run_point
 
 CHAPTER = "fair_serialization"
@@ -86,8 +85,8 @@ def channel_options(backend: str, frame_bytes: int, messages: int) -> dict:
 def transfer_point(comm, backend: str, codec: str, kind: str, size: int, messages: int, warmup: int) -> dict | None:
     """Send ``warmup + messages`` paced messages from rank 0 to every other rank; return phase times on rank 0.
 
-    Every warm-up message is checked in full (content equal to what was sent) and
-    every timed message by sequence number and size, before the numbers are used.
+    Every message, warm-up and timed, is checked by sequence number and size, and its decoded content
+    against what was sent (after its times are taken, so the check costs no measured time).
     """
     c = ser.get(codec)
     obj = make_payload(kind, size)
@@ -97,41 +96,40 @@ def transfer_point(comm, backend: str, codec: str, kind: str, size: int, message
     del frames0
     chan = backends.open_channel(backend, comm, **opts)
     rows = []
-    gc.collect()
-    gc.disable()  # a collection triggered by one message's garbage is not charged to the next one
-    try:
-        if chan.is_writer and hasattr(chan, "wait_for_readers"):
-            chan.wait_for_readers()
-        for k in range(warmup + messages):
+    with gc_paused():  # no collection triggered by one message's garbage is charged to another
+        try:
+            if chan.is_writer and hasattr(chan, "wait_for_readers"):
+                chan.wait_for_readers()
+            for k in range(warmup + messages):
+                comm.Barrier()
+                if chan.is_writer:
+                    t0 = now_ns()
+                    frames = c.encode(obj)
+                    t1 = now_ns()
+                    chan.send([SEQ.pack(k), *frames])
+                    t2 = now_ns()
+                    del frames
+                    rows.append((k, t0, t1, t2))
+                else:
+                    r0 = now_ns()
+                    frames = chan.recv()
+                    r1 = now_ns()
+                    out = c.decode(frames[1:])
+                    r2 = now_ns()
+                    seq = SEQ.unpack(bytes(frames[0]))[0]
+                    got = ser.frames_nbytes(frames[1:])
+                    if seq != k or got != nbytes:
+                        raise AssertionError(f"{backend}/{codec}: reader {comm.rank} got message {seq} ({got} B), "
+                                             f"expected {k} ({nbytes} B)")  # fmt: skip
+                    if not same(obj, out):  # every message, after its times are taken (outside the timed region)
+                        raise AssertionError(f"{backend}/{codec}: reader {comm.rank} decoded different content in "
+                                             f"message {k}")  # fmt: skip
+                    del out, frames
+                    chan.release()
+                    rows.append((k, r0, r1, r2))
             comm.Barrier()
-            if chan.is_writer:
-                t0 = now_ns()
-                frames = c.encode(obj)
-                t1 = now_ns()
-                chan.send([SEQ.pack(k), *frames])
-                t2 = now_ns()
-                del frames
-                rows.append((k, t0, t1, t2))
-            else:
-                r0 = now_ns()
-                frames = chan.recv()
-                r1 = now_ns()
-                out = c.decode(frames[1:])
-                r2 = now_ns()
-                seq = SEQ.unpack(bytes(frames[0]))[0]
-                got = ser.frames_nbytes(frames[1:])
-                if seq != k or got != nbytes:
-                    raise AssertionError(f"{backend}/{codec}: reader {comm.rank} got message {seq} ({got} B), "
-                                         f"expected {k} ({nbytes} B)")  # fmt: skip
-                if k < warmup and not same(obj, out):
-                    raise AssertionError(f"{backend}/{codec}: reader {comm.rank} decoded different content")
-                del out, frames
-                chan.release()
-                rows.append((k, r0, r1, r2))
-        comm.Barrier()
-    finally:
-        gc.enable()
-        chan.close()
+        finally:
+            chan.close()
     gathered = comm.gather(rows, root=0)
     if comm.rank != 0:
         return None
@@ -168,31 +166,32 @@ def read_time_point(comm, backend: str, codec: str, size: int, messages: int) ->
     chan = backends.open_channel(backend, comm, **opts)
     queued = backend in ("zmq", "shm", "lmdb")
     times = []
-    try:
-        if chan.is_writer and hasattr(chan, "wait_for_readers"):
-            chan.wait_for_readers()
-        comm.Barrier()
-        if chan.is_writer:
-            for k in range(messages):
-                chan.send([SEQ.pack(k), *c.encode(obj)])
-            if queued:
-                comm.Barrier()
-        else:
-            if queued:
-                comm.Barrier()
-            for k in range(messages):
-                r0 = now_ns()
-                frames = chan.recv()
-                out = c.decode(frames[1:])
-                r1 = now_ns()
-                if SEQ.unpack(bytes(frames[0]))[0] != k or (k == 0 and not same(obj, out)):
-                    raise AssertionError(f"{backend}: reader {comm.rank} got a wrong message at {k}")
-                del out, frames
-                chan.release()
-                times.append((r1 - r0) * 1e-9)
-        comm.Barrier()
-    finally:
-        chan.close()
+    with gc_paused():  # no collection triggered by one message's garbage is charged to another
+        try:
+            if chan.is_writer and hasattr(chan, "wait_for_readers"):
+                chan.wait_for_readers()
+            comm.Barrier()
+            if chan.is_writer:
+                for k in range(messages):
+                    chan.send([SEQ.pack(k), *c.encode(obj)])
+                if queued:
+                    comm.Barrier()
+            else:
+                if queued:
+                    comm.Barrier()
+                for k in range(messages):
+                    r0 = now_ns()
+                    frames = chan.recv()
+                    out = c.decode(frames[1:])
+                    r1 = now_ns()
+                    if SEQ.unpack(bytes(frames[0]))[0] != k or (k == 0 and not same(obj, out)):
+                        raise AssertionError(f"{backend}: reader {comm.rank} got a wrong message at {k}")
+                    del out, frames
+                    chan.release()
+                    times.append((r1 - r0) * 1e-9)
+            comm.Barrier()
+        finally:
+            chan.close()
     gathered = comm.gather(times, root=0)
     return {"read_time": [t for g in gathered[1:] for t in g]} if comm.rank == 0 else None
 
@@ -203,24 +202,25 @@ def pushpull_point(comm, codec: str, size: int, messages: int) -> dict | None:
     obj = make_records(size)
     chan = backends.open_channel("zmq_pushpull", comm)
     got, times = [], []
-    try:
-        if chan.is_writer:
-            for k in range(messages):
-                chan.send([SEQ.pack(k), *c.encode(obj)])
+    with gc_paused():  # no collection triggered by one message's garbage is charged to another
+        try:
+            if chan.is_writer:
+                for k in range(messages):
+                    chan.send([SEQ.pack(k), *c.encode(obj)])
+                comm.Barrier()
+            else:
+                comm.Barrier()
+                while True:
+                    r0 = now_ns()
+                    frames = chan.recv(timeout_s=0.3)
+                    if frames is None:
+                        break
+                    c.decode(frames[1:])
+                    times.append((now_ns() - r0) * 1e-9)
+                    got.append(SEQ.unpack(bytes(frames[0]))[0])
             comm.Barrier()
-        else:
-            comm.Barrier()
-            while True:
-                r0 = now_ns()
-                frames = chan.recv(timeout_s=0.3)
-                if frames is None:
-                    break
-                c.decode(frames[1:])
-                times.append((now_ns() - r0) * 1e-9)
-                got.append(SEQ.unpack(bytes(frames[0]))[0])
-        comm.Barrier()
-    finally:
-        chan.close()
+        finally:
+            chan.close()
     gathered = comm.gather((got, times), root=0)
     if comm.rank != 0:
         return None

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .. import claims, model, profiles, results
-from ..measure import summarize
+from ..measure import gc_paused, summarize
 from ..rpc import RpcClient, RpcServer, SplitDecoder, analyze, perflog
 from ._common import pick_row, progress, require_engines, run_meta, run_point
 
@@ -183,7 +183,8 @@ def ladder_round(comm, params: dict, rnd: int, check: bool = False, keep_logs: b
             raise
         try:
             comm.bcast({"ipc": server.endpoints[0], "tcp": server.endpoints[1]}, root=1)
-            server.serve(stop=lambda: comm.Iprobe(source=0, tag=STOP_TAG), poll_ms=50)
+            with gc_paused():  # as in every chapter: no cyclic collection lands inside a timed call
+                server.serve(stop=lambda: comm.Iprobe(source=0, tag=STOP_TAG), poll_ms=50)
             comm.recv(source=0, tag=STOP_TAG)
         finally:
             server.close()
@@ -195,7 +196,8 @@ def ladder_round(comm, params: dict, rnd: int, check: bool = False, keep_logs: b
             raise RuntimeError(endpoints)
         logdir = tempfile.mkdtemp(prefix="ipcbench-rpclogs-") if keep_logs else None
         try:
-            result = _drive(params, weights, endpoints, rnd, check, logdir)
+            with gc_paused():
+                result = _drive(params, weights, endpoints, rnd, check, logdir)
         finally:
             comm.send(None, dest=1, tag=STOP_TAG)
             if logdir is not None:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import zmq
 
+from ..measure import now_s
 from . import wire
 from .perflog import PerfLog
 
@@ -119,25 +120,25 @@ class RpcClient:
                                 method)  # fmt: skip
         call_id = self._next_id
         self._next_id += 1
-        t0 = time.perf_counter()
+        t0 = now_s()
         frames, shm_out = wire.encode(self.codec, {"method": method, "id": call_id, **(header or {})}, tensors,
                                       self.wire_dtype, self.request_arena)  # fmt: skip
-        t1 = time.perf_counter()
+        t1 = now_s()
         try:
             self.sock.send_multipart(frames, copy=False)
         except zmq.Again:
             self._abandon()
             raise wire.RpcTimeout(self._timeout_message(method, call_id, "could not send")) from None
-        t2 = time.perf_counter()
+        t2 = now_s()
         reply = self._wait_reply(method, call_id)
-        t3 = time.perf_counter()
+        t3 = now_s()
         timing_frame, frames_in = reply[-1], reply[:-1]
         body = wire.decode_header(frames_in[0])
         if not body.get("ok", False):
             err = body.get("error") or {}
             raise wire.RpcError(str(err.get("type", "Error")), str(err.get("message", "")), method)
         out, shm_in = wire.decode(body, frames_in[1:], self.reply_arena, own=True)
-        t4 = time.perf_counter()
+        t4 = now_s()
         s_deser, s_comp, s_ser, s_total = wire.TIMING.unpack(memoryview(timing_frame))
         wire_out, wire_in = wire.frames_nbytes(frames), wire.frames_nbytes(reply)
         rec = CallRecord(call_id, method, t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, wire_out + shm_out,
@@ -151,8 +152,8 @@ class RpcClient:
     def _wait_reply(self, method: str, call_id: int) -> list:
         deadline = time.monotonic() + self.timeout_s
         if self.spin_s > 0:  # busy-poll first: the reply is picked up without the process going to sleep
-            spin_until = time.perf_counter() + self.spin_s
-            while not self.sock.poll(0) and time.perf_counter() < spin_until:
+            spin_until = now_s() + self.spin_s
+            while not self.sock.poll(0) and now_s() < spin_until:
                 pass
         while True:
             left = deadline - time.monotonic()

@@ -16,7 +16,6 @@ serialize and total time (s), so a client can separate transfer from server work
 from __future__ import annotations
 
 import os
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ import numpy as np
 import zmq
 
 from .. import model
+from ..measure import now_s
 from . import wire
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -92,8 +92,8 @@ class RpcServer:
         while max_requests is None or n < max_requests:
             spin = max(spin_s, self._spin_next)
             if spin > 0:
-                spin_until = time.perf_counter() + spin
-                while not self.sock.poll(0) and time.perf_counter() < spin_until:
+                spin_until = now_s() + spin
+                while not self.sock.poll(0) and now_s() < spin_until:
                     pass
             if not self.sock.poll(poll_ms):
                 if stop is not None and stop():
@@ -106,7 +106,7 @@ class RpcServer:
 
     def handle(self, msg: list) -> list:
         """Return the reply frames (identity first) to one received ROUTER message; never raises for bad input."""
-        t0 = time.perf_counter()
+        t0 = now_s()
         identity, frames = msg[0], msg[1:]
         req_id = None
         self._spin_next = 0.0
@@ -134,28 +134,28 @@ class RpcServer:
                 raise wire.ProtocolError(f"{method} before Init: call Init first to open a session")
             self.sessions.move_to_end(key)
             tensors, _ = wire.decode(body, frames[1:], session.request_arena, max_elems=self.max_request_bytes // 2)
-            t1 = time.perf_counter()
+            t1 = now_s()
             out_header, out_tensors = getattr(self, "_m_" + method)(session, body, tensors)
             if method == "Init":
                 wire_dtype = "float32"  # the client's own norm weights always travel at full precision
             if method == "Close":
                 self.sessions.pop(key, None)
-            t2 = time.perf_counter()
+            t2 = now_s()
             reply, _ = wire.encode(codec, {"id": req_id, "ok": True, **out_header}, out_tensors, wire_dtype,
                                    session.reply_arena)  # fmt: skip
             if method == "Close":
                 session.close()
-            t3 = time.perf_counter()
+            t3 = now_s()
             session.calls += 1
             self.served += 1
             self._spin_next = session.spin_s
-            timing = wire.TIMING.pack(t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t0)
+            timing = wire.TIMING.pack(t1 - t0, t2 - t1, t3 - t2, now_s() - t0)
             return [identity, *reply, timing]
         except Exception as exc:  # every bad request gets an answer; the server goes on
             self.errors += 1
             kind = type(exc).__name__
             reply = wire.error_frames(req_id, kind, str(exc))
-            return [identity, *reply, wire.TIMING.pack(0.0, 0.0, 0.0, time.perf_counter() - t0)]
+            return [identity, *reply, wire.TIMING.pack(0.0, 0.0, 0.0, now_s() - t0)]
 
     # ------------------------------------------------------------------ sessions
     def _init_session(self, key: bytes, body: dict) -> Session:

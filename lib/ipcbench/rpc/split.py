@@ -17,12 +17,12 @@ only for the last position: greedy decoding needs no other).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import model
+from ..measure import now_s
 from .client import RpcClient
 
 GRANULARITIES = ("per_op", "fused")
@@ -97,7 +97,7 @@ class SplitDecoder:
         index = len(self.steps)
         self.client.step = index
         first = len(self.client.records)
-        t0 = time.perf_counter()
+        t0 = now_s()
         positions = np.arange(self._pos, self._pos + tokens.size)
         x = self.client.embedding(tokens)
         for i in range(self.cfg.layers):
@@ -107,7 +107,7 @@ class SplitDecoder:
                 x = self.client.fused_layer(i, x, self._pos)
         last = model.rms_norm(x[-1:], self.norms["final_norm"], self.cfg.eps)
         logits = self.client.lm_head(last)[0]
-        wall = time.perf_counter() - t0
+        wall = now_s() - t0
         self._pos += tokens.size
         self.steps.append(Step(index, phase, int(tokens.size), wall, first, len(self.client.records) - first))
         return logits
