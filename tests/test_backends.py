@@ -3,6 +3,7 @@
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ipcbench import backends
@@ -104,3 +105,16 @@ def test_shared_memory_ring_refuses_cpus_without_total_store_order(monkeypatch):
     with pytest.raises(shm.UnsupportedPlatform, match="zmq, lmdb or mpi"):
         backends.open_channel("shm", SoloComm(readers=1), slot_bytes=4096, slots=2)
     assert not backends.leftovers()["shm"]  # refused before creating anything
+
+
+def test_framing_is_charged_only_to_paths_that_frame_in_python():
+    from ipcbench.experiments import fair_serialization as fs
+
+    assert set(fs.FRAMING_OF) == set(backends.BROADCAST_BACKENDS)
+    assert fs.FRAMING_OF["zmq"] is None and fs.FRAMING_OF["mpi_Bcast"] is None
+    framing = pd.DataFrame([{"experiment": "framing", "metric": m, "median": v}
+                            for m, v in (("pack_unpack", 2e-6), ("pickle_frame_list", 5e-6))])  # fmt: skip
+    zmq = fs._framing_share(framing, pd.Series({"variant": "zmq", "median": 30e-6}), 3e-6)
+    assert zmq["framing_s"] == 0 and zmq["framing_share_of_gap"] == 0
+    shm = fs._framing_share(framing, pd.Series({"variant": "shm", "median": 7e-6}), 3e-6)
+    assert shm["framing_kind"] == "pack_unpack" and shm["framing_share_of_gap"] == pytest.approx(0.5)

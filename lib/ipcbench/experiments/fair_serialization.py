@@ -278,7 +278,7 @@ def parameters(profile: str | None = None) -> dict:
             "messages": messages, "big_messages": big_messages, "warmup": warmup, "readers": readers,
             "record_codecs": ["pickle4", "pickle5", "pickle5_oob", "msgpack"],
             "array_codecs": ["pickle5", "pickle5_oob", "raw"], "backends": list(backends.BROADCAST_BACKENDS),
-            "source_codec": "pickle5", "read_time_n": [10, 1000, 10_000], "pushpull_messages": 30}  # fmt: skip
+            "source_codec": "pickle5", "read_time_n": [10, 100, 1000, 10_000], "pushpull_messages": 30}  # fmt: skip
 
 
 def _points(p: dict) -> list[dict]:
@@ -332,7 +332,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                   "oversubscribed": ranks > usable_cores()}  # fmt: skip
         extra = {"backend": pt["backend"], "codec": pt["codec"], "kind": pt["kind"], "readers": pt["readers"],
                  "n_records": pt["size"] if pt["kind"] == "records" else None,
-                 "array_bytes": pt["size"] if pt["kind"] == "array" else None}  # fmt: skip
+                 "array_bytes": pt["size"] if pt["kind"] == "array" else None,
+                 "stop_reason": f"fixed: {msgs} messages"}  # fmt: skip
         for metric in ("serialize", "send_call", "transfer", "deserialize", "end_to_end"):
             st = summarize(per_msg[metric].to_numpy())
             rows.append(results.summary_row(st, **labels, metric=metric, unit="s", **extra))
@@ -473,12 +474,21 @@ def targets(summary: pd.DataFrame, limits: pd.DataFrame) -> dict:
     }  # fmt: skip
 
 
+FRAMING_OF = {"shm": "pack_unpack", "lmdb": "pack_unpack", "mpi_bcast": "pickle_frame_list",
+              "mpi_pkl5": "pickle_frame_list", "mpi_p2p": "pickle_frame_list", "zmq": None, "mpi_Bcast": None}
+"""Which Python framing each backend adds to a message: shared memory and LMDB pack the frames into one buffer, the
+lowercase MPI paths pickle the frame list; ZeroMQ sends the frames as a multipart message and uppercase Bcast sends
+buffers, so neither frames in Python."""
+
+
 def _framing_share(summary: pd.DataFrame, best_lat: pd.Series, pingpong_s: float) -> dict:
     """Return the best small-message path's own Python framing cost and its share of the gap to the ping-pong."""
     framing = _pick(summary, experiment="framing").set_index("metric")["median"]
     if framing.empty:
         return {}
-    kind = "pickle_frame_list" if best_lat["variant"] in ("mpi_bcast", "mpi_pkl5", "mpi_p2p") else "pack_unpack"
+    kind = FRAMING_OF.get(best_lat["variant"])
+    if kind is None:  # this path frames nothing in Python: none of its gap is framing
+        return {"framing_kind": "none (frames sent as they are)", "framing_s": 0.0, "framing_share_of_gap": 0.0}
     gap = float(best_lat["median"]) - pingpong_s
     return {"framing_kind": kind, "framing_s": float(framing[kind]),
             "framing_share_of_gap": float(framing[kind]) / gap if gap > 0 else float("nan")}  # fmt: skip
