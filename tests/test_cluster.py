@@ -110,3 +110,17 @@ def test_unknown_external_profile_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ClusterError, match="ipcluster start --profile=nosuch"):
         with Cluster(profile="nosuch", start_timeout_s=5):
             pass
+
+
+def test_hosts_oversubscription_and_one_host_requirement_follow_the_engines():
+    """What the engines report decides: ranks per host against each host's cores, and one host for local transports."""
+    c = Cluster(profile="elsewhere")  # an external profile: never started here
+    c.ranks = [{"rank": 0, "host": "a", "host_cores": 2}, {"rank": 1, "host": "a", "host_cores": 2},
+               {"rank": 2, "host": "b", "host_cores": 1}, {"rank": 3, "host": "b", "host_cores": 1}]  # fmt: skip
+    assert not c.single_host and c.oversubscribed  # host b runs 2 ranks on 1 core
+    assert c.describe()["ranks_and_cores_per_host"] == {"a": {"ranks": 2, "cores": 2}, "b": {"ranks": 2, "cores": 1}}
+    with pytest.raises(ClusterError, match=r"needs every engine on one host \(shared memory\).*a, b"):
+        c.require_one_host("shared memory")
+    c.ranks = c.ranks[:2]
+    assert c.single_host and not c.oversubscribed
+    c.require_one_host("shared memory")

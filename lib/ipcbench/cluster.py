@@ -105,11 +105,11 @@ def reap_mpich_segments(min_age_s: float = 5.0) -> list[str]:
     return removed
 
 
-def _rank_and_pid() -> tuple[int, int, int, str]:
+def _rank_and_pid() -> tuple[int, int, int, str, int]:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    return comm.rank, comm.size, os.getpid(), MPI.Get_processor_name()
+    return comm.rank, comm.size, os.getpid(), MPI.Get_processor_name(), usable_cores()
 
 
 def _pin(comm, cores: list[int]) -> list[int]:
@@ -171,9 +171,44 @@ class Cluster:
         return len(self.ranks)
 
     @property
+    def hosts(self) -> dict[str, dict]:
+        """Return per host the engines' ranks on it and the cores an engine there may use (before pinning)."""
+        out: dict[str, dict] = {}
+        for r in self.ranks:
+            h = out.setdefault(r["host"], {"ranks": [], "cores": r.get("host_cores", usable_cores())})
+            h["ranks"].append(r["rank"])
+        return out
+
+    @property
+    def single_host(self) -> bool:
+        """Return True when every engine runs on one host (one shared clock, shared memory, local files)."""
+        return len(self.hosts) <= 1
+
+    @property
     def oversubscribed(self) -> bool:
-        """Return True when there are more ranks than usable cores on this machine (local clusters only)."""
-        return self.owned and self.size > usable_cores()
+        """Return True when some host runs more engines than it has usable cores (local and external clusters)."""
+        if not self.ranks:
+            return self.owned and (self.requested_n or 0) > usable_cores()
+        return any(len(h["ranks"]) > h["cores"] for h in self.hosts.values())
+
+    def oversubscribed_at(self, ranks: int) -> bool:
+        """Return True when the first ``ranks`` engines (a run on a subset: the others idle) put more busy processes
+        on some host than it has cores."""
+        per_host: dict[str, int] = {}
+        for r in self.ranks[:ranks]:
+            per_host[r["host"]] = per_host.get(r["host"], 0) + 1
+        cores = {h: v["cores"] for h, v in self.hosts.items()}
+        if not per_host:
+            return ranks > usable_cores()
+        return any(n > cores[h] for h, n in per_host.items())
+
+    def require_one_host(self, why: str) -> None:
+        """Raise ClusterError unless every engine is on one host; ``why`` says what needs one host and one clock."""
+        if not self.single_host:
+            raise ClusterError(
+                f"this experiment needs every engine on one host ({why}), but the engines run on "
+                f"{', '.join(sorted(self.hosts))}: run it on a single-host cluster (e.g. `ipcbench run` on one machine)"
+            )
 
     def __enter__(self) -> Cluster:
         self._install_sigterm()
@@ -260,7 +295,8 @@ class Cluster:
                 "start them with engines='mpi'"
             )
         self.ranks = [
-            {"rank": info[0], "engine_id": eid, "pid": info[2], "host": info[3]} for info, eid in by_rank
+            {"rank": info[0], "engine_id": eid, "pid": info[2], "host": info[3], "host_cores": info[4]}
+            for info, eid in by_rank
         ]
         self._view = self._client.direct_view(targets=[eid for _, eid in by_rank])
         self._view.block = False
@@ -420,6 +456,7 @@ class Cluster:
             "engines": self.size,
             "source": "local mpiexec (ipyparallel engines='mpi')" if self.owned else f"profile {self.profile}",
             "hosts": sorted({r["host"] for r in self.ranks}),
+            "ranks_and_cores_per_host": {h: {"ranks": len(v["ranks"]), "cores": v["cores"]} for h, v in self.hosts.items()},
             "usable_cores": usable_cores(),
             "oversubscribed": self.oversubscribed,
             "pinned": {r["rank"]: r.get("cores") for r in self.ranks} if self.owned and self.pin else None,

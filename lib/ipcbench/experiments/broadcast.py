@@ -37,7 +37,6 @@ import pandas as pd
 
 from .. import claims, measure, profiles, results
 from .. import multimodal as mm
-from ..cluster import usable_cores
 from ..measure import StoppingRule, now_ns
 from ._common import pick_row, progress, require_engines, run_meta, run_point, stats_rows
 
@@ -280,7 +279,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             pt = run_point(cluster, phase_point, size, rule, seed, ranks=2, timeout=600)[0]
             for metric, values in pt["samples"].items():
                 r, s = stats_rows(values, {**base, "experiment": "phases", "variant": metric, "size_bytes": pt["feature_bytes"],
-                                     "ranks": 2, "oversubscribed": False}, "time", "s", "", pickled_bytes=pt["pickled_bytes"],
+                                     "ranks": 2, "oversubscribed": cluster.oversubscribed_at(2)}, "time", "s", "",
+                                     pickled_bytes=pt["pickled_bytes"],
                                      nominal_bytes=size)  # fmt: skip
                 rows.append(r)
                 samples += s
@@ -293,7 +293,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             fb = params["classes"][cls]
             pt = run_point(cluster, latency_point, strategy, fb, rule, seed, pool_bytes, ranks=tp, timeout=600)[0]
             labels = {**base, "experiment": "latency", "variant": strategy, "size_bytes": fb, "ranks": tp,
-                      "oversubscribed": tp > usable_cores()}  # fmt: skip
+                      "oversubscribed": cluster.oversubscribed_at(tp)}  # fmt: skip
             r, s = stats_rows(pt["samples"], labels, "end_to_end", "s", pt["stop_reason"], payload_class=cls)
             rows.append(r)
             samples += s
@@ -316,7 +316,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             n = requests_at(rate, params)
             pt = run_point(cluster, load_point, strategy, fb, rate, n, seed, pool_bytes, ranks=2, timeout=600)[0]
             labels = {**base, "experiment": "load", "variant": strategy, "size_bytes": fb, "ranks": 2,
-                      "oversubscribed": False}  # fmt: skip
+                      "oversubscribed": cluster.oversubscribed_at(2)}  # fmt: skip
             extra = {"payload_class": cls, "offered_rate": rate, "rate_fraction": frac, "requests": n}
             r, s = stats_rows(pt["latency"], labels, "latency", "s", **extra)
             rows.append(r)

@@ -308,11 +308,11 @@ def engines(profile: str | None = None) -> int:
 
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
     """Run chapter 1 on ``cluster`` (needs 1 + max(readers) engines), write its results, return the summary."""
-    from ..cluster import usable_cores
 
     name = profiles.profile_name(profile)
     p = parameters(name)
     require_engines(cluster, engines(name), CHAPTER, f"1 writer + {max(p['readers'])} readers")
+    cluster.require_one_host("shared memory and LMDB channels, and one-way times read on one clock")
     started = results.now_iso()
     rows, samples, phases = [], [], []
     for pt in progress(_points(p), "fair serialization"):
@@ -329,7 +329,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                              "deserialize": "max", "end_to_end": "max"})  # fmt: skip
         labels = {"chapter": CHAPTER, "experiment": pt["experiment"], "variant": pt["backend"],
                   "payload": f"{pt['kind']}:{pt['codec']}", "size_bytes": out["nbytes"], "ranks": ranks,
-                  "oversubscribed": ranks > usable_cores()}  # fmt: skip
+                  "oversubscribed": cluster.oversubscribed_at(ranks)}  # fmt: skip
         extra = {"backend": pt["backend"], "codec": pt["codec"], "kind": pt["kind"], "readers": pt["readers"],
                  "n_records": pt["size"] if pt["kind"] == "records" else None,
                  "array_bytes": pt["size"] if pt["kind"] == "array" else None,
@@ -350,7 +350,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             st = summarize(out["read_time"])
             nbytes = ser.frames_nbytes(ser.get(p["source_codec"]).encode(make_records(n)))
             lab = {"chapter": CHAPTER, "experiment": "source_read_time", "variant": b, "payload": f"records:{p['source_codec']}",
-                   "size_bytes": nbytes, "ranks": 1 + src_readers, "oversubscribed": 1 + src_readers > usable_cores()}  # fmt: skip
+                   "size_bytes": nbytes, "ranks": 1 + src_readers, "oversubscribed": cluster.oversubscribed_at(1 + src_readers)}  # fmt: skip
             rows.append(results.summary_row(st, **lab, metric="read_time", unit="s", backend=b, codec=p["source_codec"],
                                             kind="records", n_records=n, readers=src_readers))  # fmt: skip
             samples += results.sample_rows(out["read_time"], **lab, metric="read_time", unit="s")
@@ -361,7 +361,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                              for i, g in enumerate(pp["received"])])  # fmt: skip
     st = summarize(pp["read_time"])
     rows.append(results.summary_row(st, chapter=CHAPTER, experiment="pushpull", variant="zmq_pushpull", payload="records:pickle5",
-                                    size_bytes=None, ranks=1 + src_readers, oversubscribed=1 + src_readers > usable_cores(),
+                                    size_bytes=None, ranks=1 + src_readers, oversubscribed=cluster.oversubscribed_at(1 + src_readers),
                                     metric="read_time", unit="s", backend="zmq_pushpull", codec="pickle5", kind="records",
                                     n_records=1000, readers=src_readers))  # fmt: skip
     small = min(p["array_sizes"])

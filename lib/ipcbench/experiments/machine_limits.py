@@ -539,8 +539,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     rule = profiles.stopping_rule(name)
     params = parameters(name)
     require_engines(cluster, engines(name), CHAPTER, "two ranks for the ping-pong")
+    cluster.require_one_host("memcpy and ZeroMQ ipc:// are local to one machine")
     started = results.now_iso()
-    base = {"chapter": CHAPTER, "payload": "uint8 array", "oversubscribed": bool(cluster.oversubscribed)}
+    base = {"chapter": CHAPTER, "payload": "uint8 array", "oversubscribed": cluster.oversubscribed_at(2)}
     rows: list[dict] = []
     samples: list[dict] = []
 

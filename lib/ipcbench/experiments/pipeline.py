@@ -161,6 +161,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     name = profiles.profile_name(profile)
     params = parameters(name)
     require_engines(cluster, engines(name), CHAPTER, f"one MPI rank per stage ({len(pl.STAGES)} stages)")
+    cluster.require_one_host("the stages write one output directory and compare against a local serial run")
     started = results.now_iso()
     cores = usable_cores()
     scratch = Path(tempfile.mkdtemp(prefix="ipcbench-pipeline-"))

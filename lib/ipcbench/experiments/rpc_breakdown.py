@@ -253,6 +253,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     name = profiles.profile_name(profile)
     params = parameters(name)
     require_engines(cluster, engines(name), CHAPTER, "a server and a client")
+    cluster.require_one_host("the ipc:// endpoint and the shared-memory arenas of the ladder")
     curves = bare_zmq(results.read("machine_limits").summary)  # fail fast, before any work, if chapter 0 is missing
     started = results.now_iso()
     checks, steps, calls, logs, served = [], [], [], {}, []
@@ -273,7 +274,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     steps_df, calls_df, checks_df = pd.DataFrame(steps), pd.DataFrame(calls), pd.DataFrame(checks)
     cfg = model_config(params)
     payload = f"{cfg.name} shapes, {cfg.layers} layers, vocab {cfg.vocab}"
-    base = {"chapter": CHAPTER, "payload": payload, "size_bytes": None, "ranks": 2, "oversubscribed": bool(cluster.oversubscribed)}
+    base = {"chapter": CHAPTER, "payload": payload, "size_bytes": None, "ranks": 2, "oversubscribed": cluster.oversubscribed_at(2)}
     rows, samples = [], []
     for conf in params["ladder"]:
         transport, codec, gran, wdt, what = LADDER[conf]

@@ -38,7 +38,6 @@ import pandas as pd
 
 from .. import claims, model, profiles, results
 from .. import tensor_parallel as tp
-from ..cluster import usable_cores
 from ..measure import StoppingRule, calibrate_inner_collective, now_ns, repeat_split, summarize
 from ._common import pick_row, progress, require_engines, run_meta, run_point
 
@@ -297,10 +296,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     require_engines(cluster, engines(name), CHAPTER, f"TP = 1, 2 and the oversubscribed TP = {params['tp_oversubscribed']}")
     started = results.now_iso()
     tps = [1, 2, params["tp_oversubscribed"]]
-    cores = usable_cores()
 
     def over(p):
-        return bool(cluster.owned and p > cores)
+        return cluster.oversubscribed_at(p)
 
     base = {"chapter": CHAPTER}
     rows: list[dict] = []
