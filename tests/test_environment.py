@@ -48,3 +48,17 @@ def test_cli_rejects_unknown_chapter():
     out = subprocess.run([sys.executable, "-m", "ipcbench.cli", "run", "nope"], capture_output=True, text=True)
     assert out.returncode == 2
     assert "invalid choice" in out.stderr
+
+
+def test_machine_state_record_flags_a_noisy_chapter():
+    from ipcbench.environment import machine_state_record, state_line
+
+    quiet0 = {"total_ticks": 1000, "steal_ticks": 10, "loadavg_1m": 0.5, "memcpy_Bps": 10e9, "mpi_round_trip_s": 2e-6}
+    quiet1 = {"total_ticks": 2000, "steal_ticks": 12, "loadavg_1m": 2.0, "memcpy_Bps": 9.5e9, "mpi_round_trip_s": 2.1e-6}
+    rec = machine_state_record(quiet0, quiet1, cores=2)
+    assert rec["quiet"] and rec["steal"] == pytest.approx(0.002) and "quiet" in state_line(rec)
+    noisy1 = {**quiet1, "steal_ticks": 110, "mpi_round_trip_s": 4e-6}
+    rec = machine_state_record({**quiet0, "loadavg_1m": 5.0}, noisy1, cores=2)
+    assert not rec["quiet"] and len(rec["flags"]) == 3  # steal 10%, load 5 on 2 cores, round trip doubled
+    assert "noisy" in state_line(rec) and "steal 10.0%" in state_line(rec)
+    assert "not recorded" in state_line(None)

@@ -164,3 +164,89 @@ def capture_environment(profile: str | None = None, timer: bool = True) -> dict:
 
         record["timer"] = timer_info().as_dict()
     return record
+
+
+# ---------------------------------------------------------------------- machine state
+
+STEAL_MAX = 0.05
+"""A chapter is flagged when more than this fraction of CPU time was stolen by the hypervisor while it ran."""
+LOAD_MAX_PER_CORE = 1.5
+"""... or when the 1-minute load average at its start exceeded this many runnable processes per core (something
+else was busy before it began)."""
+DRIFT_MAX = 0.25
+"""... or when a calibration kernel timed before and after it differs by more than this fraction."""
+
+
+def cpu_ticks() -> dict:
+    """Return the machine's CPU time counters from /proc/stat (ticks): total and steal, and the 1-minute load average."""
+    out = {"total_ticks": None, "steal_ticks": None, "loadavg_1m": None}
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            parts = f.readline().split()
+        ticks = [int(x) for x in parts[1:]]
+        out["total_ticks"] = sum(ticks)
+        out["steal_ticks"] = ticks[7] if len(ticks) > 7 else 0
+        with open("/proc/loadavg", encoding="ascii") as f:
+            out["loadavg_1m"] = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: the record says so by its empty fields
+        pass
+    return out
+
+
+def memcpy_calibration(nbytes: int = 16 * 2**20, repeats: int = 15) -> float:
+    """Return the median bandwidth (B/s) of copying ``nbytes`` between two warm numpy buffers (a fixed kernel)."""
+    import time
+
+    import numpy as np
+
+    a = np.ones(nbytes, dtype=np.uint8)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        np.copyto(b, a)
+        times.append(time.perf_counter_ns() - t0)
+    return nbytes / (float(np.median(times)) * 1e-9)
+
+
+def machine_state_record(start: dict, end: dict, cores: int) -> dict:
+    """Return a chapter's machine-state record: steal and load, calibration before/after, drift, flags (see thresholds)."""
+    rec = {"start": start, "end": end, "thresholds": {"steal": STEAL_MAX, "load_per_core": LOAD_MAX_PER_CORE,
+                                                      "calibration_drift": DRIFT_MAX}}  # fmt: skip
+    flags = []
+    if start.get("total_ticks") is not None and end.get("total_ticks") is not None:
+        dt = end["total_ticks"] - start["total_ticks"]
+        rec["steal"] = (end["steal_ticks"] - start["steal_ticks"]) / dt if dt > 0 else 0.0
+        if rec["steal"] > STEAL_MAX:
+            flags.append(f"CPU steal {rec['steal']:.1%} while it ran (> {STEAL_MAX:.0%})")
+    if start.get("loadavg_1m") is not None and start["loadavg_1m"] > LOAD_MAX_PER_CORE * cores:
+        flags.append(f"load average {start['loadavg_1m']:.1f} at its start (> {LOAD_MAX_PER_CORE:g} per core)")
+    drift = {}
+    for k in ("memcpy_Bps", "mpi_round_trip_s"):
+        if start.get(k) and end.get(k):
+            drift[k] = end[k] / start[k] - 1
+            if abs(drift[k]) > DRIFT_MAX:
+                flags.append(f"{k.split('_')[0]} calibration drifted {drift[k]:+.0%} from start to end")
+    rec["drift"] = drift
+    rec["flags"] = flags
+    rec["quiet"] = not flags
+    return rec
+
+
+def state_line(record: dict | None) -> str:
+    """Return the one line a chapter's page shows about the machine's state while the chapter ran."""
+    if not record:
+        return "Machine state: not recorded for this run."
+    steal = record.get("steal")
+    s, e = record["start"], record["end"]
+    parts = [f"CPU steal {steal:.1%}" if steal is not None else "CPU steal unknown",
+             f"load average {s.get('loadavg_1m', float('nan')):.1f} -> {e.get('loadavg_1m', float('nan')):.1f}"]
+    d = record.get("drift", {})
+    if "memcpy_Bps" in d:
+        parts.append(f"memcpy {s['memcpy_Bps'] / 1e9:.1f} -> {e['memcpy_Bps'] / 1e9:.1f} GB/s ({d['memcpy_Bps']:+.0%})")
+    if "mpi_round_trip_s" in d:
+        parts.append(f"empty MPI round trip {s['mpi_round_trip_s'] * 1e6:.1f} -> {e['mpi_round_trip_s'] * 1e6:.1f} µs "
+                     f"({d['mpi_round_trip_s']:+.0%})")  # fmt: skip
+    verdict = "quiet" if record.get("quiet") else "**noisy**: " + "; ".join(record["flags"])
+    return "Machine state while this chapter ran: " + ", ".join(parts) + f": {verdict}."

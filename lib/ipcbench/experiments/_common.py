@@ -33,9 +33,52 @@ def require_engines(cluster, need: int, chapter: str, why: str) -> None:
         )
 
 
-def run_meta(profile: str | None, cluster, params: dict, started: str, definitions: dict | None = None) -> dict:
-    """Return the metadata a chapter writes beside its results (environment, profile, parameters, times, metric definitions)."""
+def _round_trip_calibration(comm, rounds: int = 2000) -> float | None:
+    """Return the median one-way time (s) of ``rounds`` empty MPI round trips between ranks 0 and 1 (rank 0)."""
+    import numpy as np
+
+    from ..measure import now_ns
+
+    if comm.size < 2:
+        return None
+    buf = np.zeros(1, dtype=np.uint8)
+    times = []
+    comm.Barrier()
+    for _ in range(rounds):
+        if comm.rank == 0:
+            t0 = now_ns()
+            comm.Send(buf, dest=1)
+            comm.Recv(buf, source=1)
+            times.append((now_ns() - t0) / 2)
+        elif comm.rank == 1:
+            comm.Recv(buf, source=0)
+            comm.Send(buf, dest=0)
+    comm.Barrier()
+    return float(np.median(times)) * 1e-9 if comm.rank == 0 else None
+
+
+def machine_state(cluster) -> dict:
+    """Return the machine's state now: CPU counters and load (/proc), a memcpy kernel here, an empty MPI round trip."""
+    from ..environment import cpu_ticks, memcpy_calibration
+
+    state = {"time": results.now_iso(), **cpu_ticks(), "memcpy_Bps": memcpy_calibration()}
+    if cluster is not None and cluster.size >= 2:
+        state["mpi_round_trip_s"] = cluster.run(_round_trip_calibration, ranks=2, timeout=120)[0]
+    return state
+
+
+def run_meta(profile: str | None, cluster, params: dict, started: str, definitions: dict | None = None,
+             machine_start: dict | None = None) -> dict:  # fmt: skip
+    """Return the metadata a chapter writes beside its results (environment, profile, parameters, times, metric
+    definitions, and the machine's state at the start and end when ``machine_start`` was taken)."""
+    from ..cluster import usable_cores
+    from ..environment import machine_state_record
+
+    state = None
+    if machine_start is not None:
+        state = machine_state_record(machine_start, machine_state(cluster), usable_cores())
     return {
+        "machine_state": state,
         "definitions": definitions or {},
         "profile": profiles.profile_name(profile),
         "stopping_rule": profiles.stopping_rule(profile).__dict__,

@@ -38,7 +38,15 @@ import pandas as pd
 from .. import claims, measure, profiles, results
 from .. import multimodal as mm
 from ..measure import StoppingRule, now_ns
-from ._common import pick_row, progress, require_engines, run_meta, run_point, stats_rows
+from ._common import (
+    machine_state,
+    pick_row,
+    progress,
+    require_engines,
+    run_meta,
+    run_point,
+    stats_rows,
+)
 
 CHAPTER = "broadcast"
 MB = 1e6
@@ -267,6 +275,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     params = parameters(name)
     require_engines(cluster, engines(name), CHAPTER, f"TP = 2 and the oversubscribed TP = {params['tp_oversubscribed']}")
     started = results.now_iso()
+    machine_start = machine_state(cluster)  # CPU steal, load and two calibration kernels, again at the end
     base = {"chapter": CHAPTER, "payload": "float32 features [patches, 1176]"}
     rows: list[dict] = []
     samples: list[dict] = []
@@ -340,7 +349,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     summary = results.frame(rows + derived_rows(summary, samples_df, cap, params))
     model_df = models(summary, params, phases_df)
     proj = projection(summary, params)
-    meta = run_meta(name, cluster, params, started, definitions={
+    meta = run_meta(name, cluster, params, started, machine_start=machine_start, definitions={
         "end_to_end": "one request at a time: Barrier, then every rank processes it; the slowest rank's time (s)",
         "latency (load)": "arrival on the root to the moment the last rank holds its MultimodalInputs (s)",
         "throughput": "requests / (last completion - first arrival) (1/s)",

@@ -29,7 +29,7 @@ from .. import backends, claims, profiles, results
 from .. import serialization as ser
 from ..backends.base import framed_size
 from ..measure import gc_paused, now_ns, summarize
-from ._common import progress, require_engines, run_meta, run_point
+from ._common import machine_state, progress, require_engines, run_meta, run_point
 
 CHAPTER = "fair_serialization"
 KiB, MiB = 2**10, 2**20
@@ -314,6 +314,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     require_engines(cluster, engines(name), CHAPTER, f"1 writer + {max(p['readers'])} readers")
     cluster.require_one_host("shared memory and LMDB channels, and one-way times read on one clock")
     started = results.now_iso()
+    machine_start = machine_state(cluster)  # CPU steal, load and two calibration kernels, again at the end
     rows, samples, phases = [], [], []
     for pt in progress(_points(p), "fair serialization"):
         if not ser.supports(pt["codec"], pt["kind"]):
@@ -373,7 +374,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     samples_df = pd.DataFrame(samples)
     summary = results.frame(rows)
     summary = results.frame(rows + derived_rows(summary, samples_df, delivery, results.read("machine_limits")))
-    meta = run_meta(name, cluster, p, started, definitions={
+    meta = run_meta(name, cluster, p, started, machine_start=machine_start, definitions={
         "transfer": "writer's send call start -> reader's receive call return (one CLOCK_MONOTONIC clock)",
         "end_to_end": "writer's encode start -> reader's decode return",
         "cross-rank summary": "per message, the maximum over readers",

@@ -29,7 +29,7 @@ import pandas as pd
 
 from .. import measure, profiles, results
 from ..measure import StoppingRule, now_ns, summarize
-from ._common import progress, require_engines, run_meta, run_point
+from ._common import machine_state, progress, require_engines, run_meta, run_point
 
 CHAPTER = "machine_limits"
 KiB, MiB = 2**10, 2**20
@@ -541,6 +541,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     require_engines(cluster, engines(name), CHAPTER, "two ranks for the ping-pong")
     cluster.require_one_host("memcpy and ZeroMQ ipc:// are local to one machine")
     started = results.now_iso()
+    machine_start = machine_state(cluster)  # CPU steal, load and two calibration kernels, again at the end
     base = {"chapter": CHAPTER, "payload": "uint8 array", "oversubscribed": cluster.oversubscribed_at(2)}
     rows: list[dict] = []
     samples: list[dict] = []
@@ -607,7 +608,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     allruns = pd.concat(runs, ignore_index=True)
     bench = allruns.loc[allruns.groupby(["mode", "size_bytes"])["one_way_mean_s"].idxmin()].reset_index(drop=True)
     check = crosscheck(summary, bench)
-    meta = run_meta(name, cluster, params, started, definitions={
+    meta = run_meta(name, cluster, params, started, machine_start=machine_start, definitions={
         "one_way_latency": "round trip / 2, each sample the mean of `inner` back-to-back round trips",
         "bandwidth": "bytes / one-way latency (B/s; MB = 1e6 B)",
         "memcpy bandwidth": "bytes copied / copy time (each byte read once and written once)",

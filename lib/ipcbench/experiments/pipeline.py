@@ -41,7 +41,7 @@ from .. import claims, profiles, results
 from .. import pipeline as pl
 from ..cluster import usable_cores
 from ..measure import summarize
-from ._common import pick_row, progress, require_engines, run_meta, run_point
+from ._common import machine_state, pick_row, progress, require_engines, run_meta, run_point
 from ._common import stats_rows as _stats_rows
 
 CHAPTER = "pipeline"
@@ -163,6 +163,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     require_engines(cluster, engines(name), CHAPTER, f"one MPI rank per stage ({len(pl.STAGES)} stages)")
     cluster.require_one_host("the stages write one output directory and compare against a local serial run")
     started = results.now_iso()
+    machine_start = machine_state(cluster)  # CPU steal, load and two calibration kernels, again at the end
     cores = usable_cores()
     scratch = Path(tempfile.mkdtemp(prefix="ipcbench-pipeline-"))
     runner = _Runner(cluster, scratch, params["queue_size"])
@@ -245,7 +246,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     summary = results.frame(rows)
     summary = results.frame(rows + derived_rows(summary, samples_df))
     report = performance_report(summary, params)
-    meta = run_meta(name, cluster, params, started, definitions={
+    meta = run_meta(name, cluster, params, started, machine_start=machine_start, definitions={
         "wall_time": "seconds from the processor's start (pool: before creating it) to its last saved batch",
         "speedup": "serial's wall time / the processor's, per pair of neighbouring runs (x); base_s names serial's median",
         "first_batch": "seconds from the start to the first saved batch",

@@ -37,7 +37,7 @@ import pandas as pd
 from .. import claims, model, profiles, results
 from ..measure import gc_paused, summarize
 from ..rpc import RpcClient, RpcServer, SplitDecoder, analyze, perflog
-from ._common import pick_row, progress, require_engines, run_meta, run_point
+from ._common import machine_state, pick_row, progress, require_engines, run_meta, run_point
 
 CHAPTER = "rpc_breakdown"
 F32_TOL = 1e-4  # max |logit - reference| / max |reference logit|, float32 on the wire
@@ -256,6 +256,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     cluster.require_one_host("the ipc:// endpoint and the shared-memory arenas of the ladder")
     curves = bare_zmq(results.read("machine_limits").summary)  # fail fast, before any work, if chapter 0 is missing
     started = results.now_iso()
+    machine_start = machine_state(cluster)  # CPU steal, load and two calibration kernels, again at the end
     checks, steps, calls, logs, served = [], [], [], {}, []
     try:
         for rnd in progress(range(params["samples"] + 1), "RPC ladder: check, then timed rounds"):
@@ -322,7 +323,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                 (seeds_dir / "rpc_example_log.txt").read_text(encoding="utf-8"))  # fmt: skip
     summary = results.frame(rows + derived_rows(summary, samples_df, calls_df, ex, cfg.layers))
     tg = targets(summary, steps_df)
-    meta = run_meta(name, cluster, params, started, definitions={
+    meta = run_meta(name, cluster, params, started, machine_start=machine_start, definitions={
         "token": "wall time of one decode step (embedding to logits), averaged over the D-1 decode steps of a "
                  "generation; one sample per round",
         "client_compute": "token - time inside RPC calls (client side)",

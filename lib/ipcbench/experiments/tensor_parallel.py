@@ -39,7 +39,7 @@ import pandas as pd
 from .. import claims, model, profiles, results
 from .. import tensor_parallel as tp
 from ..measure import StoppingRule, calibrate_inner_collective, now_ns, repeat_split, summarize
-from ._common import pick_row, progress, require_engines, run_meta, run_point
+from ._common import machine_state, pick_row, progress, require_engines, run_meta, run_point
 
 CHAPTER = "tensor_parallel"
 KiB, MiB = 2**10, 2**20
@@ -295,6 +295,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     params = parameters(name)
     require_engines(cluster, engines(name), CHAPTER, f"TP = 1, 2 and the oversubscribed TP = {params['tp_oversubscribed']}")
     started = results.now_iso()
+    machine_start = machine_state(cluster)  # CPU steal, load and two calibration kernels, again at the end
     tps = [1, 2, params["tp_oversubscribed"]]
 
     def over(p):
@@ -384,7 +385,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     summary = results.frame(rows)
     summary = results.frame(rows + derived_rows(summary, samples_df, pd.DataFrame(calls)))
     model_tab = comm_model(summary, calls)
-    meta = run_meta(name, cluster, params, started, definitions={
+    meta = run_meta(name, cluster, params, started, machine_start=machine_start, definitions={
         "total": "slowest rank's wall time of one call (s)",
         "compute": "largest per-rank time outside collectives (s)",
         "communication": "total - compute: time in collectives, waiting for the slower rank included (s)",
