@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from .base import BackendError, Channel, PayloadTooLarge, PeerTimeout, SoloComm
+from .base import WAIT_STRATEGIES, BackendError, Channel, PayloadTooLarge, PeerTimeout, SoloComm
 from .lmdb_backend import LmdbChannel
 from .mpi_backend import MpiBcastChannel, MpiBufferBcastChannel, MpiP2PChannel, MpiPkl5Channel
 from .shm import ShmChannel
@@ -29,7 +29,7 @@ BACKENDS: dict[str, type[Channel]] = {
 }
 BROADCAST_BACKENDS = [k for k, v in BACKENDS.items() if v.delivers_to_all]
 
-__all__ = ["BACKENDS", "BROADCAST_BACKENDS", "BackendError", "Channel", "PayloadTooLarge", "PeerTimeout",
+__all__ = ["BACKENDS", "BROADCAST_BACKENDS", "WAIT_STRATEGIES", "BackendError", "Channel", "PayloadTooLarge", "PeerTimeout",
            "SoloComm", "open_channel", "leftovers", "reap_stale"]  # fmt: skip
 
 
@@ -60,7 +60,8 @@ def reap_stale() -> list[str]:
     removed = reap_mpich_segments()
     for kind, paths in leftovers().items():
         for path in paths:
-            m = re.search(r"(?:ipcbench_(?:rpc_)?|ipcbench-zmq-|ipcbench-lmdb-)(\d+)[-_]", os.path.basename(path))
+            m = re.search(r"(?:ipcbench_(?:rpc_)?|ipcbench-zmq-|ipcbench-lmdb-|ipcbench-fifo-)(\d+)[-_]",
+                          os.path.basename(path))  # fmt: skip
             if not m or psutil.pid_exists(int(m.group(1))):
                 continue
             if kind == "shm":
@@ -78,8 +79,9 @@ def reap_stale() -> list[str]:
 
 def leftovers() -> dict[str, list[str]]:
     """Return this library's shared-memory segments, ipc socket dirs and LMDB dirs that still exist."""
+    from .base import fifo_dirs
     from .lmdb_backend import leftover_dirs
     from .shm import leftover_segments
     from .zmq_backend import socket_dirs
 
-    return {"shm": leftover_segments(), "zmq_ipc": socket_dirs(), "lmdb": leftover_dirs()}
+    return {"shm": leftover_segments(), "zmq_ipc": socket_dirs(), "lmdb": leftover_dirs(), "fifo": fifo_dirs()}

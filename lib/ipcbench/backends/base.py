@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 
@@ -107,18 +108,126 @@ def pack(frames) -> bytearray:
 # ------------------------------------------------------------------------ waiting
 
 
-def wait_until(cond, timeout_s: float, what: str, spin: int = 20_000) -> None:
-    """Spin on ``cond()`` up to ``spin`` times, then yield and sleep briefly; raise PeerTimeout after ``timeout_s``."""
-    for _ in range(spin):
+WAIT_STRATEGIES = ("spin", "spin_then_sleep", "fifo")
+"""How a shared-memory or LMDB reader waits for the writer's next message:
+
+* ``spin``: poll without pause until the message is there (no added delay; one core busy while waiting, as MPICH's
+  receivers do);
+* ``spin_then_sleep``: poll a bounded number of times, then sleep with exponential back-off up to 1 ms (frees the
+  core, but may see a message up to a millisecond late);
+* ``fifo``: poll briefly, then block in the kernel on a named pipe the writer writes one byte to after publishing
+  (frees the core; the wake-up costs a system call on each side, as ZeroMQ's receivers pay).
+"""
+
+
+def wait_until(cond, timeout_s: float, what: str, spin: int = 20_000, strategy: str = "spin_then_sleep",
+               wakeup=None) -> None:  # fmt: skip
+    """Wait for ``cond()`` with one of :data:`WAIT_STRATEGIES`; raise PeerTimeout after ``timeout_s``.
+
+    ``fifo`` needs ``wakeup``, the reader's :class:`Wakeup`.
+    """
+    if strategy == "spin":
+        deadline = time.monotonic() + timeout_s
+        i = 0
+        while not cond():
+            i += 1
+            if not i & 0xFFF and time.monotonic() > deadline:
+                raise PeerTimeout(f"timed out after {timeout_s:g} s waiting for {what}")
+        return
+    if strategy not in WAIT_STRATEGIES:
+        raise ValueError(f"unknown wait strategy {strategy!r}; use one of {WAIT_STRATEGIES}")
+    for _ in range(spin if strategy == "spin_then_sleep" else min(spin, 200)):
         if cond():
             return
     deadline = time.monotonic() + timeout_s
+    if strategy == "fifo":
+        if wakeup is None:
+            raise ValueError("the fifo wait strategy needs the reader's Wakeup")
+        while not cond():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PeerTimeout(f"timed out after {timeout_s:g} s waiting for {what}")
+            wakeup.wait(left)
+        return
     pause = 0.0
     while not cond():
         if time.monotonic() > deadline:
             raise PeerTimeout(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(pause)
         pause = min(pause * 2 if pause else 1e-5, 1e-3)
+
+
+FIFO_PREFIX = "ipcbench-fifo-"
+
+
+class Wakeup:
+    """Kernel wake-ups from the writer to each reader: one named pipe per reader (collective over ``comm``).
+
+    The writer calls :meth:`notify` after publishing a message; a reader blocks in :meth:`wait` (``select``)
+    until a byte arrives. A full pipe means wake-ups are already pending, so notify never blocks.
+    """
+
+    def __init__(self, comm):
+        import select  # noqa: F401 - imported here to fail early on platforms without it
+
+        self.is_writer = comm.rank == 0
+        path = None
+        if self.is_writer:
+            import tempfile
+
+            path = tempfile.mkdtemp(prefix=f"{FIFO_PREFIX}{os.getpid()}-")
+            for r in range(1, comm.size):
+                os.mkfifo(os.path.join(path, f"reader{r}"))
+        self.dir = comm.bcast(path, root=0)
+        self.fds: list[int] = []
+        if not self.is_writer:
+            self.fds = [os.open(os.path.join(self.dir, f"reader{comm.rank}"), os.O_RDONLY | os.O_NONBLOCK)]
+        comm.Barrier()  # every read end is open before the writer opens the write ends
+        if self.is_writer:
+            self.fds = [os.open(os.path.join(self.dir, f"reader{r}"), os.O_WRONLY | os.O_NONBLOCK)
+                        for r in range(1, comm.size)]  # fmt: skip
+
+    def notify(self) -> None:
+        """Wake every reader (writer)."""
+        for fd in self.fds:
+            try:
+                os.write(fd, b"\0")
+            except (BlockingIOError, BrokenPipeError):  # a full pipe: a wake-up is pending; a gone reader: nothing to wake
+                pass
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until the writer's next wake-up or ``timeout_s`` (reader); drain what is pending."""
+        import select
+
+        fd = self.fds[0]
+        ready, _, _ = select.select([fd], [], [], timeout_s)
+        if ready:
+            try:
+                os.read(fd, 65536)
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        """Close the pipes; the writer removes their directory."""
+        import shutil
+
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+        if self.is_writer and self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+
+def fifo_dirs() -> list[str]:
+    """Return wake-up pipe directories of this library still present in the temp dir."""
+    import tempfile
+
+    tmp = tempfile.gettempdir()
+    return sorted(os.path.join(tmp, d) for d in os.listdir(tmp) if d.startswith(FIFO_PREFIX))
 
 
 def as_array(frame) -> np.ndarray:

@@ -17,9 +17,11 @@ import tempfile
 import lmdb
 
 from .base import (
+    WAIT_STRATEGIES,
     Channel,
     PayloadTooLarge,
     PeerTimeout,
+    Wakeup,
     framed_size,
     pack_into,
     unpack_from,
@@ -35,23 +37,31 @@ class LmdbChannel(Channel):
 
     name = "lmdb"
 
-    def __init__(self, comm, map_bytes: int = 1 << 30, timeout_s: float = 10.0, readers=None):
+    def __init__(self, comm, map_bytes: int = 1 << 30, timeout_s: float = 10.0, readers=None,
+                 wait: str = "spin_then_sleep", buffers: bool = False, writemap: bool = True, sync: bool = False):  # fmt: skip
+        if wait not in WAIT_STRATEGIES:
+            raise ValueError(f"unknown wait strategy {wait!r}; use one of {WAIT_STRATEGIES}")
         super().__init__(comm.rank == 0, comm.size - 1)
         self.timeout_s = timeout_s
         self.map_bytes = int(map_bytes)
+        self.wait = wait
+        self.buffers = bool(buffers)  # zero-copy reads: the value is a view into the map, valid until release()
+        self.settings = {"writemap": bool(writemap), "sync": bool(sync), "metasync": bool(sync)}
+        self._txn = None
         path = None
         if self.is_writer:
             self.dir = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
-            self.env = lmdb.open(self.dir, map_size=self.map_bytes, writemap=True, sync=False,
-                                 metasync=False, max_readers=max(126, 2 * self.readers), lock=True)  # fmt: skip
+            self.env = lmdb.open(self.dir, map_size=self.map_bytes, max_readers=max(126, 2 * self.readers), lock=True,
+                                 **self.settings)  # fmt: skip
             path = self.dir
         path = comm.bcast(path, root=0)
         if not self.is_writer:
             self.dir = path
-            self.env = lmdb.open(path, map_size=self.map_bytes, writemap=True, sync=False, metasync=False, lock=True)
+            self.env = lmdb.open(path, map_size=self.map_bytes, lock=True, **self.settings)
             with self.env.begin(write=True) as txn:
                 txn.put(f"reader/{comm.rank}".encode(), b"1")
         self.seq = 0
+        self.wakeup = Wakeup(comm) if wait == "fifo" else None
         comm.Barrier()
 
     def wait_for_readers(self, timeout_s: float | None = None) -> None:
@@ -85,24 +95,46 @@ class LmdbChannel(Channel):
                 "open the channel with a larger map_bytes"
             ) from None
         self.seq += 1
+        if self.wakeup is not None:
+            self.wakeup.notify()
 
     def recv(self) -> list:
-        """Return the next message's frames (copied out of the map in one read transaction)."""
+        """Return the next message's frames: copied out of the map, or with ``buffers`` views into it (until release)."""
+        self.release()
         key = _KEY.pack(self.seq)
         value = None
 
         def ready():
             nonlocal value
-            with self.env.begin() as txn:
+            if self.buffers:  # keep the read transaction open: the view is valid only while it is
+                txn = self.env.begin(buffers=True)
                 value = txn.get(key)
+                if value is None:
+                    txn.abort()
+                else:
+                    self._txn = txn
+            else:
+                with self.env.begin() as txn:
+                    value = txn.get(key)
             return value is not None
 
-        wait_until(ready, self.timeout_s, f"LMDB message {self.seq}", spin=50)
+        wait_until(ready, self.timeout_s, f"LMDB message {self.seq}", spin=50, strategy=self.wait, wakeup=self.wakeup)
         self.seq += 1
         return unpack_from(memoryview(value))
 
+    def release(self) -> None:
+        """End the read transaction that keeps a zero-copy value valid."""
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+
     def close(self) -> None:
         """Close the environment; the writer removes its directory."""
+        if getattr(self, "_txn", None) is not None:
+            self.release()
+        wakeup, self.wakeup = getattr(self, "wakeup", None), None
+        if wakeup is not None:
+            wakeup.close()
         env = getattr(self, "env", None)
         if env is not None:
             env.close()

@@ -4,8 +4,10 @@ Layout of the one segment: a control block of uint64 counters, then ``slots`` sl
 of ``slot_bytes`` each. ``written[s]`` holds 1 + the sequence number of the message
 in slot s; ``read[r, s]`` holds 1 + the last sequence number reader r finished with
 in slot s. The writer may reuse a slot only when every reader has finished with it;
-a reader may read slot s for message m only when ``written[s] == m + 1``. Waiting
-spins a bounded number of times, then yields and sleeps (``base.wait_until``).
+a reader may read slot s for message m only when ``written[s] == m + 1``. A reader waits
+for the writer with the channel's ``wait`` strategy (``base.WAIT_STRATEGIES``: spin,
+spin then sleep, or a kernel wake-up through a named pipe); the writer waiting for a slot
+to be freed spins, then sleeps.
 
 Readers get views into the slot (zero-copy): the frames are valid until the reader's
 next ``recv()`` or ``release()``. Payloads larger than a slot raise PayloadTooLarge
@@ -26,10 +28,12 @@ from multiprocessing import resource_tracker, shared_memory
 import numpy as np
 
 from .base import (
+    WAIT_STRATEGIES,
     BackendError,
     Channel,
     PayloadTooLarge,
     PeerTimeout,
+    Wakeup,
     framed_size,
     pack_into,
     unpack_from,
@@ -62,10 +66,15 @@ class ShmChannel(Channel):
 
     name = "shm"
 
-    def __init__(self, comm, slot_bytes: int = 1 << 20, slots: int = 4, timeout_s: float = 10.0, readers=None):
+    def __init__(self, comm, slot_bytes: int = 1 << 20, slots: int = 4, timeout_s: float = 10.0, readers=None,
+                 wait: str = "spin_then_sleep"):  # fmt: skip
         require_total_store_order()  # every rank runs on the same CPU kind, so every rank raises alike
+        if wait not in WAIT_STRATEGIES:
+            raise ValueError(f"unknown wait strategy {wait!r}; use one of {WAIT_STRATEGIES}")
         super().__init__(comm.rank == 0, comm.size - 1)
         self.timeout_s = timeout_s
+        self.wait = wait
+        self.wakeup = Wakeup(comm) if wait == "fifo" else None
         name = None
         if self.is_writer:
             self.slot_bytes = int(slot_bytes)
@@ -131,6 +140,8 @@ class ShmChannel(Channel):
         pack_into(self._slot(s), frames)
         self.written[s] = self.seq + 1  # published after the data (x86-64 TSO keeps the order)
         self.seq += 1
+        if self.wakeup is not None:
+            self.wakeup.notify()
 
     def recv(self) -> list:
         """Return views of the next message's frames (valid until the next recv or release)."""
@@ -138,7 +149,8 @@ class ShmChannel(Channel):
         s = self.seq % self.slots
         want = self.seq + 1
         written = self.written
-        wait_until(lambda: written[s] == want, self.timeout_s, f"shm message {self.seq} from the writer")
+        wait_until(lambda: written[s] == want, self.timeout_s, f"shm message {self.seq} from the writer",
+                   strategy=self.wait, wakeup=self.wakeup)  # fmt: skip
         self._holding = s
         return unpack_from(self._slot(s))
 
@@ -151,6 +163,9 @@ class ShmChannel(Channel):
 
     def close(self) -> None:
         """Detach (readers) or detach and unlink (writer) the segment."""
+        wakeup, self.wakeup = getattr(self, "wakeup", None), None
+        if wakeup is not None:
+            wakeup.close()
         shm = getattr(self, "shm", None)
         if shm is None:
             return

@@ -21,6 +21,7 @@ only, measured after the writer has already queued everything it can.
 from __future__ import annotations
 
 import struct
+import time
 
 import numpy as np
 import pandas as pd
@@ -70,19 +71,29 @@ def same(a, b) -> bool:
     return a == b
 
 
-def channel_options(backend: str, frame_bytes: int, messages: int) -> dict:
-    """Return the backend options that fit ``messages`` of ``frame_bytes`` (slot and map sizes)."""
+READER_WAIT = "spin"
+"""How shared-memory and LMDB readers wait for the next message in the timed points (and so in the claims): polling
+without pause adds no delay, as MPICH's receivers do; the ``wait_strategy`` experiment measures the others."""
+
+
+def channel_options(backend: str, frame_bytes: int, messages: int, options: dict | None = None) -> dict:
+    """Return the backend options that fit ``messages`` of ``frame_bytes`` (slot and map sizes), plus ``options``
+    (``wait``: the reader's wait strategy; LMDB's ``buffers``, ``writemap``, ``sync``) for the backends that take them."""
+    options = dict(options or {})
     if backend == "shm":
-        return {"slot_bytes": max(4096, int(frame_bytes * 1.05) + 4096), "slots": 4}
+        options.pop("buffers", None), options.pop("writemap", None), options.pop("sync", None)
+        return {"slot_bytes": max(4096, int(frame_bytes * 1.05) + 4096), "slots": 4, "wait": READER_WAIT, **options}
     if backend == "lmdb":
-        return {"map_bytes": max(1 << 24, int((frame_bytes + 4096) * (messages + 4) * 1.5))}
+        return {"map_bytes": max(1 << 24, int((frame_bytes + 4096) * (messages + 4) * 1.5)), "wait": READER_WAIT,
+                **options}  # fmt: skip
     return {}
 
 
 # ------------------------------------------------------------- SPMD: on the engines
 
 
-def transfer_point(comm, backend: str, codec: str, kind: str, size: int, messages: int, warmup: int) -> dict | None:
+def transfer_point(comm, backend: str, codec: str, kind: str, size: int, messages: int, warmup: int,
+                   options: dict | None = None) -> dict | None:  # fmt: skip
     """Send ``warmup + messages`` paced messages from rank 0 to every other rank; return phase times on rank 0.
 
     Every message, warm-up and timed, is checked by sequence number and size, and its decoded content
@@ -92,10 +103,11 @@ def transfer_point(comm, backend: str, codec: str, kind: str, size: int, message
     obj = make_payload(kind, size)
     frames0 = c.encode(obj)
     nbytes = ser.frames_nbytes(frames0)
-    opts = channel_options(backend, framed_size(frames0) + 64, warmup + messages)
+    opts = channel_options(backend, framed_size(frames0) + 64, warmup + messages, options)
     del frames0
     chan = backends.open_channel(backend, comm, **opts)
     rows = []
+    cpu_ns = time.process_time_ns
     with gc_paused():  # no collection triggered by one message's garbage is charged to another
         try:
             if chan.is_writer and hasattr(chan, "wait_for_readers"):
@@ -111,9 +123,11 @@ def transfer_point(comm, backend: str, codec: str, kind: str, size: int, message
                     del frames
                     rows.append((k, t0, t1, t2))
                 else:
+                    c0 = cpu_ns()
                     r0 = now_ns()
                     frames = chan.recv()
                     r1 = now_ns()
+                    c1 = cpu_ns()
                     out = c.decode(frames[1:])
                     r2 = now_ns()
                     seq = SEQ.unpack(bytes(frames[0]))[0]
@@ -126,7 +140,7 @@ def transfer_point(comm, backend: str, codec: str, kind: str, size: int, message
                                              f"message {k}")  # fmt: skip
                     del out, frames
                     chan.release()
-                    rows.append((k, r0, r1, r2))
+                    rows.append((k, r0, r1, r2, c1 - c0))
             comm.Barrier()
         finally:
             chan.close()
@@ -136,15 +150,16 @@ def transfer_point(comm, backend: str, codec: str, kind: str, size: int, message
     w = {k: (t0, t1, t2) for k, t0, t1, t2 in gathered[0]}
     per = []
     for reader, rr in enumerate(gathered[1:], start=1):
-        for k, r0, r1, r2 in rr:
+        for k, r0, r1, r2, cpu in rr:
             if k < warmup:
                 continue
             t0, t1, t2 = w[k]
             per.append({"message": k, "reader": reader, "serialize": (t1 - t0) * 1e-9,
                         "send_call": (t2 - t1) * 1e-9, "transfer": (r1 - t1) * 1e-9,
                         "deserialize": (r2 - r1) * 1e-9, "end_to_end": (r2 - t0) * 1e-9,
-                        "reader_wait": (r1 - r0) * 1e-9})  # fmt: skip
-    return {"nbytes": nbytes, "per_reader": per}
+                        "reader_wait": (r1 - r0) * 1e-9,
+                        "recv_cpu_share": min(1.0, cpu / (r1 - r0)) if r1 > r0 else 1.0})  # fmt: skip
+    return {"nbytes": nbytes, "per_reader": per, "options": opts}
 
 
 def read_time_point(comm, backend: str, codec: str, size: int, messages: int) -> dict | None:
@@ -278,7 +293,12 @@ def parameters(profile: str | None = None) -> dict:
             "messages": messages, "big_messages": big_messages, "warmup": warmup, "readers": readers,
             "record_codecs": ["pickle4", "pickle5", "pickle5_oob", "msgpack"],
             "array_codecs": ["pickle5", "pickle5_oob", "raw"], "backends": list(backends.BROADCAST_BACKENDS),
-            "source_codec": "pickle5", "read_time_n": [10, 100, 1000, 10_000], "pushpull_messages": 30}  # fmt: skip
+            "source_codec": "pickle5", "read_time_n": [10, 100, 1000, 10_000], "pushpull_messages": 30,
+            "reader_wait": READER_WAIT, "wait_strategies": list(backends.WAIT_STRATEGIES),
+            "wait_points": [("records", 1000), ("records", 10_000), ("array", 64)],
+            "lmdb_settings": {"default": {}, "zero_copy_reads": {"buffers": True}, "no_writemap": {"writemap": False},
+                              "sync": {"sync": True}},
+            "lmdb_points": [("records", 10_000, "pickle5"), ("array", 64 * KiB, "raw"), ("array", 16 * MiB, "raw")]}  # fmt: skip
 
 
 def _points(p: dict) -> list[dict]:
@@ -298,6 +318,17 @@ def _points(p: dict) -> list[dict]:
         for size in p["array_sizes_many_readers"]:
             for b in p["backends"]:
                 pts.append({"experiment": "arrays", "backend": b, "codec": "pickle5_oob", "kind": "array", "size": size, "readers": r})
+    # how the reader waits (shared memory, LMDB): the timed points above poll without pause
+    for kind, size in p["wait_points"]:
+        for b in ("shm", "lmdb"):
+            for wait in p["wait_strategies"]:
+                codec = p["source_codec"] if kind == "records" else "raw"
+                pts.append({"experiment": "wait_strategy", "backend": b, "codec": codec, "kind": kind, "size": size, "readers": 1,
+                            "options": {"wait": wait}, "label": f"{b}/{wait}", "wait": wait})
+    for kind, size, codec in p["lmdb_points"]:
+        for setting, opts in p["lmdb_settings"].items():
+            pts.append({"experiment": "lmdb_settings", "backend": "lmdb", "codec": codec, "kind": kind, "size": size, "readers": 1,
+                        "options": opts, "label": f"lmdb/{setting}", "setting": setting})
     return pts  # fmt: skip
 
 
@@ -323,22 +354,25 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         heavy = pt["size"] >= (4 * MiB if pt["kind"] == "array" else 100_000)  # messages of several ms
         msgs = p["big_messages"] if heavy else p["messages"]
         out = run_point(cluster, transfer_point, pt["backend"], pt["codec"], pt["kind"], pt["size"], msgs, p["warmup"],
-                          ranks=ranks, timeout=600)[0]  # fmt: skip
+                        pt.get("options"), ranks=ranks, timeout=600)[0]  # fmt: skip
         df = pd.DataFrame(out["per_reader"])
         # cross-rank summary: per message, the slowest reader
         per_msg = df.groupby("message").agg({"serialize": "max", "send_call": "max", "transfer": "max",
-                                             "deserialize": "max", "end_to_end": "max"})  # fmt: skip
-        labels = {"chapter": CHAPTER, "experiment": pt["experiment"], "variant": pt["backend"],
+                                             "deserialize": "max", "end_to_end": "max", "reader_wait": "max",
+                                             "recv_cpu_share": "max"})  # fmt: skip
+        labels = {"chapter": CHAPTER, "experiment": pt["experiment"], "variant": pt.get("label", pt["backend"]),
                   "payload": f"{pt['kind']}:{pt['codec']}", "size_bytes": out["nbytes"], "ranks": ranks,
                   "oversubscribed": cluster.oversubscribed_at(ranks)}  # fmt: skip
         extra = {"backend": pt["backend"], "codec": pt["codec"], "kind": pt["kind"], "readers": pt["readers"],
                  "n_records": pt["size"] if pt["kind"] == "records" else None,
                  "array_bytes": pt["size"] if pt["kind"] == "array" else None,
-                 "stop_reason": f"fixed: {msgs} messages"}  # fmt: skip
-        for metric in ("serialize", "send_call", "transfer", "deserialize", "end_to_end"):
+                 "stop_reason": f"fixed: {msgs} messages", "reader_wait_strategy": out["options"].get("wait"),
+                 "wait": pt.get("wait"), "lmdb_setting": pt.get("setting")}  # fmt: skip
+        for metric, unit in (("serialize", "s"), ("send_call", "s"), ("transfer", "s"), ("deserialize", "s"),
+                             ("end_to_end", "s"), ("reader_wait", "s"), ("recv_cpu_share", "1")):  # fmt: skip
             st = summarize(per_msg[metric].to_numpy())
-            rows.append(results.summary_row(st, **labels, metric=metric, unit="s", **extra))
-            samples += results.sample_rows(per_msg[metric].to_numpy(), **labels, metric=metric, unit="s")
+            rows.append(results.summary_row(st, **labels, metric=metric, unit=unit, **extra))
+            samples += results.sample_rows(per_msg[metric].to_numpy(), **labels, metric=metric, unit=unit)
         bw = out["nbytes"] / per_msg["end_to_end"].to_numpy()
         rows.append(results.summary_row(summarize(bw), **labels, metric="bandwidth", unit="B/s", **extra))
         phases.append({**pt, "nbytes": out["nbytes"], **per_msg.median().to_dict()})
@@ -379,6 +413,11 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "end_to_end": "writer's encode start -> reader's decode return",
         "cross-rank summary": "per message, the maximum over readers",
         "read_time": "the source's metric: reader's receive + decode call only",
+        "bandwidth": "payload bytes / end-to-end time, one message in flight (a latency-bound bandwidth, not a stream)",
+        "reader_wait": "the reader's receive call, from entering it to returning (waiting for the writer included)",
+        "recv_cpu_share": "CPU seconds the reader's process spent inside its receive call / that call's wall time",
+        "reader_wait_strategy": f"how shared-memory and LMDB readers wait: {READER_WAIT} in the timed points; the "
+                                "wait_strategy experiment compares spin, spin_then_sleep and fifo",
         "pacing": "one message in flight: a barrier before every message",
     })
     results.write(CHAPTER, summary, samples_df, meta,
