@@ -15,10 +15,11 @@ from .base import WAIT_STRATEGIES, BackendError, Channel, PayloadTooLarge, PeerT
 from .lmdb_backend import LmdbChannel
 from .mpi_backend import MpiBcastChannel, MpiBufferBcastChannel, MpiP2PChannel, MpiPkl5Channel
 from .shm import ShmChannel
-from .zmq_backend import ZmqChannel, ZmqPushPullChannel
+from .zmq_backend import ZmqChannel, ZmqPubSubChannel, ZmqPushPullChannel
 
 BACKENDS: dict[str, type[Channel]] = {
     "zmq": ZmqChannel,
+    "zmq_pubsub": ZmqPubSubChannel,
     "shm": ShmChannel,
     "lmdb": LmdbChannel,
     "mpi_bcast": MpiBcastChannel,

@@ -4,6 +4,11 @@
   message. Frames of 64 KiB and more are sent without copying (pyzmq's threshold).
   A ready handshake makes the writer wait until every reader is connected, and a
   send timeout turns a reader that stops reading into a clear error.
+* ``zmq_pubsub``: ZeroMQ's idiomatic one-to-many: one PUB bound, N SUBs. PUB drops
+  messages for subscribers that are not connected yet (the slow-joiner problem) and
+  beyond the high-water mark; here the writer repeats a hello until every reader has
+  received one (so even a reader that connects last misses nothing) and the high-water
+  marks are unlimited, so under paced sends no message is dropped.
 * ``zmq_pushpull``: the source's design: one PUSH bound, N PULLs connected to it.
   PUSH load-balances, so each reader gets about 1/N of the messages. Kept as a named
   variant to show what it delivers; it is not a broadcast.
@@ -100,6 +105,91 @@ class ZmqChannel(Channel):
         for s in self.socks:
             s.close(linger=0)
         self.socks = []
+        if self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+
+class ZmqPubSubChannel(Channel):
+    """One PUB socket bound, one SUB per reader; a hello handshake (over MPI) removes the slow-joiner loss."""
+
+    name = "zmq_pubsub"
+    HELLO_EVERY_S = 0.002
+
+    def __init__(self, comm, readers: int | None = None, timeout_s: float = 10.0, join_delay_s: float = 0.0):
+        import time
+
+        super().__init__(comm.rank == 0, comm.size - 1)
+        self.timeout_s = timeout_s
+        self.ctx = zmq.Context.instance()
+        self.tmpdir = None
+        ep = None
+        if self.is_writer:
+            self.tmpdir = tempfile.mkdtemp(prefix=f"ipcbench-zmq-{os.getpid()}-")
+            ep = f"ipc://{self.tmpdir}/pubsub.ipc"
+            self.sock = self.ctx.socket(zmq.PUB)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.setsockopt(zmq.SNDHWM, 0)  # unlimited: PUB drops, never blocks, beyond its high-water mark
+            self.sock.bind(ep)
+        ep = comm.bcast(ep, root=0)
+        if not self.is_writer:
+            if join_delay_s:  # a reader that connects late (tests of the slow-joiner handling)
+                time.sleep(join_delay_s)
+            self.sock = self.ctx.socket(zmq.SUB)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.setsockopt(zmq.RCVHWM, 0)
+            self.sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+            self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+            self.sock.connect(ep)
+        try:
+            self._join(comm)
+        except BaseException:
+            self.close()
+            raise
+
+    def _join(self, comm) -> None:
+        """Repeat a hello until every subscriber has received one (every rank decides together, over MPI)."""
+        import time
+
+        from mpi4py import MPI
+
+        deadline = time.monotonic() + self.timeout_s
+        joined = False
+        while True:
+            if self.is_writer:
+                self.sock.send(_HELLO)
+                time.sleep(self.HELLO_EVERY_S)
+                joined = True
+            elif not joined and self.sock.poll(int(self.HELLO_EVERY_S * 1000)):
+                joined = self.sock.recv() == _HELLO or joined
+            done = comm.allreduce(1 if joined else 0, op=MPI.MIN) if hasattr(comm, "allreduce") else int(joined)
+            if done:
+                return
+            if time.monotonic() > deadline:
+                raise PeerTimeout(f"zmq_pubsub: a reader did not receive the writer's hello within {self.timeout_s:g} s")
+
+    def send(self, frames: list) -> None:
+        """Publish the frames to every subscriber (zero-copy for frames >= 64 KiB)."""
+        self.sock.send(_DATA, zmq.SNDMORE)
+        for i, f in enumerate(frames):
+            self.sock.send(f, zmq.SNDMORE if i < len(frames) - 1 else 0, copy=memoryview(f).nbytes < zmq.COPY_THRESHOLD)
+
+    def recv(self) -> list:
+        """Return the next message's frames, skipping the handshake's leftover hellos."""
+        while True:
+            try:
+                msg = self.sock.recv_multipart(copy=False)
+            except zmq.Again:
+                raise PeerTimeout(f"zmq_pubsub: no message from the writer within {self.timeout_s:g} s") from None
+            if msg[0].bytes != _HELLO:
+                return [f.buffer for f in msg[1:]]
+
+    def close(self) -> None:
+        """Close the socket and remove the ipc socket file."""
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            sock.close(linger=0)
+            self.sock = None
         if self.tmpdir:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None

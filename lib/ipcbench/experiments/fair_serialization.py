@@ -514,7 +514,7 @@ def targets(summary: pd.DataFrame, limits: pd.DataFrame) -> dict:
     }  # fmt: skip
 
 
-FRAMING_OF = {"shm": "pack_unpack", "lmdb": "pack_unpack", "mpi_bcast": "pickle_frame_list",
+FRAMING_OF = {"shm": "pack_unpack", "lmdb": "pack_unpack", "mpi_bcast": "pickle_frame_list", "zmq_pubsub": None,
               "mpi_pkl5": "pickle_frame_list", "mpi_p2p": "pickle_frame_list", "zmq": None, "mpi_Bcast": None}
 """Which Python framing each backend adds to a message: shared memory and LMDB pack the frames into one buffer, the
 lowercase MPI paths pickle the frame list; ZeroMQ sends the frames as a multipart message and uppercase Bcast sends
