@@ -19,6 +19,11 @@ for backend in backends.BROADCAST_BACKENDS:
                 assert len(out["per_reader"]) == 4 * (comm.size - 1), (backend, codec, kind, out)
                 assert all(r["transfer"] > 0 and r["end_to_end"] > 0 for r in out["per_reader"])
             checked += 1
+    # streaming: a window of messages in flight, every message checked
+    st = fs.stream_point(comm, backend, 65536, window=4, rounds=2, warmup=1)
+    if comm.rank == 0:
+        assert len(st["bandwidth"]) == 2 and all(b > 0 for b in st["bandwidth"]), (backend, st)
+comm.Barrier()
 assert not any(backends.leftovers().values()), backends.leftovers()
 if comm.rank == 0:
     print(f"backends OK: {checked} backend x codec x payload combinations to {comm.size - 1} reader(s)")

@@ -162,6 +162,56 @@ def transfer_point(comm, backend: str, codec: str, kind: str, size: int, message
     return {"nbytes": nbytes, "per_reader": per, "options": opts}
 
 
+def stream_point(comm, backend: str, nbytes: int, window: int, rounds: int, warmup: int = 2) -> dict | None:
+    """Streaming bandwidth in the style of OSU's ``osu_bw``: ``window`` messages in flight, one round at a time.
+
+    Per round the writer sends ``window`` raw arrays back to back (no barrier between them), every reader
+    receives and decodes all of them, then a barrier closes the round; a sample is window x payload bytes /
+    (round start to the barrier) on the writer's clock. Every message's content is checked after its round.
+    Returns on rank 0 the per-round bandwidths (B/s).
+    """
+    c = ser.get("raw")
+    obj = make_array(nbytes)
+    frames0 = c.encode(obj)
+    frame_bytes = framed_size([SEQ.pack(0), *frames0]) + 64
+    opts = channel_options(backend, frame_bytes, (warmup + rounds) * window)
+    if backend == "shm":
+        opts["slots"] = window + 1  # the whole window fits in the ring
+    elif backend in ("zmq",):
+        opts["hwm"] = window + 4
+    payload_bytes = ser.frames_nbytes(frames0)
+    del frames0
+    chan = backends.open_channel(backend, comm, **opts)
+    bw = []
+    try:
+        if chan.is_writer and hasattr(chan, "wait_for_readers"):
+            chan.wait_for_readers()
+        with gc_paused():
+            for rnd in range(warmup + rounds):
+                comm.Barrier()
+                t0 = now_ns()
+                if chan.is_writer:
+                    for k in range(window):
+                        chan.send([SEQ.pack(rnd * window + k), *c.encode(obj)])
+                else:
+                    for k in range(window):
+                        frames = chan.recv()
+                        out = c.decode(frames[1:])
+                        seq = SEQ.unpack(bytes(frames[0]))[0]
+                        ok = seq == rnd * window + k and same(obj, out)
+                        del out, frames
+                        chan.release()
+                        if not ok:
+                            raise AssertionError(f"{backend}: reader {comm.rank} got a wrong message in round {rnd}")
+                comm.Barrier()
+                if chan.is_writer and rnd >= warmup:
+                    bw.append(window * payload_bytes / ((now_ns() - t0) * 1e-9))
+        comm.Barrier()
+    finally:
+        chan.close()
+    return {"bandwidth": bw, "payload_bytes": payload_bytes} if comm.rank == 0 else None
+
+
 def read_time_point(comm, backend: str, codec: str, size: int, messages: int) -> dict | None:
     """The source's metric: each reader times its receive + decode calls only; return them on rank 0.
 
@@ -298,7 +348,8 @@ def parameters(profile: str | None = None) -> dict:
             "wait_points": [("records", 1000), ("records", 10_000), ("array", 64)],
             "lmdb_settings": {"default": {}, "zero_copy_reads": {"buffers": True}, "no_writemap": {"writemap": False},
                               "sync": {"sync": True}},
-            "lmdb_points": [("records", 10_000, "pickle5"), ("array", 64 * KiB, "raw"), ("array", 16 * MiB, "raw")]}  # fmt: skip
+            "lmdb_points": [("records", 10_000, "pickle5"), ("array", 64 * KiB, "raw"), ("array", 16 * MiB, "raw")],
+            "stream_sizes": {64 * KiB: 16, 16 * MiB: 4}, "stream_rounds": 6 if name == "quick" else 10}  # fmt: skip
 
 
 def _points(p: dict) -> list[dict]:
@@ -377,6 +428,17 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         rows.append(results.summary_row(summarize(bw), **labels, metric="bandwidth", unit="B/s", **extra))
         phases.append({**pt, "nbytes": out["nbytes"], **per_msg.median().to_dict()})
 
+    # streaming: a window of messages in flight (OSU osu_bw style), 1 reader, raw arrays
+    for size, window in progress(list(p["stream_sizes"].items()), "streaming bandwidth"):
+        for b in p["backends"]:
+            out = run_point(cluster, stream_point, b, size, window, p["stream_rounds"], ranks=2, timeout=600)[0]
+            lab = {"chapter": CHAPTER, "experiment": "stream", "variant": b, "payload": "array:raw",
+                   "size_bytes": out["payload_bytes"], "ranks": 2, "oversubscribed": cluster.oversubscribed_at(2)}  # fmt: skip
+            rows.append(results.summary_row(summarize(out["bandwidth"]), **lab, metric="bandwidth", unit="B/s", backend=b,
+                                            codec="raw", kind="array", readers=1, array_bytes=size, window=window,
+                                            stop_reason=f"fixed: {p['stream_rounds']} rounds"))  # fmt: skip
+            samples += results.sample_rows(out["bandwidth"], **lab, metric="bandwidth", unit="B/s")
+
     # the source's metric: reader-side read time at 1 writer + 3 readers (or the most readers run)
     src_readers = 3 if 3 in p["readers"] else max(p["readers"])
     for n in progress(p["read_time_n"], "source's read time"):
@@ -413,7 +475,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "end_to_end": "writer's encode start -> reader's decode return",
         "cross-rank summary": "per message, the maximum over readers",
         "read_time": "the source's metric: reader's receive + decode call only",
-        "bandwidth": "payload bytes / end-to-end time, one message in flight (a latency-bound bandwidth, not a stream)",
+        "bandwidth": "payload bytes / end-to-end time, one message in flight (a latency-bound bandwidth, not a stream); "
+                     "experiment stream: window x payload bytes / time for a window of messages sent back to back "
+                     "(OSU osu_bw style), per round",
         "reader_wait": "the reader's receive call, from entering it to returning (waiting for the writer included)",
         "recv_cpu_share": "CPU seconds the reader's process spent inside its receive call / that call's wall time",
         "reader_wait_strategy": f"how shared-memory and LMDB readers wait: {READER_WAIT} in the timed points; the "
