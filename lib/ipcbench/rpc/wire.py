@@ -12,8 +12,9 @@ differ in where the tensors' bytes go:
 * ``shm``: the map carries (name, dtype, shape, offset); the bytes are written into
   the sender's shared-memory arena (one copy) and read in place by the receiver.
 
-A wire dtype of ``float16`` converts float32 tensors while encoding and back to
-float32 while decoding; integer tensors (token ids) are never converted.
+A wire dtype of ``float16`` or ``bfloat16`` (numpy's via ``ml_dtypes``: float32's exponent
+range, 8 bits of mantissa) converts float32 tensors while encoding and back to float32
+while decoding; integer tensors (token ids) are never converted.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import secrets
 import struct
 from multiprocessing import resource_tracker, shared_memory
 
+import ml_dtypes
 import msgpack
 import numpy as np
 
 CODECS = ("msgpack", "multipart", "shm")
-WIRE_DTYPES = ("float32", "float16")
-TENSOR_DTYPES = ("float32", "float16", "int64", "int32")
+WIRE_DTYPES = ("float32", "float16", "bfloat16")
+TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32")
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+_HALF = (np.dtype(np.float16), BFLOAT16)
 MAX_DIMS = 4
 ALIGN = 64
 SHM_PREFIX = "ipcbench_rpc_"
@@ -138,8 +142,8 @@ def leftover_arenas() -> list[str]:
 
 
 def _wire_dtype_of(arr: np.ndarray, wire_dtype: str) -> np.dtype:
-    if arr.dtype == np.float32 and wire_dtype == "float16":
-        return np.dtype(np.float16)
+    if arr.dtype == np.float32 and wire_dtype in ("float16", "bfloat16"):
+        return np.dtype(wire_dtype)
     return arr.dtype
 
 
@@ -157,8 +161,8 @@ def _check_meta(name, dtype, shape, max_elems: int) -> tuple[np.dtype, tuple]:
 
 
 def _to_compute(arr: np.ndarray, own: bool) -> np.ndarray:
-    """float16 on the wire -> float32; ``own`` copies views of transient buffers."""
-    if arr.dtype == np.float16:
+    """float16 or bfloat16 on the wire -> float32; ``own`` copies views of transient buffers."""
+    if arr.dtype in _HALF:
         return arr.astype(np.float32)
     return np.array(arr) if own else arr
 
@@ -180,7 +184,9 @@ def encode(codec: str, header: dict, tensors: dict | None = None, wire_dtype: st
     if codec == "multipart":
         arrays = [np.ascontiguousarray(a.astype(_wire_dtype_of(a, wire_dtype), copy=False)) for a in tensors.values()]
         body["tensors"] = [[n, a.dtype.name, list(a.shape)] for n, a in zip(tensors, arrays, strict=True)]
-        return [msgpack.packb(body, use_bin_type=True)] + arrays, 0
+        # bfloat16 has no buffer-protocol format: its frames go as the same bytes viewed as uint16
+        frames = [a.view(np.uint16) if a.dtype == BFLOAT16 else a for a in arrays]
+        return [msgpack.packb(body, use_bin_type=True)] + frames, 0
     if codec == "shm":
         if arena is None:
             raise ProtocolError("the shm codec needs a shared-memory arena (call Init with one first)")
