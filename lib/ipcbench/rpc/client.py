@@ -87,6 +87,7 @@ class RpcClient:
         self.step = -1
         self._next_id = 1
         self._log = None
+        self._log_methods = None
         self._closed = False
         self.request_arena = self.reply_arena = None
         self._ctx = context or zmq.Context.instance()
@@ -105,12 +106,22 @@ class RpcClient:
             raise
 
     # ----------------------------------------------------------------- logging
-    def start_log(self, path) -> None:
-        """Start a new per-call log at ``path`` (closing the previous one); call IDs restart at 1."""
+    def start_log(self, path, methods=None) -> None:
+        """Start a new per-call log at ``path`` (closing the previous one); call IDs restart at 1.
+
+        ``methods``: log only calls of these methods (the source's advice: "only BatchLinear and Matmul").
+        """
         if self._log is not None:
             self._log.close()
         self._log = PerfLog(path, self.transport)
+        self._log_methods = None if methods is None else frozenset(methods)
         self._next_id = 1
+
+    def stop_log(self) -> None:
+        """Close the per-call log, if any."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     # -------------------------------------------------------------------- calls
     def call(self, method: str, header: dict | None = None, tensors: dict | None = None) -> tuple[dict, dict]:
@@ -145,7 +156,7 @@ class RpcClient:
                          wire_in + shm_in, wire_out, wire_in, s_deser, s_comp, s_ser, s_total, self.step)  # fmt: skip
         if self.keep_records:
             self.records.append(rec)
-        if self._log is not None:
+        if self._log is not None and (self._log_methods is None or method in self._log_methods):
             self._log.write(rec)
         return body, out
 
