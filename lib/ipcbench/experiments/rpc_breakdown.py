@@ -203,6 +203,8 @@ def _monitor_cost(params: dict, endpoints: dict, prompt: list[int], rnd: int, lo
 
 CLIENTS_CONFIG = "fused_msgpack"
 """The configuration several clients run against one server: fused layers, msgpack over ipc:// (no arenas to share)."""
+CLIENTS_DECODE, CLIENTS_ROUNDS = 8, 6
+"""Decode tokens per client and round, and rounds (6: the fewest with a 95% interval), of the several-clients runs."""
 
 
 def clients_point(comm, params: dict, n_clients: int, rounds: int) -> dict | None:
@@ -212,7 +214,7 @@ def clients_point(comm, params: dict, n_clients: int, rounds: int) -> dict | Non
     def drive(endpoints):
         transport, codec, gran, wdt, _ = LADDER[CLIENTS_CONFIG]
         return {"rows": run_clients(endpoints[transport], n_clients, codec, gran, wdt, prompt_of(params),
-                                    params["decode"], rounds)}  # fmt: skip
+                                    min(params["decode"], CLIENTS_DECODE), rounds)}  # fmt: skip
 
     return _with_server(comm, params, drive)
 
@@ -334,7 +336,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             logs.update(out["logs"])
             served.append(out["server"])
         for n in progress(params["clients"], "several clients, one server"):
-            out = run_point(cluster, clients_point, params, n, params["samples"], ranks=2, timeout=900)[0]
+            out = run_point(cluster, clients_point, params, n, CLIENTS_ROUNDS, ranks=2, timeout=900)[0]
             clients += out["rows"]
     finally:
         try:  # best effort: after a failure the engines may have been restarted already
