@@ -21,6 +21,27 @@ if _bindir not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _bindir + os.pathsep + os.environ.get("PATH", "")
 
 
+_LEFTOVERS_AT_START: dict[str, list[str]] = {}
+
+
+def pytest_sessionstart(session):
+    """Note what an earlier, killed run left in /tmp and /dev/shm, so that checks see only this session's leftovers."""
+    from ipcbench import backends
+
+    _LEFTOVERS_AT_START.update(backends.leftovers())
+
+
+@pytest.fixture
+def new_leftovers():
+    """Return a function giving the library's leftovers that appeared during this test session, by kind."""
+    from ipcbench import backends
+
+    def new() -> dict[str, list[str]]:
+        return {k: sorted(set(v) - set(_LEFTOVERS_AT_START.get(k, []))) for k, v in backends.leftovers().items()}
+
+    return new
+
+
 @pytest.fixture
 def results_tmp(tmp_path, monkeypatch):
     """Point IPCBENCH_RESULTS_DIR at a temporary directory for one test."""

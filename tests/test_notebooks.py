@@ -72,7 +72,7 @@ def _ledger_of(chapter: str, session_results, monkeypatch):
 
 
 @pytest.mark.slow
-def test_chapter1_gives_every_seed_000_claim_a_verdict(session_results, monkeypatch):
+def test_chapter1_gives_every_seed_000_claim_a_verdict(session_results, monkeypatch, new_leftovers):
     from ipcbench import backends, results
 
     _ledger_of("fair_serialization", session_results, monkeypatch)
@@ -82,7 +82,7 @@ def test_chapter1_gives_every_seed_000_claim_a_verdict(session_results, monkeypa
     for b in backends.BROADCAST_BACKENDS:
         assert ran[(b, "records")] == {1, 3} and ran[(b, "array")] == {1, 3}, (b, ran)
     assert (summary.query("ranks > 2")["oversubscribed"]).all()
-    assert not any(backends.leftovers().values())
+    assert not any(new_leftovers().values())  # nothing left by this session's notebooks
 
 
 @pytest.mark.slow
@@ -173,7 +173,11 @@ def test_chapter2_checks_every_configuration_splits_every_token_and_gives_every_
     tg = res.meta["targets"]
     assert tg["best"] in rb.LADDER and tg["best_tokens_identical"]
     assert tg["overhead_cut_x"] > 0  # recorded; whether the best beats the baseline is a result shown on the page
-    assert not s["oversubscribed"].any()
+    # only the several-clients runs may put more processes than cores on the host, and they say so
+    clients = s["experiment"] == "clients"
+    assert not s.loc[~clients, "oversubscribed"].any()
+    cores = os.cpu_count()
+    assert (s.loc[clients, "oversubscribed"] == (s.loc[clients, "clients"] + 1 > cores)).all()  # clients + server
 
 
 @pytest.mark.slow
