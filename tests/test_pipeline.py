@@ -36,7 +36,7 @@ def test_every_local_processor_writes_the_same_output(kind, tmp_path):
     out = {}
     for cls in LOCAL:
         r = cls().run(w, N, BS, tmp_path / cls.name)
-        files = sorted((tmp_path / cls.name).iterdir())
+        files = _batch_files(tmp_path / cls.name)
         assert len(files) == N // BS and all(f.stat().st_size > 0 for f in files)
         assert r.n_batches == N // BS and r.wall_s > 0 and 0 < r.first_batch_s <= r.wall_s
         assert {e[0] for e in r.events} >= {"preprocess", "transform", "metrics", "save"}
@@ -110,12 +110,41 @@ def test_a_dead_pool_worker_is_reported_with_its_stage_and_batch(tmp_path):
     assert _children() == children
 
 
+def _batch_files(out):
+    """Return an output directory's files, less the marker that says the pipeline wrote it."""
+    return sorted(f for f in out.iterdir() if f.name != pl.OUTPUT_MARKER)
+
+
 def test_a_successful_run_replaces_a_previous_output(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    pl.SerialProcessor().run(pl.Workload(kind="numpy"), N, BS, out)
     (out / "stale.txt").write_text("from an older run")
     pl.SerialProcessor().run(pl.Workload(kind="numpy"), N, BS, out)
-    assert not (out / "stale.txt").exists() and len(list(out.iterdir())) == N // BS
+    assert not (out / "stale.txt").exists() and len(_batch_files(out)) == N // BS
+    assert (out / pl.OUTPUT_MARKER).exists()
+
+
+@pytest.mark.parametrize("cls", LOCAL)
+def test_a_directory_the_pipeline_did_not_write_is_refused_and_kept(cls, tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "thesis.tex").write_text("somebody's work")
+    with pytest.raises(pl.PipelineError, match="was not written by the pipeline"):
+        cls().run(pl.Workload(kind="numpy"), N, BS, out)
+    assert [f.name for f in out.iterdir()] == ["thesis.tex"] and not (tmp_path / "data.partial").exists()
+    # a file, or a foreign .partial, is refused the same way
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(pl.PipelineError, match="is not a directory"):
+        cls().run(pl.Workload(kind="numpy"), N, BS, tmp_path / "file")
+    (tmp_path / "o.partial").mkdir()
+    (tmp_path / "o.partial" / "keep").write_text("y")
+    with pytest.raises(pl.PipelineError, match="o.partial is not empty"):
+        cls().run(pl.Workload(kind="numpy"), N, BS, tmp_path / "o")
+    assert (tmp_path / "o.partial" / "keep").read_text() == "y"
+    # an empty directory is no one's data: it is used
+    (tmp_path / "empty").mkdir()
+    cls().run(pl.Workload(kind="numpy"), N, BS, tmp_path / "empty")
+    assert len(_batch_files(tmp_path / "empty")) == N // BS
 
 
 def test_bad_arguments_are_clear_errors(tmp_path):

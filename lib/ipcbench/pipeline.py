@@ -319,16 +319,38 @@ def combine(digests: list[str], metric_parts: list[np.ndarray]) -> tuple[str, np
     return h.hexdigest(), total
 
 
+OUTPUT_MARKER = ".ipcbench-pipeline-output"
+"""A file the pipeline writes into every output directory it creates: only such a directory is ever replaced."""
+
+
 class _Output:
-    """The run's output directory: written as ``<out>.partial``, renamed to ``<out>`` on success, removed on failure."""
+    """The run's output directory: written as ``<out>.partial``, renamed to ``<out>`` on success, removed on failure.
+
+    A directory is replaced only if the pipeline wrote it (it holds :data:`OUTPUT_MARKER`) or it is empty: a
+    mistyped path that names somebody's data is refused before anything is written or removed.
+    """
 
     def __init__(self, out_dir: Path | str):
         self.final = Path(out_dir)
         self.partial = self.final.with_name(self.final.name + ".partial")
 
+    def refusal(self) -> str | None:
+        """Return why ``out_dir`` (or its ``.partial`` scratch) must not be replaced, or None when it may."""
+        for p in (self.final, self.partial):
+            if p.is_symlink() or (p.exists() and not p.is_dir()):
+                return f"{p} exists and is not a directory: refusing to replace it with the pipeline's output"
+            if p.is_dir() and not (p / OUTPUT_MARKER).exists() and any(p.iterdir()):
+                return (f"{p} is not empty and was not written by the pipeline (it has no {OUTPUT_MARKER}): "
+                        "refusing to replace it; name another output directory, or remove this one yourself")
+        return None
+
     def __enter__(self) -> Path:
+        why = self.refusal()
+        if why:
+            raise PipelineError(why, None, None)
         shutil.rmtree(self.partial, ignore_errors=True)
         self.partial.mkdir(parents=True)
+        (self.partial / OUTPUT_MARKER).write_text("written by ipcbench.pipeline; a later run may replace this directory\n")
         return self.partial
 
     def __exit__(self, exc_type, exc, tb):
@@ -812,9 +834,15 @@ class MpiStagePipeline:
             raise ValueError("MpiStagePipeline needs 2 or more ranks (the last one saves)")
         ranges = batch_ranges(n_records, batch_size)
         output = _Output(Path(out_dir))
+        refused = None
         if rank == size - 1:
-            output.__enter__()
-        comm.Barrier()
+            try:
+                output.__enter__()
+            except PipelineError as e:
+                refused = str(e)
+        refused = comm.bcast(refused, root=size - 1)  # every rank refuses alike (none waits in a collective)
+        if refused:
+            raise PipelineError(refused, None, None, self.name)
         # progress notes, so a dead rank's stage and batch can be named (ranks on this host see the directory)
         board = ProgressBoard(output.partial / ".progress") if output.partial.is_dir() else None
         events, digests, parts = [], [], []

@@ -44,6 +44,18 @@ w = pl.Workload(kind="numpy")
 r = pl.MpiStagePipeline(comm).run(w, N, BS, root / "again")
 if comm.rank == last:
     assert r.checksum == pl.SerialProcessor().run(w, N, BS, root / "serial2").checksum
+# a directory the pipeline did not write is refused on every rank, before anything is written or removed
+if comm.rank == last:
+    (root / "foreign").mkdir(parents=True)
+    (root / "foreign" / "data.txt").write_text("keep")
+comm.Barrier()
+try:
+    pl.MpiStagePipeline(comm).run(w, N, BS, root / "foreign")
+    raise AssertionError("a foreign directory was not refused")
+except pl.PipelineError as e:
+    assert "was not written by the pipeline" in str(e), (comm.rank, str(e))
+comm.Barrier()
+assert (root / "foreign" / "data.txt").read_text() == "keep"
 # the experiment's SPMD point
 out = plx.mpi_stage_point(comm, w, N, BS, str(root / "point"), None, 3)
 if comm.rank == last:
