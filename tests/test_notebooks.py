@@ -194,7 +194,7 @@ def test_chapter3_checks_every_strategy_measures_every_class_and_gives_every_see
     classes = set(params["classes"])
     # every phase at every size; every strategy and class at no load (TP = 2 and the oversubscribed TP = 4)
     ph = s.query("experiment == 'phases'")
-    assert ph.groupby("size_bytes")["variant"].nunique().eq(13).all() and ph["size_bytes"].nunique() == len(params["phase_sizes"])
+    assert ph.groupby("size_bytes")["variant"].nunique().eq(15).all() and ph["size_bytes"].nunique() == len(params["phase_sizes"])
     lat = s.query("experiment == 'latency'")
     for tp in (2, params["tp_oversubscribed"]):
         got = lat.query("ranks == @tp")

@@ -8,8 +8,9 @@ The data path (the only mock in the book, and the subject of chapter 3):
   (``tobytes()``), hash them (SHA-256 like SGLang's ``data_hash``, or xxh3 / BLAKE3),
   and derive the pad value (hash mod 2^30).
 * :func:`broadcast_pyobj`: SGLang's broadcast of a Python object over the CPU group:
-  pickle on the root, broadcast the size, broadcast the bytes as a buffer, unpickle
-  everywhere else (two collectives). :func:`broadcast_oob`: pickle protocol 5 with the
+  pickle on the root, copy the bytes into a byte tensor, broadcast the size, broadcast
+  the bytes, copy them out into ``bytes`` and unpickle everywhere else (two collectives,
+  two copies; numpy arrays over MPI stand in for torch tensors over gloo). :func:`broadcast_oob`: pickle protocol 5 with the
   large arrays kept out of band and sent with buffer ``Bcast`` (no rank copies them into
   or out of a pickle stream).
 
@@ -245,9 +246,15 @@ def _tick(timings: dict | None, key: str, t0: int) -> int:
 
 
 def broadcast_pyobj(comm, obj=None, root: int = 0, timings: dict | None = None):
-    """Return ``obj`` from ``root`` on every rank, as SGLang's broadcast_pyobj: pickle, Bcast the size, Bcast the bytes,
-    unpickle. ``timings`` (optional dict) gets ``pickle``, ``bcast`` and ``unpickle`` seconds added. An object the
-    root cannot pickle arrives everywhere (root included) as a failure that :func:`process_request` raises."""
+    """Return ``obj`` from ``root`` on every rank, as SGLang's broadcast_pyobj: pickle, copy the bytes into a byte
+    tensor, Bcast the size, Bcast the bytes, copy them back out into ``bytes``, unpickle.
+
+    SGLang's root builds ``torch.ByteTensor(np.frombuffer(data, dtype=np.uint8))`` (a copy of the pickled bytes) and
+    every receiver turns the received tensor back into ``bytes(tensor.cpu().numpy())`` (a second copy) before
+    ``pickle.loads``. The mock makes both copies, with numpy arrays in place of the tensors (:func:`to_tensor`,
+    :func:`from_tensor`). ``timings`` (optional dict) gets ``pickle``, ``to_tensor``, ``bcast``, ``from_tensor`` and
+    ``unpickle`` seconds added. An object the root cannot pickle arrives everywhere (root included) as a failure
+    that :func:`process_request` raises."""
     from mpi4py import MPI
 
     t = now_ns()
@@ -258,9 +265,11 @@ def broadcast_pyobj(comm, obj=None, root: int = 0, timings: dict | None = None):
             obj = _Failure(f"the root cannot pickle the request: {type(e).__name__}: {e}")
             data = pickle.dumps(obj)
         t = _tick(timings, "pickle", t)
+        tensor = to_tensor(data)
+        t = _tick(timings, "to_tensor", t)
         size = np.array([len(data)], dtype=np.int64)
         comm.Bcast([size, MPI.INT64_T], root=root)
-        comm.Bcast([np.frombuffer(data, dtype=np.uint8), MPI.BYTE], root=root)
+        comm.Bcast([tensor, MPI.BYTE], root=root)
         _tick(timings, "bcast", t)
         return obj
     size = np.empty(1, dtype=np.int64)
@@ -268,9 +277,21 @@ def broadcast_pyobj(comm, obj=None, root: int = 0, timings: dict | None = None):
     buf = np.empty(int(size[0]), dtype=np.uint8)
     comm.Bcast([buf, MPI.BYTE], root=root)
     t = _tick(timings, "bcast", t)
-    out = pickle.loads(buf)
+    data = from_tensor(buf)
+    t = _tick(timings, "from_tensor", t)
+    out = pickle.loads(data)
     _tick(timings, "unpickle", t)
     return out
+
+
+def to_tensor(data: bytes) -> np.ndarray:
+    """Return the pickled bytes copied into a new uint8 array, as SGLang's ``torch.ByteTensor(np.frombuffer(...))``."""
+    return np.frombuffer(data, dtype=np.uint8).copy()
+
+
+def from_tensor(buf: np.ndarray) -> bytes:
+    """Return a received uint8 array copied out into ``bytes``, as SGLang's ``bytes(tensor.cpu().numpy())``."""
+    return bytes(buf)
 
 
 def broadcast_oob(comm, obj=None, root: int = 0, timings: dict | None = None):

@@ -29,6 +29,38 @@ for strategy in mm.STRATEGIES:
 for strategy, fs in features.items():  # byte-identical features whatever the strategy
     assert all(np.array_equal(a, b) for a, b in zip(fs, features["A"], strict=True)), strategy
 
+# broadcast_pyobj makes SGLang's two copies of the pickled bytes: into a byte tensor on the root, out into bytes on
+# every receiver (counted here, with the bytes they copy, and checked to share no memory with their source)
+import pickle
+
+copies = []
+to_tensor, from_tensor = mm.to_tensor, mm.from_tensor
+
+
+def counting_to_tensor(data):
+    out = to_tensor(data)
+    assert not np.shares_memory(out, np.frombuffer(data, np.uint8))
+    copies.append(("to_tensor", out.nbytes))
+    return out
+
+
+def counting_from_tensor(buf):
+    out = from_tensor(buf)
+    assert isinstance(out, bytes) and not np.shares_memory(np.frombuffer(out, np.uint8), buf)
+    copies.append(("from_tensor", len(out)))
+    return out
+
+
+mm.to_tensor, mm.from_tensor = counting_to_tensor, counting_from_tensor
+obj = mm.MultimodalInputs.from_dict(base)
+timings = {}
+got = mm.broadcast_pyobj(comm, obj if comm.rank == 0 else None, 0, timings)
+mm.to_tensor, mm.from_tensor = to_tensor, from_tensor
+n = len(pickle.dumps(obj))
+assert copies == ([("to_tensor", n)] if comm.rank == 0 else [("from_tensor", n)]), (comm.rank, copies, n)
+assert set(timings) == ({"pickle", "to_tensor", "bcast"} if comm.rank == 0 else {"bcast", "from_tensor", "unpickle"})
+assert got.fingerprint() == obj.fingerprint()
+
 # malformed requests: the same error on every rank, then the next valid request succeeds
 bad_requests = {
     "missing key": {"mm_items": [{"modality": "image", "offsets": []}]},
@@ -62,7 +94,7 @@ load = bx.load_point(comm, "B", 200_000, 400.0, 6, 1, 1_000_000)
 bx.drop_pools(comm)
 if comm.rank == 0:
     assert {"from_dict", "tobytes", "hash_sha256", "hash_xxh3", "hash_blake3", "pickle", "unpickle", "bcast",
-            "pickle_oob", "unpickle_oob", "bcast_oob", "from_dict_xxh3", "mpi4py_bcast"} == set(ph["samples"])
+            "pickle_oob", "unpickle_oob", "bcast_oob", "from_dict_xxh3", "mpi4py_bcast", "to_tensor", "from_tensor"} == set(ph["samples"])
     assert ph["pickled_bytes"] > ph["feature_bytes"] > 190_000
     assert len(lat["samples"]) >= 3 and len(lat["phases"]) == comm.size
     assert {"pickle", "bcast", "from_dict"} <= set(lat["phases"][0]) and "unpickle" in lat["phases"][-1]

@@ -154,13 +154,22 @@ def phase_point(comm, size: int, rule: StoppingRule, seed: int = 0) -> dict | No
     raws = [np.frombuffer(b.raw(), dtype=np.uint8).copy() for b in bufs]
     local("unpickle_oob", lambda: pickle.loads(meta, buffers=raws))
 
-    nbytes = np.frombuffer(data, dtype=np.uint8)
+    local("to_tensor", lambda: mm.to_tensor(data))  # SGLang's two copies of the pickled bytes, alone
+    received = mm.to_tensor(data)
+    local("from_tensor", lambda: mm.from_tensor(received))
     size_buf = np.array([len(data)], dtype=np.int64)
 
-    def bcast_bytes():  # as broadcast_pyobj: the size, then the bytes into a buffer allocated for them
+    def bcast_bytes():  # as broadcast_pyobj between pickle and unpickle: copy in, the size, the bytes, copy out
         t = now_ns()
-        comm.Bcast([size_buf, MPI.INT64_T], root=0)
-        comm.Bcast([nbytes if comm.rank == 0 else np.empty(int(size_buf[0]), np.uint8), MPI.BYTE], root=0)
+        if comm.rank == 0:
+            tensor = mm.to_tensor(data)
+            comm.Bcast([size_buf, MPI.INT64_T], root=0)
+            comm.Bcast([tensor, MPI.BYTE], root=0)
+        else:
+            comm.Bcast([size_buf, MPI.INT64_T], root=0)
+            buf = np.empty(int(size_buf[0]), np.uint8)
+            comm.Bcast([buf, MPI.BYTE], root=0)
+            mm.from_tensor(buf)
         return (now_ns() - t) * 1e-9
 
     p = measure.repeat_collective(comm, bcast_bytes, rule)
@@ -197,22 +206,26 @@ def latency_point(comm, strategy: str, feature_bytes: int, rule: StoppingRule, s
     _check(comm, strategy, pool[0])
     import resource
 
-    state = {"i": 0, "faults": 0}
-    phases: dict[str, float] = {}
+    state = {"i": 0}
+    calls: list[dict[str, float]] = []  # this rank's phase seconds (and minor faults) of every call
 
     def one():
         raw = pool[state["i"] % len(pool)]
         state["i"] += 1
+        phases: dict[str, float] = {}
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = now_ns()
         mm.process_request(comm, strategy, raw if (comm.rank == 0 or strategy == "A0") else None, 0, phases)
         dt = (now_ns() - t) * 1e-9
-        state["faults"] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        phases["minor_faults"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        calls.append(phases)
         return dt
 
     p = measure.repeat_collective(comm, one, rule)
-    per_rank_phases = comm.gather({**{k: v / state["i"] for k, v in phases.items()},
-                                   "minor_faults": state["faults"] / state["i"]}, root=0)  # fmt: skip
+    # the same statistic as the latency it is set against: the median over the timed calls (warm-ups left out)
+    timed = calls[len(calls) - len(p.samples):]
+    names = sorted(set().union(*timed)) if timed else []
+    per_rank_phases = comm.gather({k: float(np.median([c.get(k, 0.0) for c in timed])) for k in names}, root=0)
     if comm.rank != 0:
         return None
     return {"samples": p.samples, "stop_reason": p.summary.stop_reason, "phases": per_rank_phases}
@@ -416,8 +429,10 @@ def rank_phase_costs(phases_df: pd.DataFrame, cls: str, strategy: str, ranks: in
 
 def model_in_situ(root: dict, others: dict, strategy: str) -> float:
     """Return the no-load latency (s) the phase times measured inside the runs add up to on a strategy's critical path."""
-    fd0, pk0, bc0 = root.get("from_dict", 0.0), root.get("pickle", 0.0), root.get("bcast", 0.0)
-    up1, fd1, b1 = others.get("unpickle", 0.0), others.get("from_dict", 0.0), others.get("build", 0.0)
+    fd0, pk0 = root.get("from_dict", 0.0), root.get("pickle", 0.0)
+    bc0 = root.get("to_tensor", 0.0) + root.get("bcast", 0.0)  # SGLang's copy into a byte tensor, then the Bcasts
+    up1 = others.get("from_tensor", 0.0) + others.get("unpickle", 0.0)  # the copy out into bytes, then unpickle
+    fd1, b1 = others.get("from_dict", 0.0), others.get("build", 0.0)
     if strategy == "A0":
         return max(fd0, fd1)
     if strategy == "A":
@@ -435,7 +450,8 @@ def models(summary: pd.DataFrame, params: dict, phases_df: pd.DataFrame) -> pd.D
         root, others = rank_phase_costs(phases_df, r.payload_class, r.variant)
         src = source_model(ph, r.variant)
         src_in = (root.get("from_dict", 0.0) if r.variant in ("A0", "A") else
-                  root.get("from_dict", 0.0) + root.get("pickle", 0.0) + root.get("bcast", 0.0) + others.get("unpickle", 0.0)
+                  root.get("from_dict", 0.0) + root.get("pickle", 0.0) + root.get("to_tensor", 0.0) + root.get("bcast", 0.0)
+                  + others.get("from_tensor", 0.0) + others.get("unpickle", 0.0)
                   if r.variant == "B" else None)  # fmt: skip
         full, full_in = model_latency(ph, r.variant), model_in_situ(root, others, r.variant)
         out.append({"variant": r.variant, "payload_class": r.payload_class, "feature_bytes": r.size_bytes,
@@ -470,7 +486,7 @@ def projection(summary: pd.DataFrame, params: dict, ranks=(2, 4, 8)) -> pd.DataF
     algorithms), beside the measured latency where there is one. Empty when chapter 0 has no results."""
     try:
         alpha, beta = _alpha_beta()
-    except Exception:  # noqa: BLE001 - chapter 0 not run: no projection
+    except results.ResultsError:  # chapter 0 not run (or no fit): no projection; any other error is a bug and raises
         return pd.DataFrame()
     lat = summary.query("experiment == 'latency'")
     pk = summary.query("experiment == 'phases'").groupby("size_bytes")["pickled_bytes"].first()
@@ -581,10 +597,13 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, cap: pd.DataFrame
     # capacity under load: one open-loop run per offered rate, so n = 1 (no interval) until points are repeated
     from ..measure import summarize
 
+    load_rows = summary.query("experiment == 'load'")
+    load_oversubscribed = bool(load_rows["oversubscribed"].any()) if not load_rows.empty else False  # as its runs
+
     for r in cap.itertuples():
         out.append(results.summary_row(summarize([float(r.capacity)]), chapter=CHAPTER, experiment="capacity",
                                        variant=r.variant, payload=None, size_bytes=params["classes"][r.payload_class],
-                                       ranks=2, oversubscribed=False, metric="capacity", unit="1/s",
+                                       ranks=2, oversubscribed=load_oversubscribed, metric="capacity", unit="1/s",
                                        payload_class=r.payload_class,
                                        inputs="the highest throughput over the offered rates, one run per rate"))  # fmt: skip
         if r.variant == "B":
