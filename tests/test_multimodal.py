@@ -115,17 +115,39 @@ def test_bcast_model_tree_below_12k_scatter_allgather_above():
     assert bx.bcast_model(n, 2, a, b) < bx.bcast_model(n, 8, a, b) < 2 * n / b + 20 * a
 
 
-def test_capacity_and_best_strategy():
+def _load_runs(caps: dict, repeats: int, jitter: float = 0.0) -> pd.DataFrame:
     rows = []
-    caps = {"A": 100, "B": 80, "C": 100, "D": 130, "E": 110, "DE": 170, "A0": 120}
     for cls, scale in (("small_image", 10), ("video", 1)):
         for s, c in caps.items():
-            for f in (0.5, 1.0, 1.5):
-                thr = min(f * 100, c) * scale  # never above the offered rate
-                rows.append({"payload_class": cls, "variant": s, "offered_rate": f * 100 * scale, "rate_fraction": f,
-                             "throughput": thr, "latency_p99": 0.01 if f < 1.5 else 0.2, "latency_p50": 0.005})  # fmt: skip
-    cap = bx.capacity(pd.DataFrame(rows))
-    assert float(cap.query("variant == 'DE' and payload_class == 'video'")["capacity"].iloc[0]) == 150
-    assert cap["saturation_rate"].notna().all()
+            for rep in range(repeats):
+                for f in (0.5, 1.0, 1.5, 2.0):
+                    thr = min(f * 100, c) * scale * (1 + jitter * (rep - repeats / 2) / repeats)  # never above offered
+                    rows.append({"payload_class": cls, "variant": s, "offered_rate": f * 100 * scale, "rate_fraction": f,
+                                 "repeat": rep, "throughput": thr, "latency_p99": 0.01 if f * 100 < c else 0.2,
+                                 "latency_p50": 0.005 if f * 100 < c else 0.1})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_capacity_has_an_interval_over_runs_and_the_best_strategy_is_decided_on_intervals():
+    caps = {"A": 100, "B": 80, "C": 100, "D": 130, "E": 110, "DE": 170, "A0": 120}
+    cap = bx.capacity(_load_runs(caps, repeats=6, jitter=0.02))
+    de = cap.query("variant == 'DE' and payload_class == 'video'").iloc[0]
+    assert de["runs"] == 6 and de["ci_level"] >= 0.95 and de["ci_low"] <= de["capacity"] <= de["ci_high"]
+    assert abs(de["capacity"] - 170) < 5 and len(str(de["capacity_runs"]).split()) == 6
+    # saturation: the first offered rate whose median latency exceeds 5x the lowest rate's (A: 100 req/s offered)
+    assert cap.query("variant == 'A' and payload_class == 'video'")["saturation_rate"].iloc[0] == 100
+    assert cap.query("variant == 'DE' and payload_class == 'video'")["saturation_rate"].iloc[0] == 200  # above 170
+    assert cap.query("variant == 'A0' and payload_class == 'video'")["saturation_rate"].iloc[0] == 150
     best = bx.best_strategy(cap)
     assert best["best"] == "DE" and best["target_met"] and set(best["beats_A_and_B_in"]) == {"small_image", "video"}
+    # three runs give a 75% interval: a difference is not shown, so the target cannot be met on them
+    best3 = bx.best_strategy(bx.capacity(_load_runs(caps, repeats=3, jitter=0.02)))
+    assert best3["best"] == "DE" and not best3["intervals_cover_95"] and best3["beats_A_and_B_in"] == []
+    assert not best3["target_met"]
+    # a best strategy whose interval lies wholly below A's does not sustain A
+    # (DE: 5x A's capacity for small images, half of it for video)
+    runs = _load_runs(caps, repeats=6, jitter=0.02)
+    runs.loc[(runs["variant"] == "DE") & (runs["payload_class"] == "video"), "throughput"] *= 50 / 170
+    runs.loc[(runs["variant"] == "DE") & (runs["payload_class"] == "small_image"), "throughput"] *= 3
+    worse = bx.best_strategy(bx.capacity(runs))
+    assert worse["best"] == "DE" and not worse["sustains_A_everywhere"] and not worse["target_met"]

@@ -200,11 +200,19 @@ def test_chapter3_checks_every_strategy_measures_every_class_and_gives_every_see
         got = lat.query("ranks == @tp")
         assert set(zip(got["payload_class"], got["variant"], strict=True)) == {(c, v) for c in classes for v in mm.STRATEGIES}, tp
         assert got["oversubscribed"].all() == (tp > 2)
-    # every strategy under load at every rate of every class, with per-rank CPU
-    assert len(load) == len(classes) * len(mm.STRATEGIES) * len(params["rate_fractions"])
-    assert (load["throughput"] > 0).all() and (load["latency_p99"] >= load["latency_p50"]).all()
-    assert load[["cpu_rank0", "cpu_rank1"]].notna().all().all()
-    assert set(cap["variant"]) == set(mm.STRATEGIES)
+    # every strategy under load at every rate of every class, each point run at least 3 times, with per-rank CPU;
+    # every strategy of a class is offered the same absolute rates; a p99 only from 100 requests or more
+    assert params["load_repeats"] >= 3
+    assert len(load) == len(classes) * len(mm.STRATEGIES) * len(params["rate_fractions"]) * params["load_repeats"]
+    assert load.groupby(["payload_class", "variant", "rate_fraction"])["repeat"].nunique().eq(params["load_repeats"]).all()
+    assert load.groupby(["payload_class", "rate_fraction"])["offered_rate"].nunique().eq(1).all()
+    assert (load["throughput"] > 0).all() and load[["cpu_rank0", "cpu_rank1"]].notna().all().all()
+    assert load.query("requests < @bx.P99_MIN_REQUESTS")["latency_p99"].isna().all()
+    assert set(cap["variant"]) == set(mm.STRATEGIES) and (cap["runs"] == params["load_repeats"]).all()
+    thr = s.query("experiment == 'load' and metric == 'throughput'")
+    assert (thr["n"] == params["load_repeats"]).all() and (thr["ci_low"] <= thr["ci_high"]).all()
+    capr = s.query("experiment == 'capacity'")
+    assert (capr["n"] == params["load_repeats"]).all() and capr["ci_level"].between(0, 1).all()
     # the models and the projection are computed from the measurements
     models = res.extra("models")
     assert models["full_model_s"].gt(0).all() and len(models) == len(classes) * len(mm.STRATEGIES)

@@ -13,10 +13,13 @@ Experiments (TP ranks are MPI engines; :mod:`ipcbench.multimodal` is the data pa
   class: ``Barrier``, then every rank processes the request; done when the last rank holds its
   :class:`~ipcbench.multimodal.MultimodalInputs`. Also per-rank phase times. Measured at TP = 2
   and, on a 4-engine cluster, TP = 4 (oversubscribed on 2 cores, labelled);
-* **load**: Poisson arrivals at a sweep of rates (fractions of each strategy's no-load capacity) per
-  strategy and class: throughput (completed / (last completion - first arrival)), p50 and p99
-  latency (arrival to the last rank's completion), per-rank CPU utilisation (CPU seconds / wall
-  seconds of the run);
+* **load**: Poisson arrivals at the same absolute rates for every strategy of a class (fractions of
+  the class's highest no-load capacity, so every strategy is driven past its saturation), each
+  point run ``load_repeats`` times (interleaved, a new arrival sequence each time): throughput
+  (completed / (last completion - first arrival)), p50 and p99 latency (arrival to the last rank's
+  completion; p99 only from 100 requests or more), per-rank CPU utilisation (CPU seconds / wall
+  seconds of the run), each with an interval over the runs; capacity per run (the highest
+  throughput over the rates) and its interval over the runs;
 * **models**: the source's latency model (A: T_from_dict; B: T_from_dict + T_pickle + T_bcast +
   T_unpickle) and the full model (every phase a strategy runs on its critical path) with the
   measured phase costs, against the measured no-load latency; a TP = 8 projection with chapter
@@ -55,7 +58,10 @@ SOURCE_SIZE = 10 * MB  # the source's table assumes 10 MB of data
 SPIN_S = 0.002
 """A load run's root (and A0's ranks) sleep until an arrival is this close, then spin."""
 SATURATION_FACTOR = 5
-"""The saturation point: the offered rate where p99 latency first exceeds this many times its lowest-rate p99."""
+"""The saturation point: the offered rate where the median latency (every run's requests pooled) first exceeds this
+many times its value at the lowest rate."""
+P99_MIN_REQUESTS = 100
+"""A p99 is reported only from this many requests or more (fewer: the 99th percentile is the largest one or two)."""
 SUSTAIN = 0.95
 """The target's "at least A's throughput": the best strategy's capacity >= this fraction of A's in every class."""
 BCAST_TREE_BELOW = 12288
@@ -68,8 +74,10 @@ def parameters(profile: str | None = None) -> dict:
     base = {
         "classes": {"small_image": 100_000, "large_image": 2_000_000, "video": 20_000_000},
         "phase_sizes": [10_000, 100_000, 1_000_000, 2_000_000, 10_000_000, 20_000_000],
-        "rate_fractions": [0.5, 1.0, 1.5],
-        # requests per load point: rate x duration, within [min, max]
+        # offered rates: fractions of the class's highest no-load capacity (1 / the lowest TP = 2 latency of any
+        # strategy), the same absolute rates for every strategy; each point runs load_repeats times
+        "rate_fractions": [0.5, 1.5], "load_repeats": 3,
+        # requests per load run: rate x duration, within [min, max]
         "requests": 8, "max_requests": 300, "load_duration_s": 0.2,
         "pool_bytes": 64_000_000,
         "tp_oversubscribed": 4,
@@ -81,12 +89,12 @@ def parameters(profile: str | None = None) -> dict:
         return {**base, "classes": {**base["classes"], "video": 40_000_000},
                 "phase_sizes": [10_000, 30_000, 100_000, 300_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000,
                                 20_000_000, 40_000_000],
-                "rate_fractions": [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0], "requests": 20,
-                "max_requests": 3000, "load_duration_s": 1.0}  # fmt: skip
+                "rate_fractions": [0.5, 1.0, 1.5, 2.0], "load_repeats": 6, "requests": 12,
+                "max_requests": 1000, "load_duration_s": 0.3}  # fmt: skip
     return {**base, "classes": {**base["classes"], "video": 50_000_000},
             "phase_sizes": [10_000 * 2**k for k in range(13)],
-            "rate_fractions": [0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0], "requests": 100,
-            "max_requests": 20000, "load_duration_s": 5.0}  # fmt: skip
+            "rate_fractions": [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0], "load_repeats": 8, "requests": 100,
+            "max_requests": 20000, "load_duration_s": 2.0}  # fmt: skip
 
 
 # ----------------------------------------------------------------------- requests on the engines
@@ -244,11 +252,13 @@ def _wait_until(t_ns: int) -> None:
 
 
 def load_point(comm, strategy: str, feature_bytes: int, rate: float, requests: int, seed: int,
-               pool_bytes: int) -> dict | None:  # fmt: skip
-    """Serve ``requests`` Poisson arrivals at ``rate``/s under ``strategy``; rank 0 returns per-request times and CPU."""
+               pool_bytes: int, repeat: int = 0) -> dict | None:  # fmt: skip
+    """Serve ``requests`` Poisson arrivals at ``rate``/s under ``strategy``; rank 0 returns per-request times and CPU.
+
+    ``repeat`` draws a new arrival sequence for the same rate (the requests come from the same pool)."""
     pool = _pool(feature_bytes, seed, pool_bytes)
     _check(comm, strategy, pool[0])
-    gaps = np.random.default_rng(seed + int(rate * 1000)).exponential(1.0 / rate, requests)
+    gaps = np.random.default_rng([seed, int(rate * 1000), repeat]).exponential(1.0 / rate, requests)
     arrivals = np.cumsum(gaps) - gaps[0] + 0.005  # first request 5 ms after the start
     holds = comm.rank == 0 or strategy == "A0"
     finish = np.empty(requests)
@@ -325,29 +335,47 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                        "phase": phase, "value": value,
                                        "unit": "faults per request" if phase == "minor_faults" else "s"})  # fmt: skip
 
-        # 3. load: Poisson arrivals at fractions of each strategy's no-load capacity (1 / its latency), TP = 2
+        # 3. load: Poisson arrivals, TP = 2, the same absolute rates for every strategy of a class (fractions of the
+        # class's highest no-load capacity), each point repeated; repeats interleaved within a class (one pool each)
         summary_so_far = results.frame(rows)
-        load_points = []
+        load_rows, run_latencies = [], {}
+        points = []
         for cls, fb in params["classes"].items():
-            for strategy in mm.STRATEGIES:
-                lat_s = float(pick_row(summary_so_far, experiment="latency", variant=strategy, payload_class=cls, ranks=2)["median"])
-                for f in params["rate_fractions"]:
-                    load_points.append((cls, fb, strategy, f, f / lat_s))
-        load_rows = []
-        for cls, fb, strategy, frac, rate in progress(load_points, "load"):
+            fastest = min(float(pick_row(summary_so_far, experiment="latency", variant=st, payload_class=cls, ranks=2)["median"])
+                          for st in mm.STRATEGIES)  # fmt: skip
+            for rep in range(params["load_repeats"]):
+                for strategy in mm.STRATEGIES:
+                    for f in params["rate_fractions"]:
+                        points.append((cls, fb, strategy, f, f / fastest, rep))
+        for cls, fb, strategy, frac, rate, rep in progress(points, "load"):
             n = requests_at(rate, params)
-            pt = run_point(cluster, load_point, strategy, fb, rate, n, seed, pool_bytes, ranks=2, timeout=600)[0]
-            labels = {**base, "experiment": "load", "variant": strategy, "size_bytes": fb, "ranks": 2,
-                      "oversubscribed": cluster.oversubscribed_at(2)}  # fmt: skip
-            extra = {"payload_class": cls, "offered_rate": rate, "rate_fraction": frac, "requests": n}
-            r, s = stats_rows(pt["latency"], labels, "latency", "s", **extra)
+            pt = run_point(cluster, load_point, strategy, fb, rate, n, seed, pool_bytes, rep, ranks=2, timeout=600)[0]
+            lat = np.asarray(pt["latency"])
+            run_latencies.setdefault((cls, strategy, frac), []).append(lat)
+            load_rows.append({"variant": strategy, "payload_class": cls, "feature_bytes": fb, "offered_rate": rate,
+                              "rate_fraction": frac, "repeat": rep, "requests": n, "throughput": pt["throughput"],
+                              "latency_p50": float(np.median(lat)),
+                              "latency_p99": float(np.quantile(lat, 0.99)) if n >= P99_MIN_REQUESTS else float("nan"),
+                              **{f"cpu_rank{k}": u for k, u in enumerate(pt["cpu_util"])}})  # fmt: skip
+        load_df = pd.DataFrame(load_rows)
+        over2 = cluster.oversubscribed_at(2)
+        for (cls, strategy, frac), g in load_df.groupby(["payload_class", "variant", "rate_fraction"], sort=False):
+            g = g.sort_values("repeat")
+            labels = {**base, "experiment": "load", "variant": strategy, "size_bytes": int(g["feature_bytes"].iloc[0]),
+                      "ranks": 2, "oversubscribed": over2}  # fmt: skip
+            extra = {"payload_class": cls, "offered_rate": float(g["offered_rate"].iloc[0]), "rate_fraction": frac,
+                     "requests": int(g["requests"].sum()), "stop_reason": f"fixed: {len(g)} runs"}  # fmt: skip
+            pooled = np.concatenate(run_latencies[(cls, strategy, frac)])
+            r, s = stats_rows(pooled, labels, "latency", "s", **extra)  # every request of every run
             rows.append(r)
             samples += s
-            lat = np.asarray(pt["latency"])
-            load_rows.append({"variant": strategy, "payload_class": cls, "feature_bytes": fb, "offered_rate": rate,
-                              "rate_fraction": frac, "throughput": pt["throughput"],
-                              "latency_p50": float(np.median(lat)), "latency_p99": float(np.quantile(lat, 0.99)),
-                              **{f"cpu_rank{k}": u for k, u in enumerate(pt["cpu_util"])}})  # fmt: skip
+            metrics = [("throughput", "1/s"), ("latency_p50", "s")]
+            if g["latency_p99"].notna().all():
+                metrics.append(("latency_p99", "s"))
+            for metric, unit in metrics:  # one value per run: the interval is over the runs
+                r, s = stats_rows(g[metric].to_numpy(), labels, metric, unit, **extra)
+                rows.append(r)
+                samples += s
     finally:
         try:  # best effort: after a failure the engines may have been restarted already
             cluster.run(drop_pools, timeout=60)
@@ -356,8 +384,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
 
     samples_df = pd.DataFrame(samples)
     phases_df = pd.DataFrame(phase_rows)
-    load_df = pd.DataFrame(load_rows)
-    cap = capacity(load_df)
+    cap = capacity(load_df, run_latencies)
     summary = results.frame(rows)
     summary = results.frame(rows + derived_rows(summary, samples_df, cap, params))
     model_df = models(summary, params, phases_df)
@@ -366,7 +393,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "end_to_end": "one request at a time: Barrier, then every rank processes it; the slowest rank's time (s)",
         "latency (load)": "arrival on the root to the moment the last rank holds its MultimodalInputs (s)",
         "throughput": "requests / (last completion - first arrival) (1/s)",
-        "capacity": "the highest measured throughput of a strategy over the offered rates (1/s)",
+        "capacity": "per run, the highest measured throughput of a strategy over the offered rates (1/s); the median "
+                    "and its interval over the runs",
+        "latency_p99 (load)": f"the 99th percentile of one run's latencies, only from {P99_MIN_REQUESTS} requests or more",
         "cpu utilisation": "a rank's CPU seconds / wall seconds over a load run (1 = one core busy)",
         "phases": "rank 0 alone for local phases; bcast phases: the slowest rank, Barrier before each sample",
     })
@@ -507,30 +536,52 @@ def projection(summary: pd.DataFrame, params: dict, ranks=(2, 4, 8)) -> pd.DataF
     return df
 
 
-def capacity(load: pd.DataFrame) -> pd.DataFrame:
-    """Return per class and strategy the highest measured throughput over the offered rates (1/s) and the offered
-    rate where p99 latency first exceeds 5x the lowest-rate p99 (the saturation point, None if never)."""
+def capacity(load: pd.DataFrame, run_latencies: dict | None = None) -> pd.DataFrame:
+    """Return per class and strategy its capacity: per run (``repeat``), the highest throughput over the offered rates;
+    the median over the runs with its order-statistic interval (``ci_level`` its real coverage). Also the
+    saturation rate: the lowest offered rate where the median latency of all runs' requests pooled (from
+    ``run_latencies``, else the runs' p50s) exceeds :data:`SATURATION_FACTOR` x its value at the lowest rate."""
+    from ..measure import summarize
+
+    if "repeat" not in load.columns:
+        load = load.assign(repeat=0)
     out = []
     for (cls, strategy), g in load.groupby(["payload_class", "variant"], sort=False):
-        g = g.sort_values("offered_rate")
-        base_p99 = float(g["latency_p99"].iloc[0])
-        over = g[g["latency_p99"] > SATURATION_FACTOR * base_p99]
-        out.append({"payload_class": cls, "variant": strategy, "capacity": float(g["throughput"].max()),
-                    "saturation_rate": float(over["offered_rate"].iloc[0]) if not over.empty else None,
-                    "p99_at_lowest_rate": base_p99})  # fmt: skip
+        per_run = g.groupby("repeat")["throughput"].max().to_numpy(dtype=float)
+        st = summarize(per_run.tolist())
+        by_rate = []
+        for frac, gr in g.groupby("rate_fraction"):
+            lats = (run_latencies or {}).get((cls, strategy, frac))
+            p50 = float(np.median(np.concatenate(lats))) if lats else float(gr["latency_p50"].median())
+            by_rate.append((float(gr["offered_rate"].iloc[0]), p50))
+        by_rate.sort()
+        low = by_rate[0][1]
+        over = [rate for rate, p50 in by_rate if p50 > SATURATION_FACTOR * low]
+        out.append({"payload_class": cls, "variant": strategy, "capacity": st.median, "ci_low": st.ci_low,
+                    "ci_high": st.ci_high, "ci_level": st.ci_level, "runs": len(per_run),
+                    "capacity_runs": " ".join(f"{v:.6g}" for v in per_run),
+                    "saturation_rate": over[0] if over else None, "p50_at_lowest_rate": low,
+                    "highest_offered_rate": by_rate[-1][0]})  # fmt: skip
     return pd.DataFrame(out)
 
 
 def best_strategy(cap: pd.DataFrame) -> dict:
-    """Return the strategy with the highest total capacity relative to A, and the two targets checked."""
+    """Return the strategy with the highest total capacity relative to A, and the two targets checked on intervals.
+
+    "Sustains A" fails only where the best's interval lies wholly below SUSTAIN x A's; "beats" needs the best's
+    interval wholly above A's and B's, both covering at least 95% (fewer runs: no class is beaten, "not shown")."""
     piv = cap.pivot_table(index="payload_class", columns="variant", values="capacity")
+    lo = cap.pivot_table(index="payload_class", columns="variant", values="ci_low")
+    hi = cap.pivot_table(index="payload_class", columns="variant", values="ci_high")
+    level = cap.pivot_table(index="payload_class", columns="variant", values="ci_level")
     rel = piv.div(piv["A"], axis=0)
     candidates = [s for s in piv.columns if s not in ("A0",)]
     best = max(candidates, key=lambda s: float(np.log(rel[s]).sum()))
-    holds_a = bool((piv[best] >= SUSTAIN * piv["A"]).all())
-    beats = [c for c in piv.index if piv.loc[c, best] > piv.loc[c, "A"] and piv.loc[c, best] > piv.loc[c, "B"]]
+    holds_a = bool((hi[best] >= SUSTAIN * lo["A"]).all())
+    enough = bool((level[[best, "A", "B"]] >= 0.95).all().all())
+    beats = [c for c in piv.index if enough and lo.loc[c, best] > hi.loc[c, "A"] and lo.loc[c, best] > hi.loc[c, "B"]]
     return {"best": best, "ratio_to_A": rel[best].to_dict(), "ratio_to_B": (piv[best] / piv["B"]).to_dict(),
-            "sustains_A_everywhere": holds_a, "beats_A_and_B_in": beats,
+            "sustains_A_everywhere": holds_a, "beats_A_and_B_in": beats, "intervals_cover_95": enough,
             "target_met": holds_a and bool(beats)}  # fmt: skip
 
 
@@ -594,22 +645,23 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, cap: pd.DataFrame
             "latency(B) - latency(A0) at TP = 2: the latency B adds per request", **lab)
         add(lambda fd: (tp_big - 1) * fd, [phase("from_dict", fb)], "from_dict_saved", "s",
             f"(N - 1) x T_from_dict with N = {tp_big}: the hashing B spares the other ranks per request", **lab)
-    # capacity under load: one open-loop run per offered rate, so n = 1 (no interval) until points are repeated
+    # capacity under load: one value per run (the highest throughput over the offered rates), interval over the runs
     from ..measure import summarize
 
     load_rows = summary.query("experiment == 'load'")
     load_oversubscribed = bool(load_rows["oversubscribed"].any()) if not load_rows.empty else False  # as its runs
 
     for r in cap.itertuples():
-        out.append(results.summary_row(summarize([float(r.capacity)]), chapter=CHAPTER, experiment="capacity",
+        runs = [float(v) for v in str(r.capacity_runs).split()]
+        out.append(results.summary_row(summarize(runs, f"fixed: {len(runs)} runs"), chapter=CHAPTER, experiment="capacity",
                                        variant=r.variant, payload=None, size_bytes=params["classes"][r.payload_class],
                                        ranks=2, oversubscribed=load_oversubscribed, metric="capacity", unit="1/s",
                                        payload_class=r.payload_class,
-                                       inputs="the highest throughput over the offered rates, one run per rate"))  # fmt: skip
+                                       inputs="per run, the highest throughput over the offered rates"))  # fmt: skip
         if r.variant == "B":
-            add(lambda c, m: c * m, [np.array([float(r.capacity)]), lat("B", r.payload_class)], "capacity_times_latency_B",
-                "x", "B's capacity under load x its no-load latency at TP = 2: 1 when requests run strictly one after "
-                "another (one load run, so no interval)", payload_class=r.payload_class, ranks=2)  # fmt: skip
+            add(lambda c, m: c * m, [np.array(runs), lat("B", r.payload_class)], "capacity_times_latency_B",
+                "x", "B's capacity under load (per run) x its no-load latency at TP = 2: 1 when requests run strictly "
+                "one after another", payload_class=r.payload_class, ranks=2)  # fmt: skip
     return out
 
 
