@@ -103,7 +103,18 @@ def test_chapter5_counts_volumes_checks_outputs_and_gives_every_seed_004_claim_a
     assert (mlp["max_rel_error"] <= tpx.MLP_TOL).all()
     dec = summary[summary["experiment"].str.startswith("decoder")]
     assert (dec["max_rel_error"] <= tpx.LOGIT_TOL).all()
-    assert dec.query("ranks == 2")["variant"].nunique() == 4
+    assert dec.query("ranks == 2 and kernel == 'numpy'")["variant"].nunique() == 4
+    # the source's pair ran with its kernels on both ranks (tokens checked against the reference before timing)
+    for m, kern in tpx.SOURCE_PAIR:
+        variant = f"sequence/{m}/{kern}"
+        got = dec.query("ranks == 2 and variant == @variant")
+        assert set(got["kernel"]) == {kern} and set(got["experiment"]) == {"decoder_decode"}, (m, kern)
+        assert (got["max_rel_error"] <= tpx.LOGIT_TOL).all() and (got["n"] >= 6).all()
+    thr = dec.query("ranks == 1 and threads == @tpx.THREADS_PER_RANK")
+    assert set(thr["experiment"]) == {"decoder_prefill", "decoder_decode"} and not thr["oversubscribed"].any()
+    d = summary.query("experiment == 'derived'").set_index("metric")
+    for k in ("source_pair_decoder_slower", "threads_over_ranks_decode", "threads_over_ranks_prefill"):
+        assert d.loc[k, "ci_low"] <= d.loc[k, "median"] <= d.loc[k, "ci_high"], k
     assert summary.query("ranks > 2")["oversubscribed"].all() and not summary.query("ranks <= 2")["oversubscribed"].any()
     # compute + communication = total, per point
     piv = mlp.pivot_table(index=["variant", "payload", "ranks", "tokens", "intermediate"], columns="metric", values="median")

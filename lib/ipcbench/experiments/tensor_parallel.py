@@ -46,6 +46,11 @@ KiB, MiB = 2**10, 2**20
 SEED_SHAPE = {"t": 128, "h": 1024, "i": 2048}  # seed 004's volume table
 QWEN_I = 3072  # Qwen3-0.6B's intermediate size
 MLP_TOL = 1e-4  # max |out - ref| <= MLP_TOL * max |ref|
+SOURCE_PAIR = (("s1", "numba_scalar"), ("s2", "numba_simd"))
+"""The source's decoder pair: the plain MPI version (S1 layout, a loop the compiler cannot vectorise) against the
+MPI + AVX2 version (S2 layout, the vectorised loop)."""
+THREADS_PER_RANK = 2
+"""BLAS threads of the one-rank decoder set against two single-threaded ranks."""
 LOGIT_TOL = 1e-3  # the same, for the decoder's logits (several layers of float32 in a different order)
 # stated networks for the two-node projection (assumptions, not measurements)
 NETWORKS = {
@@ -66,11 +71,13 @@ def parameters(profile: str | None = None) -> dict:
         "tp_oversubscribed": 4,
         "python_shape": {"t": 2, "h": 64, "i": 128},
         "oversubscribed_strategies": list(tp.STRATEGIES),  # at TP = 4 (quick: S3 only, to stay under a minute)
+        "source_pair_prompt": 32,  # the source's pair decodes after a shorter prompt: its scalar kernel is slow
+        "threads_per_rank": THREADS_PER_RANK,
     }
     if name == "quick":
         return {**base, "collective_sizes": [8, 4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB],
                 "slow_kernel_tokens": 16, "layers": 2, "vocab": 4096, "decode_steps": 8,
-                "decoder_samples": 6, "oversubscribed_strategies": ["s3"]}  # fmt: skip
+                "decoder_samples": 6, "oversubscribed_strategies": ["s3"], "source_pair_prompt": 16}  # fmt: skip
     if name == "standard":
         return {**base, "slow_kernel_tokens": 128, "layers": 4, "vocab": 16384, "decode_steps": 16,
                 "decoder_samples": 8}  # fmt: skip
@@ -81,10 +88,10 @@ def parameters(profile: str | None = None) -> dict:
 # ------------------------------------------------------------- SPMD: on the engines
 
 
-def _pin_blas() -> None:
+def _pin_blas(threads: int = 1) -> None:
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(1)  # one BLAS thread per rank: ranks already fill the cores
+    threadpool_limits(threads)  # one BLAS thread per rank by default: ranks already fill the cores
 
 
 def collective_point(comm, op: str, nbytes: int, rule: StoppingRule) -> dict | None:
@@ -217,18 +224,23 @@ def simd_info(comm) -> dict | None:
 
 
 def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, prompt_len: int, decode_steps: int,
-                  samples: int, seed: int = 0) -> dict | None:  # fmt: skip
+                  samples: int, seed: int = 0, kernel: str = "numpy", prefill: bool = True,
+                  threads: int = 1) -> dict | None:  # fmt: skip
     """Check a TP decoder's greedy generation against the reference, then time prefill and decode steps.
 
     Rank 0 returns per-sample (total, compute, communication) for prefill (one
-    forward of the prompt, logits of the last row) and for decode steps.
+    forward of the prompt, logits of the last row; None when ``prefill`` is False) and
+    for decode steps. ``kernel`` is the MLP's matrix-product kernel on every rank;
+    ``threads`` the BLAS threads per rank.
     """
-    _pin_blas()
+    _pin_blas(threads)
+    if kernel != "numpy":
+        tp.matmul(kernel)  # compile the numba kernel before anything is checked or timed
     cfg = model.preset("qwen3-0.6b", layers=layers, vocab=vocab)
     w = model.init_weights(cfg, seed)
     prompt = np.random.default_rng(seed + 1).integers(0, cfg.vocab, prompt_len).tolist()
     cc = tp.CountingComm(comm)
-    dec = tp.TPDecoder(cc, w, mlp=mlp, attention=attention)
+    dec = tp.TPDecoder(cc, w, mlp=mlp, attention=attention, kernel=kernel)
     check_steps = min(decode_steps, 4)
     ref_tokens, ref_logits = model.generate(w, prompt, check_steps)
     got_tokens, got_logits = dec.generate(prompt, check_steps)
@@ -237,7 +249,7 @@ def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, promp
     if max(e for e, _ in errs) > LOGIT_TOL or not all(ok for _, ok in errs):
         raise AssertionError(f"decoder {attention}/{mlp}: logits differ from the reference (per rank {errs})")
 
-    def prefill():
+    def prefill_once():
         dec.reset()
         cc.reset()
         t0 = now_ns()
@@ -246,7 +258,7 @@ def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, promp
 
     # exactly ``samples`` samples (a budget of 0 s would stop at 5: StoppingRule's floor for budget stops)
     rule = StoppingRule(rel_ci=0.05, min_samples=samples, max_samples=samples, time_budget_s=math.inf, warmup=1)
-    pre = repeat_split(comm, prefill, rule)
+    pre = repeat_split(comm, prefill_once, rule) if prefill else None
     tok = [0]
 
     def decode():
@@ -266,8 +278,9 @@ def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, promp
     dcd = repeat_split(comm, decode, drule)
     if comm.rank != 0:
         return None
-    return {"prefill": pre, "decode": dcd, "max_rel_error": max(e for e, _ in errs),
-            "collectives_per_decode_step": len(cc.records), "config": cfg.as_dict()}  # fmt: skip
+    return {"prefill": pre, "decode": dcd, "max_rel_error": max(e for e, _ in errs), "tokens_identical": True,
+            "kernel": kernel, "threads": threads, "collectives_per_decode_step": len(cc.records),
+            "config": cfg.as_dict()}  # fmt: skip
 
 
 # ------------------------------------------------------------------------ the run
@@ -360,26 +373,35 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             calls += [{**c, "strategy": s, "ranks": p, "tokens": t, "hidden": shape["h"], "intermediate": shape["i"]}
                       for c in pt["calls"]]  # fmt: skip
 
-    # 4. the whole decoder
+    # 4. the whole decoder: the layouts with the numpy (BLAS) kernel; the source's own pair (S1 with the plain scalar
+    # kernel against S2 with the vectorised kernel, decode steps, a shorter prompt); one rank with 2 BLAS threads
     configs = [(m, "sequence") for m in tp.STRATEGIES] + [("s3", "heads")]
-    dpoints = [(m, a, p) for p in tps for m, a in (configs if p > 1 else [("s3", "heads")])
+    dpoints = [(m, a, p, "numpy", params["prompt"], True, 1) for p in tps for m, a in (configs if p > 1 else [("s3", "heads")])
                if p <= 2 or m in params["oversubscribed_strategies"]]  # fmt: skip
-    for m, a, p in progress(dpoints, "decoder"):
-        pt = run_point(cluster, decoder_point, m, a, params["layers"], params["vocab"], params["prompt"],
-                       params["decode_steps"], params["decoder_samples"], params["seed"], ranks=p, timeout=600)[0]  # fmt: skip
-        for phase in ("prefill", "decode"):
-            labels = {**base, "experiment": f"decoder_{phase}", "variant": f"{a}/{m}" if p > 1 else "tp1",
-                      "payload": "qwen3-0.6b", "size_bytes": None, "ranks": p, "oversubscribed": over(p),
-                      "tokens": params["prompt"] if phase == "prefill" else 1}  # fmt: skip
+    dpoints += [(m, "sequence", 2, kern, params["source_pair_prompt"], False, 1) for m, kern in SOURCE_PAIR]
+    dpoints += [("s3", "heads", 1, "numpy", params["prompt"], True, params["threads_per_rank"])]
+    for m, a, p, kern, prompt_len, with_prefill, threads in progress(dpoints, "decoder"):
+        pt = run_point(cluster, decoder_point, m, a, params["layers"], params["vocab"], prompt_len,
+                       params["decode_steps"], params["decoder_samples"], params["seed"], kern, with_prefill, threads,
+                       ranks=p, timeout=600)[0]  # fmt: skip
+        variant = f"{a}/{m}" if p > 1 else "tp1"
+        if kern != "numpy":
+            variant += f"/{kern}"
+        if threads > 1:
+            variant += f"/{threads}threads"
+        for phase in ("prefill", "decode") if with_prefill else ("decode",):
+            labels = {**base, "experiment": f"decoder_{phase}", "variant": variant,
+                      "payload": "qwen3-0.6b", "size_bytes": None, "ranks": p, "oversubscribed": over(p * threads),
+                      "tokens": prompt_len if phase == "prefill" else 1}  # fmt: skip
+            extra = {"max_rel_error": pt["max_rel_error"], "kernel": kern, "threads": threads, "prompt": prompt_len}
             r, smp = _rows(pt[phase], labels)
             for row in r:
-                row.update(max_rel_error=pt["max_rel_error"])
+                row.update(extra)
             rows += r
             samples += smp
             tok = labels["tokens"]
             st = summarize([tok / x for x in pt[phase]["total"]], pt[phase]["stop_reason"])
-            rows.append(results.summary_row(st, **{**labels, "metric": "tokens_per_s", "unit": "1/s"},
-                                            max_rel_error=pt["max_rel_error"]))  # fmt: skip
+            rows.append(results.summary_row(st, **{**labels, "metric": "tokens_per_s", "unit": "1/s"}, **extra))
 
     samples_df = pd.DataFrame(samples)
     summary = results.frame(rows)
@@ -647,6 +669,24 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, calls: pd.DataFra
     d2 = sample_values(summary, samples, experiment="decoder_prefill", variant="sequence/s2", ranks=2, metric="total")
     add(lambda a, b: (a / b - 1) * 100, [d2, d1], "s2_decoder_slower", "%",
         "decoder prefill at TP = 2, S2 MLP layout's time over S1's, minus 1 (the same numpy kernel in both)", ranks=2)
+    (m1, k1), (m2, k2) = SOURCE_PAIR
+    plain = sample_values(summary, samples, experiment="decoder_decode", variant=f"sequence/{m1}/{k1}", ranks=2, metric="total")
+    simd_ = sample_values(summary, samples, experiment="decoder_decode", variant=f"sequence/{m2}/{k2}", ranks=2, metric="total")
+    add(lambda a, b: (a / b - 1) * 100, [simd_, plain], "source_pair_decoder_slower", "%",
+        f"decode step at TP = 2, the source's pair: {m2.upper()} with the vectorised kernel ({k2}) over {m1.upper()} with "
+        f"the plain kernel ({k1}), time over time minus 1", ranks=2)  # fmt: skip
+    one = sample_values(summary, samples, experiment="decoder_decode", variant="heads/s3", ranks=2, metric="total")
+    thr = sample_values(summary, samples, experiment="decoder_decode", variant=f"tp1/{THREADS_PER_RANK}threads", ranks=1,
+                        metric="total")  # fmt: skip
+    add(lambda a, b: a / b, [thr, one], "threads_over_ranks_decode", "x",
+        f"decode step: 1 rank x {THREADS_PER_RANK} BLAS threads over 2 ranks x 1 thread (heads/S3), time over time",
+        ranks=2)  # fmt: skip
+    one_p = sample_values(summary, samples, experiment="decoder_prefill", variant="heads/s3", ranks=2, metric="total")
+    thr_p = sample_values(summary, samples, experiment="decoder_prefill", variant=f"tp1/{THREADS_PER_RANK}threads",
+                          ranks=1, metric="total")  # fmt: skip
+    add(lambda a, b: a / b, [thr_p, one_p], "threads_over_ranks_prefill", "x",
+        f"prefill: 1 rank x {THREADS_PER_RANK} BLAS threads over 2 ranks x 1 thread (heads/S3), time over time",
+        ranks=2)  # fmt: skip
     return out
 
 
