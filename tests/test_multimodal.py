@@ -98,12 +98,12 @@ def test_phase_models_follow_the_strategies_critical_paths():
     ph = bx.phase_at(_fake_summary(), 10_000_000)
     assert ph["from_dict"] == pytest.approx(10e-3)
     travel = ph["pickle"] + ph["bcast"] + ph["unpickle"]
-    assert bx.model_latency(ph, "A0") == pytest.approx(ph["from_dict"])
-    assert bx.model_latency(ph, "A") == pytest.approx(bx.model_latency(ph, "B")) == pytest.approx(ph["from_dict"] + travel)
-    assert bx.model_latency(ph, "D") < bx.model_latency(ph, "C")
-    assert bx.model_latency(ph, "DE") < bx.model_latency(ph, "E") < bx.model_latency(ph, "C")
-    assert bx.source_model(ph, "A") == pytest.approx(ph["from_dict"]) and bx.source_model(ph, "C") is None
-    assert bx.source_model(ph, "B") == pytest.approx(ph["from_dict"] + travel)
+    assert bx.model_latency(ph, "replicated") == pytest.approx(ph["from_dict"])
+    assert bx.model_latency(ph, "raw_bcast") == pytest.approx(bx.model_latency(ph, "object_bcast")) == pytest.approx(ph["from_dict"] + travel)
+    assert bx.model_latency(ph, "hashes_xxh3") < bx.model_latency(ph, "hashes")
+    assert bx.model_latency(ph, "hashes_xxh3_oob") < bx.model_latency(ph, "hashes_oob") < bx.model_latency(ph, "hashes")
+    assert bx.source_model(ph, "raw_bcast") == pytest.approx(ph["from_dict"]) and bx.source_model(ph, "hashes") is None
+    assert bx.source_model(ph, "object_bcast") == pytest.approx(ph["from_dict"] + travel)
 
 
 def test_bcast_model_tree_below_12k_scatter_allgather_above():
@@ -129,25 +129,43 @@ def _load_runs(caps: dict, repeats: int, jitter: float = 0.0) -> pd.DataFrame:
 
 
 def test_capacity_has_an_interval_over_runs_and_the_best_strategy_is_decided_on_intervals():
-    caps = {"A": 100, "B": 80, "C": 100, "D": 130, "E": 110, "DE": 170, "A0": 120}
+    caps = {"raw_bcast": 100, "object_bcast": 80, "hashes": 100, "hashes_xxh3": 130, "hashes_oob": 110, "hashes_xxh3_oob": 170, "replicated": 120}
     cap = bx.capacity(_load_runs(caps, repeats=6, jitter=0.02))
-    de = cap.query("variant == 'DE' and payload_class == 'video'").iloc[0]
+    de = cap.query("variant == 'hashes_xxh3_oob' and payload_class == 'video'").iloc[0]
     assert de["runs"] == 6 and de["ci_level"] >= 0.95 and de["ci_low"] <= de["capacity"] <= de["ci_high"]
     assert abs(de["capacity"] - 170) < 5 and len(str(de["capacity_runs"]).split()) == 6
     # saturation: the first offered rate whose median latency exceeds 5x the lowest rate's (A: 100 req/s offered)
-    assert cap.query("variant == 'A' and payload_class == 'video'")["saturation_rate"].iloc[0] == 100
-    assert cap.query("variant == 'DE' and payload_class == 'video'")["saturation_rate"].iloc[0] == 200  # above 170
-    assert cap.query("variant == 'A0' and payload_class == 'video'")["saturation_rate"].iloc[0] == 150
+    assert cap.query("variant == 'raw_bcast' and payload_class == 'video'")["saturation_rate"].iloc[0] == 100
+    assert cap.query("variant == 'hashes_xxh3_oob' and payload_class == 'video'")["saturation_rate"].iloc[0] == 200  # above 170
+    assert cap.query("variant == 'replicated' and payload_class == 'video'")["saturation_rate"].iloc[0] == 150
     best = bx.best_strategy(cap)
-    assert best["best"] == "DE" and best["target_met"] and set(best["beats_A_and_B_in"]) == {"small_image", "video"}
+    assert best["best"] == "hashes_xxh3_oob" and best["target_met"] and set(best["beats_raw_and_object_in"]) == {"small_image", "video"}
     # three runs give a 75% interval: a difference is not shown, so the target cannot be met on them
     best3 = bx.best_strategy(bx.capacity(_load_runs(caps, repeats=3, jitter=0.02)))
-    assert best3["best"] == "DE" and not best3["intervals_cover_95"] and best3["beats_A_and_B_in"] == []
+    assert best3["best"] == "hashes_xxh3_oob" and not best3["intervals_cover_95"] and best3["beats_raw_and_object_in"] == []
     assert not best3["target_met"]
     # a best strategy whose interval lies wholly below A's does not sustain A
     # (DE: 5x A's capacity for small images, half of it for video)
     runs = _load_runs(caps, repeats=6, jitter=0.02)
-    runs.loc[(runs["variant"] == "DE") & (runs["payload_class"] == "video"), "throughput"] *= 50 / 170
-    runs.loc[(runs["variant"] == "DE") & (runs["payload_class"] == "small_image"), "throughput"] *= 3
+    runs.loc[(runs["variant"] == "hashes_xxh3_oob") & (runs["payload_class"] == "video"), "throughput"] *= 50 / 170
+    runs.loc[(runs["variant"] == "hashes_xxh3_oob") & (runs["payload_class"] == "small_image"), "throughput"] *= 3
     worse = bx.best_strategy(bx.capacity(runs))
-    assert worse["best"] == "DE" and not worse["sustains_A_everywhere"] and not worse["target_met"]
+    assert worse["best"] == "hashes_xxh3_oob" and not worse["sustains_raw_everywhere"] and not worse["target_met"]
+
+def test_the_adaptive_option_chooses_by_size_and_tp_from_the_measured_crossover():
+    # object_bcast clearly faster from the large image up at TP = 4, never clearly at TP = 2
+    rows = []
+    for tp, lat in ((2, {"small_image": (1.0, 1.0), "large_image": (2.0, 2.1), "video": (9.0, 9.5)}),
+                    (4, {"small_image": (1.0, 1.2), "large_image": (3.0, 2.0), "video": (20.0, 10.0)})):
+        for cls, (raw, obj) in lat.items():
+            fb = {"small_image": 100_000, "large_image": 2_000_000, "video": 20_000_000}[cls]
+            for v, m in (("raw_bcast", raw), ("object_bcast", obj)):
+                rows.append({"experiment": "latency", "payload_class": cls, "ranks": tp, "variant": v, "size_bytes": fb,
+                             "median": m, "ci_low": m * 0.97, "ci_high": m * 1.03})
+    th = bx.adaptive_thresholds(pd.DataFrame(rows))
+    assert th == {2: None, 4: 2_000_000.0}
+    assert mm.choose_adaptive(20_000_000, 2, th) == "raw_bcast"  # TP = 2: local hashing, as the source's option D says
+    assert mm.choose_adaptive(100_000, 4, th) == "raw_bcast" and mm.choose_adaptive(2_000_000, 4, th) == "object_bcast"
+    assert mm.choose_adaptive(50_000_000, 8, th) == "object_bcast"  # TP 8 uses the largest measured degree below
+    with pytest.raises(ValueError, match="thresholds"):
+        mm.choose_adaptive(1, 2, {})

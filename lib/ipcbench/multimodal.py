@@ -17,14 +17,19 @@ The data path (the only mock in the book, and the subject of chapter 3):
 The strategies of :func:`process_request` (each rank calls it; every rank returns the
 same :class:`MultimodalInputs`):
 
-* ``A0`` the source's model of "before": every rank already holds the request, no broadcast;
-* ``A``  before the change: the root broadcasts the raw request, every rank runs ``from_dict``;
-* ``B``  the change: the root runs ``from_dict`` and broadcasts the constructed object;
-* ``C``  the root hashes, broadcasts the raw request and the pad hashes; the others build
+* ``replicated``: the source's model of "before": every rank already holds the request, no broadcast;
+* ``raw_bcast``: before the change: the root broadcasts the raw request, every rank runs ``from_dict``;
+* ``object_bcast``: the change: the root runs ``from_dict`` and broadcasts the constructed object;
+* ``hashes``: the root hashes, broadcasts the raw request and the pad hashes; the others build
   the object without hashing;
-* ``D``  C with xxh3 in place of SHA-256;
-* ``E``  C with the raw request's arrays out of band (pickle 5 + buffer ``Bcast``);
-* ``DE`` C with both.
+* ``hashes_xxh3``: ``hashes`` with xxh3 in place of SHA-256;
+* ``hashes_oob``: ``hashes`` with the raw request's arrays out of band (pickle 5 + buffer ``Bcast``);
+* ``hashes_xxh3_oob``: both.
+
+The names are words, not letters: the source's own options are lettered A-D (A roll back,
+B asynchronous broadcast, C a cheaper from_dict, D choose by size and TP), so no letter
+means two things on one page. ``adaptive`` is the source's option D made concrete: it
+picks one of two strategies by payload size and TP degree (:func:`choose_adaptive`).
 
 A request the root cannot use (malformed item) is rejected on every rank alike: the root
 broadcasts the error instead of the object, so no rank waits in a collective for a
@@ -42,25 +47,25 @@ import numpy as np
 from .measure import now_ns
 
 HASHES = ("sha256", "xxh3", "blake3")
-STRATEGIES = ("A0", "A", "B", "C", "D", "E", "DE")
+STRATEGIES = ("replicated", "raw_bcast", "object_bcast", "hashes", "hashes_xxh3", "hashes_oob", "hashes_xxh3_oob")
 STRATEGY_LABELS = {
-    "A0": "A0: no broadcast, every rank hashes (the source's model)",
-    "A": "A: broadcast raw request, every rank hashes",
-    "B": "B: root hashes, broadcast the object (the change)",
-    "C": "C: root hashes, broadcast raw + pad hashes",
-    "D": "D: C with xxh3",
-    "E": "E: C with out-of-band arrays",
-    "DE": "DE: C with xxh3 and out-of-band arrays",
+    "replicated": "no broadcast, every rank holds the request and hashes (the source's model of before)",
+    "raw_bcast": "broadcast the raw request, every rank hashes (SGLang before the change)",
+    "object_bcast": "the root hashes and broadcasts the built object (the change)",
+    "hashes": "the root hashes, broadcasts raw request + pad hashes",
+    "hashes_xxh3": "hashes, with xxh3",
+    "hashes_oob": "hashes, with the arrays out of band",
+    "hashes_xxh3_oob": "hashes, with xxh3 and the arrays out of band",
 }
 # strategy -> (how the request travels, who hashes, hash algorithm)
 STRATEGY_SPEC = {
-    "A0": ("none", "every rank", "sha256"),
-    "A": ("pickle", "every rank", "sha256"),
-    "B": ("pickle", "root, object broadcast", "sha256"),
-    "C": ("pickle", "root", "sha256"),
-    "D": ("pickle", "root", "xxh3"),
-    "E": ("oob", "root", "sha256"),
-    "DE": ("oob", "root", "xxh3"),
+    "replicated": ("none", "every rank", "sha256"),
+    "raw_bcast": ("pickle", "every rank", "sha256"),
+    "object_bcast": ("pickle", "root, object broadcast", "sha256"),
+    "hashes": ("pickle", "root", "sha256"),
+    "hashes_xxh3": ("pickle", "root", "xxh3"),
+    "hashes_oob": ("oob", "root", "sha256"),
+    "hashes_xxh3_oob": ("oob", "root", "xxh3"),
 }
 OPTIONAL_ARGS = ("im_token_id", "im_start_id", "im_end_id", "video_token_id", "mrope_position_delta")
 PAD_MODULUS = 1 << 30
@@ -349,26 +354,41 @@ def _raise_if_failed(x):
     return x
 
 
+def choose_adaptive(feature_bytes: float, tp: int, thresholds: dict) -> str:
+    """Return the strategy the source's option D picks for a request: ``object_bcast`` when its features are at
+    least the threshold for this TP degree, else ``raw_bcast`` (every rank hashes locally).
+
+    ``thresholds`` maps a TP degree to a size in bytes, or None for "never broadcast the object"; a TP degree not in
+    it uses the largest measured degree below it (the smallest measured one if there is none below).
+    """
+    if not thresholds:
+        raise ValueError("the adaptive option needs thresholds from a crossover measurement")
+    known = sorted(thresholds)
+    below = [t for t in known if t <= tp]
+    threshold = thresholds[below[-1] if below else known[0]]
+    return "object_bcast" if threshold is not None and feature_bytes >= threshold else "raw_bcast"
+
+
 def process_request(comm, strategy: str, raw: dict | None = None, root: int = 0,
                     timings: dict | None = None) -> MultimodalInputs:  # fmt: skip
     """Return the request's MultimodalInputs on every rank of ``comm`` under ``strategy`` (see the module doc).
 
-    ``raw`` is needed on the root (and on every rank for ``A0``). A malformed request raises MalformedItemError on
+    ``raw`` is needed on the root (and on every rank for ``replicated``). A malformed request raises MalformedItemError on
     every rank alike, after the same collectives, so the ranks stay in step for the next request. ``timings`` gets
     the seconds of each phase this rank ran (``from_dict``, ``build``, ``pickle``, ``bcast``, ``unpickle``).
     """
     if strategy not in STRATEGY_SPEC:
         raise ValueError(f"unknown strategy {strategy!r}: use one of {STRATEGIES}")
     transport, who, algorithm = STRATEGY_SPEC[strategy]
-    if strategy == "A0":
+    if strategy == "replicated":
         return _from_dict_timed(raw, algorithm, timings)
-    if strategy == "A":
+    if strategy == "raw_bcast":
         raw = _raise_if_failed(broadcast_pyobj(comm, raw if comm.rank == root else None, root, timings))
         return _from_dict_timed(raw, algorithm, timings)
-    if strategy == "B":
+    if strategy == "object_bcast":
         built = _root_build(raw, algorithm, timings) if comm.rank == root else None
         return _raise_if_failed(broadcast_pyobj(comm, built, root, timings))
-    # C, D, E, DE: the root hashes; the raw request and the hashes travel
+    # hashes*: the root hashes; the raw request and the hashes travel
     send = broadcast_oob if transport == "oob" else broadcast_pyobj
     if comm.rank == root:
         built = _root_build(raw, algorithm, timings)

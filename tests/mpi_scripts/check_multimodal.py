@@ -20,14 +20,14 @@ assert len(want["sha256"].mm_items) == 2
 
 features = {}
 for strategy in mm.STRATEGIES:
-    got = mm.process_request(comm, strategy, base if (comm.rank == 0 or strategy == "A0") else None)
+    got = mm.process_request(comm, strategy, base if (comm.rank == 0 or strategy == "replicated") else None)
     algo = mm.STRATEGY_SPEC[strategy][2]
     prints = comm.allgather(got.fingerprint())
     assert all(p == want[algo].fingerprint() for p in prints), (strategy, comm.rank)
     assert got.im_token_id == base["im_token_id"] and [it.offsets for it in got.mm_items] == [[(16, 48)], [(48, 80)]]
     features[strategy] = [np.ascontiguousarray(it.feature) for it in got.mm_items]
 for strategy, fs in features.items():  # byte-identical features whatever the strategy
-    assert all(np.array_equal(a, b) for a, b in zip(fs, features["A"], strict=True)), strategy
+    assert all(np.array_equal(a, b) for a, b in zip(fs, features["raw_bcast"], strict=True)), strategy
 
 # broadcast_pyobj makes SGLang's two copies of the pickled bytes: into a byte tensor on the root, out into bytes on
 # every receiver (counted here, with the bytes they copy, and checked to share no memory with their source)
@@ -75,7 +75,7 @@ for what, req in bad_requests.items():
     for strategy in mm.STRATEGIES:
         message = None
         try:
-            mm.process_request(comm, strategy, req if (comm.rank == 0 or strategy == "A0") else None)
+            mm.process_request(comm, strategy, req if (comm.rank == 0 or strategy == "replicated") else None)
         except mm.MalformedItemError as e:
             message = str(e)
         # (unpicklable: A, C, D, E and DE pickle the raw request and fail; A0 never pickles and B pickles the
@@ -84,13 +84,13 @@ for what, req in bad_requests.items():
         assert len(set(messages)) == 1, (what, strategy, messages)
         if what != "unpicklable":
             assert messages[0] is not None, (what, strategy)
-        ok = mm.process_request(comm, strategy, base if (comm.rank == 0 or strategy == "A0") else None)
+        ok = mm.process_request(comm, strategy, base if (comm.rank == 0 or strategy == "replicated") else None)
         assert len(ok.mm_items) == 2
 
 # the timed points run and return what the chapter reads
 ph = bx.phase_point(comm, 200_000, rule)
-lat = bx.latency_point(comm, "E", 200_000, rule, 1, 1_000_000)
-load = bx.load_point(comm, "B", 200_000, 400.0, 6, 1, 1_000_000)
+lat = bx.latency_point(comm, "hashes_oob", 200_000, rule, 1, 1_000_000)
+load = bx.load_point(comm, "object_bcast", 200_000, 400.0, 6, 1, 1_000_000)
 bx.drop_pools(comm)
 if comm.rank == 0:
     assert {"from_dict", "tobytes", "hash_sha256", "hash_xxh3", "hash_blake3", "pickle", "unpickle", "bcast",

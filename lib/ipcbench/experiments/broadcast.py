@@ -20,8 +20,8 @@ Experiments (TP ranks are MPI engines; :mod:`ipcbench.multimodal` is the data pa
   completion; p99 only from 100 requests or more), per-rank CPU utilisation (CPU seconds / wall
   seconds of the run), each with an interval over the runs; capacity per run (the highest
   throughput over the rates) and its interval over the runs;
-* **models**: the source's latency model (A: T_from_dict; B: T_from_dict + T_pickle + T_bcast +
-  T_unpickle) and the full model (every phase a strategy runs on its critical path) with the
+* **models**: the source's latency model (before: T_from_dict; the change: T_from_dict + T_pickle +
+  T_bcast + T_unpickle) and the full model (every phase a strategy runs on its critical path) with the
   measured phase costs, against the measured no-load latency; a TP = 8 projection with chapter
   0's alpha-beta fit for the broadcast.
 
@@ -56,14 +56,14 @@ MB = 1e6
 CLASS_LABELS = {"small_image": "small image", "large_image": "large image", "video": "video"}
 SOURCE_SIZE = 10 * MB  # the source's table assumes 10 MB of data
 SPIN_S = 0.002
-"""A load run's root (and A0's ranks) sleep until an arrival is this close, then spin."""
+"""A load run's root (and every rank of ``replicated``) sleep until an arrival is this close, then spin."""
 SATURATION_FACTOR = 5
 """The saturation point: the offered rate where the median latency (every run's requests pooled) first exceeds this
 many times its value at the lowest rate."""
 P99_MIN_REQUESTS = 100
 """A p99 is reported only from this many requests or more (fewer: the 99th percentile is the largest one or two)."""
 SUSTAIN = 0.95
-"""The target's "at least A's throughput": the best strategy's capacity >= this fraction of A's in every class."""
+"""The target's "at least raw_bcast's throughput": the best strategy's capacity >= this fraction of it in every class."""
 BCAST_TREE_BELOW = 12288
 """MPICH broadcasts with a binomial tree below this many bytes, scatter + ring allgather above (the model's switch)."""
 
@@ -223,7 +223,7 @@ def latency_point(comm, strategy: str, feature_bytes: int, rule: StoppingRule, s
         phases: dict[str, float] = {}
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = now_ns()
-        mm.process_request(comm, strategy, raw if (comm.rank == 0 or strategy == "A0") else None, 0, phases)
+        mm.process_request(comm, strategy, raw if (comm.rank == 0 or strategy == "replicated") else None, 0, phases)
         dt = (now_ns() - t) * 1e-9
         phases["minor_faults"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
         calls.append(phases)
@@ -260,7 +260,7 @@ def load_point(comm, strategy: str, feature_bytes: int, rate: float, requests: i
     _check(comm, strategy, pool[0])
     gaps = np.random.default_rng([seed, int(rate * 1000), repeat]).exponential(1.0 / rate, requests)
     arrivals = np.cumsum(gaps) - gaps[0] + 0.005  # first request 5 ms after the start
-    holds = comm.rank == 0 or strategy == "A0"
+    holds = comm.rank == 0 or strategy == "replicated"
     finish = np.empty(requests)
     comm.Barrier()
     with measure.gc_paused():
@@ -434,15 +434,16 @@ def model_latency(ph: pd.Series, strategy: str, bcast_s: float | None = None, bc
     fd, fdx = ph["from_dict"], ph["from_dict_xxh3"]
     travel = ph["pickle"] + b + ph["unpickle"]
     travel_oob = ph["pickle_oob"] + bo + ph["unpickle_oob"]
-    return {"A0": fd, "A": travel + fd, "B": fd + travel, "C": fd + travel, "D": fdx + travel,
-            "E": fd + travel_oob, "DE": fdx + travel_oob}[strategy]  # fmt: skip
+    return {"replicated": fd, "raw_bcast": travel + fd, "object_bcast": fd + travel, "hashes": fd + travel, "hashes_xxh3": fdx + travel,
+            "hashes_oob": fd + travel_oob, "hashes_xxh3_oob": fdx + travel_oob}[strategy]  # fmt: skip
 
 
 def source_model(ph: pd.Series, strategy: str) -> float | None:
-    """Return the source's latency model (s): A: T_from_dict; B: T_from_dict + T_pickle + T_bcast + T_unpickle."""
-    if strategy in ("A0", "A"):
+    """Return the source's latency model (s): before (replicated, raw_bcast): T_from_dict; the change (object_bcast):
+    T_from_dict + T_pickle + T_bcast + T_unpickle."""
+    if strategy in ("replicated", "raw_bcast"):
         return float(ph["from_dict"])
-    if strategy == "B":
+    if strategy == "object_bcast":
         return float(ph["from_dict"] + ph["pickle"] + ph["bcast"] + ph["unpickle"])
     return None
 
@@ -462,9 +463,9 @@ def model_in_situ(root: dict, others: dict, strategy: str) -> float:
     bc0 = root.get("to_tensor", 0.0) + root.get("bcast", 0.0)  # SGLang's copy into a byte tensor, then the Bcasts
     up1 = others.get("from_tensor", 0.0) + others.get("unpickle", 0.0)  # the copy out into bytes, then unpickle
     fd1, b1 = others.get("from_dict", 0.0), others.get("build", 0.0)
-    if strategy == "A0":
+    if strategy == "replicated":
         return max(fd0, fd1)
-    if strategy == "A":
+    if strategy == "raw_bcast":
         return pk0 + bc0 + max(fd0, up1 + fd1)
     return fd0 + pk0 + bc0 + up1 + b1
 
@@ -478,10 +479,10 @@ def models(summary: pd.DataFrame, params: dict, phases_df: pd.DataFrame) -> pd.D
         ph = phase_at(summary, r.size_bytes)
         root, others = rank_phase_costs(phases_df, r.payload_class, r.variant)
         src = source_model(ph, r.variant)
-        src_in = (root.get("from_dict", 0.0) if r.variant in ("A0", "A") else
+        src_in = (root.get("from_dict", 0.0) if r.variant in ("replicated", "raw_bcast") else
                   root.get("from_dict", 0.0) + root.get("pickle", 0.0) + root.get("to_tensor", 0.0) + root.get("bcast", 0.0)
                   + others.get("from_tensor", 0.0) + others.get("unpickle", 0.0)
-                  if r.variant == "B" else None)  # fmt: skip
+                  if r.variant == "object_bcast" else None)  # fmt: skip
         full, full_in = model_latency(ph, r.variant), model_in_situ(root, others, r.variant)
         out.append({"variant": r.variant, "payload_class": r.payload_class, "feature_bytes": r.size_bytes,
                     "measured_s": r.median, "ci_low": r.ci_low, "ci_high": r.ci_high,
@@ -525,7 +526,7 @@ def projection(summary: pd.DataFrame, params: dict, ranks=(2, 4, 8)) -> pd.DataF
         for strategy in mm.STRATEGIES:
             base2 = float(lat.query("variant == @strategy and payload_class == @cls and ranks == 2")["median"].iloc[0])
             for n in ranks:
-                growth = 0.0 if strategy == "A0" else bcast_model(pickled, n, alpha, beta) - bcast_model(pickled, 2, alpha, beta)
+                growth = 0.0 if strategy == "replicated" else bcast_model(pickled, n, alpha, beta) - bcast_model(pickled, 2, alpha, beta)
                 meas = lat.query("variant == @strategy and payload_class == @cls and ranks == @n")
                 out.append({"variant": strategy, "payload_class": cls, "ranks": n, "model_s": base2 + growth,
                             "bcast_growth_s": growth,
@@ -566,33 +567,76 @@ def capacity(load: pd.DataFrame, run_latencies: dict | None = None) -> pd.DataFr
 
 
 def best_strategy(cap: pd.DataFrame) -> dict:
-    """Return the strategy with the highest total capacity relative to A, and the two targets checked on intervals.
+    """Return the strategy with the highest total capacity relative to raw_bcast, and the two targets checked on
+    intervals.
 
-    "Sustains A" fails only where the best's interval lies wholly below SUSTAIN x A's; "beats" needs the best's
-    interval wholly above A's and B's, both covering at least 95% (fewer runs: no class is beaten, "not shown")."""
+    "Sustains raw_bcast" fails only where the best's interval lies wholly below SUSTAIN x raw_bcast's; "beats" needs
+    the best's interval wholly above raw_bcast's and object_bcast's, all covering at least 95% (fewer runs: no class
+    is beaten, "not shown")."""
     piv = cap.pivot_table(index="payload_class", columns="variant", values="capacity")
     lo = cap.pivot_table(index="payload_class", columns="variant", values="ci_low")
     hi = cap.pivot_table(index="payload_class", columns="variant", values="ci_high")
     level = cap.pivot_table(index="payload_class", columns="variant", values="ci_level")
-    rel = piv.div(piv["A"], axis=0)
-    candidates = [s for s in piv.columns if s not in ("A0",)]
+    rel = piv.div(piv["raw_bcast"], axis=0)
+    candidates = [s for s in piv.columns if s not in ("replicated",)]
     best = max(candidates, key=lambda s: float(np.log(rel[s]).sum()))
-    holds_a = bool((hi[best] >= SUSTAIN * lo["A"]).all())
-    enough = bool((level[[best, "A", "B"]] >= 0.95).all().all())
-    beats = [c for c in piv.index if enough and lo.loc[c, best] > hi.loc[c, "A"] and lo.loc[c, best] > hi.loc[c, "B"]]
-    return {"best": best, "ratio_to_A": rel[best].to_dict(), "ratio_to_B": (piv[best] / piv["B"]).to_dict(),
-            "sustains_A_everywhere": holds_a, "beats_A_and_B_in": beats, "intervals_cover_95": enough,
+    holds_a = bool((hi[best] >= SUSTAIN * lo["raw_bcast"]).all())
+    enough = bool((level[[best, "raw_bcast", "object_bcast"]] >= 0.95).all().all())
+    beats = [c for c in piv.index if enough and lo.loc[c, best] > hi.loc[c, "raw_bcast"] and lo.loc[c, best] > hi.loc[c, "object_bcast"]]
+    return {"best": best, "ratio_to_raw": rel[best].to_dict(), "ratio_to_object": (piv[best] / piv["object_bcast"]).to_dict(),
+            "sustains_raw_everywhere": holds_a, "beats_raw_and_object_in": beats, "intervals_cover_95": enough,
             "target_met": holds_a and bool(beats)}  # fmt: skip
 
 
 def crossover(summary: pd.DataFrame) -> pd.DataFrame:
-    """Return per class the no-load latency of B over A (TP = 2 and TP = 4 where measured): above 1, B loses."""
+    """Return per class the no-load latency of object_bcast over raw_bcast (TP = 2 and TP = 4 where measured): above
+    1, broadcasting the built object loses; ``clear`` where the two 95% intervals do not overlap."""
     lat = summary.query("experiment == 'latency'")
     out = []
     for (cls, tp), g in lat.groupby(["payload_class", "ranks"], sort=False):
-        a, b = g.set_index("variant").loc["A"], g.set_index("variant").loc["B"]
-        out.append({"payload_class": cls, "ranks": tp, "A_s": a["median"], "B_s": b["median"], "B_over_A": b["median"] / a["median"],
+        a, b = g.set_index("variant").loc["raw_bcast"], g.set_index("variant").loc["object_bcast"]
+        out.append({"payload_class": cls, "ranks": tp, "size_bytes": int(a["size_bytes"]), "raw_bcast_s": a["median"],
+                    "object_bcast_s": b["median"], "object_over_raw": b["median"] / a["median"],
                     "clear": bool(b["ci_low"] > a["ci_high"] or b["ci_high"] < a["ci_low"])})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def adaptive_thresholds(summary: pd.DataFrame) -> dict[int, float | None]:
+    """Return, per TP degree measured, the feature size from which the source's option D (choose by size and TP)
+    broadcasts the built object: the smallest class at which object_bcast is clearly faster than raw_bcast (95%
+    intervals apart) at that class and every larger one; None where it never is (always raw_bcast)."""
+    cr = crossover(summary)
+    out: dict[int, float | None] = {}
+    for tp, g in cr.groupby("ranks"):
+        g = g.sort_values("size_bytes")
+        wins = (g["clear"] & (g["object_over_raw"] < 1)).to_numpy()
+        threshold = None
+        for k in range(len(g)):
+            if wins[k:].all():
+                threshold = float(g["size_bytes"].iloc[k])
+                break
+        out[int(tp)] = threshold
+    return out
+
+
+def adaptive_table(summary: pd.DataFrame, cap: pd.DataFrame, thresholds: dict) -> pd.DataFrame:
+    """Return per class (TP = 2, under load) what the adaptive option chooses and its capacity beside raw_bcast's,
+    object_bcast's and the best strategy's. Its thresholds come from the no-load runs; the capacities from the
+    load runs, which are separate runs, so the rule is tested on data it was not taken from. Running "adaptive"
+    is running the strategy it picks (the decision is a comparison), so its capacity is that strategy's."""
+    out = []
+    c = cap.set_index(["payload_class", "variant"])
+    for cls, g in cap.groupby("payload_class", sort=False):
+        fb = int(summary.query("experiment == 'latency' and payload_class == @cls")["size_bytes"].iloc[0])
+        pick = mm.choose_adaptive(fb, 2, thresholds)
+        best = g.loc[g["capacity"].idxmax()]
+        row = {"payload_class": cls, "feature_bytes": fb, "adaptive picks": pick}
+        for name, v in (("adaptive", pick), ("raw_bcast", "raw_bcast"), ("object_bcast", "object_bcast"),
+                        ("best", best["variant"])):
+            r = c.loc[(cls, v)]
+            row[f"{name} (req/s)"] = f"{r['capacity']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
+        row["best strategy"] = best["variant"]
+        out.append(row)
     return pd.DataFrame(out)
 
 
@@ -628,23 +672,23 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, cap: pd.DataFrame
         "source_model_total", "s", "T_from_dict + T_pickle + T_bcast + T_unpickle at 10 MB (TP = 2)", size_bytes=src)
     tp_big = params["tp_oversubscribed"]
     add(lambda fd: (tp_big - 1) * fd, [phase("from_dict", src)], "from_dict_saved", "s",
-        f"(N - 1) x T_from_dict at 10 MB, N = {tp_big}: the hashing B spares the other ranks", size_bytes=src)
+        f"(N - 1) x T_from_dict at 10 MB, N = {tp_big}: the hashing object_bcast spares the other ranks", size_bytes=src)
     for cls, fb in params["classes"].items():
         lab = {"payload_class": cls, "size_bytes": fb, "ranks": 2}
-        add(lambda a0, b: (1 - a0 / b) * 100, [lat("A0", cls), lat("B", cls)], "throughput_drop_serial", "%",
-            "1 - latency(A0) / latency(B) at TP = 2: the throughput drop if each strategy handled one request at a time",
+        add(lambda a0, b: (1 - a0 / b) * 100, [lat("replicated", cls), lat("object_bcast", cls)], "throughput_drop_serial", "%",
+            "1 - latency(replicated) / latency(object_bcast) at TP = 2: the throughput drop if each strategy handled one request at a time",
             **lab)  # fmt: skip
         add(lambda fd, p, b, u, m: (fd + p + b + u) / m, [*(phase(x, fb) for x in ("from_dict", "pickle", "bcast", "unpickle")),
-                                                          lat("B", cls)],
-            "source_model_over_measured_B", "x", "the source's model for B (isolated phase costs) over B's measured no-load "
+                                                          lat("object_bcast", cls)],
+            "source_model_over_measured_object_bcast", "x", "the source's model for object_bcast (isolated phase costs) over its measured no-load "
             "latency at TP = 2 (separate runs)", **lab)  # fmt: skip
-        add(lambda fd, m: fd / m, [phase("from_dict", fb), lat("A", cls)], "source_model_over_measured_A", "x",
-            "the source's model for the old path (T_from_dict alone, isolated) over A's measured no-load latency at TP = 2",
+        add(lambda fd, m: fd / m, [phase("from_dict", fb), lat("raw_bcast", cls)], "source_model_over_measured_raw_bcast", "x",
+            "the source's model for the old path (T_from_dict alone, isolated) over raw_bcast's measured no-load latency at TP = 2",
             **lab)  # fmt: skip
-        add(lambda b, a0: b - a0, [lat("B", cls), lat("A0", cls)], "b_extra_latency", "s",
-            "latency(B) - latency(A0) at TP = 2: the latency B adds per request", **lab)
+        add(lambda b, a0: b - a0, [lat("object_bcast", cls), lat("replicated", cls)], "object_bcast_extra_latency", "s",
+            "latency(object_bcast) - latency(replicated) at TP = 2: the latency the change adds per request", **lab)
         add(lambda fd: (tp_big - 1) * fd, [phase("from_dict", fb)], "from_dict_saved", "s",
-            f"(N - 1) x T_from_dict with N = {tp_big}: the hashing B spares the other ranks per request", **lab)
+            f"(N - 1) x T_from_dict with N = {tp_big}: the hashing object_bcast spares the other ranks per request", **lab)
     # capacity under load: one value per run (the highest throughput over the offered rates), interval over the runs
     from ..measure import summarize
 
@@ -658,9 +702,9 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, cap: pd.DataFrame
                                        ranks=2, oversubscribed=load_oversubscribed, metric="capacity", unit="1/s",
                                        payload_class=r.payload_class,
                                        inputs="per run, the highest throughput over the offered rates"))  # fmt: skip
-        if r.variant == "B":
-            add(lambda c, m: c * m, [np.array(runs), lat("B", r.payload_class)], "capacity_times_latency_B",
-                "x", "B's capacity under load (per run) x its no-load latency at TP = 2: 1 when requests run strictly "
+        if r.variant == "object_bcast":
+            add(lambda c, m: c * m, [np.array(runs), lat("object_bcast", r.payload_class)], "capacity_times_latency_object_bcast",
+                "x", "object_bcast's capacity under load (per run) x its no-load latency at TP = 2: 1 when requests run strictly "
                 "one after another", payload_class=r.payload_class, ranks=2)  # fmt: skip
     return out
 
