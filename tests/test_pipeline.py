@@ -5,6 +5,7 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
 
@@ -206,3 +207,31 @@ def test_an_mpi_stage_never_waits_for_ever_for_a_dead_peer():
                              peer_timeout_s=0.05)  # fmt: skip
     with pytest.raises(PeerTimeout, match=r"rank 1 waited 0.05 s for a message from rank 0 \(stages \['generate'"):
         stage._probe(0, 1)
+
+
+def test_readings_of_the_source_reach_every_outcome():
+    from ipcbench.experiments import pipeline as plx
+
+    def row(reading, metric, med, lo, hi, level=0.97):
+        return {"experiment": "derived", "payload": reading, "metric": metric, "median": med, "ci_low": lo,
+                "ci_high": hi, "ci_level": level}
+
+    rows = [row("python", "reading_serial_growth", 3.9, 3.7, 4.1), row("python", "reading_speedup", 1.0, 0.95, 1.05),
+            row("numpy", "reading_serial_growth", 1.0, 0.95, 1.05), row("numpy", "reading_speedup", 2.5, 2.3, 2.7),
+            row("wait_source_batches", "reading_serial_growth", 1.0, 0.7, 1.1),  # straddles the band's lower edge
+            row("wait_source_batches", "reading_speedup", 2.5, 2.3, 2.7),
+            row("wait_ten_batches", "reading_serial_growth", 3.9, 3.7, 4.1, level=0.75),  # too few samples to decide
+            row("wait_ten_batches", "reading_speedup", 2.5, 2.3, 2.7, level=0.75)]
+    got = plx.readings(pd.DataFrame(rows), tolerance=0.25).set_index("reading")["the data"].to_dict()
+    assert got == {"python": "ruled out", "numpy": "consistent", "wait_source_batches": "not decided",
+                   "wait_ten_batches": "not decided"}
+
+
+def test_the_source_thread_layout_runs_four_threads_and_writes_serials_output(tmp_path):
+    w = pl.Workload(kind="numpy", wait_s=0.001)
+    ref = pl.SerialProcessor().run(w, N, BS, tmp_path / "serial")
+    r = pl.ThreadPipelineProcessor(5, pl.SOURCE_THREAD_GROUPS).run(w, N, BS, tmp_path / "four")
+    assert r.checksum == ref.checksum and np.array_equal(r.metrics, ref.metrics)
+    assert r.phases["threads"] == 4 and "cpu_metrics+save_s" in r.phases
+    with pytest.raises(ValueError, match="in order"):
+        pl.ThreadPipelineProcessor(5, [["generate", "transform"], ["preprocess", "metrics", "save"]])

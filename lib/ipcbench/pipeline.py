@@ -430,8 +430,22 @@ class _Stopped(Exception):
     """Raised inside a stage thread when another stage failed."""
 
 
+SOURCE_THREAD_GROUPS = [["generate"], ["preprocess"], ["transform"], ["metrics", "save"]]
+"""The source's four threads: producer, preprocess, transform, and a consumer that computes the metrics and saves."""
+
+
+def check_groups(groups: list[list[str]]) -> list[list[str]]:
+    """Return ``groups`` if they cover every stage once, in order, with no empty group; else raise ValueError."""
+    flat = [st for g in groups for st in g]
+    if list(flat) != list(STAGES) or any(not g for g in groups):
+        raise ValueError(f"stage groups must split {STAGES} in order into non-empty groups, got {groups}")
+    return [list(g) for g in groups]
+
+
 class ThreadPipelineProcessor:
-    """One thread per stage joined by bounded queues (``queue_size``, the source's 5): backpressure, clean end of stream.
+    """One thread per stage group joined by bounded queues (``queue_size``, the source's 5): backpressure, clean end of
+    stream. ``groups`` defaults to one stage per thread (5 threads); :data:`SOURCE_THREAD_GROUPS` is the source's
+    four-thread layout.
 
     An exception in any stage stops every thread (their queue waits poll a stop
     flag), all threads are joined, and the first failure is raised with its stage
@@ -441,23 +455,25 @@ class ThreadPipelineProcessor:
     name = "thread_pipeline"
     POLL_S = 0.05
 
-    def __init__(self, queue_size: int = 5):
+    def __init__(self, queue_size: int = 5, groups: list[list[str]] | None = None):
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.queue_size = queue_size
+        self.groups = check_groups(groups if groups is not None else [[st] for st in STAGES])
 
     def run(self, w: Workload, n_records: int, batch_size: int, out_dir: Path | str) -> RunResult:
         """Run the workload; return the result (raise :class:`PipelineError` on any failure, keeping no output)."""
         _check_no_kill(w, self.name)
         ranges = batch_ranges(n_records, batch_size)
-        queues = [queue.Queue(maxsize=self.queue_size) for _ in range(len(STAGES) - 1)]
+        groups = self.groups
+        queues = [queue.Queue(maxsize=self.queue_size) for _ in range(len(groups) - 1)]
         stop = threading.Event()
         failures: list[tuple[int, PipelineError, BaseException]] = []
         events: list[tuple] = []
         depth: list[tuple] = []
         digests, parts = [], []
         first: list[float] = []
-        cpu_thread = dict.fromkeys(STAGES, 0.0)
+        cpu_thread = dict.fromkeys(("+".join(g) for g in groups), 0.0)
         lock = threading.Lock()
         t0 = now_ns()
 
@@ -483,38 +499,52 @@ class ThreadPipelineProcessor:
                 except queue.Empty:
                     continue
 
+        def apply(stage: str, b, index: int, out: Path):
+            """Run one stage on batch ``index``; return the batch for the next stage (None after save)."""
+            s = now_ns()
+            if stage == "generate":
+                start, count = ranges[index]
+                b = generate(w, index, start, count)
+            elif stage == "save":
+                d, m = save(w, b, out)
+                digests.append(d)
+                parts.append(m)
+                if not first:
+                    first.append((now_ns() - t0) * 1e-9)
+                b = None
+            else:
+                b = STAGE_FUNCS[stage](w, b)
+            events.append((stage, index, (s - t0) * 1e-9, (now_ns() - t0) * 1e-9, stage))
+            return b
+
         def stage_thread(k: int, out: Path):
-            stage = STAGES[k]
+            group = groups[k]
+            stage = group[0]
             index = None
+            last = k == len(groups) - 1
             c0 = time.thread_time()
             try:
                 if k == 0:
-                    for index, (start, count) in enumerate(ranges):
-                        s = now_ns()
-                        b = generate(w, index, start, count)
-                        events.append((stage, index, (s - t0) * 1e-9, (now_ns() - t0) * 1e-9, stage))
-                        put(0, b)
+                    for index in range(len(ranges)):
+                        b = None
+                        for stage in group:
+                            b = apply(stage, b, index, out)
+                        if not last:
+                            put(0, b)
                     index = None
-                    put(0, _END)
+                    if not last:
+                        put(0, _END)
                     return
                 while True:
                     b = get(k - 1)
                     if b is _END:
-                        if k < len(STAGES) - 1:
+                        if not last:
                             put(k, _END)
                         return
                     index = b["_index"]
-                    s = now_ns()
-                    if stage == "save":
-                        d, m = save(w, b, out)
-                        events.append((stage, index, (s - t0) * 1e-9, (now_ns() - t0) * 1e-9, stage))
-                        digests.append(d)
-                        parts.append(m)
-                        if not first:
-                            first.append((now_ns() - t0) * 1e-9)
-                    else:
-                        b = STAGE_FUNCS[stage](w, b)
-                        events.append((stage, index, (s - t0) * 1e-9, (now_ns() - t0) * 1e-9, stage))
+                    for stage in group:
+                        b = apply(stage, b, index, out)
+                    if not last:
                         put(k, b)
                     index = None
             except _Stopped:
@@ -524,12 +554,12 @@ class ThreadPipelineProcessor:
                     failures.append((now_ns(), _wrap(exc, stage, index, self.name), exc))
                 stop.set()
             finally:
-                cpu_thread[stage] = time.thread_time() - c0
+                cpu_thread["+".join(group)] = time.thread_time() - c0
 
         cpu0 = _cpu_s()
         with _Output(out_dir) as out:
-            threads = [threading.Thread(target=stage_thread, args=(k, out), name=f"stage-{s}", daemon=True)
-                       for k, s in enumerate(STAGES)]  # fmt: skip
+            threads = [threading.Thread(target=stage_thread, args=(k, out), name=f"stage-{'+'.join(g)}", daemon=True)
+                       for k, g in enumerate(groups)]  # fmt: skip
             for t in threads:
                 t.start()
             try:
@@ -549,7 +579,8 @@ class ThreadPipelineProcessor:
         checksum, total = combine(digests, parts)
         return RunResult(self.name, w.kind, n_records, batch_size, wall, checksum, total, len(ranges),
                          first[0] if first else float("nan"), _cpu_s() - cpu0, events, depth,
-                         {f"cpu_{k}_s": v for k, v in cpu_thread.items()} | {"queue_size": self.queue_size})  # fmt: skip
+                         {f"cpu_{k}_s": v for k, v in cpu_thread.items()} | {"queue_size": self.queue_size,
+                                                                             "threads": len(groups)})  # fmt: skip
 
 
 # ------------------------------------------------------------- process pool

@@ -46,6 +46,20 @@ from ._common import stats_rows as _stats_rows
 
 CHAPTER = "pipeline"
 SOURCE_SIZES = (25_000, 50_000, 100_000)
+SOURCE_BATCH = 10_000
+"""The source's example batch size (``run_pipeline(data_size=100000, batch_size=10000)``), used at every size."""
+SOURCE_SERIAL_S = {25_000: 0.69, 50_000: 0.70, 100_000: 0.71}
+"""The source's serial times (s) by size, as its table prints them (pl-03..05 quote the same table)."""
+SOURCE_PIPELINE_SPEEDUP = 2.55
+"""The source's average pipeline speedup (pl-01)."""
+READINGS = {
+    "python": "per-record Python work, the source's four threads and 10 000-record batches",
+    "numpy": "vectorised numpy work, the source's four threads and 10 000-record batches",
+    "wait_source_batches": "fixed waits per stage and batch, the source's four threads and 10 000-record batches",
+    "wait_ten_batches": "fixed waits per stage and batch, five threads and 10 batches at every size (this book's wait kind)",
+}
+"""Readings of the source's table: what its workload and layout might have been. Each is set against the table's two
+shapes: a serial time that barely grows from 25 000 to 100 000 records, and a pipeline speedup of 2.55x."""
 SOURCE_ROWS = ("pl-03", "pl-04", "pl-05")
 """The claims that quote the rows of seed 003's results table (its table is read from their quotes, never retyped)."""
 
@@ -80,10 +94,13 @@ def parameters(profile: str | None = None) -> dict:
         "sweep_size": 100_000,
         "start_method_samples": 5,
         "seed": 0,
+        # the source's layout as written: batches of 10 000 records, four threads, a pool with one chunk per process
+        "source_layout_sizes": list(SOURCE_SIZES),
     }
     if name == "quick":
         return {**base, "samples": 3, "wait_s": 0.005, "sweep_samples": 3, "sweep_size": 50_000, "start_method_samples": 3,
-                "batch_fractions": [20, 10, 5], "queue_sizes": [1, 5, 10]}  # fmt: skip
+                "batch_fractions": [20, 10, 5], "queue_sizes": [1, 5, 10],
+                "source_layout_sizes": [min(SOURCE_SIZES), max(SOURCE_SIZES)]}  # fmt: skip
     if name == "standard":
         return {**base, "sizes": [*base["sizes"], 1_000_000], "samples": 6, "wait_s": 0.015, "sweep_samples": 5}
     return {**base, "sizes": [*base["sizes"], 1_000_000, 10_000_000], "samples": 7, "wait_s": 0.015,
@@ -121,13 +138,16 @@ class _Runner:
         self.reference: dict[tuple, tuple[str, np.ndarray]] = {}
 
     def run(self, proc: str, w: pl.Workload, n: int, batch_size: int, groups=None, ranks: int = 2,
-            queue_size: int | None = None, start_method: str | None = None) -> dict:  # fmt: skip
+            queue_size: int | None = None, start_method: str | None = None, reference_batch: int | None = None) -> dict:  # fmt: skip
+        """Run one processor; ``groups`` are its stage groups (MPI ranks, or threads for the thread pipeline); the output
+        is checked against serial's at ``reference_batch`` (default: the same batch size; per-category counts only
+        when the batch sizes differ, since the files then differ)."""
         out = self.scratch / f"{proc}-{w.kind}-{n}"
         q = queue_size or self.queue_size
         if proc == "serial":
             r = _as_dict(pl.SerialProcessor().run(w, n, batch_size, out))
         elif proc == "thread_pipeline":
-            r = _as_dict(pl.ThreadPipelineProcessor(q).run(w, n, batch_size, out))
+            r = _as_dict(pl.ThreadPipelineProcessor(q, groups).run(w, n, batch_size, out))
         elif proc == "process_pool":
             r = _as_dict(pl.ProcessPoolProcessor(usable_cores(), start_method).run(w, n, batch_size, out))
         elif proc == "mpi_stages":
@@ -136,13 +156,14 @@ class _Runner:
         else:
             raise ValueError(f"unknown processor {proc!r}")
         shutil.rmtree(out, ignore_errors=True)
-        key = (w.kind, n, batch_size)
+        key = (w.kind, n, batch_size if reference_batch is None else reference_batch)
         if proc == "serial":
-            self.reference.setdefault(key, (r["checksum"], r["metrics"]))
+            self.reference.setdefault((w.kind, n, batch_size), (r["checksum"], r["metrics"]))
         ref = self.reference.get(key)
         if ref is None:
             raise RuntimeError(f"no serial reference for {key}: run serial first")
-        if r["checksum"] != ref[0] or not np.array_equal(r["metrics"], ref[1]):
+        same_files = key[2] == batch_size
+        if (same_files and r["checksum"] != ref[0]) or not np.array_equal(r["metrics"], ref[1]):
             raise AssertionError(f"{proc} ({w.kind}, {n} records, batch {batch_size}) wrote different output than serial")
         return r
 
@@ -236,7 +257,27 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                 rows += r_
                 samples += s_
 
-        # 5. peak memory, one untimed run each, at the largest size
+        # 5. the source's layout as written: batches of 10 000 records for serial and the pipeline, the pipeline in
+        # the source's four threads, the pool with one chunk per process (chunk_size = data_size // n_processes)
+        workers = usable_cores()
+        lpoints = [(k, n) for k in ("python", "numpy", "wait") for n in params["source_layout_sizes"]]
+        for kind, n in progress(lpoints, "the source's layout"):
+            w = pl.Workload(kind=kind, seed=params["seed"], wait_s=params["wait_s"])
+            chunk = -(-n // workers)
+            runner.run("serial", w, n, chunk)  # the reference for the pool's chunks (untimed here)
+            runs = {"serial": [], "thread_pipeline": []} | ({"process_pool": []} if kind != "wait" else {})
+            for _ in range(params["samples"]):
+                runs["serial"].append(runner.run("serial", w, n, SOURCE_BATCH))
+                runs["thread_pipeline"].append(runner.run("thread_pipeline", w, n, SOURCE_BATCH, groups=pl.SOURCE_THREAD_GROUPS))
+                if "process_pool" in runs:
+                    runs["process_pool"].append(runner.run("process_pool", w, n, chunk, reference_batch=chunk))
+            r_, s_ = _point_rows(runs, {**base, "experiment": "source_layout"}, kind, n, SOURCE_BATCH,
+                                 params["queue_size"], cores, None, batch_of={"process_pool": chunk},
+                                 threads_of={"thread_pipeline": len(pl.SOURCE_THREAD_GROUPS)})  # fmt: skip
+            rows += r_
+            samples += s_
+
+        # 6. peak memory, one untimed run each, at the largest size
         n = max(params["sizes"])
         rows += _memory_rows(cluster, runner, params, n, base, cores)
     finally:
@@ -272,8 +313,10 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
 
 
 def _point_rows(runs: dict, base: dict, kind: str, n: int, bs: int, q: int, cores: int, groups, ranks_mpi: int = 2,
-                start_method: str | None = None) -> tuple[list[dict], list[dict]]:  # fmt: skip
-    """Return summary and sample rows for one (kind, size) point from each processor's runs."""
+                start_method: str | None = None, batch_of: dict | None = None,
+                threads_of: dict | None = None) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """Return summary and sample rows for one (kind, size) point from each processor's runs (``batch_of``: a
+    processor's own batch size where it differs from ``bs``; ``threads_of``: a thread pipeline's thread count)."""
     rows, samples = [], []
     serial = runs["serial"]
     ser_wall = [r["wall_s"] for r in serial]
@@ -283,7 +326,8 @@ def _point_rows(runs: dict, base: dict, kind: str, n: int, bs: int, q: int, core
         nranks = ranks_mpi if proc == "mpi_stages" else rs[0]["workers"] if proc == "process_pool" else 1
         labels = {**base, "experiment": base.get("experiment", "etl"), "variant": _label(proc, nranks), "payload": kind,
                   "ranks": nranks, "oversubscribed": bool(nranks > cores)}  # fmt: skip
-        extra = {"n_records": n, "batch_size": bs, "batches": rs[0]["n_batches"],
+        extra = {"n_records": n, "batch_size": (batch_of or {}).get(proc, bs), "batches": rs[0]["n_batches"],
+                 "threads": (threads_of or {}).get(proc, len(pl.STAGES) if proc == "thread_pipeline" else None),
                  "queue_size": q if proc in ("thread_pipeline", "mpi_stages") else None,
                  "start_method": method if proc == "process_pool" else None,
                  "groups": "|".join("+".join(g) for g in rs[0]["phases"]["groups"]) if proc == "mpi_stages" else None}  # fmt: skip
@@ -425,6 +469,41 @@ def memory_table(summary: pd.DataFrame) -> pd.DataFrame:
     return piv.rename(columns={"peak_pss": "peak PSS (MiB)", "peak_pss_increase": "increase (MiB)"}).reset_index()
 
 
+def readings(summary: pd.DataFrame, tolerance: float | None = None) -> pd.DataFrame:
+    """Return each reading of the source's table against the table's two shapes, with what the data say of it.
+
+    A reading's measured serial growth (25 000 -> 100 000 records) and pipeline speedup are set against the source's
+    (its serial times' growth, 2.55x), each widened by the claim rules' tolerance: "ruled out" when an interval
+    covering at least 95% lies wholly outside its band, "consistent" when both lie inside, else "not decided".
+    """
+    if tolerance is None:
+        tolerance = float(claims.load_rules()[0].tolerance)
+    src_growth = SOURCE_SERIAL_S[max(SOURCE_SIZES)] / SOURCE_SERIAL_S[min(SOURCE_SIZES)]
+    want = {"reading_serial_growth": src_growth, "reading_speedup": SOURCE_PIPELINE_SPEEDUP}
+    d = summary[(summary["experiment"] == "derived") & summary["metric"].isin(list(want))]
+    out = []
+    for reading, text in READINGS.items():
+        rows = d[d["payload"] == reading].set_index("metric")
+        if len(rows) < len(want):
+            continue
+        row = {"reading": reading, "what": text}
+        outside, inside = False, True
+        for metric, claimed in want.items():
+            r = rows.loc[metric]
+            band = (claimed * (1 - tolerance), claimed * (1 + tolerance))
+            enough = float(r["ci_level"]) >= 0.95
+            out_of = float(r["ci_high"]) < band[0] or float(r["ci_low"]) > band[1]
+            outside |= enough and out_of
+            inside &= enough and band[0] <= float(r["ci_low"]) and float(r["ci_high"]) <= band[1]
+            short = metric.removeprefix("reading_")
+            row[f"{short} (measured)"] = f"{r['median']:.2f}x [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+            row[f"{short} (source)"] = f"{claimed:.2f}x"
+        row["ci_level"] = float(rows["ci_level"].min())
+        row["the data"] = "ruled out" if outside else "consistent" if inside else "not decided"
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def performance_report(summary: pd.DataFrame, params: dict) -> dict:
     """Return the source's ``final_performance_report.json`` rebuilt from this run, per kind and size."""
     e = summary.query("experiment == 'etl'")
@@ -510,6 +589,23 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame) -> list[dict]:
             add(lambda a, b: a / b, [busy["process_pool"], busy["serial"]], "pool_stage_time_ratio", "x",
                 "seconds inside the transform stages (preprocess to save) per run, process pool's workers / serial",
                 payload=kind, n_records=n)  # fmt: skip
+    # readings of the source's table: serial growth from 25 000 to 100 000 records and the pipeline speedup
+    lay = summary.query("experiment == 'source_layout'")
+    lo, hi = min(SOURCE_SIZES), max(SOURCE_SIZES)
+    sources = {r: (("source_layout", "wait" if r.startswith("wait") else r) if r != "wait_ten_batches" else ("etl", "wait"))
+               for r in READINGS}  # fmt: skip
+    for reading, (exp, kind) in sources.items():
+        have = set(summary.query("experiment == @exp and payload == @kind and variant == 'serial' and metric == 'wall_time'")
+                   ["n_records"])  # fmt: skip
+        if not {lo, hi} <= have or (exp == "source_layout" and lay.empty):
+            continue
+        add(lambda a, b: a / b, [smp("serial", kind, hi, "wall_time", exp), smp("serial", kind, lo, "wall_time", exp)],
+            "reading_serial_growth", "x", f"serial wall time at {hi:,} over {lo:,} records: {READINGS[reading]}",
+            paired=False, payload=reading)  # fmt: skip
+        sizes = sorted(have & set(SOURCE_SIZES))
+        add(lambda *a: np.mean(np.stack(np.broadcast_arrays(*a)), 0), [smp("thread_pipeline", kind, n, "speedup", exp) for n in sizes],
+            "reading_speedup", "x", f"thread pipeline over serial, mean over {', '.join(f'{n:,}' for n in sizes)} records: "
+            f"{READINGS[reading]}", paired=False, payload=reading)  # fmt: skip
     # memory: one untimed run per processor (no interval: the rules see n = 1)
     mem = summary.query("experiment == 'memory'")
     for kind in sorted(set(mem["payload"])):
