@@ -148,6 +148,17 @@ def test_chapter4_runs_every_processor_and_kind_and_gives_every_seed_003_claim_a
     tl = res.extra("timeline")
     assert set(tl["processor"]) == set(plx.PROCESSORS) and (tl["end_s"] >= tl["start_s"]).all()
     assert not res.extra("queue_depth").empty
+    # the source's layout as written: 10 000-record batches, four threads, a pool with one chunk per process
+    lay = s.query("experiment == 'source_layout' and metric == 'wall_time'")
+    for kind in ("python", "numpy", "wait"):
+        got = lay.query("payload == @kind")
+        assert sorted(set(got["n_records"])) == params["source_layout_sizes"], kind
+        assert (got.query("variant == 'thread_pipeline'")["threads"] == 4).all()
+        assert (got.query("variant != 'process_pool'")["batch_size"] == plx.SOURCE_BATCH).all()
+    pool = lay.query("variant == 'process_pool'")
+    assert (pool["batches"] == pool["ranks"]).all()  # one chunk per process
+    rd = plx.readings(s)
+    assert set(rd["reading"]) == set(plx.READINGS) and rd["the data"].isin(["ruled out", "consistent", "not decided"]).all()
 
 
 @pytest.mark.slow
