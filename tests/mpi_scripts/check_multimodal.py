@@ -91,8 +91,10 @@ for what, req in bad_requests.items():
 ph = bx.phase_point(comm, 200_000, rule)
 lat = bx.latency_point(comm, "hashes_oob", 200_000, rule, 1, 1_000_000)
 load = bx.load_point(comm, "object_bcast", 200_000, 400.0, 6, 1, 1_000_000)
+rnd = bx.load_round(comm, 200_000, [("object_bcast", 400.0, 6), ("hashes_xxh3", 800.0, 6)], 1, 1_000_000, 2)
 bx.drop_pools(comm)
 if comm.rank == 0:
+    assert len(rnd) == 2 and all(len(r["latency"]) == 6 and r["throughput"] > 0 for r in rnd)
     assert {"from_dict", "tobytes", "hash_sha256", "hash_xxh3", "hash_blake3", "pickle", "unpickle", "bcast",
             "pickle_oob", "unpickle_oob", "bcast_oob", "from_dict_xxh3", "mpi4py_bcast", "to_tensor", "from_tensor"} == set(ph["samples"])
     assert ph["pickled_bytes"] > ph["feature_bytes"] > 190_000
