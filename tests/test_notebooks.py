@@ -106,8 +106,7 @@ def test_chapter5_counts_volumes_checks_outputs_and_gives_every_seed_004_claim_a
     assert dec.query("ranks == 2 and kernel == 'numpy'")["variant"].nunique() == 4
     # the source's pair ran with its kernels on both ranks (tokens checked against the reference before timing)
     for m, kern in tpx.SOURCE_PAIR:
-        variant = f"sequence/{m}/{kern}"
-        got = dec.query("ranks == 2 and variant == @variant")
+        got = dec[(dec["ranks"] == 2) & (dec["variant"] == f"sequence/{m}/{kern}")]
         assert set(got["kernel"]) == {kern} and set(got["experiment"]) == {"decoder_decode"}, (m, kern)
         assert (got["max_rel_error"] <= tpx.LOGIT_TOL).all() and (got["n"] >= 6).all()
     thr = dec.query("ranks == 1 and threads == @tpx.THREADS_PER_RANK")

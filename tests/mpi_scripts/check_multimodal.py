@@ -1,6 +1,8 @@
 """Chapter 3's data path under mpiexec: every strategy leaves identical MultimodalInputs on every rank,
 malformed requests fail on every rank alike (no rank left in a collective), and the timed points run."""
 
+import pickle
+
 import numpy as np
 from mpi4py import MPI
 
@@ -31,8 +33,6 @@ for strategy, fs in features.items():  # byte-identical features whatever the st
 
 # broadcast_pyobj makes SGLang's two copies of the pickled bytes: into a byte tensor on the root, out into bytes on
 # every receiver (counted here, with the bytes they copy, and checked to share no memory with their source)
-import pickle
-
 copies = []
 to_tensor, from_tensor = mm.to_tensor, mm.from_tensor
 
