@@ -169,3 +169,26 @@ def test_the_adaptive_option_chooses_by_size_and_tp_from_the_measured_crossover(
     assert mm.choose_adaptive(50_000_000, 8, th) == "object_bcast"  # TP 8 uses the largest measured degree below
     with pytest.raises(ValueError, match="thresholds"):
         mm.choose_adaptive(1, 2, {})
+
+
+def test_the_model_check_uses_no_in_run_phase_time_of_the_runs_it_is_compared_with():
+    """models(): the source's and the full model come from the isolated phases only; the in-run phase times (which
+    split the very latencies they are set against) feed only the accounting columns."""
+    lat = [{"experiment": "latency", "variant": v, "payload_class": "video", "size_bytes": 10_000_000, "ranks": 2,
+            "median": 0.02, "ci_low": 0.019, "ci_high": 0.021} for v in mm.STRATEGIES]
+    summary = pd.concat([_fake_summary(), pd.DataFrame(lat)], ignore_index=True)
+
+    def in_run(scale):
+        return pd.DataFrame([{"variant": v, "payload_class": "video", "ranks": 2, "rank": r, "phase": ph,
+                              "value": scale * 1e-3, "unit": "s"}
+                             for v in mm.STRATEGIES for r in (0, 1)
+                             for ph in ("from_dict", "pickle", "to_tensor", "bcast", "from_tensor", "unpickle")])
+
+    a, b = bx.models(summary, {}, in_run(1.0)), bx.models(summary, {}, in_run(50.0))
+    held_out = ["source_model_s", "source_error", "full_model_s", "full_error"]
+    pd.testing.assert_frame_equal(a[held_out], b[held_out])
+    assert (b["full_in_situ_s"] > a["full_in_situ_s"]).all()  # the accounting check does follow the in-run times
+    # the derived rows the claims read take no in-run phase table at all
+    import inspect
+
+    assert "phases" not in " ".join(inspect.signature(bx.derived_rows).parameters)
