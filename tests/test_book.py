@@ -65,16 +65,54 @@ def server(built_book):
     httpd.shutdown()
 
 
+# per page: the images, the tables against the text column, tracebacks and bookkeeping lines left in the page
+_PAGE_CHECKS = """() => {
+  const article = document.querySelector('article.bd-article') || document.querySelector('main');
+  const col = article.getBoundingClientRect();
+  const tables = Array.from(article.querySelectorAll('table')).map((t) => {
+    let box = t, el = t.parentElement;
+    while (el && el !== article) {
+      const ox = getComputedStyle(el).overflowX;
+      if (ox === 'auto' || ox === 'scroll') { box = el; break; }
+      el = el.parentElement;
+    }
+    const r = box.getBoundingClientRect();
+    const ids = Array.from(t.querySelectorAll('th, td')).map((c) => c.innerText.trim())
+      .filter((x) => /^[a-z]+-[0-9][0-9]$/.test(x));
+    return {right: r.right, left: r.left, scrolls: box !== t, text: t.innerText.slice(0, 60), ids: ids};
+  });
+  return {
+    col_left: col.left, col_right: col.right,
+    broken: Array.from(document.images).filter((i) => !(i.naturalWidth > 0)).map((i) => i.src),
+    tables: tables,
+    text: article.innerText,
+  };
+}"""
+
+CHAPTER_CLAIM_PREFIX = {"01_fair_serialization": "fs-", "02_rpc_breakdown": "rpc-", "03_broadcast": "bc-",
+                        "04_pipeline": "pl-", "05_tensor_parallel": "tp-"}  # fmt: skip
+
+
+def _built_pages(html: Path) -> list[str]:
+    """Every page of the built book (not Sphinx's own search and index pages, which hold no content of ours)."""
+    skip = {"search", "genindex"}
+    return sorted(str(p.relative_to(html).with_suffix("")) for p in html.rglob("*.html")
+                  if not p.relative_to(html).parts[0].startswith("_") and p.stem not in skip)  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.browser
-def test_rendered_book_in_chromium(server):
+def test_rendered_book_in_chromium(server, built_book):
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail("Debian chromium is required in CI (.ci/run installs it)")
         pytest.skip("Debian chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
+    pages = _built_pages(built_book)
+    assert set(_toc_pages()) <= set(pages), f"TOC pages missing from the build: {set(_toc_pages()) - set(pages)}"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -82,23 +120,39 @@ def test_rendered_book_in_chromium(server):
                   "--disable-sync", "--no-first-run", "--disable-quic"],
         )  # fmt: skip
         try:
-            for page_path in _toc_pages():
+            for page_path in pages:
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
-                errors, foreign = [], []
+                errors, foreign, failed = [], [], []
                 page.on("console", lambda m, errors=errors: errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
                 page.on("request", lambda r, foreign=foreign: foreign.append(r.url)
                         if urlparse(r.url).hostname not in ("127.0.0.1", None) and not r.url.startswith("data:") else None)  # fmt: skip
+                page.on("requestfailed", lambda r, failed=failed: failed.append(r.url))
+                page.on("response", lambda r, failed=failed: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
                 page.goto(f"{server}/{page_path}.html", wait_until="networkidle")
                 page.wait_for_function("Array.from(document.images).every(i => i.complete)")
-                broken = page.evaluate(
-                    "Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.src)"
-                )
                 name = page_path.replace("/", "_")
                 page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-                assert broken == [], f"{page_path}: images that did not load: {broken}"
-                assert errors == [], f"{page_path}: console errors: {errors}"
-                assert foreign == [], f"{page_path}: requests off this machine: {foreign}"
+                got = page.evaluate(_PAGE_CHECKS)
+                if got["broken"]:
+                    problems.append(f"{page_path}: images that did not load: {got['broken']}")
+                if errors:
+                    problems.append(f"{page_path}: console errors: {errors}")
+                if foreign:
+                    problems.append(f"{page_path}: requests off this machine: {foreign}")
+                if failed:
+                    problems.append(f"{page_path}: failed requests: {failed}")
+                if "Traceback" in got["text"]:
+                    problems.append(f"{page_path}: a Traceback is printed in the page")
+                if "summary rows" in got["text"]:
+                    problems.append(f"{page_path}: a bookkeeping line is printed in the page")
+                for t in got["tables"]:
+                    if t["right"] > got["col_right"] + 2:
+                        problems.append(f"{page_path}: a table runs {t['right'] - got['col_right']:.0f} px past the text "
+                                        f"column and does not scroll inside it: {t['text']!r}")  # fmt: skip
+                prefix = CHAPTER_CLAIM_PREFIX.get(Path(page_path).name)
+                if prefix and not any(i.startswith(prefix) for t in got["tables"] for i in t["ids"]):
+                    problems.append(f"{page_path}: no ledger table (claims {prefix}..)")
                 page.close()
             index = browser.new_page()
             index.goto(f"{server}/index.html", wait_until="networkidle")
@@ -106,3 +160,4 @@ def test_rendered_book_in_chromium(server):
             index.screenshot(path=str(SCREENSHOTS / "index.png"))
         finally:
             browser.close()
+    assert problems == [], "\n".join(problems)

@@ -310,6 +310,8 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop engines, controller and mpiexec that this object started; close the client. Idempotent."""
+        t0 = time.perf_counter()
+        times = self.stop_times = {}
         client, self._client, self._view = self._client, None, None
         if client is not None:
             try:
@@ -324,13 +326,16 @@ class Cluster:
                 client.close()
             except Exception:  # noqa: BLE001 - closing must never mask the original error
                 pass
+        times["engines_exit"] = time.perf_counter() - t0
         ipp_cluster, self._ipp_cluster = self._ipp_cluster, None
         if ipp_cluster is not None:
             try:
                 ipp_cluster.stop_cluster_sync()
             except Exception:  # noqa: BLE001
                 pass
+        times["stop_cluster"] = time.perf_counter() - t0 - times["engines_exit"]
         self._reap(self._owned_pids)
+        times["reap"] = time.perf_counter() - t0 - times["engines_exit"] - times["stop_cluster"]
         if self._owned_pids:  # killed ranks leave MPICH's segment behind; a clean exit removes it itself
             reap_mpich_segments(min_age_s=2.0)
         self._owned_pids = set()

@@ -20,6 +20,21 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 PALETTE = ["#1b6ca8", "#d1495b", "#66a182", "#edae49", "#7a5195", "#2e4057", "#8d96a3", "#00798c"]
+# past the palette's eight colours a line also changes its dash and marker, so no two lines look alike
+LINESTYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "D"]
+
+
+def line_style(i: int) -> dict:
+    """Return the colour, line style and marker of the ``i``-th line of a figure (distinct for 32 lines)."""
+    k = i // len(PALETTE)
+    return {"color": PALETTE[i % len(PALETTE)], "ls": LINESTYLES[k % len(LINESTYLES)], "marker": MARKERS[k % len(MARKERS)]}
+
+
+def legend_outside(ax, **kw) -> None:
+    """Put the legend to the right of the axes, clear of the data (the inline backend's tight box keeps it in)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
 
 STYLE = {
     "figure.figsize": (7.0, 4.2),
@@ -113,9 +128,9 @@ def size_sweep(
         raise ValueError(f"no rows with metric {metric!r} to plot")
     unit = rows["unit"].iloc[0]
     for i, (variant, sub) in enumerate(rows.groupby(hue, sort=False)):
-        color = PALETTE[i % len(PALETTE)]
-        ax.plot(sub["size_bytes"], sub["median"], marker="o", ms=3.5, color=color, label=_label(variant, sub))
-        ax.fill_between(sub["size_bytes"], sub["ci_low"], sub["ci_high"], color=color, alpha=0.25, lw=0)
+        st = line_style(i)
+        ax.plot(sub["size_bytes"], sub["median"], ms=3.5, label=_label(variant, sub), **st)
+        ax.fill_between(sub["size_bytes"], sub["ci_low"], sub["ci_high"], color=st["color"], alpha=0.25, lw=0)
     for label, x, y in limits:
         ax.plot(x, y, ls="--", color="black", lw=1.2, label=label)
     for label, x, y in models:
@@ -187,7 +202,7 @@ def phase_breakdown(
         _yformat(ax, unit)
     if title:
         ax.set_title(title)
-    ax.legend(ncols=min(len(phases), 4), loc="lower right" if horizontal else "upper left")
+    legend_outside(ax)
     return ax
 
 

@@ -123,6 +123,17 @@ def write(
     return d
 
 
+def update_meta(chapter: str, **fields) -> Path:
+    """Add or replace top-level fields of a chapter's ``meta.json`` (which must exist: the chapter has run)."""
+    p = chapter_dir(chapter) / "meta.json"
+    if not p.exists():
+        raise ResultsError(f"chapter {chapter!r} has no meta.json to update: run it first")
+    meta = json.loads(p.read_text())
+    meta.update(fields)
+    p.write_text(json.dumps(_jsonable(meta), indent=2, sort_keys=True))
+    return p
+
+
 def write_json(chapter: str, name: str, obj: dict) -> Path:
     """Write a chapter's extra JSON document (``<name>.json``, e.g. a report in a source's own format); return its path."""
     p = chapter_dir(chapter) / f"{name}.json"

@@ -41,22 +41,35 @@ def drive(chapter: str, profile: str | None = None, engines_n: int | None = None
     what it needs stops with :class:`~ipcbench.experiments._common.EnginesError` instead of dropping a part.
     """
     import sys
+    import time
 
-    from .. import profiles
+    from .. import profiles, results
     from ..cluster import Cluster
-    from ._common import require_engines
+    from ._common import SECTION_TIMES, require_engines
 
     module = get(chapter)
     profile = profiles.profile_name(profile)
     need = int(module.engines(profile))
     if engines_n is not None and engines_n < need:
         raise EnginesError(f"chapter {chapter} needs {need} MPI engines in the {profile} profile; --engines {engines_n} is too few")
+    SECTION_TIMES.clear()
+    t0 = time.perf_counter()
     with Cluster(n=engines_n or need, profile=cluster_profile) as cluster:
+        t_up = time.perf_counter()
         require_engines(cluster, need, chapter, f"the {profile} profile")
         d = cluster.describe()
         print(f"ipcbench: chapter {chapter}, profile {profile}, {d['engines']} engines "
               f"({d['source']}, oversubscribed={d['oversubscribed']})", file=sys.stderr)  # fmt: skip
-        return module.run(cluster, profile)
+        summary = module.run(cluster, profile)
+        t_run = time.perf_counter()
+    t_end = time.perf_counter()
+    # where the chapter's time went, beside its results (the environment appendix shows it)
+    results.update_meta(chapter, run_time_s={
+        "total": t_end - t0, "cluster_start": t_up - t0, "experiments": t_run - t_up, "cluster_stop": t_end - t_run,
+        "sections": {k: round(v, 3) for k, v in SECTION_TIMES.items()},
+        "cluster_stop_parts": {k: round(v, 3) for k, v in getattr(cluster, "stop_times", {}).items()},
+    })  # fmt: skip
+    return summary
 
 
 def reanalyze(chapter: str) -> int:

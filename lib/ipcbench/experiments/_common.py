@@ -8,8 +8,15 @@ from .. import profiles, results
 from ..environment import capture_environment
 
 
+# seconds spent per progress-bar section of the chapter that runs now (what `drive` writes to meta.json)
+SECTION_TIMES: dict[str, float] = {}
+
+
 def progress(iterable, desc: str, total: int | None = None):
-    """Return ``iterable`` wrapped in a tqdm progress bar on stderr (a widget in Jupyter when ipywidgets is installed)."""
+    """Return ``iterable`` wrapped in a tqdm progress bar on stderr (a widget in Jupyter when ipywidgets is installed).
+
+    The time from the first item to the last is added to :data:`SECTION_TIMES` under ``desc``.
+    """
     import importlib.util
 
     if importlib.util.find_spec("ipywidgets") is not None:
@@ -17,7 +24,18 @@ def progress(iterable, desc: str, total: int | None = None):
     else:  # text bar: tqdm.auto would warn that IProgress is missing
         from tqdm.std import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=True, dynamic_ncols=True)
+    bar = tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=True, dynamic_ncols=True)
+    return _timed(bar, desc)
+
+
+def _timed(bar, desc: str):
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        yield from bar
+    finally:
+        SECTION_TIMES[desc] = SECTION_TIMES.get(desc, 0.0) + time.perf_counter() - t0
 
 
 class EnginesError(ValueError):

@@ -1,0 +1,281 @@
+"""What the book's own pages show: the claims ledger, the findings, the environment appendix, and each chapter's header.
+
+Every page here is built from the chapters' results on disk (``ipcbench.results``) and the ledger the one
+judge wrote (``ipcbench.claims``), never from typed numbers. The pages run after every chapter (the book's
+Sphinx extension orders them last), and a claim without a verdict stops the build.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from . import claims, results
+from .environment import REPO_ROOT
+
+# chapter id -> (document, label of the chapter, title)
+CHAPTER_PAGES = {
+    "machine_limits": ("notebooks/00_machine_limits", "machine-limits", "0. Limits of this machine"),
+    "fair_serialization": ("notebooks/01_fair_serialization", "fair-serialization", "1. Fair serialization across IPC backends"),
+    "rpc_breakdown": ("notebooks/02_rpc_breakdown", "rpc-breakdown", "2. ZeroMQ RPC breakdown for split inference"),
+    "broadcast": ("notebooks/03_broadcast", "broadcast", "3. Broadcast serialization across tensor-parallel ranks"),
+    "pipeline": ("notebooks/04_pipeline", "pipeline", "4. Pipeline parallelism"),
+    "tensor_parallel": ("notebooks/05_tensor_parallel", "tensor-parallel", "5. MPI tensor parallelism and SIMD"),
+}  # fmt: skip
+
+# the packages that move or encode the bytes the book measures (their versions go into the environment appendix)
+BYTE_MOVERS = ("numpy", "mpi4py", "mpich", "pyzmq", "lmdb", "msgpack", "xxhash", "numba", "ipyparallel", "cloudpickle",
+               "psutil")  # fmt: skip
+
+FINDINGS_FILE = REPO_ROOT / "data" / "seeds" / "findings.yaml"
+
+
+class BookError(RuntimeError):
+    """A page of the book cannot be built from the results on disk (a chapter has not run, a claim has no verdict)."""
+
+
+def chapter_of_source(led: pd.DataFrame) -> dict[str, str]:
+    """Return source file -> chapter id (one source analysis per chapter)."""
+    return dict(zip(led["source"], led["chapter"], strict=True))
+
+
+# ---------------------------------------------------------------------------------------- the ledger
+
+
+def full_ledger() -> pd.DataFrame:
+    """Return every claim of ``claims.csv`` with its verdict; raise BookError if any has none.
+
+    The verdicts are the ones the chapters wrote when they ran (their ``claims.csv``), so the page shows
+    exactly what each chapter shows.
+    """
+    led = claims.ledger()
+    missing = led[led["verdict"].isin([claims.PENDING]) | led["verdict"].isna()]
+    if not missing.empty:
+        raise BookError(
+            f"{len(missing)} claims have no verdict ({', '.join(missing['id'])}): their chapters "
+            f"({', '.join(sorted(set(missing['chapter'])))}) have not written their evidence under {results.results_root()}"
+        )
+    bad = led[~led["verdict"].isin(claims.VERDICTS)]
+    if not bad.empty:
+        raise BookError(f"claims with a verdict the judge cannot give: {dict(zip(bad['id'], bad['verdict'], strict=True))}")
+    return led
+
+
+def counts_table(led: pd.DataFrame) -> pd.DataFrame:
+    """Return verdict counts per source analysis (rows, in chapter order, plus 'all') and verdict (columns)."""
+    order = [c for c in CHAPTER_PAGES if c in set(led["chapter"])]
+    t = pd.crosstab(led["chapter"], led["verdict"]).reindex(index=order, columns=list(claims.VERDICTS), fill_value=0)
+    src = {c: s for s, c in chapter_of_source(led).items()}
+    t.index = [f"{CHAPTER_PAGES[c][2]} ({src[c]})" for c in t.index]
+    t.loc["all sources"] = t.sum()
+    t["claims"] = t.sum(axis=1)
+    t.index.name = "source analysis (chapter)"
+    return t
+
+
+VERDICT_COLOURS = {
+    claims.CONFIRMED: "#1b7837", claims.PARTLY: "#a6dba0", claims.INCONCLUSIVE: "#bababa",
+    claims.REFUTED: "#c2282d", claims.NOT_TESTABLE: "#f1e3b5",
+}  # fmt: skip
+
+
+def counts_figure(led: pd.DataFrame):
+    """Return a small horizontal stacked bar chart: verdicts per source analysis."""
+    import matplotlib.pyplot as plt
+
+    t = counts_table(led).drop(index="all sources").drop(columns="claims")
+    fig, ax = plt.subplots(figsize=(7.5, 2.6))
+    left = pd.Series(0, index=t.index)
+    labels = [i.split(" (")[0] for i in t.index]
+    for v in claims.VERDICTS:
+        ax.barh(labels, t[v], left=left, color=VERDICT_COLOURS[v], label=v, edgecolor="white")
+        left += t[v]
+    ax.invert_yaxis()
+    ax.set_xlabel("claims")
+    ax.legend(ncols=len(claims.VERDICTS), loc="upper center", bbox_to_anchor=(0.4, -0.28), frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def measured_text(r: dict) -> str:
+    """Return 'value unit [low, high] (n = N)' for a ledger row ('' where nothing was measured)."""
+    if pd.isna(r.get("measured")):
+        return ""
+    u = r.get("measured_unit") if isinstance(r.get("measured_unit"), str) else ""
+    lo, hi = r.get("ci_low"), r.get("ci_high")
+    ci = "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" [{claims._fmt(float(lo))}, {claims._fmt(float(hi))}]"
+    n = "" if pd.isna(r.get("n")) else f" (n = {int(r['n'])})"
+    return f"{claims._fmt(float(r['measured']))}{claims._u(u)}{ci}{n}"
+
+
+def claimed_text(r: dict) -> str:
+    """Return the source's value with its unit ('' where the claim states none)."""
+    v, u = r.get("value"), r.get("unit")
+    if pd.isna(v):
+        return ""
+    return f"{v}{claims._u(u) if isinstance(u, str) and u not in claims.UNIT_WORDS else ''}"
+
+
+def _cell(text) -> str:
+    return "" if text is None or (isinstance(text, float) and pd.isna(text)) else str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def ledger_markdown(led: pd.DataFrame, chapter: str) -> str:
+    """Return one source analysis's claims as a MyST table: quote, paraphrase, claimed, measured, verdict, evidence, link."""
+    doc, label, title = CHAPTER_PAGES[chapter]
+    rows = led[led["chapter"] == chapter]
+    head = "| id | quote (source) | paraphrase | source's value | measured [95% CI] (n) | verdict | evidence |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in rows.to_dict("records"):
+        lines.append("| " + " | ".join([
+            f"{{ref}}`{r['id']} <{label}-verdicts>`", _cell(r["quote"]), _cell(r["paraphrase"]), _cell(claimed_text(r)),
+            _cell(measured_text(r)), f"**{r['verdict']}**", _cell(r.get("evidence")),
+        ]) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- findings
+
+
+def load_findings(path: Path | str | None = None) -> list[dict]:
+    """Return the findings' definitions (data/seeds/findings.yaml), checked: each names a claim, a section and wordings."""
+    p = Path(path or FINDINGS_FILE)
+    items = yaml.safe_load(p.read_text())["findings"]
+    known = set(claims.load_claims()["id"])
+    for f in items:
+        for key in ("claim", "section", "topic", "says"):
+            if key not in f:
+                raise BookError(f"finding {f!r} in {p} has no {key!r}")
+        if f["claim"] not in known:
+            raise BookError(f"finding on {f['claim']!r} in {p}: no such claim in claims.csv")
+        odd = set(f["says"]) - set(claims.VERDICTS)
+        if odd:
+            raise BookError(f"finding on {f['claim']}: wordings for verdicts the judge never gives: {sorted(odd)}")
+    if not 6 <= len(items) <= 10:
+        raise BookError(f"{p} defines {len(items)} findings; the page shows six to ten")
+    return items
+
+
+def finding_sentence(f: dict, row: dict) -> str:
+    """Return one finding as MyST: the wording for the verdict the judge gave (the neutral form where none is given),
+    the measured value with its interval, the verdict, and a link to the section that measured it."""
+    measured = measured_text(row) or "nothing measurable"
+    verdict = row["verdict"]
+    template = f["says"].get(verdict)
+    if template is None:  # no wording for this outcome: say what was claimed and what was measured, nothing more
+        template = "The source claims: “{paraphrase}” This build measures {measured}"
+    text = template.format(measured=measured, claimed=claimed_text(row), paraphrase=str(row["paraphrase"]).rstrip("."))
+    text = text.rstrip(".")
+    return (f"**{f['topic']}** {text}. Verdict on the source's claim ({{ref}}`{row['id']} <{f['section']}>`): "
+            f"**{verdict}**.")  # fmt: skip
+
+
+def findings(led: pd.DataFrame | None = None, path: Path | str | None = None) -> list[str]:
+    """Return the findings page's sentences, in the order of findings.yaml, worded by the ledger's verdicts."""
+    led = full_ledger() if led is None else led
+    by_id = {r["id"]: r for r in led.to_dict("records")}
+    return [finding_sentence(f, by_id[f["claim"]]) for f in load_findings(path)]
+
+
+# ------------------------------------------------------------------------------ environment and headers
+
+
+def _meta(chapter: str) -> dict:
+    p = results.results_root() / chapter / "meta.json"
+    if not p.exists():
+        raise BookError(f"chapter {chapter} has no results under {results.results_root()}: it has not run")
+    import json
+
+    return json.loads(p.read_text())
+
+
+def machine_line(env: dict) -> str:
+    """Return 'CPU model, N usable cores (L logical), M GiB memory' from an environment record."""
+    mem = env.get("memory_bytes")
+    mem_s = f", {mem / 2**30:.0f} GiB memory" if mem else ""
+    return f"{env.get('cpu_model', 'unknown CPU')}, {env.get('usable_cores')} usable cores ({env.get('logical_cores')} logical){mem_s}"
+
+
+def chapter_header(chapter: str) -> dict:
+    """Return the facts a chapter shows near its top: its profile, the machine, its run time, and download links (MyST)."""
+    meta = _meta(chapter)
+    env = meta.get("environment") or {}
+    run = (meta.get("run_time_s") or {}).get("total")
+    return {
+        "profile": meta.get("profile", "unknown"),
+        "machine": machine_line(env),
+        "run_time": f"{run:.0f} s" if run is not None else "not recorded",
+        "downloads": download_links(chapter),
+    }
+
+
+def download_links(chapter: str, page_dir: Path | str | None = None) -> str:
+    """Return MyST download roles for a chapter's summary.csv and claims.csv, relative to the page's directory.
+
+    The results may live anywhere (``IPCBENCH_RESULTS_DIR``); Sphinx copies each file into the built book.
+    """
+    page_dir = Path(page_dir or REPO_ROOT / "notebooks")
+    d = results.results_root() / chapter
+    links = []
+    for name, what in (("summary.csv", "every measured point"), ("claims.csv", "every claim's verdict and evidence")):
+        if (d / name).exists():
+            rel = os.path.relpath(d / name, page_dir)
+            links.append(f"{{download}}`{chapter}/{name} <{rel}>` ({what})")
+    return "; ".join(links) if links else "none (the chapter wrote no tables)"
+
+
+def environment_table(chapter: str = "machine_limits") -> pd.DataFrame:
+    """Return the build's environment record (from a chapter's meta.json) as a two-column table."""
+    env = dict(_meta(chapter).get("environment") or {})
+    rows = []
+    for k, v in env.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}: {b}" for a, b in v.items() if not isinstance(b, (dict, list)))
+        elif isinstance(v, list):
+            v = ", ".join(map(str, v))
+        if k == "memory_bytes" and v:
+            v = f"{int(v) / 2**30:.1f} GiB ({int(v)} B)"
+        rows.append({"field": k, "value": str(v)})
+    return pd.DataFrame(rows)
+
+
+def packages_table() -> pd.DataFrame:
+    """Return the installed versions of every package that moves or encodes the measured bytes."""
+    rows = []
+    for name in BYTE_MOVERS:
+        try:
+            v = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            v = "not installed"
+        rows.append({"package": name, "version": v})
+    return pd.DataFrame(rows)
+
+
+def run_times_table() -> pd.DataFrame:
+    """Return each chapter's run time from its meta.json: total, cluster start, experiments, and the longest section."""
+    rows = []
+    for ch, (_doc, _label, title) in CHAPTER_PAGES.items():
+        try:
+            meta = _meta(ch)
+        except BookError:
+            continue
+        rt = meta.get("run_time_s") or {}
+        sec = rt.get("sections") or {}
+        top = max(sec.items(), key=lambda kv: kv[1]) if sec else None
+        rows.append({
+            "chapter": title, "profile": meta.get("profile"),
+            "total (s)": rt.get("total"), "cluster start (s)": rt.get("cluster_start"),
+            "experiments (s)": rt.get("experiments"),
+            "longest section": f"{top[0]} ({top[1]:.0f} s)" if top else "",
+        })  # fmt: skip
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        total = {"chapter": "all chapters", "profile": "", "total (s)": out["total (s)"].sum(min_count=1),
+                 "cluster start (s)": out["cluster start (s)"].sum(min_count=1),
+                 "experiments (s)": out["experiments (s)"].sum(min_count=1), "longest section": ""}  # fmt: skip
+        out = pd.concat([out, pd.DataFrame([total])], ignore_index=True)
+    return out

@@ -1,0 +1,148 @@
+"""The book's own pages: findings worded by the judge's verdicts, the ledger complete or the build stops, the
+environment appendix, the chapters' headers, and the order in which Sphinx reads the pages."""
+
+import importlib.util
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+from ipcbench import book, claims, results
+
+
+def _row(verdict: str, **kw) -> dict:
+    base = {"id": "fs-01", "verdict": verdict, "measured": 12.5, "measured_unit": "%", "ci_low": 10.0, "ci_high": 15.0,
+            "n": 8, "value": 5, "unit": "%", "paraphrase": "All five backends are within 5% of each other."}  # fmt: skip
+    return {**base, **kw}
+
+
+def test_every_finding_has_a_wording_for_every_verdict_the_judge_can_give():
+    found = book.load_findings()
+    assert 6 <= len(found) <= 10
+    for f in found:
+        for verdict in claims.VERDICTS:
+            text = book.finding_sentence(f, _row(verdict, id=f["claim"]))
+            assert f"**{verdict}**" in text and f"<{f['section']}>" in text
+            assert "[10, 15]" in text and "n = 8" in text  # the interval is always printed
+            if verdict in f["says"]:  # the wording written for exactly this verdict, and no other
+                head = f["says"][verdict].split("{")[0].strip()
+                assert head in text
+            else:
+                assert "The source claims:" in text
+
+
+def test_a_finding_is_worded_by_its_verdict_not_by_its_text():
+    f = {"claim": "fs-01", "section": "s", "topic": "T.", "says": {"confirmed": "It holds ({measured})",
+                                                                  "refuted": "It does not hold ({measured})"}}  # fmt: skip
+    assert "It holds" in book.finding_sentence(f, _row("confirmed"))
+    refuted = book.finding_sentence(f, _row("refuted"))
+    assert "It does not hold" in refuted and "It holds" not in refuted
+    assert "The source claims: “All five backends are within 5% of each other”" in book.finding_sentence(f, _row("inconclusive"))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"claim": "xx-99"}, "no such claim"),
+    ({"says": {"proven": "x"}}, "never gives"),
+])  # fmt: skip
+def test_findings_file_errors_are_specific(tmp_path, change, message):
+    items = yaml.safe_load(book.FINDINGS_FILE.read_text())["findings"]
+    items[0] = {**items[0], **change}
+    p = tmp_path / "findings.yaml"
+    p.write_text(yaml.safe_dump({"findings": items}))
+    with pytest.raises(book.BookError, match=message):
+        book.load_findings(p)
+
+
+def test_every_finding_links_to_a_section_that_exists():
+    labels = set()
+    for nb in (REPO / "notebooks").glob("*.ipynb"):
+        for cell in json.loads(nb.read_text())["cells"]:
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("(") and line.endswith(")="):
+                    labels.add(line[1:-2])
+    for f in book.load_findings():
+        assert f["section"] in labels, f"finding on {f['claim']} links to {f['section']!r}, which no notebook defines"
+    for _doc, label, _title in book.CHAPTER_PAGES.values():
+        assert label in labels
+        if label != "machine-limits":
+            assert f"{label}-verdicts" in labels  # the ledger page links every claim there
+
+
+def test_the_ledger_page_stops_the_build_when_a_claim_has_no_verdict(results_tmp):
+    with pytest.raises(book.BookError, match="no verdict"):
+        book.full_ledger()
+
+
+def _fake_ledger() -> pd.DataFrame:
+    led = claims.load_claims()
+    verdicts = list(claims.VERDICTS)
+    return led.assign(verdict=[verdicts[i % len(verdicts)] for i in range(len(led))], measured=1.0, measured_unit="x",
+                      ci_low=0.9, ci_high=1.1, n=6, evidence="e")  # fmt: skip
+
+
+def test_ledger_counts_and_tables_cover_every_claim():
+    led = _fake_ledger()
+    t = book.counts_table(led)
+    assert int(t.loc["all sources", "claims"]) == len(led)
+    assert list(t.columns) == [*claims.VERDICTS, "claims"]
+    for chapter in set(led["chapter"]):
+        md = book.ledger_markdown(led, chapter)
+        ids = led.loc[led["chapter"] == chapter, "id"]
+        assert md.count("\n") == len(ids) + 1  # header, separator, one row per claim
+        assert all(f"{{ref}}`{i} <" in md for i in ids)
+    fig = book.counts_figure(led)
+    assert fig.axes and fig.axes[0].get_legend() is not None
+
+
+def test_chapter_header_run_times_and_downloads(results_tmp, tmp_path):
+    row = {c: None for c in results.SUMMARY_COLUMNS}
+    row.update({"chapter": "pipeline", "experiment": "etl", "variant": "serial", "metric": "wall", "unit": "s", "n": 6,
+                "median": 1.0, "ci_low": 0.9, "ci_high": 1.1, "ci_level": 0.97, "unstable": False})  # fmt: skip
+    summary = results.frame([row])
+    env = {"cpu_model": "Test CPU", "usable_cores": 2, "logical_cores": 2, "memory_bytes": 24 * 2**30}
+    results.write("pipeline", summary, None, {"profile": "quick", "environment": env})
+    with pytest.raises(results.ResultsError, match="run it first"):
+        results.update_meta("broadcast", run_time_s={"total": 1.0})
+    results.update_meta("pipeline", run_time_s={"total": 12.0, "cluster_start": 2.0, "experiments": 9.0,
+                                                "sections": {"ETL": 7.5, "memory": 1.5}})  # fmt: skip
+    results.write_table("pipeline", "claims", pd.DataFrame({"claim_id": ["pl-01"]}))
+    h = book.chapter_header("pipeline")
+    assert h["profile"] == "quick" and h["run_time"] == "12 s"
+    assert h["machine"] == "Test CPU, 2 usable cores (2 logical), 24 GiB memory"
+    assert "{download}`pipeline/summary.csv <" in h["downloads"] and "claims.csv" in h["downloads"]
+    rel = h["downloads"].split("<")[1].split(">")[0]
+    assert (REPO / "notebooks" / rel).resolve() == (results_tmp / "pipeline" / "summary.csv").resolve()
+    rt = book.run_times_table()
+    assert list(rt["chapter"]) == ["4. Pipeline parallelism", "all chapters"]
+    assert rt["longest section"].iloc[0] == "ETL (8 s)" and rt["total (s)"].iloc[-1] == 12.0
+
+
+def _extension():
+    spec = importlib.util.spec_from_file_location("book_pages", REPO / "book" / "_ext" / "book_pages.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pages_built_from_results_are_read_last_and_again_when_a_chapter_is_read():
+    ext = _extension()
+    docs = sorted(["book/findings", "book/intro", "book/ledger", "book/environment", "book/methodology",
+                   "notebooks/00_machine_limits", "notebooks/05_tensor_parallel"])  # fmt: skip
+    order = list(docs)
+    ext._order(None, None, order)
+    assert order[-3:] == ["book/findings", "book/ledger", "book/environment"]
+    assert order[:4] == ["book/intro", "book/methodology", "notebooks/00_machine_limits", "notebooks/05_tensor_parallel"]
+
+    class Env:
+        found_docs = set(docs)
+
+    assert ext._outdated(None, Env, set(), {"notebooks/05_tensor_parallel"}, set()) == list(ext.LAST)
+    assert ext._outdated(None, Env, set(), {"book/intro"}, set()) == []
+    assert ext._outdated(None, Env, set(), {"notebooks/00_machine_limits", "book/ledger"}, set()) == [
+        "book/findings", "book/environment"]
+    for page in ext.LAST:  # executed on every read, never from the cache; MyST roles in their Markdown outputs
+        front = (REPO / f"{page}.md").read_text().split("---")[1]
+        meta = yaml.safe_load(front)["mystnb"]
+        assert meta == {"execution_mode": "force", "render_markdown_format": "myst"}
