@@ -22,13 +22,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipcbench)" >/dev/null
 	@touch $(STAMP)
 
-# Jupyter Book's cache keys on notebook text only: when the library or the profile changes,
-# drop the cached outputs so every published number is measured by the code that is here.
+# Jupyter Book's cache keys on notebook text only: when the library, the claim rules or the profile change,
+# drop the cached outputs so every published number is measured by the code that is here. Sphinx's own
+# environment (.doctrees) goes too: with it, Sphinx would not read (so not execute) an unchanged notebook again.
 EXEC_STAMP := _build/.executed-with-$(PROFILE)
-LIBSRC := $(shell find lib -name '*.py' 2>/dev/null) pyproject.toml _config.yml
+LIBSRC := $(shell find lib -name '*.py' 2>/dev/null) data/seeds/claims.csv data/seeds/claim_rules.yaml pyproject.toml _config.yml
 
 $(EXEC_STAMP): $(LIBSRC)
-	rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.executed-with-*
+	rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.doctrees _build/.executed-with-*
 	@mkdir -p _build && touch $@
 
 book: $(STAMP) $(EXEC_STAMP)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -52,6 +53,44 @@ def test_book_builds_every_toc_page(built_book):
     chapter0 = (built_book / "notebooks" / "00_machine_limits.html").read_text()
     assert chapter0.count("<img") >= 4
     assert "cdn.jsdelivr" not in chapter0 and "mathjax/tex-chtml.js" in chapter0
+
+
+class _Links(HTMLParser):
+    """Collect a page's link targets and element ids."""
+
+    def __init__(self):
+        super().__init__()
+        self.hrefs, self.ids = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(a["id"])
+        if tag == "a" and a.get("href"):
+            self.hrefs.append(a["href"])
+        if tag in ("img", "script", "link") and (a.get("src") or a.get("href")):
+            self.hrefs.append(a.get("src") or a.get("href"))
+
+
+@pytest.mark.slow
+def test_every_internal_link_of_the_built_book_resolves(built_book):
+    pages = {p.resolve(): _Links() for p in built_book.rglob("*.html") if "_static" not in p.parts}
+    for p, parser in pages.items():
+        parser.feed(p.read_text(encoding="utf-8"))
+    broken = []
+    for p, parser in pages.items():
+        for href in parser.hrefs:
+            u = urlparse(href)
+            if u.scheme or href.startswith(("mailto:", "data:", "javascript:")):
+                continue
+            target = (p.parent / u.path).resolve() if u.path else p
+            if not target.exists():
+                broken.append(f"{p.name} -> {href} (no such file)")
+            elif u.fragment and target.suffix == ".html":
+                ids = pages[target].ids if target in pages else set()
+                if u.fragment not in ids:
+                    broken.append(f"{p.name} -> {href} (no such anchor)")
+    assert broken == [], "\n".join(broken[:40])
 
 
 @pytest.fixture(scope="module")

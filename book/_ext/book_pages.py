@@ -15,6 +15,7 @@ from pathlib import Path
 LAST = ("book/findings", "book/ledger", "book/environment")
 CHAPTERS = "notebooks/"
 STATIC = Path(__file__).resolve().parent.parent / "_static"
+FINDINGS = Path(__file__).resolve().parents[2] / "data" / "seeds" / "findings.yaml"
 
 
 def _outdated(app, env, added, changed, removed):
@@ -29,6 +30,12 @@ def _order(app, env, docnames):
     docnames[:] = [d for d in docnames if d not in LAST] + late
 
 
+def _depends(app, docname, source):
+    # the findings page is worded from data/seeds/findings.yaml: a change there reads the page again
+    if docname == "book/findings":
+        app.env.note_dependency(str(FINDINGS))
+
+
 def _static(app):
     if str(STATIC) not in app.config.html_static_path:
         app.config.html_static_path.append(str(STATIC))
@@ -38,5 +45,6 @@ def setup(app):
     app.connect("env-get-outdated", _outdated)
     app.connect("env-before-read-docs", _order)
     app.connect("builder-inited", _static)
+    app.connect("source-read", _depends)
     app.add_css_file("ipcbench.css")
     return {"parallel_read_safe": False, "parallel_write_safe": True}

@@ -116,7 +116,8 @@ def claimed_text(r: dict) -> str:
     """Return the source's value with its unit ('' where the claim states none)."""
     v, u = r.get("value"), r.get("unit")
     if pd.isna(v):
-        return ""
+        c = r.get("claimed")
+        return "" if c is None or (isinstance(c, float) and pd.isna(c)) else str(c)
     return f"{v}{claims._u(u) if isinstance(u, str) and u not in claims.UNIT_WORDS else ''}"
 
 
@@ -160,6 +161,18 @@ def load_findings(path: Path | str | None = None) -> list[dict]:
     return items
 
 
+def evidence_numbers(evidence) -> str:
+    """Return the numbers of a judge's evidence sentence: from 'Measured:' to the tolerance, without the per-case verdicts."""
+    import re
+
+    text = "" if evidence is None or (isinstance(evidence, float) and pd.isna(evidence)) else str(evidence)
+    if "Measured:" in text:
+        text = text.split("Measured:", 1)[1]
+    text = text.split(" Tolerance:", 1)[0]
+    text = re.sub(r" \[(?:%s)\]" % "|".join(map(re.escape, claims.VERDICTS)), "", text)
+    return text.strip().rstrip(".")
+
+
 def finding_sentence(f: dict, row: dict) -> str:
     """Return one finding as MyST: the wording for the verdict the judge gave (the neutral form where none is given),
     the measured value with its interval, the verdict, and a link to the section that measured it."""
@@ -167,8 +180,9 @@ def finding_sentence(f: dict, row: dict) -> str:
     verdict = row["verdict"]
     template = f["says"].get(verdict)
     if template is None:  # no wording for this outcome: say what was claimed and what was measured, nothing more
-        template = "The source claims: “{paraphrase}” This build measures {measured}"
-    text = template.format(measured=measured, claimed=claimed_text(row), paraphrase=str(row["paraphrase"]).rstrip("."))
+        template = "The source claims: “{paraphrase}” This build measures {evidence}"
+    text = template.format(measured=measured, claimed=claimed_text(row), paraphrase=str(row["paraphrase"]).rstrip("."),
+                           evidence=evidence_numbers(row.get("evidence")) or measured)  # fmt: skip
     text = text.rstrip(".")
     return (f"**{f['topic']}** {text}. Verdict on the source's claim ({{ref}}`{row['id']} <{f['section']}>`): "
             f"**{verdict}**.")  # fmt: skip

@@ -30,7 +30,7 @@ from .. import backends, claims, profiles, results
 from .. import serialization as ser
 from ..backends.base import framed_size
 from ..measure import gc_paused, now_ns, summarize
-from ._common import machine_state, progress, require_engines, run_meta, run_point
+from ._common import add_time, machine_state, progress, require_engines, run_meta, run_point
 
 CHAPTER = "fair_serialization"
 KiB, MiB = 2**10, 2**20
@@ -404,8 +404,10 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         ranks = 1 + pt["readers"]
         heavy = pt["size"] >= (4 * MiB if pt["kind"] == "array" else 100_000)  # messages of several ms
         msgs = p["big_messages"] if heavy else p["messages"]
+        t0 = time.perf_counter()
         out = run_point(cluster, transfer_point, pt["backend"], pt["codec"], pt["kind"], pt["size"], msgs, p["warmup"],
                         pt.get("options"), ranks=ranks, timeout=600)[0]  # fmt: skip
+        add_time(f"fair serialization: {pt['experiment']}, {pt['readers']} reader(s)", time.perf_counter() - t0)
         df = pd.DataFrame(out["per_reader"])
         # cross-rank summary: per message, the slowest reader
         per_msg = df.groupby("message").agg({"serialize": "max", "send_call": "max", "transfer": "max",
