@@ -169,7 +169,8 @@ def evidence_numbers(evidence) -> str:
     if "Measured:" in text:
         text = text.split("Measured:", 1)[1]
     text = text.split(" Tolerance:", 1)[0]
-    text = re.sub(r" \[(?:%s)\]" % "|".join(map(re.escape, claims.VERDICTS)), "", text)
+    tags = "|".join(map(re.escape, claims.VERDICTS))
+    text = re.sub(rf" \[(?:{tags})\]", "", text)
     return text.strip().rstrip(".")
 
 
