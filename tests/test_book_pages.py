@@ -146,3 +146,9 @@ def test_pages_built_from_results_are_read_last_and_again_when_a_chapter_is_read
         front = (REPO / f"{page}.md").read_text().split("---")[1]
         meta = yaml.safe_load(front)["mystnb"]
         assert meta == {"execution_mode": "force", "render_markdown_format": "myst"}
+
+
+def test_the_ledger_page_has_a_section_for_every_source_analysis():
+    page = (REPO / "book" / "ledger.md").read_text()
+    for chapter in sorted(set(claims.load_claims()["chapter"])):
+        assert f'book.ledger_markdown(led, "{chapter}")' in page, f"book/ledger.md shows no claims of {chapter}"

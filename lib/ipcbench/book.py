@@ -125,6 +125,14 @@ def _cell(text) -> str:
     return "" if text is None or (isinstance(text, float) and pd.isna(text)) else str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def source_line(led: pd.DataFrame, chapter: str) -> str:
+    """Return 'Source analysis `file`: N claims, with the verdict counts' for a chapter's section of the ledger page."""
+    rows = led[led["chapter"] == chapter]
+    c = rows["verdict"].value_counts()
+    counts = ", ".join(f"{int(c[v])} {v}" for v in claims.VERDICTS if c.get(v, 0))
+    return f"Source analysis `{rows['source'].iloc[0]}`: {len(rows)} claims ({counts})."
+
+
 def ledger_markdown(led: pd.DataFrame, chapter: str) -> str:
     """Return one source analysis's claims as a MyST table: quote, paraphrase, claimed, measured, verdict, evidence, link."""
     doc, label, title = CHAPTER_PAGES[chapter]

@@ -87,9 +87,10 @@ def parameters(profile: str | None = None) -> dict:
         return base
     if name == "standard":
         return {**base, "classes": {**base["classes"], "video": 40_000_000},
-                "phase_sizes": [10_000, 30_000, 100_000, 300_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000,
-                                20_000_000, 40_000_000],
-                "rate_fractions": [0.5, 1.0, 2.0], "load_repeats": 6, "requests": 12,
+                # the classes' sizes and a decade apart between them (the phase curves are straight on log axes)
+                "phase_sizes": [10_000, 100_000, 1_000_000, 2_000_000, 10_000_000, 20_000_000, 40_000_000],
+                # below capacity and saturated (capacity is what a saturated run serves); 6 runs: a 95% interval
+                "rate_fractions": [0.5, 2.0], "load_repeats": 6, "requests": 12,
                 "max_requests": 1000, "load_duration_s": 0.3}  # fmt: skip
     return {**base, "classes": {**base["classes"], "video": 50_000_000},
             "phase_sizes": [10_000 * 2**k for k in range(13)],
