@@ -152,3 +152,12 @@ def test_the_ledger_page_has_a_section_for_every_source_analysis():
     page = (REPO / "book" / "ledger.md").read_text()
     for chapter in sorted(set(claims.load_claims()["chapter"])):
         assert f'book.ledger_markdown(led, "{chapter}")' in page, f"book/ledger.md shows no claims of {chapter}"
+
+
+def test_progress_sections_record_their_time():
+    from ipcbench.experiments import _common
+
+    _common.SECTION_TIMES.clear()
+    assert [x for x in _common.progress([1, 2, 3], "a section")] == [1, 2, 3]
+    _common.add_time("a section", 1.0)
+    assert 1.0 <= _common.SECTION_TIMES["a section"] < 2.0

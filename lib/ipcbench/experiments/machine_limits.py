@@ -85,9 +85,9 @@ def parameters(profile: str | None = None) -> dict:
             "message_sizes": sorted({*_pow4(1, 64 * MiB), CROSSCHECK_LATENCY_SIZE}),
             "bench_loop": 10000,
             "bench_modes": ["buffer", "pickle", "outband"],
-            # the pickle modes are shown for information (no claim or check reads them): two runs each, best kept;
-            # at three they took 95 of the chapter's 210 s
-            "bench_repeats": {"buffer": 5, "pickle": 2, "outband": 2},
+            # the pickle modes are shown for information (no claim or check reads them): one run each, labelled so;
+            # at three runs each they took 95 of the chapter's 210 s
+            "bench_repeats": {"buffer": 5, "pickle": 1, "outband": 1},
             "bench_loop_large": None,
             "latency_rounds": 10,
             "allocations": 4,
