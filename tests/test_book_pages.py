@@ -161,3 +161,11 @@ def test_progress_sections_record_their_time():
     assert [x for x in _common.progress([1, 2, 3], "a section")] == [1, 2, 3]
     _common.add_time("a section", 1.0)
     assert 1.0 <= _common.SECTION_TIMES["a section"] < 2.0
+
+
+def test_findings_on_rules_with_several_cases_are_worded_on_every_case():
+    _policy, rules = claims.load_rules()
+    for f in book.load_findings():
+        if len(rules[f["claim"]].get("cases") or []) > 1:
+            for verdict, text in f["says"].items():
+                assert "{evidence}" in text and "{measured}" not in text, (f["claim"], verdict)
