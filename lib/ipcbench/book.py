@@ -28,8 +28,7 @@ CHAPTER_PAGES = {
 }  # fmt: skip
 
 # the packages that move or encode the bytes the book measures (their versions go into the environment appendix)
-BYTE_MOVERS = ("numpy", "mpi4py", "mpich", "pyzmq", "lmdb", "msgpack", "xxhash", "numba", "ipyparallel", "cloudpickle",
-               "psutil")  # fmt: skip
+BYTE_MOVERS = ("numpy", "mpi4py", "mpich", "pyzmq", "lmdb", "msgpack", "xxhash", "numba", "ipyparallel", "psutil")
 
 FINDINGS_FILE = REPO_ROOT / "data" / "seeds" / "findings.yaml"
 
