@@ -100,15 +100,7 @@ def counts_figure(led: pd.DataFrame):
     return fig
 
 
-def measured_text(r: dict) -> str:
-    """Return 'value unit [low, high] (n = N)' for a ledger row ('' where nothing was measured)."""
-    if pd.isna(r.get("measured")):
-        return ""
-    u = r.get("measured_unit") if isinstance(r.get("measured_unit"), str) else ""
-    lo, hi = r.get("ci_low"), r.get("ci_high")
-    ci = "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" [{claims._fmt(float(lo))}, {claims._fmt(float(hi))}]"
-    n = "" if pd.isna(r.get("n")) else f" (n = {int(r['n'])})"
-    return f"{claims._fmt(float(r['measured']))}{claims._u(u)}{ci}{n}"
+measured_text = claims.measured_text  # the ledger's own 'value unit [low, high] (n = N)', as the chapters show it
 
 
 def claimed_text(r: dict) -> str:

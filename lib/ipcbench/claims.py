@@ -562,22 +562,24 @@ def markdown_table(df: pd.DataFrame) -> str:
 # ------------------------------------------------------------------------ for the pages
 
 
+def measured_text(r: dict) -> str:
+    """Return 'value unit [low, high] (n = N)' for a ledger row ('' where nothing was measured)."""
+    if pd.isna(r.get("measured")):
+        return ""
+    u = r.get("measured_unit") if isinstance(r.get("measured_unit"), str) else ""
+    lo, hi = r.get("ci_low"), r.get("ci_high")
+    ci = "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" [{_fmt(float(lo))}, {_fmt(float(hi))}]"
+    n = "" if pd.isna(r.get("n")) else f" (n = {int(r['n'])})"
+    return f"{_fmt(float(r['measured']))}{_u(u)}{ci}{n}"
+
+
 def chapter_table(chapter: str) -> pd.DataFrame:
     """Return a chapter's ledger for its page: quote, verdict, measured value with its interval and n, claimed, evidence."""
     led = ledger().query("chapter == @chapter")
 
-    def measured(r) -> str:
-        if pd.isna(r.get("measured")):
-            return ""
-        u = r.get("measured_unit") if isinstance(r.get("measured_unit"), str) else ""
-        lo, hi = r.get("ci_low"), r.get("ci_high")
-        ci = "" if pd.isna(lo) or lo == hi else f" [{_fmt(float(lo))}, {_fmt(float(hi))}]"
-        n = "" if pd.isna(r.get("n")) else f" (n = {int(r['n'])})"
-        return f"{_fmt(float(r['measured']))}{_u(u)}{ci}{n}"
-
     return pd.DataFrame({
         "id": led["id"], "quote": led["quote"], "verdict": led["verdict"],
-        "measured [95% CI]": [measured(r) for r in led.to_dict("records")],
+        "measured [95% CI]": [measured_text(r) for r in led.to_dict("records")],
         "claimed": [("" if pd.isna(v) else f"{v}{_u(u) if isinstance(u, str) and u not in UNIT_WORDS else ''}")
                     for v, u in zip(led["value"], led["unit"], strict=True)],
         "evidence": led["evidence"],
