@@ -118,3 +118,24 @@ def test_framing_is_charged_only_to_paths_that_frame_in_python():
     assert zmq["framing_s"] == 0 and zmq["framing_share_of_gap"] == 0
     shm = fs._framing_share(framing, pd.Series({"variant": "shm", "median": 7e-6}), 3e-6)
     assert shm["framing_kind"] == "pack_unpack" and shm["framing_share_of_gap"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("backend", backends.LIBRARY_BACKENDS)
+def test_library_channel_reader_that_never_attaches_or_stops_reading(backend):
+    """Every production library channel turns an absent or stalled reader into a clear error on the writer."""
+    chan = backends.open_channel(backend, SoloComm(readers=2), **fs.channel_options(backend, 300_000, 4), timeout_s=0.3)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PeerTimeout, match=r"never (attached|subscribed|connected) within 0.3 s"):
+            chan.wait_for_readers()
+        assert time.monotonic() - t0 < 5
+        if backend == "pynng":
+            return  # pub/sub drops for a subscriber that does not read: its writer cannot notice (readers time out)
+        big = np.zeros(290_000, dtype=np.uint8)
+        t0 = time.monotonic()
+        with pytest.raises(PeerTimeout, match=r"reached 0 of 2 reader|stayed full for 0.3 s"):
+            for _ in range(64):
+                chan.send([big])
+        assert time.monotonic() - t0 < 5
+    finally:
+        chan.close()

@@ -17,7 +17,7 @@ from conftest import REPO
 SCRIPTS = sorted((REPO / "tests" / "mpi_scripts").glob("check_*.py"))
 # (script, ranks): every script on 2 ranks; the backends (3 readers) and chapter 3's strategies also on 4 ranks
 # (oversubscribed, correctness only)
-CASES = [(s, 2) for s in SCRIPTS] + [(s, 4) for s in SCRIPTS if s.stem in ("check_backends", "check_multimodal", "check_pubsub")]
+CASES = [(s, 2) for s in SCRIPTS] + [(s, 4) for s in SCRIPTS if s.stem in ("check_backends", "check_libraries", "check_multimodal", "check_pubsub")]
 # (the wait-strategy script's delay bound is checked on 2 ranks only, where writer and reader have a core each)
 
 

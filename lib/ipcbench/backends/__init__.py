@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from .base import WAIT_STRATEGIES, BackendError, Channel, PayloadTooLarge, PeerTimeout, SoloComm
+from .libraries import LIBRARY_CHANNELS
 from .lmdb_backend import LmdbChannel
 from .mpi_backend import MpiBcastChannel, MpiBufferBcastChannel, MpiP2PChannel, MpiPkl5Channel
 from .shm import ShmChannel
@@ -29,8 +30,13 @@ BACKENDS: dict[str, type[Channel]] = {
     "zmq_pushpull": ZmqPushPullChannel,
 }
 BROADCAST_BACKENDS = [k for k, v in BACKENDS.items() if v.delivers_to_all]
+"""The book's own broadcast channels (every chapter-1 sweep runs them)."""
+LIBRARY_BACKENDS = list(LIBRARY_CHANNELS)
+"""Production libraries a user would pick instead (``backends.libraries``): chapter 1 measures them beside the best of
+the book's own channels, raw arrays, one and three readers."""
+BACKENDS.update(LIBRARY_CHANNELS)
 
-__all__ = ["BACKENDS", "BROADCAST_BACKENDS", "WAIT_STRATEGIES", "BackendError", "Channel", "PayloadTooLarge", "PeerTimeout",
+__all__ = ["BACKENDS", "BROADCAST_BACKENDS", "WAIT_STRATEGIES", "BackendError", "Channel", "LIBRARY_BACKENDS", "PayloadTooLarge", "PeerTimeout",
            "SoloComm", "open_channel", "leftovers", "reap_stale"]  # fmt: skip
 
 

@@ -246,5 +246,11 @@ class SoloComm:
     def bcast(self, obj, root=0):
         return obj
 
+    def scatter(self, objs, root=0):
+        return objs[0] if objs is not None else None
+
+    def allreduce(self, value, op=None):
+        return value
+
     def Barrier(self):  # noqa: N802 - mirrors mpi4py
         return None

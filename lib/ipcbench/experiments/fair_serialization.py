@@ -86,6 +86,8 @@ def channel_options(backend: str, frame_bytes: int, messages: int, options: dict
     if backend == "lmdb":
         return {"map_bytes": max(1 << 24, int((frame_bytes + 4096) * (messages + 4) * 1.5)), "wait": READER_WAIT,
                 **options}  # fmt: skip
+    if backend in ("iceoryx2", "faster_fifo"):
+        return {"max_bytes": int(frame_bytes) + 4096}
     return {}
 
 
