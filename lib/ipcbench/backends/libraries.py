@@ -31,7 +31,16 @@ import shutil
 import tempfile
 import time
 
-from .base import BackendError, Channel, PayloadTooLarge, PeerTimeout, framed_size, pack, pack_into, unpack_from
+from .base import (
+    BackendError,
+    Channel,
+    PayloadTooLarge,
+    PeerTimeout,
+    framed_size,
+    pack,
+    pack_into,
+    unpack_from,
+)
 
 _VIEW = ctypes.pythonapi.PyMemoryView_FromMemory
 _VIEW.restype = ctypes.py_object
