@@ -139,3 +139,51 @@ def test_library_channel_reader_that_never_attaches_or_stops_reading(backend):
         assert time.monotonic() - t0 < 5
     finally:
         chan.close()
+
+
+class _ReaderComm:
+    """Rank 1 of a two-rank channel whose writer is in this same process (the segment name comes from the writer)."""
+
+    rank, size = 1, 2
+
+    def __init__(self, writer_name):
+        self.writer_name = writer_name
+
+    def bcast(self, obj, root=0):
+        return self.writer_name
+
+    def Barrier(self):  # noqa: N802 - mirrors mpi4py
+        return None
+
+
+def test_shm_fast_path_round_trip_and_clear_errors():
+    """The ring's single-frame fast path: what send_one writes, recv_one and recv read; misuse and stalls are clear."""
+    from ipcbench.backends.base import BackendError
+
+    w = backends.open_channel("shm", SoloComm(readers=1), slot_bytes=4096, slots=2, timeout_s=0.2, wait="spin")
+    r = backends.open_channel("shm", _ReaderComm((w.shm.name, w.slot_bytes, w.slots)), timeout_s=0.2, wait="spin")
+    from multiprocessing import resource_tracker
+
+    resource_tracker.register(w.shm._name, "shared_memory")  # (the reader, in this same process, unregistered it)
+    try:
+        w.send_one(b"hello")
+        assert bytes(r.recv_one()) == b"hello"
+        w.send_one(np.arange(64, dtype=np.uint8))
+        assert [bytes(f) for f in r.recv()] == [bytes(range(64))]  # the fast path's header is one frame's framing
+        w.send_one(b"")
+        assert bytes(r.recv_one()) == b""
+        w.send([b"a", b"b"])
+        with pytest.raises(BackendError, match="2 frames.*send_one"):
+            r.recv_one()
+        assert [bytes(f) for f in r.recv()] == [b"a", b"b"]  # the refused message was not lost
+        with pytest.raises(PeerTimeout, match="shm message 4 from the writer"):
+            r.recv_one()  # nothing more was sent: a silent writer is a timeout
+        with pytest.raises(PayloadTooLarge, match="does not fit a slot of 4096 B"):
+            w.send_one(bytes(4090))
+        w.send_one(b"x")
+        w.send_one(b"y")
+        with pytest.raises(PeerTimeout, match=r"reader\(s\) \[1\] did not read message 4"):
+            w.send_one(b"z")  # two slots, both unread: the third message needs message 4's slot back
+    finally:
+        r.close()
+        w.close()

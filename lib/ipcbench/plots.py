@@ -131,8 +131,8 @@ def size_sweep(
         st = line_style(i)
         ax.plot(sub["size_bytes"], sub["median"], ms=3.5, label=_label(variant, sub), **st)
         ax.fill_between(sub["size_bytes"], sub["ci_low"], sub["ci_high"], color=st["color"], alpha=0.25, lw=0)
-    for label, x, y in limits:
-        ax.plot(x, y, ls="--", color="black", lw=1.2, label=label)
+    for j, (label, x, y) in enumerate(limits):
+        ax.plot(x, y, ls=("--", "-.", ":")[j % 3], color="black", lw=1.2, label=label)
     for label, x, y in models:
         ax.plot(x, y, ls=":", lw=1.2, color="gray", label=label)
     ax.set_xscale("log", base=2)

@@ -35,6 +35,11 @@ for backend in backends.LIBRARY_BACKENDS:
         comm.Barrier()
     finally:
         chan.close()
+# the small-message paths: every echo checked before timing (ranks above 1 take part in the collectives only)
+sp = fs.small_path_point(comm, [0, 64, 1000], samples=2, inner=5)
+if comm.rank == 0:
+    assert {k[0] for k in sp["samples"]} == set(fs.SMALL_PATHS), sp["samples"].keys()
+    assert all(len(v) == 2 and min(v) > 0 for v in sp["samples"].values()), sp
 comm.Barrier()
 assert not any(backends.leftovers().values()), backends.leftovers()
 if comm.rank == 0:

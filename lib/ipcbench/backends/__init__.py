@@ -63,9 +63,12 @@ def reap_stale() -> list[str]:
     import psutil
 
     from ..cluster import reap_mpich_segments
+    from .libraries import reap_iceoryx2
 
-    removed = reap_mpich_segments()
+    removed = reap_mpich_segments() + reap_iceoryx2()
     for kind, paths in leftovers().items():
+        if kind == "iceoryx2":
+            continue  # (reaped by iceoryx2's own dead-node clean-up above)
         for path in paths:
             m = re.search(r"(?:ipcbench_(?:rpc_)?|ipcbench-zmq-|ipcbench-lmdb-|ipcbench-fifo-)(\d+)[-_]",
                           os.path.basename(path))  # fmt: skip
@@ -87,8 +90,10 @@ def reap_stale() -> list[str]:
 def leftovers() -> dict[str, list[str]]:
     """Return this library's shared-memory segments, ipc socket dirs and LMDB dirs that still exist."""
     from .base import fifo_dirs
+    from .libraries import iceoryx2_leftovers
     from .lmdb_backend import leftover_dirs
     from .shm import leftover_segments
     from .zmq_backend import socket_dirs
 
-    return {"shm": leftover_segments(), "zmq_ipc": socket_dirs(), "lmdb": leftover_dirs(), "fifo": fifo_dirs()}
+    return {"shm": leftover_segments(), "zmq_ipc": socket_dirs(), "lmdb": leftover_dirs(), "fifo": fifo_dirs(),
+            "iceoryx2": iceoryx2_leftovers()}

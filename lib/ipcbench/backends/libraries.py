@@ -94,7 +94,7 @@ class Iceoryx2Channel(Channel):
         self.sample = None
         self.publisher = self.subscriber = self.service = self.node = None
         iox2.set_log_level(iox2.LogLevel.Error)
-        self.node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+        self.node = iox2.NodeBuilder.new().config(iox2.config.default()).create(iox2.ServiceType.Ipc)
         name = f"ipcbench/{os.getpid()}_{secrets.token_hex(4)}" if self.is_writer else None
         name = comm.bcast(name, root=0)
         builder = (self.node.service_builder(iox2.ServiceName.new(name)).publish_subscribe(iox2.Slice[ctypes.c_uint8])
@@ -425,3 +425,32 @@ def versions() -> dict[str, str | None]:
 def available() -> dict[str, bool]:
     """Return, per library channel, whether it can be opened on this platform."""
     return {k: v is not None for k, v in versions().items()}
+
+
+# ------------------------------------------------------------------ clean-up
+
+
+def iceoryx2_leftovers() -> list[str]:
+    """Return iceoryx2's per-node and per-service shared-memory files in /dev/shm (its one global management segment,
+    shared by every iceoryx2 process of the machine and kept by design, is not a leftover)."""
+    d = "/dev/shm"
+    if not os.path.isdir(d):
+        return []
+    return sorted(f for f in os.listdir(d) if f.startswith("iox2_") and not f.endswith(".global_mgmt"))
+
+
+def reap_iceoryx2() -> list[str]:
+    """Remove the resources of iceoryx2 nodes whose process is dead (iceoryx2's own dead-node clean-up); return what
+    went. A live node's resources are never touched."""
+    if not available()["iceoryx2"]:
+        return []
+    before = set(iceoryx2_leftovers())
+    import iceoryx2 as iox2
+
+    iox2.set_log_level(iox2.LogLevel.Error)
+    node = iox2.NodeBuilder.new().config(iox2.config.default()).create(iox2.ServiceType.Ipc)
+    try:
+        node.try_cleanup_dead_nodes()
+    finally:
+        del node
+    return sorted(before - set(iceoryx2_leftovers()))

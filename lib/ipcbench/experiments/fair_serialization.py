@@ -214,6 +214,115 @@ def stream_point(comm, backend: str, nbytes: int, window: int, rounds: int, warm
     return {"bandwidth": bw, "payload_bytes": payload_bytes} if comm.rank == 0 else None
 
 
+SMALL_PATHS = ("shm_fast", "shm", "iceoryx2", "mpi_buffer")
+"""The small-message paths timed side by side: the ring's single-frame fast path, the same ring through the channel
+interface (frame list, Python framing), iceoryx2 (a C-implemented peer over shared memory) and MPI's buffer
+Send/Recv (chapter 0's floor)."""
+
+
+def small_path_point(comm, sizes: list[int], samples: int, inner: int, paths=SMALL_PATHS) -> dict | None:
+    """Ping-pong between ranks 0 and 1 over every path of ``paths`` at every size, interleaved; one-way = RTT / 2.
+
+    One sample is ``inner`` round trips timed on rank 0. Per round, every (path, size) is timed once, in an order
+    rotated from round to round, so slow phases of the machine fall on every path alike. Every echo is checked
+    (size and content) once before timing. Returns on rank 0 the one-way samples per (path, size).
+    """
+    from mpi4py import MPI
+
+    from ..backends.libraries import available
+
+    paths = [p for p in paths if p != "iceoryx2" or available()["iceoryx2"]]
+    rev = comm.Split(0, key=comm.size - comm.rank)  # rank 1 writes on the return channels
+    active = comm.rank in (0, 1)
+    sub = comm.Split(0 if active else MPI.UNDEFINED, key=comm.rank)
+    subrev = rev.Split(0 if active else MPI.UNDEFINED, key=rev.rank)
+    out: dict = {}
+    chans = []
+    try:
+        if active:
+            big = max(sizes) + 64
+            there = {"shm": backends.open_channel("shm", sub, slot_bytes=max(4096, big), slots=4, wait="spin")}
+            back = {"shm": backends.open_channel("shm", subrev, slot_bytes=max(4096, big), slots=4, wait="spin")}
+            chans += [there["shm"], back["shm"]]
+            if "iceoryx2" in paths:
+                there["iceoryx2"] = backends.open_channel("iceoryx2", sub, max_bytes=big)
+                back["iceoryx2"] = backends.open_channel("iceoryx2", subrev, max_bytes=big)
+                chans += [there["iceoryx2"], back["iceoryx2"]]
+                for c in (there["iceoryx2"], back["iceoryx2"]):
+                    if c.is_writer:
+                        c.wait_for_readers()
+            payloads = {n: np.arange(n, dtype=np.uint64).astype(np.uint8) for n in sizes}
+            rbuf = {n: np.empty(n, dtype=np.uint8) for n in sizes}
+            me = comm.rank
+
+            def trip(path, n, k):
+                """k round trips of ``n`` bytes over ``path``; return what rank ``me`` last received."""
+                pay = payloads[n]
+                got = None
+                if path == "mpi_buffer":
+                    r = rbuf[n]
+                    for _ in range(k):
+                        if me == 0:
+                            sub.Send([pay, MPI.BYTE], dest=1, tag=1)
+                            sub.Recv([r, MPI.BYTE], source=1, tag=2)
+                        else:
+                            sub.Recv([r, MPI.BYTE], source=0, tag=1)
+                            sub.Send([pay, MPI.BYTE], dest=0, tag=2)
+                    return r
+                if path == "shm_fast":
+                    a, b = there["shm"], back["shm"]
+                    for _ in range(k):
+                        if me == 0:
+                            a.send_one(pay)
+                            got = b.recv_one()
+                        else:
+                            got = a.recv_one()
+                            b.send_one(pay)
+                    return got
+                a, b = there[path], back[path]
+                for _ in range(k):
+                    if me == 0:
+                        a.send([pay])
+                        got = b.recv()[0]
+                    else:
+                        got = a.recv()[0]
+                        b.send([pay])
+                return got
+
+            for path in paths:  # correctness first: each path's echo is the payload
+                for n in sizes:
+                    got = trip(path, n, 1)
+                    if len(got) != n or bytes(got) != payloads[n].tobytes():
+                        raise AssertionError(f"{path}: rank {me} received a {len(got)} B payload that differs from "
+                                             f"the {n} B sent")  # fmt: skip
+                    del got
+                    for c in chans:
+                        c.release()
+            cells = [(p, n) for p in paths for n in sizes]
+            for c in cells:  # warm-up
+                trip(*c, max(1, inner // 4))
+            for rnd in range(samples):
+                k = rnd % len(cells)
+                for path, n in cells[k:] + cells[:k]:
+                    sub.Barrier()
+                    t0 = now_ns()
+                    trip(path, n, inner)
+                    dt = (now_ns() - t0) * 1e-9 / inner / 2
+                    if me == 0:
+                        out.setdefault((path, n), []).append(dt)
+            for c in chans:
+                c.release()
+    finally:
+        for c in chans:
+            c.close()
+        for c in (sub, subrev):
+            if c != MPI.COMM_NULL:
+                c.Free()
+        rev.Free()
+        comm.Barrier()
+    return {"samples": out, "paths": list(paths)} if comm.rank == 0 else None
+
+
 def read_time_point(comm, backend: str, codec: str, size: int, messages: int) -> dict | None:
     """The source's metric: each reader times its receive + decode calls only; return them on rank 0.
 
@@ -353,7 +462,12 @@ def parameters(profile: str | None = None) -> dict:
             "lmdb_settings": {"default": {}, "zero_copy_reads": {"buffers": True}, "no_writemap": {"writemap": False},
                               "sync": {"sync": True}},
             "lmdb_points": [("records", 10_000, "pickle5"), ("array", 64 * KiB, "raw"), ("array", 16 * MiB, "raw")],
-            "stream_sizes": {64 * KiB: 16, 16 * MiB: 4}, "stream_rounds": 6 if name == "quick" else 10}  # fmt: skip
+            "stream_sizes": {64 * KiB: 16, 16 * MiB: 4}, "stream_rounds": 6 if name == "quick" else 10,
+            # production libraries beside the book's own channels (raw arrays), and the small-message paths
+            "library_backends": list(backends.LIBRARY_BACKENDS), "library_own": ["shm", "zmq", "mpi_Bcast"],
+            "library_sizes": [64, 64 * KiB, 16 * MiB] + ([] if name == "quick" else [64 * MiB]),
+            "library_sizes_many_readers": [64, 64 * KiB] + ([] if name == "quick" else [16 * MiB]),
+            "small_sizes": [0, 64], "small_samples": 8 if name == "quick" else 12, "small_inner": 200}  # fmt: skip
 
 
 def _points(p: dict) -> list[dict]:
@@ -375,6 +489,11 @@ def _points(p: dict) -> list[dict]:
         for size in p["array_sizes_many_readers"]:
             for b in p["backends"]:
                 pts.append({"experiment": "arrays", "backend": b, "codec": "pickle5_oob", "kind": "array", "size": size, "readers": r})
+    # production libraries beside the book's own channels: same harness, raw arrays, sizes interleaved by point
+    for r in p["readers"]:
+        for size in (p["library_sizes"] if r == 1 else p["library_sizes_many_readers"] if r == 3 else []):
+            for b in p["library_own"] + p["library_backends"]:
+                pts.append({"experiment": "libraries", "backend": b, "codec": "raw", "kind": "array", "size": size, "readers": r})
     # how the reader waits (shared memory, LMDB): the timed points above poll without pause
     for kind, size in p["wait_points"]:
         for b in ("shm", "lmdb"):
@@ -404,9 +523,12 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     started = results.now_iso()
     machine_start = machine_state(cluster)  # CPU steal, load and two calibration kernels, again at the end
     rows, samples, phases = [], [], []
+    from ..backends import libraries
+
+    have = libraries.available()
     for pt in progress(_points(p), "fair serialization"):
-        if not ser.supports(pt["codec"], pt["kind"]):
-            continue
+        if not ser.supports(pt["codec"], pt["kind"]) or not have.get(pt["backend"], True):
+            continue  # (a library without a wheel here: the chapter says "not available on this platform")
         ranks = 1 + pt["readers"]
         heavy = pt["size"] >= (4 * MiB if pt["kind"] == "array" else 100_000)  # messages of several ms
         msgs = p["big_messages"] if heavy else p["messages"]
@@ -446,6 +568,18 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                             codec="raw", kind="array", readers=1, array_bytes=size, window=window,
                                             stop_reason=f"fixed: {p['stream_rounds']} rounds"))  # fmt: skip
             samples += results.sample_rows(out["bandwidth"], **lab, metric="bandwidth", unit="B/s")
+
+    # small messages: the ring's fast path, the channel interface, iceoryx2 and MPI's floor, ping-pong, interleaved
+    t0 = time.perf_counter()
+    sp = run_point(cluster, small_path_point, p["small_sizes"], p["small_samples"], p["small_inner"], ranks=2, timeout=300)[0]
+    add_time("fair serialization: small-message paths", time.perf_counter() - t0)
+    for (path, n), vals in sp["samples"].items():
+        lab = {"chapter": CHAPTER, "experiment": "small_path", "variant": path, "payload": "array:raw", "size_bytes": n,
+               "ranks": 2, "oversubscribed": cluster.oversubscribed_at(2)}  # fmt: skip
+        rows.append(results.summary_row(summarize(np.asarray(vals)), **lab, metric="one_way_latency", unit="s",
+                                        backend=path, codec="raw", kind="array", readers=1, array_bytes=n,
+                                        stop_reason=f"fixed: {p['small_samples']} samples of {p['small_inner']} round trips"))  # fmt: skip
+        samples += results.sample_rows(vals, **lab, metric="one_way_latency", unit="s")
 
     # the source's metric: reader-side read time at 1 writer + 3 readers (or the most readers run)
     src_readers = 3 if 3 in p["readers"] else max(p["readers"])
@@ -491,7 +625,11 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "reader_wait_strategy": f"how shared-memory and LMDB readers wait: {READER_WAIT} in the timed points; the "
                                 "wait_strategy experiment compares spin, spin_then_sleep and fifo",
         "pacing": "one message in flight: a barrier before every message",
+        "one_way_latency": "experiment small_path: ping-pong between 2 ranks, round-trip time / 2, every path and size "
+                           "timed once per round in a rotated order",
     })
+    meta["libraries"] = {"versions": libraries.versions(), "settings": libraries.SETTINGS,
+                         "not_available": [k for k, ok in have.items() if not ok]}  # fmt: skip
     results.write(CHAPTER, summary, samples_df, meta,
                   extra={"phases": pd.DataFrame(phases), "pushpull_delivery": delivery})  # fmt: skip
     claims.record(CHAPTER)
@@ -583,7 +721,25 @@ def targets(summary: pd.DataFrame, limits: pd.DataFrame) -> dict:
         "pingpong_size": int(pp_at["size_bytes"].iloc[0]),
         "small_ratio": float(best_lat["median"] / pp_at["median"].iloc[0]),
         **_framing_share(summary, best_lat, float(pp_at["median"].iloc[0])),
+        **_fast_path(summary),
     }  # fmt: skip
+
+
+def _fast_path(summary: pd.DataFrame) -> dict:
+    """Return the small-message fast path's numbers: its 64 B one-way and MPI's, measured side by side."""
+    sp = _pick(summary, experiment="small_path", metric="one_way_latency")
+    if sp.empty:
+        return {}
+    n = 64 if 64 in set(sp["size_bytes"]) else int(sp["size_bytes"].max())
+    at = sp[sp["size_bytes"] == n].set_index("variant")["median"]
+    ratio = _pick(summary, experiment="derived", metric="shm_fast_over_mpi", size_bytes=n)
+    empty = sp[(sp["size_bytes"] == 0) & (sp["variant"] == "shm_fast")]["median"]
+    return {"fast_size": n, "fast_latency": float(at.get("shm_fast", np.nan)), "fast_mpi_latency": float(at.get("mpi_buffer", np.nan)),
+            "fast_ratio": float(ratio["median"].iloc[0]) if not ratio.empty else float("nan"),
+            "fast_ratio_low": float(ratio["ci_low"].iloc[0]) if not ratio.empty else float("nan"),
+            "fast_ratio_high": float(ratio["ci_high"].iloc[0]) if not ratio.empty else float("nan"),
+            "fast_empty_latency": float(empty.iloc[0]) if not empty.empty else float("nan"),
+            "fast_iceoryx2_latency": float(at.get("iceoryx2", np.nan))}  # fmt: skip
 
 
 FRAMING_OF = {"shm": "pack_unpack", "lmdb": "pack_unpack", "mpi_bcast": "pickle_frame_list", "zmq_pubsub": None,
@@ -604,6 +760,54 @@ def _framing_share(summary: pd.DataFrame, best_lat: pd.Series, pingpong_s: float
     gap = float(best_lat["median"]) - pingpong_s
     return {"framing_kind": kind, "framing_s": float(framing[kind]),
             "framing_share_of_gap": float(framing[kind]) / gap if gap > 0 else float("nan")}  # fmt: skip
+
+
+LIBRARY_LABELS = {"shm": "shm (book)", "zmq": "zmq (book)", "mpi_Bcast": "MPI Bcast (book)", "iceoryx2": "iceoryx2",
+                  "faster_fifo": "faster-fifo", "mp_queue": "multiprocessing.Queue", "pynng": "NNG pub/sub"}  # fmt: skip
+
+
+def library_table(summary: pd.DataFrame, readers: int = 1, metric: str = "transfer") -> pd.DataFrame:
+    """Return the libraries experiment as a table: channel x payload size, median ``metric`` [95% CI] in µs."""
+    q = _pick(summary, experiment="libraries", readers=readers, metric=metric)
+    if q.empty:
+        return pd.DataFrame()
+    cell = q.assign(text=[f"{m * 1e6:,.1f} [{lo * 1e6:,.1f}, {hi * 1e6:,.1f}]"
+                          for m, lo, hi in zip(q["median"], q["ci_low"], q["ci_high"], strict=True)])  # fmt: skip
+    t = cell.pivot_table(index="variant", columns="array_bytes", values="text", aggfunc="first")
+    order = [v for v in LIBRARY_LABELS if v in t.index]
+    t = t.loc[order].rename(index=LIBRARY_LABELS)
+    t.columns = [_size_label(int(c)) for c in t.columns]
+    t.index.name = f"channel ({metric}, µs, {readers} reader{'s' if readers > 1 else ''})"
+    return t
+
+
+def best_per_size(summary: pd.DataFrame, readers: int = 1, metric: str = "transfer") -> pd.DataFrame:
+    """Return, per payload size of the libraries experiment, the best channel, the best of the book's own and the best
+    library, with medians and whether their 95% intervals separate them."""
+    from ._common import compare
+
+    q = _pick(summary, experiment="libraries", readers=readers, metric=metric)
+    rows = []
+    for size, g in q.groupby("array_bytes"):
+        g = g.sort_values("median")
+        own = g[g["variant"].isin(["shm", "zmq", "mpi_Bcast", "lmdb"])]
+        lib = g[~g["variant"].isin(own["variant"])]
+        if own.empty or lib.empty:
+            continue
+        o, lb = own.iloc[0], lib.iloc[0]
+        c = compare(o, lb)
+        rows.append({"size": _size_label(int(size)), "best": LIBRARY_LABELS.get(g.iloc[0]["variant"], g.iloc[0]["variant"]),
+                     "book's best": LIBRARY_LABELS.get(o["variant"]), "book µs": o["median"] * 1e6,
+                     "best library": LIBRARY_LABELS.get(lb["variant"], lb["variant"]), "library µs": lb["median"] * 1e6,
+                     "book / library": c["ratio"], "intervals": c["relation"]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _size_label(n: int) -> str:
+    for unit, div in (("MiB", MiB), ("KiB", KiB)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} B"
 
 
 # ------------------------------------------------------------------ derived rows (analysis)
@@ -687,6 +891,25 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
             f"bandwidth_fraction_of_best_{b}", "x",
             f"{b} + {mine['codec']} bandwidth over the best path's ({best['variant']} + {best['codec']}), largest array",
             payload="array", array_bytes=big, readers=1, backend=b)  # fmt: skip
+    # small messages: the ring's fast path, its channel interface and iceoryx2 against MPI's buffer ping-pong, paired
+    # by round (every path was timed once per round)
+    sp = summary.query("experiment == 'small_path' and metric == 'one_way_latency'")
+    for n in sorted(int(x) for x in sp["size_bytes"].unique()):
+        have = set(sp[sp["size_bytes"] == n]["variant"])
+
+        def lat(v, n=n):
+            return sample_values(summary, samples, experiment="small_path", variant=v, size_bytes=n, metric="one_way_latency")
+
+        for path in ("shm_fast", "shm", "iceoryx2"):
+            if {path, "mpi_buffer"} <= have:
+                out.append(derived_row(lambda a, b: a / b, [lat(path), lat("mpi_buffer")], f"{path}_over_mpi", "x",
+                                       CHAPTER, paired=True, inputs=f"ping-pong one-way, {path} over MPI buffer "
+                                       "Send/Recv, same rounds", payload="array:raw", size_bytes=n, readers=1))  # fmt: skip
+        if {"shm", "shm_fast"} <= have:
+            out.append(derived_row(lambda a, b: a / b, [lat("shm"), lat("shm_fast")], "interface_over_fast_path", "x",
+                                   CHAPTER, paired=True, inputs="ping-pong one-way, the ring through the channel "
+                                   "interface (frame list) over its fast path, same rounds", payload="array:raw",
+                                   size_bytes=n, readers=1))  # fmt: skip
     # PUSH/PULL: messages each reader received, against messages sent
     out.append(exact_row(float(delivery["messages_received"].min()), "pushpull_received_min", "1", CHAPTER,
                          "fewest messages any PUSH/PULL reader received", readers=len(delivery)))  # fmt: skip
