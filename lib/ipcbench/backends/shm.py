@@ -200,13 +200,16 @@ class ShmChannel(Channel):
             self.wakeup.notify()
 
     def _wait_freed(self, reader: int, s: int, prev: int) -> bool:
+        """Wait for ``reader`` to finish with slot ``s`` (polling, then sleeping with back-off as ``send`` always
+        has: a writer must not keep a core from an oversubscribed reader); return False after the timeout."""
         q, idx = self._q, self.slots + reader * self.slots + s
-        deadline = time.monotonic() + self.timeout_s
-        i = 0
-        while q[idx] < prev:
-            i += 1
-            if not i & 0xFFF and time.monotonic() > deadline:
-                return False
+        for _ in range(200):
+            if q[idx] >= prev:
+                return True
+        try:
+            wait_until(lambda: q[idx] >= prev, self.timeout_s, f"reader {reader + 1} to free slot {s}")
+        except PeerTimeout:
+            return False
         return True
 
     def recv_one(self) -> memoryview:
