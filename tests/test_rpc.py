@@ -347,3 +347,104 @@ def test_cli_serve_run_analyze(tmp_path):
     assert gone.returncode == 1 and "is the server running" in gone.stderr
     missing = subprocess.run(_cli("analyze-log", str(tmp_path / "nope.log")), capture_output=True, text=True)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+# ------------------------------------------------------------ msgspec and gRPC
+
+
+def test_msgspec_malformed_messages_get_error_replies(weights, server):
+    """The msgspec codec's own malformations (frame index out of range, unused frames, bad data) are refused clearly."""
+    import msgspec
+
+    def send(body, *frames):
+        raw.send_multipart([b"\xc1" + msgspec.msgpack.encode(body), *frames])
+        return wire.decode_header(raw.recv_multipart()[0])
+
+    raw = _raw(server.ipc)
+    try:
+        assert send({"codec": "msgspec", "method": "Init", "id": 1})["ok"] is True
+        bad = send({"codec": "msgspec", "method": "LMHead", "id": 2, "tensors": [["x", "float32", [1, 64], 3]]})
+        assert bad["ok"] is False and "names frame 3, but 0 data frames" in bad["error"]["message"]
+        extra = send({"codec": "msgspec", "method": "LMHead", "id": 3, "tensors": [["x", "float32", [1, 64], 0]]},
+                     b"\0" * 256, b"\0" * 8)  # fmt: skip
+        assert extra["ok"] is False and "2 data frames sent, but the tensors use frames [0]" in extra["error"]["message"]
+        kind = send({"codec": "msgspec", "method": "LMHead", "id": 4, "tensors": [["x", "float32", [1, 64], 1.5]]})
+        assert "frame index or bytes" in kind["error"]["message"]
+        junk = wire.decode_header(raw.send(b"\xc1\xff\xfe") or raw.recv_multipart()[0])
+        assert junk["ok"] is False and junk["error"]["type"] == "ProtocolError"
+        good = send({"codec": "msgspec", "method": "LMHead", "id": 5, "tensors": [["x", "float32", [1, 64], 0]]},
+                    np.ones((1, 64), np.float32))  # fmt: skip
+        assert good["ok"] is True  # the server kept serving
+    finally:
+        raw.close()
+
+
+@pytest.fixture
+def grpc_server(weights, tmp_path):
+    from ipcbench.rpc.grpc_transport import GrpcServer
+
+    s = GrpcServer(weights, f"unix:{tmp_path}/grpc.sock", max_request_bytes=1 << 20)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("mode", ["unary", "stream"])
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("wire_dtype", ["float32", "bfloat16"])
+def test_grpc_split_decoder_matches_the_reference(weights, grpc_server, mode, granularity, wire_dtype):
+    from ipcbench.rpc.grpc_transport import GrpcClient
+
+    ref_tokens, ref_logits = model.generate(weights, PROMPT, 4)
+    with GrpcClient(grpc_server.address, wire_dtype, mode=mode, timeout_s=10) as c:
+        dec = SplitDecoder(c, granularity)
+        forced = dec.teacher_forced(PROMPT, ref_tokens)
+        tol = F32_TOL if wire_dtype == "float32" else BF16_TOL
+        assert max(_rel_err(a, b) for a, b in zip(forced, ref_logits, strict=True)) <= tol
+        tokens, _ = dec.generate(PROMPT, 4)
+        if wire_dtype == "float32":
+            assert tokens == ref_tokens
+        rec = c.records[-1]
+        assert rec.server_total_s >= rec.server_compute_s > 0 and rec.total_s > rec.server_total_s
+        assert rec.sent_B > 0 and rec.recv_B > 0
+        assert c.bare(0, 3) > 0 and c.bare(4096, 3) > 0
+
+
+def test_grpc_bad_requests_get_error_replies_and_the_server_keeps_serving(weights, grpc_server):
+    from ipcbench.rpc.grpc_transport import GrpcClient
+
+    with GrpcClient(grpc_server.address, timeout_s=10) as c:
+        with pytest.raises(RpcError, match="before Init"):
+            c.lm_head(np.zeros((1, 64), np.float32))
+        c.init()
+        with pytest.raises(RpcError, match="unknown method"):
+            c.call("Explode")
+        with pytest.raises(RpcError, match="takes 64 features"):
+            c.lm_head(np.zeros((1, 63), np.float32))
+        with pytest.raises(RpcError, match="exceeds this server's limit"):
+            c.lm_head(np.zeros((4096, 64), np.float32))
+        not_proto = c._call(b"\xff\xff\xff", timeout=5)  # raw bytes that are no Request message
+        from ipcbench.rpc.grpc_transport import messages
+
+        rep = messages()[2].FromString(not_proto)
+        assert not rep.ok and rep.error_type == "ProtocolError"
+        x = np.ones((2, 64), np.float32)
+        np.testing.assert_allclose(c.lm_head(x), x @ weights.lm_head, rtol=1e-6)
+    assert grpc_server.errors >= 4
+
+
+@pytest.mark.parametrize("mode", ["unary", "stream"])
+def test_grpc_client_fails_clearly_when_the_server_is_gone(weights, tmp_path, mode):
+    from ipcbench.rpc.grpc_transport import GrpcClient, GrpcServer
+
+    s = GrpcServer(weights, f"unix:{tmp_path}/grpc.sock")
+    c = GrpcClient(s.address, mode=mode, timeout_s=2.0)
+    c.init()
+    s.close()
+    assert not (tmp_path / "grpc.sock").exists()
+    t0 = time.monotonic()
+    with pytest.raises(RpcTimeout, match="failed within 2 s"):
+        c.lm_head(np.zeros((1, 64), np.float32))
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(RpcError, match="closed"):
+        c.lm_head(np.zeros((1, 64), np.float32))
+    c.close()

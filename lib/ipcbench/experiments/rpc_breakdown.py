@@ -59,7 +59,17 @@ LADDER = {
     "float16": ("ipc", "shm", "fused", "float16", "shared memory + fused + float16 on the wire"),
     "bfloat16": ("ipc", "shm", "fused", "bfloat16", "shared memory + fused + bfloat16 on the wire (ml_dtypes)"),
     "busy_poll": ("ipc", "shm", "fused", "float32", "shared memory + fused, both sides busy-poll instead of sleeping"),
+    # what a deployment would pick instead: msgspec's msgpack (vLLM's codec), and gRPC with protobuf messages
+    "msgspec": ("ipc", "msgspec", "per_op", "float32", "msgspec's msgpack with out-of-band tensor frames (vLLM's codec)"),
+    "fused_msgspec": ("ipc", "msgspec", "fused", "float32", "msgspec + 1 fused RPC per layer"),
+    "grpc": ("grpc", "protobuf", "per_op", "float32", "gRPC unary calls, protobuf messages, Unix socket, 6 RPCs/layer"),
+    "grpc_fused": ("grpc", "protobuf", "fused", "float32", "gRPC unary + 1 fused RPC per layer"),
+    "grpc_stream_fused": ("grpc_stream", "protobuf", "fused", "float32",
+                          "gRPC, one bidirectional stream per session + 1 fused RPC per layer"),
 }
+GRPC_TRANSPORTS = {"grpc": "unary", "grpc_stream": "stream"}
+BARE_CALLS = 100
+"""Bare round trips per size and transport in each timed round (a sample is their mean)."""
 BUSY_POLL = {"busy_poll"}
 BASELINE = "baseline"
 TARGET_OVERHEAD_CUT = 5.0
@@ -128,6 +138,53 @@ def _step_rows(dec: SplitDecoder, client: RpcClient, labels: dict) -> tuple[list
     return steps, calls
 
 
+def make_client(endpoints: dict, transport: str, codec: str, wire_dtype: str, shm_bytes: int, spin_s: float = 0.0,
+                timeout_s: float = 120):  # fmt: skip
+    """Return the client of a ladder configuration: ZeroMQ (:class:`RpcClient`) or gRPC (unary or stream)."""
+    if transport in GRPC_TRANSPORTS:
+        from ..rpc.grpc_transport import GrpcClient
+
+        return GrpcClient(endpoints["grpc"], wire_dtype, mode=GRPC_TRANSPORTS[transport], timeout_s=timeout_s)
+    return RpcClient(endpoints[transport], codec, wire_dtype, timeout_s=timeout_s, shm_bytes=shm_bytes, spin_s=spin_s)
+
+
+def bare_sizes(cfg: model.Config) -> list[int]:
+    """Return the payload sizes (B) of the bare round trips: empty, and a fused decode call's hidden state."""
+    return [0, cfg.hidden * 4]
+
+
+def _bare_round_trips(endpoints: dict, rnd: int, sizes: list[int]) -> list[dict]:
+    """Time bare round trips of each transport's own (ZeroMQ DEALER to a ROUTER echo; gRPC Empty / Echo), one sample
+    per transport and size: the mean of :data:`BARE_CALLS`, after as many untimed."""
+    import zmq
+
+    from ..measure import now_s
+    from ..rpc.grpc_transport import GrpcClient
+
+    rows = []
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoints["bare_ipc"])
+    try:
+        with GrpcClient(endpoints["grpc"], timeout_s=30) as g:
+            for n in sizes:
+                payload = bytes(n)
+                for timed in (False, True):
+                    t0 = now_s()
+                    for _ in range(BARE_CALLS):
+                        sock.send(payload, copy=n < 65536)
+                        if not sock.poll(30_000):
+                            raise TimeoutError("the bare ZeroMQ echo did not answer within 30 s")
+                        sock.recv(copy=False)
+                    if timed:
+                        rows.append({"round": rnd, "transport": "ipc", "bytes": n, "round_trip": (now_s() - t0) / BARE_CALLS})
+                g.bare(n, BARE_CALLS)
+                rows.append({"round": rnd, "transport": "grpc", "bytes": n, "round_trip": g.bare(n, BARE_CALLS)})
+    finally:
+        sock.close(linger=0)
+    return rows
+
+
 def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, check: bool, logdir: str | None) -> dict:
     prompt = prompt_of(params)
     ref_tokens, ref_logits = model.generate(weights, prompt, params["decode"])
@@ -139,7 +196,7 @@ def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, chec
     for name in order:
         transport, codec, gran, wdt, _ = LADDER[name]
         spin = SPIN_S if name in BUSY_POLL else 0.0
-        with RpcClient(endpoints[transport], codec, wdt, timeout_s=120, shm_bytes=arena, spin_s=spin) as client:
+        with make_client(endpoints, transport, codec, wdt, arena, spin) as client:
             dec = SplitDecoder(client, gran)
             if check:
                 forced = dec.teacher_forced(prompt, ref_tokens)
@@ -159,14 +216,16 @@ def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, chec
             s, c = _step_rows(dec, client, labels)
             out["steps"] += s
             out["calls"] += c
-            if logdir is not None:  # the log and its report come from one more generation, outside the timed ones
+            if logdir is not None and transport not in GRPC_TRANSPORTS:  # the log and its report come from one more
+                # generation, outside the timed ones (the log in the source's format is the ZeroMQ client's)
                 client.start_log(os.path.join(logdir, f"{name}.log"))
                 dec.generate(prompt, params["decode"])
                 client.stop_log()
-        if logdir is not None:
+        if logdir is not None and transport not in GRPC_TRANSPORTS:
             with open(os.path.join(logdir, f"{name}.log"), encoding="utf-8") as f:
                 out["logs"][name] = f.read()
     out["monitor"] = [] if check else _monitor_cost(params, endpoints, prompt, rnd, logdir_base=tempfile.gettempdir())
+    out["bare"] = [] if check else _bare_round_trips(endpoints, rnd, bare_sizes(weights.config))
     return out
 
 
@@ -245,22 +304,34 @@ def _with_server(comm, params: dict, drive) -> dict | None:
     weights = _weights(params)
     result = None
     if comm.rank == 1:
+        from ..rpc.grpc_transport import GrpcServer
+
         tmpdir = tempfile.mkdtemp(prefix=f"ipcbench-zmq-{os.getpid()}-")  # the library's leftover check sees it
+        server = gserver = echo = None
         try:
             server = RpcServer(weights, [f"ipc://{tmpdir}/rpc.ipc", "tcp://127.0.0.1:*"])
+            gserver = GrpcServer(weights, f"unix:{tmpdir}/grpc.sock")
+            echo = _BareEcho(f"ipc://{tmpdir}/bare.ipc")
         except Exception as exc:
             comm.bcast(f"the server could not bind: {exc}", root=1)
+            for x in (server, gserver, echo):
+                if x is not None:
+                    x.close()
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
         try:
-            comm.bcast({"ipc": server.endpoints[0], "tcp": server.endpoints[1]}, root=1)
+            comm.bcast({"ipc": server.endpoints[0], "tcp": server.endpoints[1], "grpc": gserver.address,
+                        "bare_ipc": echo.endpoint}, root=1)  # fmt: skip
             with gc_paused():  # as in every chapter: no cyclic collection lands inside a timed call
                 server.serve(stop=lambda: comm.Iprobe(source=0, tag=STOP_TAG), poll_ms=50)
             comm.recv(source=0, tag=STOP_TAG)
         finally:
+            echo.close()
+            gserver.close()
             server.close()
             shutil.rmtree(tmpdir, ignore_errors=True)
-        comm.send({"served": server.served, "errors": server.errors}, dest=0, tag=STATS_TAG)
+        comm.send({"served": server.served + gserver.served, "errors": server.errors + gserver.errors},
+                  dest=0, tag=STATS_TAG)  # fmt: skip
     elif comm.rank == 0:
         endpoints = comm.bcast(None, root=1)
         if isinstance(endpoints, str):
@@ -275,6 +346,34 @@ def _with_server(comm, params: dict, drive) -> dict | None:
     return result
 
 
+class _BareEcho:
+    """A ZeroMQ ROUTER on its own thread that sends every message straight back: the bare round trip of the RPC's own
+    transport, served by the server's process (its poll, like the server's, sleeps in the kernel)."""
+
+    def __init__(self, endpoint: str):
+        import threading
+
+        import zmq
+
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="bare-zmq-echo", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            if self.sock.poll(50):
+                self.sock.send_multipart(self.sock.recv_multipart(copy=False), copy=False)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.sock.close(linger=0)
+
+
 # ------------------------------------------------------------------- chapter 0
 
 
@@ -287,6 +386,21 @@ def bare_zmq(summary0: pd.DataFrame) -> dict:
             raise results.ResultsError(f"chapter 0 has no {variant} ping-pong: run chapter 0 first")
         d = d.sort_values("size_bytes")
         out[transport] = (d["size_bytes"].to_numpy(float), d["median"].to_numpy(float))
+    return out
+
+
+def own_bare_s(bare: pd.DataFrame, transport: str, calls: pd.DataFrame, curves: dict) -> np.ndarray:
+    """Return, per call, the bare round trip of its own transport in its own round: the mean of the bytes it sent and
+    received, interpolated linearly between the bare sizes measured (clamped beyond them). tcp has no bare round trip
+    in the round: chapter 0's curve."""
+    if bare.empty or transport not in set(bare["transport"]):
+        return bare_round_trip_s(curves, transport, calls["sent_B"], calls["recv_B"])
+    b = bare[bare["transport"] == transport]
+    mean_b = (calls["sent_B"].to_numpy(float) + calls["recv_B"].to_numpy(float)) / 2
+    out = np.empty(len(calls))
+    for i, (rnd, nb) in enumerate(zip(calls["round"].to_numpy(), mean_b, strict=True)):
+        g = b[b["round"] == rnd].sort_values("bytes")
+        out[i] = np.interp(nb, g["bytes"].to_numpy(float), g["round_trip"].to_numpy(float))
     return out
 
 
@@ -324,7 +438,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     curves = bare_zmq(results.read("machine_limits").summary)  # fail fast, before any work, if chapter 0 is missing
     started = results.now_iso()
     machine_start = machine_state(cluster)  # CPU steal, load and two calibration kernels, again at the end
-    checks, steps, calls, logs, served, monitor, clients = [], [], [], {}, [], [], []
+    checks, steps, calls, logs, served, monitor, clients, bare_rows = [], [], [], {}, [], [], [], []
     try:
         for rnd in progress(range(params["samples"] + 1), "RPC ladder: check, then timed rounds"):
             out = run_point(cluster, ladder_round, params, rnd, check=rnd == 0, keep_logs=rnd == params["samples"],
@@ -333,6 +447,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             steps += out["steps"]
             calls += out["calls"]
             monitor += out["monitor"]
+            bare_rows += out["bare"]
             logs.update(out["logs"])
             served.append(out["server"])
         for n in progress(params["clients"], "several clients, one server"):
@@ -344,6 +459,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         except Exception:  # noqa: BLE001 - never mask the run's own error
             pass
     steps_df, calls_df, checks_df = pd.DataFrame(steps), pd.DataFrame(calls), pd.DataFrame(checks)
+    bare_df = pd.DataFrame(bare_rows)
     cfg = model_config(params)
     payload = f"{cfg.name} shapes, {cfg.layers} layers, vocab {cfg.vocab}"
     base = {"chapter": CHAPTER, "payload": payload, "size_bytes": None, "ranks": 2, "oversubscribed": cluster.oversubscribed_at(2)}
@@ -372,17 +488,28 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             samples += s
         c = calls_df[(calls_df["config"] == conf) & (calls_df["phase"] == "decode")]
         over = (c["total_s"] - c["server_compute_s"]).to_numpy()
-        bare = bare_round_trip_s(curves, transport, c["sent_B"], c["recv_B"])
+        bare = bare_round_trip_s(curves, "ipc" if transport in GRPC_TRANSPORTS else transport, c["sent_B"], c["recv_B"])
+        own = own_bare_s(bare_df, "grpc" if transport in GRPC_TRANSPORTS else transport, c, curves)
         per_call = pd.DataFrame({"round": c["round"].to_numpy(), "call_overhead": over, "bare_zmq_round_trip": bare,
-                                 "overhead_vs_bare_zmq": over / bare})  # fmt: skip
+                                 "overhead_vs_bare_zmq": over / bare, "bare_own_round_trip": own,
+                                 "overhead_vs_bare_own": over / own})  # fmt: skip
         # one sample per round (its median call): the calls of one round share its conditions, so pooling them
         # would make an interval far narrower than the rounds justify
         per_round_call = per_call.groupby("round").median()
         lab = {**base, "experiment": "per_call", "variant": conf}
-        for metric, unit in (("call_overhead", "s"), ("bare_zmq_round_trip", "s"), ("overhead_vs_bare_zmq", "x")):
+        for metric, unit in (("call_overhead", "s"), ("bare_zmq_round_trip", "s"), ("overhead_vs_bare_zmq", "x"),
+                             ("bare_own_round_trip", "s"), ("overhead_vs_bare_own", "x")):  # fmt: skip
             r, s = _summ(per_round_call[metric].to_numpy(), lab, metric, unit, **extra, calls=len(per_call))
             rows.append(r)
             samples += s
+    # the bare round trips of the RPC's own transports, measured in every timed round beside the ladder
+    for (transport, n), g in bare_df.groupby(["transport", "bytes"]):
+        lab = {**base, "experiment": "bare_round_trip", "variant": "ZeroMQ ipc" if transport == "ipc" else "gRPC unary",
+               "size_bytes": int(n)}  # fmt: skip
+        r, s = _summ(g.sort_values("round")["round_trip"].to_numpy(), lab, "round_trip", "s", transport=transport,
+                     calls=BARE_CALLS)  # fmt: skip
+        rows.append(r)
+        samples += s
     # the per-call log's own cost (the baseline, one generation per mode and round, modes rotated per round)
     mon = pd.DataFrame(monitor)
     for mode, g in mon.groupby("mode", sort=False):
@@ -422,7 +549,13 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "other": "call time the four client phases and the server's phases leave unaccounted",
         "overhead": "token - client_compute - server_compute",
         "overhead_vs_bare_zmq": "(call total - server compute) / (chapter 0 one-way(sent B) + one-way(received B)), "
-                                "same transport, decode calls; per_call rows: one sample per round (its median call)",
+                                "same transport (gRPC over its Unix socket: ZeroMQ ipc), decode calls; per_call rows: "
+                                "one sample per round (its median call)",
+        "overhead_vs_bare_own": "(call total - server compute) / the bare round trip of the call's own transport in the "
+                                "same round (ZeroMQ ipc: a ROUTER echo in the server's process; gRPC: Empty / Echo "
+                                "unary calls; tcp: chapter 0), at the mean of the bytes sent and received",
+        "round_trip": "experiment bare_round_trip: mean of 100 bare round trips of the given bytes each way, one sample "
+                      "per timed round",
         "bytes": "bytes the calls moved by any path (socket frames + shared memory); wire_bytes: socket frames only",
         "KB / MB in logs": "KB = 10^3 B, MB = 10^6 B",
         "monitor": "decode token time and tokens/s of the baseline with the per-call log off, on for every call, or on "
@@ -464,7 +597,8 @@ def targets(summary: pd.DataFrame, steps: pd.DataFrame) -> dict:
     """Return the issue's two targets: the best configuration's overhead cut and its per-call ratio to bare ZeroMQ."""
     tok = steps[steps["phase"] == "decode"].groupby("config")["tokens_identical"].all()
     over = summary.query("experiment == 'per_token' and metric == 'overhead'").set_index("variant")
-    eligible = [c for c in over.index if bool(tok.get(c, False))]
+    # the book's own RPC (ZeroMQ): gRPC stands beside it as the alternative, measured against its own bare round trip
+    eligible = [c for c in over.index if bool(tok.get(c, False)) and LADDER.get(c, ("ipc",))[0] not in GRPC_TRANSPORTS]
     best = min(eligible, key=lambda c: over.loc[c, "median"])
     b, base = over.loc[best], over.loc[BASELINE]
     ratio = pick_row(summary, experiment="per_call", variant=best, metric="overhead_vs_bare_zmq")

@@ -1,9 +1,9 @@
-"""Split inference over ZeroMQ: server, client, per-call performance log and its analyser.
+"""Split inference over ZeroMQ (and over gRPC, beside it): server, client, per-call performance log and its analyser.
 
 ``RpcServer`` holds the weights (the source's "GPU" side); ``RpcClient`` calls it
 and logs every call in the source's format; ``SplitDecoder`` runs the decoder on
 the client ("TEE" side) with the linear work on the server; ``analyze`` reads a
-log back and writes the source's report.
+log back and writes the source's report. ``grpc_transport`` serves and calls the same methods over gRPC.
 """
 
 from .client import CallRecord, RpcClient

@@ -10,7 +10,11 @@ differ in where the tensors' bytes go:
   ZeroMQ frame, sent from the array's memory (pyzmq's zero-copy above its
   threshold) and received as a view of the frame;
 * ``shm``: the map carries (name, dtype, shape, offset); the bytes are written into
-  the sender's shared-memory arena (one copy) and read in place by the receiver.
+  the sender's shared-memory arena (one copy) and read in place by the receiver;
+* ``msgspec``: vLLM's way (its ``MsgpackEncoder``): the map is encoded and decoded with ``msgspec``'s
+  msgpack (a C encoder/decoder); tensors of at least :data:`MSGSPEC_INLINE_MAX` bytes go as their own frames from the
+  array's memory (as ``multipart``), smaller ones inline as msgpack bin. Its first frame starts with the byte 0xC1,
+  which msgpack never uses, so a receiver knows which decoder to run before decoding anything.
 
 A wire dtype of ``float16`` or ``bfloat16`` (numpy's via ``ml_dtypes``: float32's exponent
 range, 8 bits of mantissa) converts float32 tensors while encoding and back to float32
@@ -28,7 +32,10 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
-CODECS = ("msgpack", "multipart", "shm")
+CODECS = ("msgpack", "multipart", "shm", "msgspec")
+MSGSPEC_MARK = 0xC1
+MSGSPEC_INLINE_MAX = 256
+"""Tensors below this many bytes travel inside the msgspec map (vLLM's ``VLLM_MSGPACK_ZERO_COPY_THRESHOLD``)."""
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
 TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32")
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
@@ -187,6 +194,20 @@ def encode(codec: str, header: dict, tensors: dict | None = None, wire_dtype: st
         # bfloat16 has no buffer-protocol format: its frames go as the same bytes viewed as uint16
         frames = [a.view(np.uint16) if a.dtype == BFLOAT16 else a for a in arrays]
         return [msgpack.packb(body, use_bin_type=True)] + frames, 0
+    if codec == "msgspec":
+        metas, frames = [], []
+        for n, a in tensors.items():
+            a = np.ascontiguousarray(a.astype(_wire_dtype_of(a, wire_dtype), copy=False))
+            raw = a.view(np.uint16) if a.dtype == BFLOAT16 else a
+            if a.nbytes >= MSGSPEC_INLINE_MAX:
+                metas.append([n, a.dtype.name, list(a.shape), len(frames)])
+                frames.append(raw)
+            else:
+                metas.append([n, a.dtype.name, list(a.shape), raw.tobytes()])
+        body["tensors"] = metas
+        head = bytearray(b"\xc1")
+        _msgspec()[0].encode_into(body, head, 1)
+        return [head, *frames], 0
     if codec == "shm":
         if arena is None:
             raise ProtocolError("the shm codec needs a shared-memory arena (call Init with one first)")
@@ -195,11 +216,30 @@ def encode(codec: str, header: dict, tensors: dict | None = None, wire_dtype: st
     raise ProtocolError(f"unknown codec {codec!r}; codecs are {', '.join(CODECS)}")
 
 
+_MSGSPEC: list = []
+
+
+def _msgspec() -> list:
+    """Return (encoder, decoder) of msgspec's msgpack, made once per process."""
+    if not _MSGSPEC:
+        import msgspec
+
+        _MSGSPEC.extend([msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()])
+    return _MSGSPEC
+
+
 def decode_header(frame) -> dict:
-    """Return the msgpack map of a message's first frame; raise ProtocolError when it is not one."""
+    """Return the msgpack map of a message's first frame; raise ProtocolError when it is not one.
+
+    A first frame that starts with 0xC1 (the ``msgspec`` codec's mark) is decoded by msgspec, any other by msgpack.
+    """
+    mv = memoryview(frame)
     try:
-        body = msgpack.unpackb(memoryview(frame), raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several types for bad input
+        if mv.nbytes and mv[0] == MSGSPEC_MARK:
+            body = _msgspec()[1].decode(mv[1:])
+        else:
+            body = msgpack.unpackb(mv, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack and msgspec raise several types for bad input
         raise ProtocolError(f"the first frame is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(body, dict):
         raise ProtocolError(f"the first frame must be a msgpack map, got {type(body).__name__}")
@@ -241,6 +281,26 @@ def decode(body: dict, frames: list, arena: Arena | None = None, own: bool = Fal
             if buf.nbytes != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
                 raise ProtocolError(f"tensor {t[0]!r}: frame of {buf.nbytes} B does not match shape {shape} of {dt.name}")
             out[t[0]] = _to_compute(np.frombuffer(buf, dtype=dt).reshape(shape), own)
+    elif codec == "msgspec":
+        for t in metas:
+            if not isinstance(t, list) or len(t) != 4:
+                raise ProtocolError("a msgspec tensor is [name, dtype, shape, frame index or inline bytes]")
+            dt, shape = _check_meta(t[0], t[1], t[2], max_elems)
+            where = t[3]
+            if isinstance(where, int) and not isinstance(where, bool):
+                if not 0 <= where < len(frames):
+                    raise ProtocolError(f"tensor {t[0]!r} names frame {where}, but {len(frames)} data frames were sent")
+                buf, inline = memoryview(frames[where]), False
+            elif isinstance(where, bytes):
+                buf, inline = memoryview(where), True
+            else:
+                raise ProtocolError(f"tensor {t[0]!r}: data must be a frame index or bytes, got {type(where).__name__}")
+            if buf.nbytes != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
+                raise ProtocolError(f"tensor {t[0]!r}: {buf.nbytes} B do not match shape {shape} of {dt.name}")
+            out[t[0]] = _to_compute(np.frombuffer(buf, dtype=dt).reshape(shape), own and not inline)
+        used = {t[3] for t in metas if isinstance(t[3], int)}
+        if used != set(range(len(frames))):
+            raise ProtocolError(f"{len(frames)} data frames sent, but the tensors use frames {sorted(used)}")
     elif codec == "shm":
         if arena is None:
             raise ProtocolError("a shm message arrived but no shared-memory arena is attached (call Init with one)")
