@@ -602,6 +602,7 @@ def targets(summary: pd.DataFrame, steps: pd.DataFrame) -> dict:
     best = min(eligible, key=lambda c: over.loc[c, "median"])
     b, base = over.loc[best], over.loc[BASELINE]
     ratio = pick_row(summary, experiment="per_call", variant=best, metric="overhead_vs_bare_zmq")
+    own = pick_row(summary, experiment="per_call", variant=best, metric="overhead_vs_bare_own")
     return {
         "best": best,
         "best_tokens_identical": bool(tok[best]),
@@ -613,7 +614,41 @@ def targets(summary: pd.DataFrame, steps: pd.DataFrame) -> dict:
         "bare_ratio_x": float(ratio["median"]),
         "bare_ratio_ci": [float(ratio["ci_low"]), float(ratio["ci_high"])],
         "bare_ratio_met": bool(ratio["median"] <= TARGET_BARE_RATIO),
+        "own_ratio_x": float(own["median"]),
+        "own_ratio_ci": [float(own["ci_low"]), float(own["ci_high"])],
+        "own_ratio_met": bool(own["median"] <= TARGET_BARE_RATIO),
     }
+
+
+CALL_PARTS = {
+    "client encode": lambda c: c["serialize_s"],
+    "send call": lambda c: c["send_s"],
+    "transfer + wake-ups": lambda c: c["recv_s"] - c["server_total_s"],
+    "server decode + dispatch": lambda c: c["server_total_s"] - c["server_compute_s"] - c["server_serialize_s"],
+    "server encode": lambda c: c["server_serialize_s"],
+    "client decode": lambda c: c["deserialize_s"],
+}
+"""One call's overhead (its time minus the server's compute) in parts: the client's encode, its send call, the bytes
+moving and the processes waking (Send + Recv - the server's whole handling, minus the send call), the server's
+receive, decode and dispatch (its handling minus compute and encode), the server's encode, the client's decode."""
+
+
+def call_decomposition(calls: pd.DataFrame, configs: list[str], methods=("Embedding", "FusedLayer")) -> pd.DataFrame:
+    """Return, per configuration and method, the median of each part of a decode call's overhead (µs), its bare round
+    trip and the parts' sum; one value per part = the median over rounds of each round's median call."""
+    rows = []
+    c = calls[(calls["phase"] == "decode") & calls["config"].isin(configs) & calls["method"].isin(methods)]
+    for (conf, method), g in c.groupby(["config", "method"], sort=False):
+        row = {"config": conf, "method": method, "bytes sent": float(g["sent_B"].median()),
+               "bytes received": float(g["recv_B"].median())}  # fmt: skip
+        for part, fn in CALL_PARTS.items():
+            row[part] = float(g.assign(v=fn(g)).groupby("round")["v"].median().median() * 1e6)
+        row["overhead (sum)"] = sum(row[p] for p in CALL_PARTS)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["largest part"] = out[list(CALL_PARTS)].idxmax(axis=1)
+    return out
 
 
 # ------------------------------------------------------------ derived rows (analysis)
