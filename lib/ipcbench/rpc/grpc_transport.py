@@ -19,6 +19,7 @@ A server that is gone makes a call fail within its deadline (unary) or at once w
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import struct
@@ -84,7 +85,7 @@ def _get_tensors(source, max_elems: int = 1 << 28) -> dict:
     out = {}
     for t in source:
         dt, shape = wire._check_meta(t.name, t.dtype, list(t.shape), max_elems)
-        if len(t.data) != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
+        if len(t.data) != math.prod(shape) * dt.itemsize:
             raise wire.ProtocolError(f"tensor {t.name!r}: {len(t.data)} B do not match shape {shape} of {dt.name}")
         out[t.name] = wire._to_compute(np.frombuffer(t.data, dtype=dt).reshape(shape), False)
     return out

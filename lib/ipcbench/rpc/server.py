@@ -89,13 +89,15 @@ class RpcServer:
         may ask for it too (Init's ``spin_s``): then the server spins after replying to it.
         """
         n = 0
+        poller = zmq.Poller()  # one for the loop: Socket.poll builds a new Poller on every call
+        poller.register(self.sock, zmq.POLLIN)
         while max_requests is None or n < max_requests:
             spin = max(spin_s, self._spin_next)
             if spin > 0:
                 spin_until = now_s() + spin
-                while not self.sock.poll(0) and now_s() < spin_until:
+                while not poller.poll(0) and now_s() < spin_until:
                     pass
-            if not self.sock.poll(poll_ms):
+            if not poller.poll(poll_ms):
                 if stop is not None and stop():
                     break
                 continue
@@ -199,7 +201,7 @@ class RpcServer:
         if x.ndim not in dims:
             raise ValueError(f"tensor {name!r} must have {' or '.join(map(str, dims))} dimensions, has shape {x.shape}")
         kinds = (dtype,) if not isinstance(dtype, tuple) else dtype
-        if x.dtype not in [np.dtype(k) for k in kinds]:
+        if x.dtype not in kinds:
             raise TypeError(f"tensor {name!r} must be {'/'.join(np.dtype(k).name for k in kinds)}, got {x.dtype}")
         return x
 

@@ -23,6 +23,7 @@ while decoding; integer tensors (token ids) are never converted.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import struct
@@ -40,6 +41,8 @@ WIRE_DTYPES = ("float32", "float16", "bfloat16")
 TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32")
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 _HALF = (np.dtype(np.float16), BFLOAT16)
+_DTYPES = {name: np.dtype(name) for name in TENSOR_DTYPES}
+"""Wire dtype names to numpy dtypes, looked up once (``np.dtype(name)`` costs a microsecond or two per call)."""
 MAX_DIMS = 4
 ALIGN = 64
 SHM_PREFIX = "ipcbench_rpc_"
@@ -118,7 +121,7 @@ class Arena:
 
     def view(self, dtype: np.dtype, shape: tuple, offset: int) -> np.ndarray:
         """Return the arena's bytes at ``offset`` as an array (no copy); raise ProtocolError when out of bounds."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if not isinstance(offset, int) or offset < 0 or offset + nbytes > self.size:
             raise ProtocolError(f"tensor at offset {offset} of {nbytes} B lies outside the arena of {self.size} B")
         return np.ndarray(shape, dtype=dtype, buffer=self.shm.buf, offset=offset)
@@ -149,22 +152,23 @@ def leftover_arenas() -> list[str]:
 
 
 def _wire_dtype_of(arr: np.ndarray, wire_dtype: str) -> np.dtype:
-    if arr.dtype == np.float32 and wire_dtype in ("float16", "bfloat16"):
-        return np.dtype(wire_dtype)
+    if wire_dtype != "float32" and arr.dtype == np.float32:
+        return _DTYPES[wire_dtype]
     return arr.dtype
 
 
 def _check_meta(name, dtype, shape, max_elems: int) -> tuple[np.dtype, tuple]:
     if not isinstance(name, str):
         raise ProtocolError(f"tensor name must be a string, got {type(name).__name__}")
-    if dtype not in TENSOR_DTYPES:
+    dt = _DTYPES.get(dtype) if isinstance(dtype, str) else None
+    if dt is None:
         raise ProtocolError(f"tensor {name!r}: dtype {dtype!r} is not one of {TENSOR_DTYPES}")
     if (not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS
             or not all(isinstance(d, int) and d >= 0 for d in shape)):  # fmt: skip
         raise ProtocolError(f"tensor {name!r}: shape {shape!r} must be a list of at most {MAX_DIMS} non-negative ints")
-    if int(np.prod(shape, dtype=np.int64)) > max_elems:
+    if math.prod(shape) > max_elems:
         raise PayloadTooLarge(f"tensor {name!r} of shape {tuple(shape)} exceeds the limit of {max_elems} elements")
-    return np.dtype(dtype), tuple(shape)
+    return dt, tuple(shape)
 
 
 def _to_compute(arr: np.ndarray, own: bool) -> np.ndarray:
@@ -267,7 +271,7 @@ def decode(body: dict, frames: list, arena: Arena | None = None, own: bool = Fal
                 raise ProtocolError("a msgpack tensor needs name, buffer, shape and dtype")
             dt, shape = _check_meta(t["name"], t["dtype"], t["shape"], max_elems)
             buf = t["buffer"]
-            if not isinstance(buf, bytes) or len(buf) != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
+            if not isinstance(buf, bytes) or len(buf) != math.prod(shape) * dt.itemsize:
                 raise ProtocolError(f"tensor {t['name']!r}: buffer size does not match shape {shape} of {dt.name}")
             out[t["name"]] = _to_compute(np.frombuffer(buf, dtype=dt).reshape(shape), False)
     elif codec == "multipart":
@@ -278,7 +282,7 @@ def decode(body: dict, frames: list, arena: Arena | None = None, own: bool = Fal
                 raise ProtocolError("a multipart tensor is [name, dtype, shape]")
             dt, shape = _check_meta(t[0], t[1], t[2], max_elems)
             buf = memoryview(f)
-            if buf.nbytes != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
+            if buf.nbytes != math.prod(shape) * dt.itemsize:
                 raise ProtocolError(f"tensor {t[0]!r}: frame of {buf.nbytes} B does not match shape {shape} of {dt.name}")
             out[t[0]] = _to_compute(np.frombuffer(buf, dtype=dt).reshape(shape), own)
     elif codec == "msgspec":
@@ -295,7 +299,7 @@ def decode(body: dict, frames: list, arena: Arena | None = None, own: bool = Fal
                 buf, inline = memoryview(where), True
             else:
                 raise ProtocolError(f"tensor {t[0]!r}: data must be a frame index or bytes, got {type(where).__name__}")
-            if buf.nbytes != int(np.prod(shape, dtype=np.int64)) * dt.itemsize:
+            if buf.nbytes != math.prod(shape) * dt.itemsize:
                 raise ProtocolError(f"tensor {t[0]!r}: {buf.nbytes} B do not match shape {shape} of {dt.name}")
             out[t[0]] = _to_compute(np.frombuffer(buf, dtype=dt).reshape(shape), own and not inline)
         used = {t[3] for t in metas if isinstance(t[3], int)}
