@@ -185,14 +185,26 @@ def test_chapter2_checks_every_configuration_splits_every_token_and_gives_every_
         assert set(steps.query("config == @conf")["rpcs"]) == {want}, conf
     params = rb.parameters("quick")
     assert steps.groupby("config")["round"].nunique().eq(params["samples"]).all()
-    # the logs are in the source's format and the analyser reads them without problems
+    # the logs are in the source's format and the analyser reads them without problems (the ZeroMQ client writes them;
+    # the gRPC configurations have none, and say so by having no file)
     for conf in rb.LADDER:
+        if rb.LADDER[conf][0] in rb.GRPC_TRANSPORTS:
+            assert not (session_results / "rpc_breakdown" / "logs" / f"{conf}.log").exists()
+            continue
         parsed = perflog.parse(res.text(f"logs/{conf}.log"))
         per_step = int(steps.query("config == @conf")["rpcs"].iloc[0])
         assert not parsed.problems and parsed.transport == rb.LADDER[conf][0].upper()
         assert analyze.analyze(parsed).calls == params["decode"] * per_step  # one generation: D forward steps
+    # each transport's own bare round trip, in every timed round, at both sizes; every call has a ratio against it
+    bare = s.query("experiment == 'bare_round_trip'")
+    assert set(bare["variant"]) == {"ZeroMQ ipc", "gRPC unary"} and (bare["n"] == params["samples"]).all()
+    own = s.query("experiment == 'per_call' and metric == 'overhead_vs_bare_own'")
+    assert set(own["variant"]) == set(rb.LADDER) and (own["median"] > 0).all()
+    parts = rb.call_decomposition(res.extra("calls"), ["fused", "grpc_fused"])
+    assert set(parts["method"]) == {"Embedding", "FusedLayer"} and (parts["overhead (sum)"] > 0).all()
     tg = res.meta["targets"]
     assert tg["best"] in rb.LADDER and tg["best_tokens_identical"]
+    assert rb.LADDER[tg["best"]][0] not in rb.GRPC_TRANSPORTS and tg["own_ratio_x"] > 0
     assert tg["overhead_cut_x"] > 0  # recorded; whether the best beats the baseline is a result shown on the page
     # only the several-clients runs may put more processes than cores on the host, and they say so
     clients = s["experiment"] == "clients"

@@ -78,7 +78,7 @@ def _put_tensors(target, tensors: dict, wire_dtype: str) -> None:
     for name, a in tensors.items():
         a = np.ascontiguousarray(a.astype(wire._wire_dtype_of(a, wire_dtype), copy=False))
         raw = a.view(np.uint16) if a.dtype == wire.BFLOAT16 else a
-        target.add(name=name, dtype=a.dtype.name, shape=list(a.shape), data=raw.tobytes())
+        target.add(name=name, dtype=wire.dtype_name(a.dtype), shape=list(a.shape), data=raw.tobytes())
 
 
 def _get_tensors(source, max_elems: int = 1 << 28) -> dict:

@@ -43,6 +43,12 @@ BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 _HALF = (np.dtype(np.float16), BFLOAT16)
 _DTYPES = {name: np.dtype(name) for name in TENSOR_DTYPES}
 """Wire dtype names to numpy dtypes, looked up once (``np.dtype(name)`` costs a microsecond or two per call)."""
+_NAMES = {dt: name for name, dt in _DTYPES.items()}
+
+
+def dtype_name(dt: np.dtype) -> str:
+    """Return a dtype's wire name (``dtype.name`` is a Python-level property of several µs)."""
+    return _NAMES.get(dt) or dt.name
 MAX_DIMS = 4
 ALIGN = 64
 SHM_PREFIX = "ipcbench_rpc_"
@@ -116,7 +122,7 @@ class Arena:
         for name, arr, dt, o in plan:
             view = np.ndarray(arr.shape, dtype=dt, buffer=self.shm.buf, offset=o)
             np.copyto(view, arr, casting="same_kind")
-            metas.append([name, dt.name, list(arr.shape), o])
+            metas.append([name, dtype_name(dt), list(arr.shape), o])
         return metas, off
 
     def view(self, dtype: np.dtype, shape: tuple, offset: int) -> np.ndarray:
@@ -188,13 +194,13 @@ def encode(codec: str, header: dict, tensors: dict | None = None, wire_dtype: st
     if codec == "msgpack":
         body["tensors"] = [
             {"name": n, "buffer": a.astype(_wire_dtype_of(a, wire_dtype), copy=False).tobytes(),
-             "shape": list(a.shape), "dtype": _wire_dtype_of(a, wire_dtype).name}
+             "shape": list(a.shape), "dtype": dtype_name(_wire_dtype_of(a, wire_dtype))}
             for n, a in tensors.items()
         ]  # fmt: skip
         return [msgpack.packb(body, use_bin_type=True)], 0
     if codec == "multipart":
         arrays = [np.ascontiguousarray(a.astype(_wire_dtype_of(a, wire_dtype), copy=False)) for a in tensors.values()]
-        body["tensors"] = [[n, a.dtype.name, list(a.shape)] for n, a in zip(tensors, arrays, strict=True)]
+        body["tensors"] = [[n, dtype_name(a.dtype), list(a.shape)] for n, a in zip(tensors, arrays, strict=True)]
         # bfloat16 has no buffer-protocol format: its frames go as the same bytes viewed as uint16
         frames = [a.view(np.uint16) if a.dtype == BFLOAT16 else a for a in arrays]
         return [msgpack.packb(body, use_bin_type=True)] + frames, 0
@@ -204,10 +210,10 @@ def encode(codec: str, header: dict, tensors: dict | None = None, wire_dtype: st
             a = np.ascontiguousarray(a.astype(_wire_dtype_of(a, wire_dtype), copy=False))
             raw = a.view(np.uint16) if a.dtype == BFLOAT16 else a
             if a.nbytes >= MSGSPEC_INLINE_MAX:
-                metas.append([n, a.dtype.name, list(a.shape), len(frames)])
+                metas.append([n, dtype_name(a.dtype), list(a.shape), len(frames)])
                 frames.append(raw)
             else:
-                metas.append([n, a.dtype.name, list(a.shape), raw.tobytes()])
+                metas.append([n, dtype_name(a.dtype), list(a.shape), raw.tobytes()])
         body["tensors"] = metas
         head = bytearray(b"\xc1")
         _msgspec()[0].encode_into(body, head, 1)
