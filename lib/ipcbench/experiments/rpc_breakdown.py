@@ -21,7 +21,12 @@ whole handling: the bytes moving and the processes waking), ``other`` (the rest 
 the calls' time), and ``overhead`` = token - client compute - server compute.
 Per call: ``overhead_vs_bare_zmq`` = (call total - server compute) / the bare ZeroMQ
 round trip of the same bytes from chapter 0 (one-way(sent) + one-way(received),
-interpolated log-log between its measured sizes, same transport).
+interpolated log-log between its measured sizes, same transport), and
+``overhead_vs_bare_own`` = the same over the bare round trip of the call's own
+transport measured in the same round by the server's process (a ZeroMQ ROUTER echo;
+gRPC's ``Empty`` and ``Echo`` unary calls). Beside the book's RPC on ZeroMQ the ladder
+runs what a deployment would pick instead: msgspec's msgpack (vLLM's codec) and gRPC
+with protobuf messages (:mod:`ipcbench.rpc.grpc_transport`), unary and streaming.
 """
 
 from __future__ import annotations
@@ -185,6 +190,40 @@ def _bare_round_trips(endpoints: dict, rnd: int, sizes: list[int]) -> list[dict]
     return rows
 
 
+WARM_CODECS = ("msgpack", "msgspec", "shm")
+WARM_CALLS = 200
+
+
+def _warm_codec(cfg: model.Config, rnd: int) -> list[dict]:
+    """Encode a fused decode call's request and decode a reply of the same shape :data:`WARM_CALLS` times back to back,
+    in the client's process: the same Python as a call's client encode and decode, warm (nothing runs between two
+    of them), to set beside what a call pays in the run, after the server's compute and the wait."""
+    from ..measure import now_s
+    from ..rpc import wire
+
+    x = np.ones((1, cfg.hidden), np.float32)
+    rows = []
+    for codec in WARM_CODECS:
+        arena = wire.Arena(size=1 << 20) if codec == "shm" else None
+        try:
+            header = {"method": "FusedLayer", "id": 1, "layer": 0, "start": 0}
+            frames, _ = wire.encode(codec, header, {"x": x}, "float32", arena)
+            frames = [bytes(memoryview(f)) for f in frames]
+            for _pass in ("warm-up", "kept"):  # the second pass's times are the sample
+                t0 = now_s()
+                for _ in range(WARM_CALLS):
+                    wire.encode(codec, header, {"x": x}, "float32", arena)
+                t1 = now_s()
+                for _ in range(WARM_CALLS):
+                    wire.decode(wire.decode_header(frames[0]), frames[1:], arena, own=True)
+                t2 = now_s()
+            rows.append({"round": rnd, "codec": codec, "encode": (t1 - t0) / WARM_CALLS, "decode": (t2 - t1) / WARM_CALLS})
+        finally:
+            if arena is not None:
+                arena.close()
+    return rows
+
+
 def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, check: bool, logdir: str | None) -> dict:
     prompt = prompt_of(params)
     ref_tokens, ref_logits = model.generate(weights, prompt, params["decode"])
@@ -226,6 +265,7 @@ def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, chec
                 out["logs"][name] = f.read()
     out["monitor"] = [] if check else _monitor_cost(params, endpoints, prompt, rnd, logdir_base=tempfile.gettempdir())
     out["bare"] = [] if check else _bare_round_trips(endpoints, rnd, bare_sizes(weights.config))
+    out["warm"] = [] if check else _warm_codec(weights.config, rnd)
     return out
 
 
@@ -438,7 +478,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     curves = bare_zmq(results.read("machine_limits").summary)  # fail fast, before any work, if chapter 0 is missing
     started = results.now_iso()
     machine_start = machine_state(cluster)  # CPU steal, load and two calibration kernels, again at the end
-    checks, steps, calls, logs, served, monitor, clients, bare_rows = [], [], [], {}, [], [], [], []
+    checks, steps, calls, logs, served, monitor, clients, bare_rows, warm = [], [], [], {}, [], [], [], [], []
     try:
         for rnd in progress(range(params["samples"] + 1), "RPC ladder: check, then timed rounds"):
             out = run_point(cluster, ladder_round, params, rnd, check=rnd == 0, keep_logs=rnd == params["samples"],
@@ -448,6 +488,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             calls += out["calls"]
             monitor += out["monitor"]
             bare_rows += out["bare"]
+            warm += out["warm"]
             logs.update(out["logs"])
             served.append(out["server"])
         for n in progress(params["clients"], "several clients, one server"):
@@ -510,6 +551,13 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                      calls=BARE_CALLS)  # fmt: skip
         rows.append(r)
         samples += s
+    # the client's encode and decode of a fused call, warm (back to back), one sample per round
+    for codec, g in pd.DataFrame(warm).groupby("codec", sort=False):
+        for metric in ("encode", "decode"):
+            r, s = _summ(g.sort_values("round")[metric].to_numpy(), {**base, "experiment": "warm_codec", "variant": codec},
+                         metric, "s", codec=codec, calls=WARM_CALLS)  # fmt: skip
+            rows.append(r)
+            samples += s
     # the per-call log's own cost (the baseline, one generation per mode and round, modes rotated per round)
     mon = pd.DataFrame(monitor)
     for mode, g in mon.groupby("mode", sort=False):
@@ -556,6 +604,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                 "unary calls; tcp: chapter 0), at the mean of the bytes sent and received",
         "round_trip": "experiment bare_round_trip: mean of 100 bare round trips of the given bytes each way, one sample "
                       "per timed round",
+        "warm_codec": "the client's encode of a fused decode call's request and decode of its reply, 200 back to back "
+                      "in the client's process (warm), mean per call, one sample per timed round",
         "bytes": "bytes the calls moved by any path (socket frames + shared memory); wire_bytes: socket frames only",
         "KB / MB in logs": "KB = 10^3 B, MB = 10^6 B",
         "monitor": "decode token time and tokens/s of the baseline with the per-call log off, on for every call, or on "
