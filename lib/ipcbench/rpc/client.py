@@ -61,7 +61,33 @@ def transport_of(endpoint: str) -> str:
     return endpoint.split("://", 1)[0].upper()
 
 
-class RpcClient:
+class SplitCalls:
+    """The split decoder's calls, on any client with ``call(method, header, tensors) -> (reply header, tensors)``
+    (the ZeroMQ :class:`RpcClient` and the gRPC client)."""
+
+    def embedding(self, ids) -> np.ndarray:
+        """Return the embeddings (t, hidden) of token ids."""
+        return self.call("Embedding", {}, {"ids": np.asarray(ids, dtype=np.int64)})[1]["x"]
+
+    def batch_linear(self, layer: int, names: list[str], x: np.ndarray) -> list[np.ndarray]:
+        """Return ``x @ W`` for each named projection of a layer, in order."""
+        out = self.call("BatchLinear", {"layer": layer, "names": list(names)}, {"x": x})[1]
+        return [out[n] for n in names]
+
+    def matmul(self, a: np.ndarray, b: np.ndarray, transpose_b: bool = False) -> np.ndarray:
+        """Return ``a @ b`` (or ``a @ b.T`` over the last two axes), computed on the server."""
+        return self.call("Matmul", {"transpose_b": bool(transpose_b)}, {"a": a, "b": b})[1]["out"]
+
+    def lm_head(self, x: np.ndarray) -> np.ndarray:
+        """Return logits (t, vocab) of normed hidden states."""
+        return self.call("LMHead", {}, {"x": x})[1]["logits"]
+
+    def fused_layer(self, layer: int, x: np.ndarray, start: int) -> np.ndarray:
+        """Return one whole decoder layer's output; the server keeps the KV cache (start 0 at layer 0 resets it)."""
+        return self.call("FusedLayer", {"layer": layer, "start": int(start)}, {"x": x})[1]["x"]
+
+
+class RpcClient(SplitCalls):
     """Call the server at ``endpoint`` with one codec and wire dtype; log every call.
 
     ``shm_bytes`` sizes each of the two shared-memory arenas (request, reply) of the
@@ -199,27 +225,6 @@ class RpcClient:
             header["shm"] = {"request": self.request_arena.name, "reply": self.reply_arena.name}
         body, tensors = self.call("Init", header)
         return body["config"], tensors
-
-    def embedding(self, ids) -> np.ndarray:
-        """Return the embeddings (t, hidden) of token ids."""
-        return self.call("Embedding", {}, {"ids": np.asarray(ids, dtype=np.int64)})[1]["x"]
-
-    def batch_linear(self, layer: int, names: list[str], x: np.ndarray) -> list[np.ndarray]:
-        """Return ``x @ W`` for each named projection of a layer, in order."""
-        out = self.call("BatchLinear", {"layer": layer, "names": list(names)}, {"x": x})[1]
-        return [out[n] for n in names]
-
-    def matmul(self, a: np.ndarray, b: np.ndarray, transpose_b: bool = False) -> np.ndarray:
-        """Return ``a @ b`` (or ``a @ b.T`` over the last two axes), computed on the server."""
-        return self.call("Matmul", {"transpose_b": bool(transpose_b)}, {"a": a, "b": b})[1]["out"]
-
-    def lm_head(self, x: np.ndarray) -> np.ndarray:
-        """Return logits (t, vocab) of normed hidden states."""
-        return self.call("LMHead", {}, {"x": x})[1]["logits"]
-
-    def fused_layer(self, layer: int, x: np.ndarray, start: int) -> np.ndarray:
-        """Return one whole decoder layer's output; the server keeps the KV cache (start 0 at layer 0 resets it)."""
-        return self.call("FusedLayer", {"layer": layer, "start": int(start)}, {"x": x})[1]["x"]
 
     # ------------------------------------------------------------------ closing
     def _abandon(self) -> None:

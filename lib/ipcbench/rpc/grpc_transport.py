@@ -31,7 +31,7 @@ import numpy as np
 
 from ..measure import now_s
 from . import wire
-from .client import CallRecord
+from .client import CallRecord, SplitCalls
 
 SERVICE = "ipcbench.Split"
 _TAIL = struct.Struct("<2d")
@@ -213,7 +213,7 @@ class GrpcServer:
 # ------------------------------------------------------------------------ client
 
 
-class GrpcClient:
+class GrpcClient(SplitCalls):
     """The split decoder's client over gRPC, with :class:`~ipcbench.rpc.RpcClient`'s interface and call records.
 
     ``mode``: ``unary`` (one call per request) or ``stream`` (one bidirectional stream for the session). A call's
@@ -310,27 +310,10 @@ class GrpcClient:
             fn(payload, timeout=self.timeout_s)
         return (now_s() - t0) / calls
 
-    # the split decoder's methods, as RpcClient's
     def init(self) -> tuple[dict, dict]:
         """Open a session; return (the model's config dict, the norm weights by name)."""
         body, tensors = self.call("Init")
         return body["config"], tensors
-
-    def embedding(self, ids) -> np.ndarray:
-        return self.call("Embedding", {}, {"ids": np.asarray(ids, dtype=np.int64)})[1]["x"]
-
-    def batch_linear(self, layer: int, names: list[str], x: np.ndarray) -> list[np.ndarray]:
-        out = self.call("BatchLinear", {"layer": layer, "names": list(names)}, {"x": x})[1]
-        return [out[n] for n in names]
-
-    def matmul(self, a: np.ndarray, b: np.ndarray, transpose_b: bool = False) -> np.ndarray:
-        return self.call("Matmul", {"transpose_b": bool(transpose_b)}, {"a": a, "b": b})[1]["out"]
-
-    def lm_head(self, x: np.ndarray) -> np.ndarray:
-        return self.call("LMHead", {}, {"x": x})[1]["logits"]
-
-    def fused_layer(self, layer: int, x: np.ndarray, start: int) -> np.ndarray:
-        return self.call("FusedLayer", {"layer": layer, "start": int(start)}, {"x": x})[1]["x"]
 
     def start_log(self, path, methods=None) -> None:
         raise NotImplementedError("the per-call log in the source's format is written by the ZeroMQ client only")
