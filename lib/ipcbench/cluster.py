@@ -146,7 +146,13 @@ class Cluster:
         failure_grace_s: float = 3.0,
         log_level: int = logging.ERROR,
         pin: bool = True,
+        hosts=None,
+        ranks_per_host: list[int] | None = None,
     ):
+        """``hosts`` (an entered :class:`ipcbench.hosts.EmulatedHosts`) starts the engines on emulated hosts, ranks
+        in blocks of ``ranks_per_host`` (default: spread evenly), with MPICH's bytes on the emulated links."""
+        self.emulated = hosts
+        self.ranks_per_host = ranks_per_host
         self.profile = profile if profile is not None else os.environ.get(ENV_PROFILE) or None
         self.requested_n = n
         self.start_timeout_s = start_timeout_s
@@ -160,6 +166,15 @@ class Cluster:
         self.ranks: list[dict] = []
 
     # ------------------------------------------------------------------ lifecycle
+    def _per_host(self, n: int) -> list[int]:
+        """Return the engines per emulated host for ``n`` engines (given, or spread round the hosts)."""
+        if self.ranks_per_host is not None:
+            if sum(self.ranks_per_host) != n or len(self.ranks_per_host) != self.emulated.n:
+                raise ClusterError(f"ranks_per_host={self.ranks_per_host} does not place {n} engines on "
+                                   f"{self.emulated.n} hosts")  # fmt: skip
+            return list(self.ranks_per_host)
+        return [n // self.emulated.n + (1 if i < n % self.emulated.n else 0) for i in range(self.emulated.n)]
+
     @property
     def owned(self) -> bool:
         """Return True when this object started the engines (and so must stop them)."""
@@ -186,7 +201,12 @@ class Cluster:
 
     @property
     def oversubscribed(self) -> bool:
-        """Return True when some host runs more engines than it has usable cores (local and external clusters)."""
+        """Return True when some host runs more engines than it has usable cores (local and external clusters).
+
+        Emulated hosts share this machine's cores: there, every engine counts against them.
+        """
+        if self.emulated is not None:
+            return (self.size or self.requested_n or 0) > usable_cores()
         if not self.ranks:
             return self.owned and (self.requested_n or 0) > usable_cores()
         return any(len(h["ranks"]) > h["cores"] for h in self.hosts.values())
@@ -194,6 +214,8 @@ class Cluster:
     def oversubscribed_at(self, ranks: int) -> bool:
         """Return True when the first ``ranks`` engines (a run on a subset: the others idle) put more busy processes
         on some host than it has cores."""
+        if self.emulated is not None:
+            return ranks > usable_cores()
         per_host: dict[str, int] = {}
         for r in self.ranks[:ranks]:
             per_host[r["host"]] = per_host.get(r["host"], 0) + 1
@@ -262,7 +284,16 @@ class Cluster:
             if bindir not in os.environ.get("PATH", "").split(os.pathsep):
                 os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
             before = {p.pid for p in psutil.Process().children(recursive=True)}
-            self._ipp_cluster = ipp.Cluster(engines="mpi", n=n, log_level=self.log_level)
+            kw = {}
+            if self.emulated is not None:
+                from traitlets.config import Config
+
+                # the controller listens on the emulated hosts' bridge; mpiexec enters each host's namespace
+                env = self.emulated.transport_env()
+                kw = {"controller_ip": self.emulated.bridge_address,
+                      "config": Config({"MPILauncher": {"mpi_args": self.emulated.mpiexec_args(self._per_host(n)),
+                                                        "environment": env}})}  # fmt: skip
+            self._ipp_cluster = ipp.Cluster(engines="mpi", n=n, log_level=self.log_level, **kw)
             try:
                 self._client = self._ipp_cluster.start_and_connect_sync(activate=False)
                 self._client.wait_for_engines(n, timeout=self.start_timeout_s, block=True)
@@ -459,7 +490,8 @@ class Cluster:
         """Return how the engines were started: size, owner, hosts, oversubscription."""
         return {
             "engines": self.size,
-            "source": "local mpiexec (ipyparallel engines='mpi')" if self.owned else f"profile {self.profile}",
+            "source": ("local mpiexec (ipyparallel engines='mpi')" if self.emulated is None
+                       else f"mpiexec on {self.emulated.n} emulated hosts") if self.owned else f"profile {self.profile}",
             "hosts": sorted({r["host"] for r in self.ranks}),
             "ranks_and_cores_per_host": {h: {"ranks": len(v["ranks"]), "cores": v["cores"]} for h, v in self.hosts.items()},
             "usable_cores": usable_cores(),
