@@ -25,6 +25,7 @@ CHAPTER_PAGES = {
     "broadcast": ("notebooks/03_broadcast", "broadcast", "3. Broadcast serialization across tensor-parallel ranks"),
     "pipeline": ("notebooks/04_pipeline", "pipeline", "4. Pipeline parallelism"),
     "tensor_parallel": ("notebooks/05_tensor_parallel", "tensor-parallel", "5. MPI tensor parallelism and SIMD"),
+    "scale_out": ("notebooks/06_scale_out", "scale-out", "6. Beyond one machine: the experiments across emulated hosts"),
 }  # fmt: skip
 
 # the packages that move or encode the bytes the book measures (their versions go into the environment appendix)

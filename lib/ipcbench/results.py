@@ -28,6 +28,7 @@ CHAPTERS = (
     "broadcast",
     "pipeline",
     "tensor_parallel",
+    "scale_out",
 )
 
 SUMMARY_COLUMNS = [

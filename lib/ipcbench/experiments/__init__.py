@@ -18,6 +18,7 @@ CHAPTERS = {
     "broadcast": "ipcbench.experiments.broadcast",
     "pipeline": "ipcbench.experiments.pipeline",
     "tensor_parallel": "ipcbench.experiments.tensor_parallel",
+    "scale_out": "ipcbench.experiments.scale_out",
 }
 
 
@@ -54,6 +55,17 @@ def drive(chapter: str, profile: str | None = None, engines_n: int | None = None
         raise EnginesError(f"chapter {chapter} needs {need} MPI engines in the {profile} profile; --engines {engines_n} is too few")
     SECTION_TIMES.clear()
     t0 = time.perf_counter()
+    if getattr(module, "MAKES_ITS_OWN_CLUSTER", False):  # (the scale-out chapter: engines on emulated hosts)
+        if engines_n is not None or cluster_profile is not None:
+            raise EnginesError(f"chapter {chapter} starts its own engines on emulated hosts: "
+                               "--engines and --cluster-profile do not apply")  # fmt: skip
+        print(f"ipcbench: chapter {chapter}, profile {profile}, {need} emulated hosts", file=sys.stderr)
+        summary = module.run(None, profile)
+        results.update_meta(chapter, run_time_s={"total": time.perf_counter() - t0, "cluster_start": 0.0,
+                                                 "experiments": time.perf_counter() - t0, "cluster_stop": 0.0,
+                                                 "sections": {k: round(v, 3) for k, v in SECTION_TIMES.items()},
+                                                 "cluster_stop_parts": {}})  # fmt: skip
+        return summary
     with Cluster(n=engines_n or need, profile=cluster_profile) as cluster:
         t_up = time.perf_counter()
         require_engines(cluster, need, chapter, f"the {profile} profile")

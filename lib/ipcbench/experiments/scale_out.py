@@ -1,0 +1,408 @@
+"""Chapter 6, "Beyond one machine": the book's experiments across emulated hosts, and its models tested there.
+
+The hosts are network namespaces on this machine (:mod:`ipcbench.hosts`), one MPI engine per host, started by
+ipyparallel through ``mpiexec`` with a launcher that enters each host's namespace; the controller listens on the
+hosts' bridge, as on a real cluster. MPICH moves the bytes over TCP on the emulated links (its shared-memory
+transports are switched off), which the interface counters confirm for every experiment. The links are re-shaped
+between link models while the engines stay up. Everything runs on this machine's cores, so the chapter tests the
+communication models, not how compute scales.
+
+Per link model (``link`` column; ``hosts`` = hosts the run spans):
+- ``link_probe``: one-byte TCP round trips and a bulk TCP transfer with plain sockets (the link as it is);
+- ``pingpong``: chapter 0's MPI buffer ping-pong between two hosts, and its alpha-beta fit (``alpha_beta``);
+- ``collective``: chapter 5's Allgather and Allreduce across 2 (and 4) hosts;
+- ``mlp``: chapter 5's S1/S2/S3 MLP at TP = 2 across 2 hosts (prefill shape);
+- ``rpc``: chapter 2's split-inference RPC with the client on one host and the server on another over ``tcp://``.
+
+Projections (analysis, from results on disk): the ring model with this link's own ping-pong fit, and with chapter 5's
+stated network parameters (alpha = 25 µs, beta = 0.9 x the configured rate), against the measured collectives and the
+MLP's communication; RPC tokens/s projected to added link latency from the measured calls per token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import hosts as hostslib
+from .. import profiles, results
+from .. import tensor_parallel as tp
+from ..measure import fit_alpha_beta, summarize
+from ._common import progress, run_meta, run_point
+
+CHAPTER = "scale_out"
+KiB, MiB = 2**10, 2**20
+STATED_ALPHA_S = 25e-6
+"""Chapter 5's stated TCP per-message latency (its "25 GbE (TCP)" network), used with each shaped link's rate."""
+STATED_EFFICIENCY = 0.9
+"""Chapter 5's stated share of a link's rate that TCP delivers."""
+MODEL_TOLERANCE = 0.25
+"""A projection within this relative error of the measured time "holds" (the issue's threshold)."""
+RPC_CONFIGS = {
+    # name: (codec, granularity, wire dtype, what it is) -- the ladder's rungs that can cross hosts (no shared memory)
+    "baseline": ("msgpack", "per_op", "float32", "the source's set-up over tcp://: msgpack + tobytes, 6 RPCs/layer"),
+    "fused": ("msgpack", "fused", "float32", "1 fused RPC per layer, msgpack"),
+    "best": ("multipart", "fused", "float16", "1 fused RPC per layer, zero-copy multipart frames, float16 on the wire"),
+}
+ADDED_LATENCY_S = [0.0, 50e-6, 0.5e-3, 5e-3, 25e-3]
+"""One-way latencies added to the link in the RPC projection: none, a rack, a campus, a region, a continent."""
+
+
+def parameters(profile: str | None = None) -> dict:
+    """Return a profile's sweep: hosts, link models, message sizes, MLP shape, RPC model cut."""
+    name = profiles.profile_name(profile)
+    base = {
+        "hosts": 2, "links": ["1GbE"],
+        "pingpong_sizes": [8, 64 * KiB, 1 * MiB],
+        "collective_sizes": [8, 64 * KiB, 1 * MiB],
+        "collective_ranks": [2],
+        "mlp": {"t": 128, "h": 1024, "i": 2048}, "strategies": list(tp.STRATEGIES),
+        "probe_rounds": 200, "probe_bytes": 32 * MiB,
+        "rpc": {"preset": "qwen3-0.6b", "seed": 0, "layers": 2, "vocab": 8192, "prompt": 16, "decode": 8},
+        "rpc_rounds": 3,
+    }  # fmt: skip
+    if name == "quick":
+        return base
+    if name == "standard":
+        return {**base, "hosts": 4, "links": ["unshaped", "25GbE", "10GbE", "1GbE"],
+                "pingpong_sizes": [8, 1 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB],
+                "collective_sizes": [8, 64 * KiB, 1 * MiB, 4 * MiB], "collective_ranks": [2, 4],
+                "probe_bytes": 64 * MiB,
+                "rpc": {**base["rpc"], "layers": 4, "vocab": 16384, "prompt": 32, "decode": 16},
+                "rpc_rounds": 6}  # fmt: skip
+    return {**base, "hosts": 4, "links": ["unshaped", "25GbE", "10GbE", "1GbE"],
+            "pingpong_sizes": [8 * 4**k for k in range(12)], "collective_sizes": [8 * 8**k for k in range(8)],
+            "collective_ranks": [2, 4], "probe_bytes": 256 * MiB,
+            "rpc": {**base["rpc"], "layers": 8, "vocab": 32768, "prompt": 64, "decode": 32}, "rpc_rounds": 10}  # fmt: skip
+
+
+def engines(profile: str | None = None) -> int:
+    """Return the MPI engines (one per emulated host) this chapter runs."""
+    return int(parameters(profile)["hosts"])
+
+
+MAKES_ITS_OWN_CLUSTER = True
+"""The driver does not start a local cluster for this chapter: it starts one on emulated hosts itself."""
+
+
+# ------------------------------------------------------------------ SPMD: RPC across hosts
+
+
+def rpc_round(comm, params: dict, address: str, rnd: int, check: bool = False) -> dict | None:
+    """Rank 1 serves the split model on ``tcp://address``; rank 0 runs every RPC configuration (rotated per round).
+
+    With ``check`` each configuration's teacher-forced logits are compared with the reference first (nothing timed).
+    Rank 0 returns per-step rows and per-call rows.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from ..measure import gc_paused
+    from ..rpc import RpcClient, RpcServer, SplitDecoder
+    from . import rpc_breakdown as rb
+
+    threadpool_limits(1)
+    weights = rb._weights(params)
+    result = None
+    if comm.rank == 1:
+        server = RpcServer(weights, [f"tcp://{address}:*"])
+        try:
+            comm.bcast(server.endpoints[0], root=1)
+            with gc_paused():
+                server.serve(stop=lambda: comm.Iprobe(source=0, tag=rb.STOP_TAG), poll_ms=50)
+            comm.recv(source=0, tag=rb.STOP_TAG)
+        finally:
+            server.close()
+        comm.send({"served": server.served, "errors": server.errors}, dest=0, tag=rb.STATS_TAG)
+    elif comm.rank == 0:
+        endpoint = comm.bcast(None, root=1)
+        prompt = rb.prompt_of(params)
+        ref_tokens, ref_logits = rb.model.generate(weights, prompt, params["decode"])
+        names = list(RPC_CONFIGS)
+        k = rnd % len(names)
+        out = {"steps": [], "calls": [], "checks": []}
+        try:
+            with gc_paused():
+                for name in names[k:] + names[:k]:
+                    codec, gran, wdt, _ = RPC_CONFIGS[name]
+                    with RpcClient(endpoint, codec, wdt, timeout_s=120) as client:
+                        dec = SplitDecoder(client, gran)
+                        if check:
+                            forced = dec.teacher_forced(prompt, ref_tokens)
+                            err = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+                                      for a, b in zip(forced, ref_logits, strict=True))  # fmt: skip
+                            if not err <= rb.TOLERANCE[wdt]:
+                                raise AssertionError(f"{name} across hosts: logits differ by {err:.2e} of the largest")
+                            out["checks"].append({"config": name, "max_rel_logit_error": err})
+                            continue
+                        dec.generate(prompt, 2)  # warm-up
+                        client.records.clear()
+                        dec.steps.clear()
+                        tokens, _ = dec.generate(prompt, params["decode"])
+                        labels = {"config": name, "round": rnd, "tokens_identical": tokens == ref_tokens}
+                        s, c = rb._step_rows(dec, client, labels)
+                        out["steps"] += s
+                        out["calls"] += c
+        finally:
+            comm.send(None, dest=1, tag=rb.STOP_TAG)
+        out["server"] = comm.recv(source=1, tag=rb.STATS_TAG)
+        result = out
+    else:
+        comm.bcast(None, root=1)
+    return result
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _labels(link: str, hosts_n: int, **kw) -> dict:
+    return {"chapter": CHAPTER, "link": link, "hosts": hosts_n, **kw}
+
+
+def _stat(values, labels: dict, metric: str, unit: str, stop_reason: str = "") -> tuple[dict, list[dict]]:
+    st = summarize(values, stop_reason)
+    lab = {**labels, "metric": metric, "unit": unit}
+    return results.summary_row(st, **lab), results.sample_rows(values, **lab)
+
+
+def run(cluster, profile: str | None = None) -> pd.DataFrame:
+    """Run chapter 6 on emulated hosts it makes itself (``cluster`` must be None), write results, return the summary."""
+    from ..cluster import Cluster
+    from . import machine_limits as ml
+    from . import tensor_parallel as tpx
+
+    if cluster is not None:
+        raise ValueError("the scale-out chapter starts its own engines on emulated hosts: pass cluster=None")
+    problem = hostslib.requirements_problem()
+    if problem:
+        raise hostslib.HostsError(f"the scale-out chapter cannot run here: {problem}")
+    name = profiles.profile_name(profile)
+    rule = profiles.stopping_rule(name)
+    params = parameters(name)
+    started = results.now_iso()
+    n = params["hosts"]
+    rows: list[dict] = []
+    samples: list[dict] = []
+    probes, crossed, calls, checks = [], [], [], []
+    with hostslib.EmulatedHosts(n, params["links"][0]) as h, Cluster(n=n, hosts=h, ranks_per_host=[1] * n) as cl:
+        setup = h.describe()
+        cluster_info = cl.describe()
+        checked = False
+        for link in progress(params["links"], "link models"):
+            h.set_link(link)
+            model = hostslib.LINKS[link]
+
+            # 1. the link itself, with plain sockets
+            pr = hostslib.probe_link(h, 0, 1, rounds=params["probe_rounds"], nbytes=params["probe_bytes"])
+            lab = _labels(link, 2, experiment="link_probe", variant="tcp_socket", payload="bytes", ranks=2,
+                          oversubscribed=False)  # fmt: skip
+            r, s = _stat(np.asarray(pr["rtt_s"]) / 2, {**lab, "size_bytes": 1}, "one_way_latency", "s")
+            rows.append(r)
+            samples += s
+            r, s = _stat(pr["bulk_Bps"], {**lab, "size_bytes": pr["bulk_bytes"]}, "bandwidth", "B/s")
+            rows.append(r)
+            samples += s
+            probes.append({"link": link, "configured_Bps": (model.rate_bps or np.nan) / 8,
+                           "bulk_bytes": pr["bulk_bytes"], "bandwidth_Bps": pr["bandwidth_Bps"],
+                           "rtt_median_s": float(np.median(pr["rtt_s"])), "crossed_bytes": pr["crossed_bytes"]["h0"]})  # fmt: skip
+
+            # 2. MPI ping-pong between two hosts
+            before = h.counters()
+            for size in progress(params["pingpong_sizes"], f"ping-pong ({link})"):
+                pt = run_point(cl, ml.pingpong_point, "mpi_buffer", size, rule, timeout=600, ranks=2)[0]
+                lab = _labels(link, 2, experiment="pingpong", variant="mpi_buffer", payload="numpy", ranks=2,
+                              oversubscribed=cl.oversubscribed_at(2), size_bytes=size)  # fmt: skip
+                r, s = _stat(pt["samples"], lab, "one_way_latency", "s", pt["stop_reason"])
+                rows.append(r)
+                samples += s
+            after = h.counters()
+            crossed.append({"link": link, "experiment": "pingpong",
+                            **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
+
+            # 3. collectives across 2 (and 4) hosts
+            before = h.counters()
+            pts = [(p, op, size) for p in params["collective_ranks"] for op in ("Allgather", "Allreduce")
+                   for size in params["collective_sizes"]]  # fmt: skip
+            for p, op, size in progress(pts, f"collectives ({link})"):
+                pt = run_point(cl, tpx.collective_point, op, size, rule, timeout=600, ranks=p)[0]
+                lab = _labels(link, p, experiment="collective", variant=op, payload="float32", ranks=p,
+                              oversubscribed=cl.oversubscribed_at(p), size_bytes=size)  # fmt: skip
+                r, s = _stat(pt["total"], lab, "total", "s", pt.get("stop_reason", ""))
+                rows.append(r)
+                samples += s
+            after = h.counters()
+            crossed.append({"link": link, "experiment": "collective",
+                            **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
+
+            # 4. the MLP strategies at TP = 2 across two hosts
+            m = params["mlp"]
+            for strat in progress(params["strategies"], f"MLP ({link})"):
+                pt = run_point(cl, tpx.mlp_point, strat, "numpy", m["t"], m["h"], m["i"], rule, timeout=600, ranks=2)[0]
+                lab = _labels(link, 2, experiment="mlp", variant=strat, payload="numpy", ranks=2,
+                              oversubscribed=cl.oversubscribed_at(2), tokens=m["t"], hidden=m["h"],
+                              intermediate=m["i"])  # fmt: skip
+                for part in ("total", "compute", "communication", "in_collectives_min"):
+                    r, s = _stat(pt[part], lab, part, "s", pt.get("stop_reason", ""))
+                    rows.append(r)
+                    samples += s
+                calls += [{"link": link, "strategy": strat, **c} for c in pt["calls"]]
+
+            # 5. split-inference RPC, client on h0, server on h1, over tcp://
+            before = h.counters()
+            if not checked:
+                checks = run_point(cl, rpc_round, params["rpc"], h.addresses[1], 0, True, timeout=600, ranks=2)[0]["checks"]
+                checked = True
+            steps = []
+            for rnd in progress(range(params["rpc_rounds"]), f"RPC ({link})"):
+                out = run_point(cl, rpc_round, params["rpc"], h.addresses[1], rnd, timeout=600, ranks=2)[0]
+                if out["server"]["errors"]:
+                    raise RuntimeError(f"the RPC server answered {out['server']['errors']} calls with errors")
+                steps += out["steps"]
+            after = h.counters()
+            crossed.append({"link": link, "experiment": "rpc",
+                            **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
+            r, s = _rpc_rows(pd.DataFrame(steps), link)
+            rows += r
+            samples += s
+        run_point(cl, release_rpc, ranks=2)
+
+    summary = results.frame(rows)
+    fit = fits(summary)
+    meta = run_meta(name, None, params, started, definitions={
+        "link": "the link model every host's link was shaped to (tbf on both directions); host to host crosses two",
+        "hosts": "emulated hosts (network namespaces) the measured run spans, one MPI rank each",
+        "one_way_latency": "round trip / 2",
+        "tokens_per_s": "decode tokens per second of the split model (client on h0, server on h1), per round",
+        "calls_per_token": "RPCs per decode token",
+    })  # fmt: skip
+    meta["emulation"] = setup
+    meta["cluster"] = cluster_info
+    meta["links"] = {k: hostslib.LINKS[k].describe() for k in params["links"]}
+    meta["netem"] = hostslib.has_netem()
+    results.write(CHAPTER, summary, pd.DataFrame(samples), meta, extra={
+        "alpha_beta": fit, "link_probe": pd.DataFrame(probes), "crossed": pd.DataFrame(crossed),
+        "mlp_calls": pd.DataFrame(calls), "rpc_checks": pd.DataFrame(checks)})  # fmt: skip
+    return summary
+
+
+def release_rpc(comm) -> None:
+    """Drop the RPC model's weights the engines cached."""
+    from . import rpc_breakdown as rb
+
+    rb.release(comm)
+
+
+def _rpc_rows(steps: pd.DataFrame, link: str) -> tuple[list[dict], list[dict]]:
+    """Per configuration, one sample per round: decode tokens/s, calls and bytes per token, overhead per token."""
+    rows, samples = [], []
+    dec = steps[steps["phase"] == "decode"]
+    if not dec["tokens_identical"].all():
+        bad = sorted(set(dec.loc[~dec["tokens_identical"], "config"]))
+        raise AssertionError(f"RPC configurations {bad} generated other tokens than the reference across hosts")
+    for conf, sub in dec.groupby("config", sort=False):
+        per_round = sub.groupby("round").agg(token=("token", "mean"), rpcs=("rpcs", "mean"), bytes=("bytes", "mean"),
+                                             overhead=("overhead", "mean"))  # fmt: skip
+        lab = _labels(link, 2, experiment="rpc", variant=conf, payload=RPC_CONFIGS[conf][2], ranks=2,
+                      oversubscribed=False)  # fmt: skip
+        for metric, unit, vals in (("tokens_per_s", "1/s", 1.0 / per_round["token"]),
+                                   ("token", "s", per_round["token"]),
+                                   ("overhead", "s", per_round["overhead"]),
+                                   ("calls_per_token", "1", per_round["rpcs"]),
+                                   ("bytes_per_token", "B", per_round["bytes"])):  # fmt: skip
+            r, s = _stat(vals.to_numpy(), lab, metric, unit)
+            rows.append(r)
+            samples += s
+    return rows, samples
+
+
+# ------------------------------------------------------------------ analysis
+
+
+def fits(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return per link the alpha-beta fit of the two-host MPI ping-pong, beside the link's configured rate."""
+    out = []
+    pp = summary.query("experiment == 'pingpong' and metric == 'one_way_latency'")
+    for link, sub in pp.groupby("link", sort=False):
+        alpha, beta = fit_alpha_beta(sub["size_bytes"], sub["median"])
+        rate = hostslib.LINKS[link].rate_bps if link in hostslib.LINKS else None
+        out.append({"link": link, "alpha_s": alpha, "beta_Bps": beta,
+                    "configured_Bps": rate / 8 if rate else np.nan,
+                    "beta_over_configured": beta / (rate / 8) if rate else np.nan, "sizes": len(sub)})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def _link_params(fit: pd.DataFrame, link: str) -> dict[str, tuple[float, float] | None]:
+    """Return the (alpha, beta) pairs a projection for ``link`` uses: this link's ping-pong fit, chapter 5's stated."""
+    f = fit.set_index("link").loc[link]
+    rate = hostslib.LINKS[link].rate_bps if link in hostslib.LINKS else None
+    return {"ping-pong fit": (float(f["alpha_s"]), float(f["beta_Bps"])),
+            "stated (chapter 5)": (STATED_ALPHA_S, STATED_EFFICIENCY * rate / 8) if rate else None}  # fmt: skip
+
+
+def projection_errors(summary: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
+    """Return the ring model's projection against every measured collective and MLP communication time, per link.
+
+    Both are out of sample: the ping-pong fit never saw a collective. The MLP is compared on the time the
+    last-arriving rank spent in its collectives (``in_collectives_min``), as in chapter 5.
+    """
+    fit = fits(summary)
+    out = []
+    for link in fit["link"]:
+        params = _link_params(fit, link)
+        coll = summary.query("experiment == 'collective' and metric == 'total' and link == @link")
+        for r in coll.itertuples():
+            for src, ab in params.items():
+                if ab is None:
+                    continue
+                pred = tp.ring_time(r.variant, r.size_bytes, int(r.ranks), *ab)
+                out.append({"link": link, "what": f"{r.variant} {int(r.ranks)} hosts", "size_bytes": r.size_bytes,
+                            "model": src, "measured_s": r.median, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                            "predicted_s": pred})  # fmt: skip
+        mlp = summary.query("experiment == 'mlp' and metric == 'in_collectives_min' and link == @link")
+        for r in mlp.itertuples():
+            c = calls.query("link == @link and strategy == @r.variant") if not calls.empty else calls
+            for src, ab in params.items():
+                if ab is None or c.empty:
+                    continue
+                pred = sum(tp.ring_time(op, nb, 2, *ab) for op, nb in zip(c["op"], c["result_bytes"], strict=True))
+                out.append({"link": link, "what": f"MLP {r.variant} (TP = 2)", "size_bytes": int(c["result_bytes"].sum()),
+                            "model": src, "measured_s": r.median, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                            "predicted_s": pred})  # fmt: skip
+    df = pd.DataFrame(out)
+    if df.empty:
+        return df
+    df["error"] = df["predicted_s"] / df["measured_s"] - 1
+    # the measured interval decides whether a miss is a miss: within tolerance of some value inside it
+    df["holds"] = (df["predicted_s"] >= df["ci_low"] * (1 - MODEL_TOLERANCE)) & (df["predicted_s"] <= df["ci_high"] * (1 + MODEL_TOLERANCE))
+    return df
+
+
+def rpc_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return per link and RPC configuration: tokens/s [CI], calls and bytes per token, overhead per token."""
+    q = summary.query("experiment == 'rpc'")
+    out = []
+    for (link, conf), sub in q.groupby(["link", "variant"], sort=False):
+        m = sub.set_index("metric")
+        out.append({"link": link, "config": conf, "tokens_per_s": m.loc["tokens_per_s", "median"],
+                    "ci_low": m.loc["tokens_per_s", "ci_low"], "ci_high": m.loc["tokens_per_s", "ci_high"],
+                    "n": int(m.loc["tokens_per_s", "n"]), "calls_per_token": m.loc["calls_per_token", "median"],
+                    "bytes_per_token": m.loc["bytes_per_token", "median"], "token_s": m.loc["token", "median"],
+                    "overhead_s": m.loc["overhead", "median"]})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def latency_projection(summary: pd.DataFrame, link: str | None = None, added=ADDED_LATENCY_S) -> pd.DataFrame:
+    """Project decode tokens/s to links with added one-way latency: each call pays one more round trip (2 x added).
+
+    A projection from the measured token time and calls per token of ``link`` (default: the fastest measured link),
+    not a measurement: this kernel has no netem to add the latency.
+    """
+    tab = rpc_table(summary)
+    if link is None:
+        link = tab.groupby("link")["tokens_per_s"].max().idxmax()
+    out = []
+    for r in tab.query("link == @link").itertuples():
+        for a in added:
+            t = r.token_s + r.calls_per_token * 2 * a
+            out.append({"link": link, "config": r.config, "added_one_way_s": a, "calls_per_token": r.calls_per_token,
+                        "tokens_per_s": 1.0 / t})  # fmt: skip
+    return pd.DataFrame(out)
