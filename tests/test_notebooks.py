@@ -253,6 +253,31 @@ def test_chapter3_checks_every_strategy_measures_every_class_and_gives_every_see
     assert set(proj["ranks"]) == {2, 4, 8} and proj.query("ranks == 8")["measured_s"].isna().all()
 
 
+@pytest.mark.slow
+def test_chapter6_ran_across_emulated_hosts_and_the_bytes_crossed(session_results, monkeypatch):
+    from ipcbench import hosts, results
+    from ipcbench.experiments import scale_out as so
+
+    monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(session_results))
+    if not (session_results / "scale_out" / "summary.csv").exists():
+        pytest.fail("the scale_out notebook did not run first in this session")
+    res = results.read("scale_out")
+    s = res.summary
+    params = so.parameters("quick")
+    assert {"hosts", "link"} <= set(s.columns) and s["link"].notna().all() and (s["hosts"] >= 2).all()
+    assert set(s["experiment"]) == {"link_probe", "pingpong", "collective", "mlp", "rpc"}
+    assert res.meta["cluster"]["hosts"] == [f"h{i}" for i in range(params["hosts"])]  # MPICH's names: one per host
+    assert res.meta["links"][params["links"][0]] == hosts.LINKS[params["links"][0]].describe()
+    crossed = res.extra("crossed")
+    pp = crossed.query("experiment == 'pingpong'").iloc[0]
+    assert pp["h0_tx_bytes"] >= sum(params["pingpong_sizes"]) and pp["h1_tx_bytes"] >= sum(params["pingpong_sizes"])
+    assert (crossed.query("experiment == 'rpc'")[["h0_tx_bytes", "h1_tx_bytes"]] > 100_000).all().all()
+    rpc = s.query("experiment == 'rpc' and metric == 'calls_per_token'").set_index("variant")["median"]
+    assert rpc["baseline"] > rpc["fused"]
+    assert len(so.projection_errors(s, res.extra("mlp_calls"))) > 0
+    assert not [n for v in hosts.leftovers().values() for n in v], "the chapter left namespaces or links behind"
+
+
 # ------------------------------------------------------------------ the ledger, from disk
 
 
@@ -302,7 +327,7 @@ def test_every_rule_selects_rows_in_the_quick_build_and_the_cli_rejudges_the_sam
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", ["machine_limits", "fair_serialization", "rpc_breakdown", "broadcast", "pipeline",
-                                     "tensor_parallel"])  # fmt: skip
+                                     "tensor_parallel", "scale_out"])  # fmt: skip
 def test_headless_run_and_notebook_run_the_same_experiment(chapter, session_results, tmp_path):
     """`ipcbench run <chapter>` and the notebook produce the same summary rows (experiment, variant, metric, ranks)."""
     import shutil

@@ -1,0 +1,80 @@
+"""Chapter 6's analysis: alpha-beta per link, the ring model's projection against measured rows, the RPC projection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ipcbench import hosts
+from ipcbench import tensor_parallel as tp
+from ipcbench.experiments import scale_out as so
+
+ALPHA, BETA = 20e-6, 100e6
+
+
+def _row(**kw):
+    m = kw.pop("median")
+    spread = kw.pop("spread", 0.02)
+    return {"chapter": so.CHAPTER, "payload": "x", "oversubscribed": False, "unit": "s", "n": 20, "median": m,
+            "ci_low": m * (1 - spread), "ci_high": m * (1 + spread), "ci_level": 0.95, **kw}  # fmt: skip
+
+
+def _summary(collective_factor: float = 1.0, link: str = "1GbE") -> pd.DataFrame:
+    rows = [_row(experiment="pingpong", variant="mpi_buffer", size_bytes=s, ranks=2, hosts=2, link=link,
+                 metric="one_way_latency", median=ALPHA + s / BETA) for s in (8, 1024, 65536, 1 << 20, 4 << 20)]  # fmt: skip
+    for op in ("Allgather", "Allreduce"):
+        for s in (65536, 1 << 20):
+            rows.append(_row(experiment="collective", variant=op, size_bytes=s, ranks=2, hosts=2, link=link,
+                             metric="total", median=collective_factor * tp.ring_time(op, s, 2, ALPHA, BETA)))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_fit_recovers_the_link_and_compares_it_with_the_configured_rate():
+    fit = so.fits(_summary()).set_index("link")
+    assert fit.loc["1GbE", "alpha_s"] == pytest.approx(ALPHA, rel=1e-6)
+    assert fit.loc["1GbE", "beta_Bps"] == pytest.approx(BETA, rel=1e-6)
+    assert fit.loc["1GbE", "beta_over_configured"] == pytest.approx(BETA / (hosts.LINKS["1GbE"].rate_bps / 8))
+
+
+@pytest.mark.parametrize("factor, holds", [(1.0, True), (1.2, True), (2.0, False), (0.5, False)])
+def test_projection_holds_only_within_tolerance_of_the_interval(factor, holds):
+    pe = so.projection_errors(_summary(factor), pd.DataFrame())
+    fit_rows = pe[pe["model"] == "ping-pong fit"]
+    assert len(fit_rows) == 4
+    assert fit_rows["error"].to_numpy() == pytest.approx(1 / factor - 1, rel=1e-6)
+    assert (fit_rows["holds"] == holds).all()
+    # stated parameters exist for a shaped link, and not for an unshaped one
+    assert set(pe["model"]) == {"ping-pong fit", "stated (chapter 5)"}
+    assert set(so.projection_errors(_summary(factor, "unshaped"), pd.DataFrame())["model"]) == {"ping-pong fit"}
+
+
+def test_mlp_projection_sums_the_layouts_collectives():
+    s = _summary()
+    s = pd.concat([s, pd.DataFrame([_row(experiment="mlp", variant="s3", size_bytes=np.nan, ranks=2, hosts=2,
+                                         link="1GbE", metric="in_collectives_min", median=0.01)])])  # fmt: skip
+    calls = pd.DataFrame([{"link": "1GbE", "strategy": "s3", "op": "Allreduce", "result_bytes": 1 << 19}])
+    pe = so.projection_errors(s, calls)
+    mlp = pe[(pe["what"] == "MLP s3 (TP = 2)") & (pe["model"] == "ping-pong fit")].iloc[0]
+    assert mlp["predicted_s"] == pytest.approx(tp.ring_time("Allreduce", 1 << 19, 2, ALPHA, BETA), rel=1e-6)
+
+
+def test_latency_projection_adds_one_round_trip_per_call():
+    rows = []
+    for conf, token_s, calls in (("baseline", 0.02, 14), ("fused", 0.015, 4), ("best", 0.014, 4)):
+        for metric, v in (("tokens_per_s", 1 / token_s), ("token", token_s), ("overhead", 0.005),
+                          ("calls_per_token", calls), ("bytes_per_token", 1e5)):  # fmt: skip
+            rows.append(_row(experiment="rpc", variant=conf, size_bytes=np.nan, ranks=2, hosts=2, link="1GbE",
+                             metric=metric, median=v))  # fmt: skip
+    lp = so.latency_projection(pd.DataFrame(rows), added=[0.0, 0.01]).set_index(["config", "added_one_way_s"])
+    assert lp.loc[("baseline", 0.0), "tokens_per_s"] == pytest.approx(50)
+    assert lp.loc[("baseline", 0.01), "tokens_per_s"] == pytest.approx(1 / (0.02 + 14 * 0.02))
+    assert lp.loc[("fused", 0.01), "tokens_per_s"] == pytest.approx(1 / (0.015 + 4 * 0.02))
+
+
+def test_the_chapter_says_what_it_needs_where_it_cannot_run(monkeypatch):
+    monkeypatch.setattr(hosts, "requirements_problem", lambda: "emulated hosts need root")
+    with pytest.raises(hosts.HostsError, match="cannot run here: emulated hosts need root"):
+        so.run(None, "quick")
+    with pytest.raises(ValueError, match="own engines"):
+        so.run(object(), "quick")
