@@ -265,7 +265,7 @@ def test_chapter6_ran_across_emulated_hosts_and_the_bytes_crossed(session_result
     s = res.summary
     params = so.parameters("quick")
     assert {"hosts", "link"} <= set(s.columns) and s["link"].notna().all() and (s["hosts"] >= 2).all()
-    assert set(s["experiment"]) == {"link_probe", "pingpong", "collective", "mlp", "rpc"}
+    assert set(s["experiment"]) == {"link_probe", "pingpong", "collective", "mlp", "broadcast", "rpc"}
     assert res.meta["cluster"]["hosts"] == [f"h{i}" for i in range(params["hosts"])]  # MPICH's names: one per host
     assert res.meta["links"][params["links"][0]] == hosts.LINKS[params["links"][0]].describe()
     crossed = res.extra("crossed")

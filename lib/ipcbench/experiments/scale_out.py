@@ -12,6 +12,8 @@ Per link model (``link`` column; ``hosts`` = hosts the run spans):
 - ``pingpong``: chapter 0's MPI buffer ping-pong between two hosts, and its alpha-beta fit (``alpha_beta``);
 - ``collective``: chapter 5's Allgather and Allreduce across 2 (and 4) hosts;
 - ``mlp``: chapter 5's S1/S2/S3 MLP at TP = 2 across 2 hosts (prefill shape);
+- ``broadcast``: chapter 3's old path, the source's change and its best alternative, one request at a time across 2
+  (and 4) hosts;
 - ``rpc``: chapter 2's split-inference RPC with the client on one host and the server on another over ``tcp://``.
 
 Projections (analysis, from results on disk): the ring model with this link's own ping-pong fit, and with chapter 5's
@@ -58,6 +60,9 @@ def parameters(profile: str | None = None) -> dict:
         "collective_ranks": [2],
         "mlp": {"t": 128, "h": 1024, "i": 2048}, "strategies": list(tp.STRATEGIES),
         "probe_rounds": 200, "probe_bytes": 32 * MiB,
+        # chapter 3: the old path (raw_bcast), the source's change (object_bcast) and the best of its alternatives
+        "bcast_strategies": ["raw_bcast", "object_bcast", "hashes_xxh3_oob"], "bcast_class": ["large_image", 2_000_000],
+        "bcast_ranks": [2], "pool_bytes": 32_000_000, "seed": 3,
         "rpc": {"preset": "qwen3-0.6b", "seed": 0, "layers": 2, "vocab": 8192, "prompt": 16, "decode": 8},
         "rpc_rounds": 3,
     }  # fmt: skip
@@ -66,13 +71,13 @@ def parameters(profile: str | None = None) -> dict:
     if name == "standard":
         return {**base, "hosts": 4, "links": ["unshaped", "25GbE", "10GbE", "1GbE"],
                 "pingpong_sizes": [8, 1 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB],
-                "collective_sizes": [8, 64 * KiB, 1 * MiB, 4 * MiB], "collective_ranks": [2, 4],
+                "collective_sizes": [8, 64 * KiB, 1 * MiB, 4 * MiB], "collective_ranks": [2, 4], "bcast_ranks": [2, 4],
                 "probe_bytes": 64 * MiB,
                 "rpc": {**base["rpc"], "layers": 4, "vocab": 16384, "prompt": 32, "decode": 16},
                 "rpc_rounds": 6}  # fmt: skip
     return {**base, "hosts": 4, "links": ["unshaped", "25GbE", "10GbE", "1GbE"],
             "pingpong_sizes": [8 * 4**k for k in range(12)], "collective_sizes": [8 * 8**k for k in range(8)],
-            "collective_ranks": [2, 4], "probe_bytes": 256 * MiB,
+            "collective_ranks": [2, 4], "bcast_ranks": [2, 4], "probe_bytes": 256 * MiB,
             "rpc": {**base["rpc"], "layers": 8, "vocab": 32768, "prompt": 64, "decode": 32}, "rpc_rounds": 10}  # fmt: skip
 
 
@@ -246,7 +251,22 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                     samples += s
                 calls += [{"link": link, "strategy": strat, **c} for c in pt["calls"]]
 
-            # 5. split-inference RPC, client on h0, server on h1, over tcp://
+            # 5. chapter 3's broadcast strategies across 2 (and 4) hosts, one request at a time
+            from . import broadcast as bc
+
+            cls, fb = params["bcast_class"]
+            pts = [(p, st) for p in params["bcast_ranks"] for st in params["bcast_strategies"]]
+            for p, st in progress(pts, f"broadcast ({link})"):
+                pt = run_point(cl, bc.latency_point, st, fb, rule, params["seed"], params["pool_bytes"], timeout=600,
+                               ranks=p)[0]  # fmt: skip
+                lab = _labels(link, p, experiment="broadcast", variant=st, payload="float32 features [patches, 1176]",
+                              ranks=p, oversubscribed=cl.oversubscribed_at(p), size_bytes=fb, payload_class=cls)  # fmt: skip
+                r, s = _stat(pt["samples"], lab, "end_to_end", "s", pt["stop_reason"])
+                rows.append(r)
+                samples += s
+            run_point(cl, bc.drop_pools)
+
+            # 6. split-inference RPC, client on h0, server on h1, over tcp://
             before = h.counters()
             if not checked:
                 checks = run_point(cl, rpc_round, params["rpc"], h.addresses[1], 0, True, timeout=600, ranks=2)[0]["checks"]
@@ -374,6 +394,33 @@ def projection_errors(summary: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFram
     # the measured interval decides whether a miss is a miss: within tolerance of some value inside it
     df["holds"] = (df["predicted_s"] >= df["ci_low"] * (1 - MODEL_TOLERANCE)) & (df["predicted_s"] <= df["ci_high"] * (1 + MODEL_TOLERANCE))
     return df
+
+
+def broadcast_projection(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return chapter 3's projection from TP = 2 to more ranks, per link: the latency measured across 2 hosts plus the
+    growth of the broadcast in the alpha-beta model (MPICH's algorithms, this link's ping-pong fit), against the
+    latency measured across that many hosts. The broadcast's bytes are taken as the feature bytes (the pickled request
+    is a few kB larger)."""
+    from .broadcast import bcast_model
+
+    fit = fits(summary).set_index("link")
+    lat = summary.query("experiment == 'broadcast' and metric == 'end_to_end'")
+    out = []
+    for (link, st), sub in lat.groupby(["link", "variant"], sort=False):
+        two = sub.query("ranks == 2")
+        if two.empty or link not in fit.index:
+            continue
+        a, b = float(fit.loc[link, "alpha_s"]), float(fit.loc[link, "beta_Bps"])
+        nb = float(two["size_bytes"].iloc[0])
+        for r in sub.query("ranks > 2").itertuples():
+            growth = bcast_model(nb, int(r.ranks), a, b) - bcast_model(nb, 2, a, b)
+            pred = float(two["median"].iloc[0]) + growth
+            out.append({"link": link, "variant": st, "ranks": int(r.ranks), "measured_2_s": float(two["median"].iloc[0]),
+                        "growth_s": growth, "predicted_s": pred, "measured_s": r.median, "ci_low": r.ci_low,
+                        "ci_high": r.ci_high, "oversubscribed": bool(r.oversubscribed),
+                        "error": pred / r.median - 1,
+                        "holds": (pred >= r.ci_low * (1 - MODEL_TOLERANCE)) and (pred <= r.ci_high * (1 + MODEL_TOLERANCE))})  # fmt: skip
+    return pd.DataFrame(out)
 
 
 def rpc_table(summary: pd.DataFrame) -> pd.DataFrame:
