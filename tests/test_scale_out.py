@@ -35,18 +35,21 @@ def test_fit_recovers_the_link_and_compares_it_with_the_configured_rate():
     assert fit.loc["1GbE", "alpha_s"] == pytest.approx(ALPHA, rel=1e-6)
     assert fit.loc["1GbE", "beta_Bps"] == pytest.approx(BETA, rel=1e-6)
     assert fit.loc["1GbE", "beta_over_configured"] == pytest.approx(BETA / (hosts.LINKS["1GbE"].rate_bps / 8))
+    # the two-regime fit: alpha from the smallest message, beta from the large ones only
+    assert fit.loc["1GbE", "alpha_small_s"] == pytest.approx(ALPHA + 8 / BETA)
+    assert fit.loc["1GbE", "beta_large_Bps"] == pytest.approx(BETA, rel=1e-6)
 
 
 @pytest.mark.parametrize("factor, holds", [(1.0, True), (1.2, True), (2.0, False), (0.5, False)])
 def test_projection_holds_only_within_tolerance_of_the_interval(factor, holds):
     pe = so.projection_errors(_summary(factor), pd.DataFrame())
     fit_rows = pe[pe["model"] == "ping-pong fit"]
-    assert len(fit_rows) == 4
+    assert len(fit_rows) == 4 and len(pe[pe["model"] == "two-regime fit"]) == 4
     assert fit_rows["error"].to_numpy() == pytest.approx(1 / factor - 1, rel=1e-6)
     assert (fit_rows["holds"] == holds).all()
     # stated parameters exist for a shaped link, and not for an unshaped one
-    assert set(pe["model"]) == {"ping-pong fit", "stated (chapter 5)"}
-    assert set(so.projection_errors(_summary(factor, "unshaped"), pd.DataFrame())["model"]) == {"ping-pong fit"}
+    assert set(pe["model"]) == {"ping-pong fit", "two-regime fit", "stated (chapter 5)"}
+    assert set(so.projection_errors(_summary(factor, "unshaped"), pd.DataFrame())["model"]) == {"ping-pong fit", "two-regime fit"}
 
 
 def test_mlp_projection_sums_the_layouts_collectives():
