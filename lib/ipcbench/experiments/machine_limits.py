@@ -88,7 +88,8 @@ def parameters(profile: str | None = None) -> dict:
             # the pickle modes are shown for information (no claim or check reads them): one run each, labelled so;
             # at three runs each they took 95 of the chapter's 210 s
             "bench_repeats": {"buffer": 5, "pickle": 1, "outband": 1},
-            "bench_loop_large": None,
+            # and their round trips from 32 KiB up as in quick (bench default 1000: 20 of the chapter's 88 s)
+            "bench_loop_large": 200,
             "latency_rounds": 10,
             "allocations": 4,
         }

@@ -55,7 +55,7 @@ def parameters(profile: str | None = None) -> dict:
     name = profiles.profile_name(profile)
     base = {
         "hosts": 2, "links": ["1GbE"],
-        "pingpong_sizes": [8, 64 * KiB, 1 * MiB],
+        "pingpong_sizes": [8, 64 * KiB, 256 * KiB, 1 * MiB],  # (two sizes from 256 KiB up: the two-regime fit)
         "collective_sizes": [8, 64 * KiB, 1 * MiB],
         "collective_ranks": [2],
         "mlp": {"t": 128, "h": 1024, "i": 2048}, "strategies": list(tp.STRATEGIES),
@@ -73,7 +73,8 @@ def parameters(profile: str | None = None) -> dict:
                 "pingpong_sizes": [8, 1 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB],
                 "collective_sizes": [8, 64 * KiB, 1 * MiB, 4 * MiB], "collective_ranks": [2, 4], "bcast_ranks": [2, 4],
                 "probe_bytes": 64 * MiB,
-                "rpc": {**base["rpc"], "layers": 4, "vocab": 16384, "prompt": 32, "decode": 16},
+                # chapter 2's model cut (the same calls per token), a shorter prompt and generation
+                "rpc": {**base["rpc"], "layers": 4, "vocab": 16384, "prompt": 16, "decode": 8},
                 "rpc_rounds": 6}  # fmt: skip
     return {**base, "hosts": 4, "links": ["unshaped", "25GbE", "10GbE", "1GbE"],
             "pingpong_sizes": [8 * 4**k for k in range(12)], "collective_sizes": [8 * 8**k for k in range(8)],
