@@ -140,6 +140,13 @@ def test_run_killed_halfway_leaves_nothing(sig):
     assert f"{hosts.PREFIX}{p.pid}" not in subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
 
 
+def test_a_second_set_in_one_process_is_refused_and_leaves_the_first_up(two_hosts_1g):
+    with pytest.raises(hosts.HostsError, match="already has emulated hosts"):
+        with hosts.EmulatedHosts(2):
+            pass
+    assert two_hosts_1g.counters()["h0"]["tx_bytes"] >= 0  # the first set's links are still there
+
+
 def test_latency_without_netem_is_a_clear_error():
     if hosts.has_netem():
         pytest.skip("this kernel has netem: a latency link model is built, not refused")

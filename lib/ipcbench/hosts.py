@@ -161,7 +161,10 @@ def _free_subnet() -> int:
 
 class EmulatedHosts:
     """N emulated hosts (``h0`` .. ``hN-1``) on one bridge, every link shaped by ``link``; a context manager that
-    always tears everything down (on success, on error, on Ctrl-C and on SIGTERM)."""
+    always tears everything down (on success, on error, on Ctrl-C and on SIGTERM). One set per process at a time
+    (the names carry the pid)."""
+
+    _live: set[str] = set()  # tags of the sets this process has up
 
     def __init__(self, n: int, link: LinkModel | str = "unshaped"):
         if n < 1:
@@ -216,6 +219,10 @@ class EmulatedHosts:
         problem = requirements_problem()
         if problem:
             raise HostsError(problem)
+        if self.tag in EmulatedHosts._live:
+            raise HostsError("this process already has emulated hosts up: stop them first (one set per process)")
+        EmulatedHosts._live.add(self.tag)
+        self._owner = True
         reap_stale()
         if self.link.delay_s > 0:
             self.netem = has_netem()
@@ -293,8 +300,13 @@ class EmulatedHosts:
         return int(max(2 * self.gso_bytes, self.link.rate_bps / 8 * 50e-6))
 
     def stop(self) -> None:
-        """Remove every namespace (with its processes and veth), the bridge and the launcher files. Idempotent."""
+        """Remove every namespace (with its processes and veth), the bridge and the launcher files. Idempotent; never
+        touches another set's names (one that this object did not start)."""
+        if not getattr(self, "_owner", False):
+            return
         _remove(self.namespaces, self.veths + [self.bridge])
+        EmulatedHosts._live.discard(self.tag)
+        self._owner = False
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
