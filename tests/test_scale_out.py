@@ -81,3 +81,49 @@ def test_the_chapter_says_what_it_needs_where_it_cannot_run(monkeypatch):
         so.run(None, "quick")
     with pytest.raises(ValueError, match="own engines"):
         so.run(object(), "quick")
+
+
+def _write_scale_out(tmp_path, monkeypatch, allgather_us: float, allreduce_us: float, comm_ms: float, compute_ms: float,
+                     n: int = 20) -> None:
+    from ipcbench import results
+    from ipcbench.measure import summarize
+
+    monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(tmp_path))
+    rng = np.random.default_rng(0)
+    rows = []
+    lab = {"chapter": so.CHAPTER, "payload": "float32", "ranks": 2, "hosts": 2, "link": "1GbE", "oversubscribed": False,
+           "unit": "s"}  # fmt: skip
+    for variant, us in (("Allgather", allgather_us), ("Allreduce", allreduce_us)):
+        v = us * 1e-6 * (1 + 0.01 * rng.standard_normal(n))
+        rows.append(results.summary_row(summarize(v), **lab, experiment="collective", variant=variant, size_bytes=8,
+                                        metric="total"))  # fmt: skip
+    for metric, ms in (("communication", comm_ms), ("compute", compute_ms)):
+        v = ms * 1e-3 * (1 + 0.01 * rng.standard_normal(n))
+        rows.append(results.summary_row(summarize(v), **{**lab, "payload": "numpy"}, experiment="mlp", variant="s2",
+                                        size_bytes=None, metric=metric))  # fmt: skip
+    results.write(so.CHAPTER, results.frame(rows), None, {"profile": "quick"})
+
+
+@pytest.mark.parametrize("values, want", [
+    ((20, 30, 12, 10), {"tp-12": "confirmed", "tp-13": "confirmed"}),
+    ((200, 300, 5, 10), {"tp-12": "refuted", "tp-13": "refuted"}),
+    ((20, 300, 10, 10), {"tp-12": "partly", "tp-13": "inconclusive"}),
+    ((62.5, 62.5, 10, 10), {"tp-12": "inconclusive", "tp-13": "inconclusive"}),  # intervals across the band's edge
+])  # fmt: skip
+def test_source_claims_are_judged_again_across_hosts_by_the_same_judge(tmp_path, monkeypatch, values, want):
+    from ipcbench import claims
+
+    _write_scale_out(tmp_path, monkeypatch, *values)
+    got = claims.judge_across_hosts().set_index("claim_id")
+    assert got["verdict"].to_dict() == want
+    assert set(got["chapter"]) == {"tensor_parallel"}  # the claim's own chapter keeps its own verdict
+
+
+def test_across_hosts_rules_name_real_claims(tmp_path):
+    from ipcbench import claims
+
+    assert set(claims.load_across_hosts_rules()) == {"tp-12", "tp-13"}
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(claims.rules_path().read_text() + "\n  xx-99: {kind: value, select: {experiment: x}}\n")
+    with pytest.raises(claims.ClaimsError, match="xx-99"):
+        claims.load_across_hosts_rules(bad)

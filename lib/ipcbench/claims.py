@@ -512,6 +512,46 @@ def judge_all(chapters: list[str] | None = None, rules_file: Path | str | None =
     return out[LEDGER_COLUMNS + ["source", "quote", "paraphrase"]]
 
 
+ACROSS_HOSTS_CHAPTER = "scale_out"
+"""The chapter whose results the ``across_hosts`` rules read (the emulated hosts of chapter 6)."""
+
+
+def load_across_hosts_rules(path: Path | str | None = None) -> dict[str, dict]:
+    """Return the rules that judge source claims again on the runs across emulated hosts (``across_hosts`` in the rules
+    file), after checking their shape; every id must be a claim of claims.csv."""
+    import yaml
+
+    p = Path(path) if path is not None else rules_path()
+    doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    rules = doc.get("across_hosts") or {}
+    unknown = sorted(set(rules) - set(load_claims()["id"]))
+    if unknown:
+        raise ClaimsError(f"across_hosts rules for claims that are not in claims.csv: {unknown}")
+    for cid, rule in rules.items():
+        check_rule(cid, rule)
+    return rules
+
+
+def judge_across_hosts(rules_file: Path | str | None = None) -> pd.DataFrame:
+    """Return the source claims judged again on chapter 6's runs across emulated hosts, one row per claim.
+
+    The same judge and policy as the ledger; the claim's own verdict (its chapter's, on one host) is not replaced: the
+    two are shown side by side. Empty when chapter 6 has not run.
+    """
+    rules = load_across_hosts_rules(rules_file)
+    policy = load_rules(rules_file)[0]
+    res = Results()
+    if res.summary(ACROSS_HOSTS_CHAPTER) is None:
+        return pd.DataFrame(columns=["claim_id", "chapter", *EVIDENCE_COLUMNS[1:], "paraphrase"])
+    seeds = load_claims().set_index("id")
+    rows = []
+    for cid, rule in rules.items():
+        claim = {**seeds.loc[cid].to_dict(), "id": cid, "chapter": ACROSS_HOSTS_CHAPTER}
+        j = judge(claim, rule, res, policy)
+        rows.append({**j.row(), "chapter": seeds.loc[cid, "chapter"], "paraphrase": seeds.loc[cid, "paraphrase"]})
+    return pd.DataFrame(rows)
+
+
 def record(chapter: str) -> pd.DataFrame:
     """Judge a chapter's claims from its results on disk and write them as its evidence (claims.csv); return them."""
     led = judge_all([chapter])

@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .. import claims, profiles, results
 from .. import hosts as hostslib
-from .. import profiles, results
 from .. import tensor_parallel as tp
 from ..measure import fit_alpha_beta, summarize
 from ._common import progress, run_meta, run_point
@@ -303,6 +303,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     results.write(CHAPTER, summary, pd.DataFrame(samples), meta, extra={
         "alpha_beta": fit, "link_probe": pd.DataFrame(probes), "crossed": pd.DataFrame(crossed),
         "mlp_calls": pd.DataFrame(calls), "rpc_checks": pd.DataFrame(checks)})  # fmt: skip
+    # source claims judged again on these runs (rules: ``across_hosts`` in the rules file; the same judge)
+    results.write_table(CHAPTER, "claims_across_hosts", claims.judge_across_hosts())
     return summary
 
 
