@@ -58,7 +58,7 @@ def test_mlp_projection_sums_the_layouts_collectives():
                                          link="1GbE", metric="in_collectives_min", median=0.01)])])  # fmt: skip
     calls = pd.DataFrame([{"link": "1GbE", "strategy": "s3", "op": "Allreduce", "result_bytes": 1 << 19}])
     pe = so.projection_errors(s, calls)
-    mlp = pe[(pe["what"] == "MLP s3 (TP = 2)") & (pe["model"] == "ping-pong fit")].iloc[0]
+    mlp = pe[(pe["what"] == "MLP s3 (2 hosts)") & (pe["model"] == "ping-pong fit")].iloc[0]
     assert mlp["predicted_s"] == pytest.approx(tp.ring_time("Allreduce", 1 << 19, 2, ALPHA, BETA), rel=1e-6)
 
 

@@ -11,7 +11,7 @@ Per link model (``link`` column; ``hosts`` = hosts the run spans):
 - ``link_probe``: one-byte TCP round trips and a bulk TCP transfer with plain sockets (the link as it is);
 - ``pingpong``: chapter 0's MPI buffer ping-pong between two hosts, and its alpha-beta fit (``alpha_beta``);
 - ``collective``: chapter 5's Allgather and Allreduce across 2 (and 4) hosts;
-- ``mlp``: chapter 5's S1/S2/S3 MLP at TP = 2 across 2 hosts (prefill shape);
+- ``mlp``: chapter 5's S1/S2/S3 MLP at TP = 2 (and 4) across as many hosts (prefill shape);
 - ``broadcast``: chapter 3's old path, the source's change and its best alternative, one request at a time across 2
   (and 4) hosts;
 - ``rpc``: chapter 2's split-inference RPC with the client on one host and the server on another over ``tcp://``.
@@ -57,7 +57,7 @@ def parameters(profile: str | None = None) -> dict:
         "hosts": 2, "links": ["1GbE"],
         "pingpong_sizes": [8, 64 * KiB, 256 * KiB, 1 * MiB],  # (two sizes from 256 KiB up: the two-regime fit)
         "collective_sizes": [8, 64 * KiB, 1 * MiB],
-        "collective_ranks": [2],
+        "collective_ranks": [2], "mlp_ranks": [2],
         "mlp": {"t": 128, "h": 1024, "i": 2048}, "strategies": list(tp.STRATEGIES),
         "probe_rounds": 200, "probe_bytes": 32 * MiB,
         # chapter 3: the old path (raw_bcast), the source's change (object_bcast) and the best of its alternatives
@@ -71,14 +71,15 @@ def parameters(profile: str | None = None) -> dict:
     if name == "standard":
         return {**base, "hosts": 4, "links": ["unshaped", "25GbE", "10GbE", "1GbE"],
                 "pingpong_sizes": [8, 1 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB],
-                "collective_sizes": [8, 64 * KiB, 1 * MiB, 4 * MiB], "collective_ranks": [2, 4], "bcast_ranks": [2, 4],
+                "collective_sizes": [8, 64 * KiB, 1 * MiB, 4 * MiB],
+                "collective_ranks": [2, 4], "bcast_ranks": [2, 4], "mlp_ranks": [2, 4],
                 "probe_bytes": 64 * MiB,
                 # chapter 2's model cut (the same calls per token), a shorter prompt and generation
                 "rpc": {**base["rpc"], "layers": 4, "vocab": 16384, "prompt": 16, "decode": 8},
                 "rpc_rounds": 6}  # fmt: skip
     return {**base, "hosts": 4, "links": ["unshaped", "25GbE", "10GbE", "1GbE"],
             "pingpong_sizes": [8 * 4**k for k in range(12)], "collective_sizes": [8 * 8**k for k in range(8)],
-            "collective_ranks": [2, 4], "bcast_ranks": [2, 4], "probe_bytes": 256 * MiB,
+            "collective_ranks": [2, 4], "bcast_ranks": [2, 4], "mlp_ranks": [2, 4], "probe_bytes": 256 * MiB,
             "rpc": {**base["rpc"], "layers": 8, "vocab": 32768, "prompt": 64, "decode": 32}, "rpc_rounds": 10}  # fmt: skip
 
 
@@ -240,18 +241,19 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             crossed.append({"link": link, "experiment": "collective",
                             **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
 
-            # 4. the MLP strategies at TP = 2 across two hosts
+            # 4. the MLP strategies at TP = 2 (and 4) across as many hosts
             m = params["mlp"]
-            for strat in progress(params["strategies"], f"MLP ({link})"):
-                pt = run_point(cl, tpx.mlp_point, strat, "numpy", m["t"], m["h"], m["i"], rule, timeout=600, ranks=2)[0]
-                lab = _labels(link, 2, experiment="mlp", variant=strat, payload="numpy", ranks=2,
-                              oversubscribed=cl.oversubscribed_at(2), tokens=m["t"], hidden=m["h"],
+            pts = [(p, st) for p in params["mlp_ranks"] for st in params["strategies"]]
+            for p, strat in progress(pts, f"MLP ({link})"):
+                pt = run_point(cl, tpx.mlp_point, strat, "numpy", m["t"], m["h"], m["i"], rule, timeout=600, ranks=p)[0]
+                lab = _labels(link, p, experiment="mlp", variant=strat, payload="numpy", ranks=p,
+                              oversubscribed=cl.oversubscribed_at(p), tokens=m["t"], hidden=m["h"],
                               intermediate=m["i"])  # fmt: skip
                 for part in ("total", "compute", "communication", "in_collectives_min"):
                     r, s = _stat(pt[part], lab, part, "s", pt.get("stop_reason", ""))
                     rows.append(r)
                     samples += s
-                calls += [{"link": link, "strategy": strat, **c} for c in pt["calls"]]
+                calls += [{"link": link, "strategy": strat, "ranks": p, **c} for c in pt["calls"]]
 
             # 5. chapter 3's broadcast strategies across 2 (and 4) hosts, one request at a time
             from . import broadcast as bc
@@ -399,12 +401,15 @@ def projection_errors(summary: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFram
                             "predicted_s": pred})  # fmt: skip
         mlp = summary.query("experiment == 'mlp' and metric == 'in_collectives_min' and link == @link")
         for r in mlp.itertuples():
+            p = int(r.ranks)
             c = calls.query("link == @link and strategy == @r.variant") if not calls.empty else calls
+            if "ranks" in c:
+                c = c[c["ranks"] == p]
             for src, ab in params.items():
                 if ab is None or c.empty:
                     continue
-                pred = sum(tp.ring_time(op, nb, 2, *ab) for op, nb in zip(c["op"], c["result_bytes"], strict=True))
-                out.append({"link": link, "what": f"MLP {r.variant} (TP = 2)", "size_bytes": int(c["result_bytes"].sum()),
+                pred = sum(tp.ring_time(op, nb, p, *ab) for op, nb in zip(c["op"], c["result_bytes"], strict=True))
+                out.append({"link": link, "what": f"MLP {r.variant} ({p} hosts)", "size_bytes": int(c["result_bytes"].sum()),
                             "model": src, "measured_s": r.median, "ci_low": r.ci_low, "ci_high": r.ci_high,
                             "predicted_s": pred})  # fmt: skip
     df = pd.DataFrame(out)
