@@ -10,7 +10,7 @@ PROFILE ?= $(or $(IPCBENCH_PROFILE),standard)
 export PATH := $(abspath $(BIN)):$(PATH)
 export IPP_NONINTERACTIVE := 1
 
-.PHONY: setup book test lab clean chromium
+.PHONY: setup book test lab clean chromium hosts-tools
 
 setup: $(STAMP)
 
@@ -32,7 +32,7 @@ $(EXEC_STAMP): $(LIBSRC)
 	rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.doctrees _build/.executed-with-*
 	@mkdir -p _build && touch $@
 
-book: $(STAMP) $(EXEC_STAMP)
+book: $(STAMP) $(EXEC_STAMP) hosts-tools
 	@echo "Building the book with IPCBENCH_PROFILE=$(PROFILE) (quick|standard|full)"
 	IPCBENCH_PROFILE=$(PROFILE) $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "Book: file://$(abspath _build/html/index.html)"
@@ -46,7 +46,16 @@ chromium:
 	  else echo "chromium is not installed and cannot be installed here: the browser test will be skipped"; fi; \
 	fi
 
-test: $(STAMP) chromium
+# iproute2 (ip, tc) for chapter 6's emulated hosts (network namespaces; root only), installed when we may
+hosts-tools:
+	@if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian iproute2 for the emulated hosts"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; \
+	  else echo "ip/tc are missing and cannot be installed here: chapter 6 (emulated hosts) cannot run"; fi; \
+	fi
+
+test: $(STAMP) chromium hosts-tools
 	$(BIN)/python -m pytest -ra
 
 lab: $(STAMP)
