@@ -127,3 +127,14 @@ def test_across_hosts_rules_name_real_claims(tmp_path):
     bad.write_text(claims.rules_path().read_text() + "\n  xx-99: {kind: value, select: {experiment: x}}\n")
     with pytest.raises(claims.ClaimsError, match="xx-99"):
         claims.load_across_hosts_rules(bad)
+
+
+def test_engines_on_emulated_hosts_are_always_started_here(monkeypatch):
+    from ipcbench.cluster import Cluster, ClusterError
+
+    monkeypatch.setenv("IPCBENCH_CLUSTER_PROFILE", "big")
+    assert Cluster(n=2).profile == "big"
+    c = Cluster(n=2, hosts=object())
+    assert c.owned and c.profile is None
+    with pytest.raises(ClusterError, match="emulated hosts"):
+        Cluster(n=2, hosts=object(), profile="big")

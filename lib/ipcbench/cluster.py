@@ -153,7 +153,10 @@ class Cluster:
         in blocks of ``ranks_per_host`` (default: spread evenly), with MPICH's bytes on the emulated links."""
         self.emulated = hosts
         self.ranks_per_host = ranks_per_host
-        self.profile = profile if profile is not None else os.environ.get(ENV_PROFILE) or None
+        if hosts is not None and profile is not None:
+            raise ClusterError("engines on emulated hosts are started here; an ipyparallel profile cannot be given too")
+        # (on emulated hosts IPCBENCH_CLUSTER_PROFILE does not apply: those engines are always started here)
+        self.profile = profile if profile is not None or hosts is not None else os.environ.get(ENV_PROFILE) or None
         self.requested_n = n
         self.start_timeout_s = start_timeout_s
         self.failure_grace_s = failure_grace_s
