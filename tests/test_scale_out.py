@@ -138,3 +138,10 @@ def test_engines_on_emulated_hosts_are_always_started_here(monkeypatch):
     assert c.owned and c.profile is None
     with pytest.raises(ClusterError, match="emulated hosts"):
         Cluster(n=2, hosts=object(), profile="big")
+
+
+def test_a_run_whose_bytes_did_not_cross_the_link_is_an_error():
+    row = {"experiment": "pingpong", "link": "1GbE", "h0_tx_bytes": 5_000_000, "h1_tx_bytes": 8_941}
+    so._require_crossed({**row, "h1_tx_bytes": 5_000_000}, ["h0", "h1"], 1_000_000)
+    with pytest.raises(RuntimeError, match="did not cross"):
+        so._require_crossed(row, ["h0", "h1"], 1_000_000)

@@ -225,6 +225,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             after = h.counters()
             crossed.append({"link": link, "experiment": "pingpong",
                             **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
+            _require_crossed(crossed[-1], ["h0", "h1"], sum(params["pingpong_sizes"]))
 
             # 3. collectives across 2 (and 4) hosts
             before = h.counters()
@@ -284,6 +285,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             after = h.counters()
             crossed.append({"link": link, "experiment": "rpc",
                             **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
+            # (each direction carries part of the calls' bytes: an eighth of them is a bound a shortcut cannot reach)
+            _require_crossed(crossed[-1], ["h0", "h1"], int(sum(st["wire_bytes"] for st in steps)) // 8)
             r, s = _rpc_rows(pd.DataFrame(steps), link)
             rows += r
             samples += s
@@ -308,6 +311,15 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     # source claims judged again on these runs (rules: ``across_hosts`` in the rules file; the same judge)
     results.write_table(CHAPTER, "claims_across_hosts", claims.judge_across_hosts())
     return summary
+
+
+def _require_crossed(row: dict, names: list[str], at_least: int) -> None:
+    """Raise unless each of ``names`` sent ``at_least`` bytes on its emulated link in the experiment of ``row`` (a run
+    whose bytes took a shortcut, e.g. MPICH through shared memory, must not be reported as crossing a network)."""
+    short = {n: row[f"{n}_tx_bytes"] for n in names if row[f"{n}_tx_bytes"] < at_least}
+    if short:
+        raise RuntimeError(f"{row['experiment']} on {row['link']}: hosts {sorted(short)} sent only {short} bytes on their "
+                           f"emulated links, fewer than the {at_least} B the experiment moved: the bytes did not cross")  # fmt: skip
 
 
 def release_rpc(comm) -> None:
