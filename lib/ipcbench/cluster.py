@@ -20,13 +20,14 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+
+from .lifecycle import AlwaysStopped
 
 __all__ = ["Cluster", "ClusterError", "RankError", "OversubscribedWarning", "usable_cores", "reap_mpich_segments"]
 
@@ -135,8 +136,9 @@ def _spmd_entry(fn: Callable, args: tuple, kwargs: dict, nranks: int | None = No
     return fn(comm, *args, **kwargs)
 
 
-class Cluster:
-    """A set of MPI engines (ipyparallel) to run SPMD experiment functions on."""
+class Cluster(AlwaysStopped):
+    """A set of MPI engines (ipyparallel) to run SPMD experiment functions on; a context manager that always stops
+    the engines it started (:class:`~ipcbench.lifecycle.AlwaysStopped`)."""
 
     def __init__(
         self,
@@ -234,38 +236,6 @@ class Cluster:
                 f"this experiment needs every engine on one host ({why}), but the engines run on "
                 f"{', '.join(sorted(self.hosts))}: run it on a single-host cluster (e.g. `ipcbench run` on one machine)"
             )
-
-    def __enter__(self) -> Cluster:
-        self._install_sigterm()
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            self._restore_sigterm()
-            raise
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.stop()
-        finally:
-            self._restore_sigterm()
-
-    def _install_sigterm(self) -> None:
-        """Turn SIGTERM into KeyboardInterrupt while engines run, so `kill` also tears them down."""
-        self._old_sigterm = None
-        if threading.current_thread() is threading.main_thread():
-
-            def _on_term(signum, frame):
-                raise KeyboardInterrupt(f"signal {signum}")
-
-            self._old_sigterm = signal.signal(signal.SIGTERM, _on_term)
-
-    def _restore_sigterm(self) -> None:
-        old = getattr(self, "_old_sigterm", None)
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
-            self._old_sigterm = None
 
     def start(self) -> None:
         """Start (or connect to) the engines and wait until every one answers with its MPI rank."""

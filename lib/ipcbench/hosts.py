@@ -25,6 +25,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
+from .lifecycle import AlwaysStopped
+
 PREFIX = "ipcb"
 """Every namespace, veth and bridge this module makes starts with this (then the creator's pid)."""
 SUBNET = "10.213.{k}.0/24"
@@ -159,7 +161,7 @@ def _free_subnet() -> int:
     raise HostsError("no free 10.213.k.0/24 subnet for the emulated hosts' network")
 
 
-class EmulatedHosts:
+class EmulatedHosts(AlwaysStopped):
     """N emulated hosts (``h0`` .. ``hN-1``) on one bridge, every link shaped by ``link``; a context manager that
     always tears everything down (on success, on error, on Ctrl-C and on SIGTERM). One set per process at a time
     (the names carry the pid)."""
@@ -180,40 +182,9 @@ class EmulatedHosts:
         self.bridge_address = ""
         self.netem = False
         self._dir: str | None = None
-        self._old_term = None
         self.up = False
 
     # -------------------------------------------------------------- lifecycle
-    def __enter__(self) -> EmulatedHosts:
-        self._install_sigterm()
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            self._restore_sigterm()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.stop()
-        finally:
-            self._restore_sigterm()
-
-    def _install_sigterm(self) -> None:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            def _on_term(signum, frame):
-                raise KeyboardInterrupt(f"signal {signum}")
-
-            self._old_term = signal.signal(signal.SIGTERM, _on_term)
-
-    def _restore_sigterm(self) -> None:
-        if self._old_term is not None:
-            signal.signal(signal.SIGTERM, self._old_term)
-            self._old_term = None
-
     def start(self) -> None:
         """Create the bridge, the namespaces, their veth links and the shaping; raise HostsError if impossible."""
         problem = requirements_problem()
