@@ -76,11 +76,15 @@ def test_latency_projection_adds_one_round_trip_per_call():
 
 
 def test_the_chapter_says_what_it_needs_where_it_cannot_run(monkeypatch):
+    from ipcbench import experiments
+
     monkeypatch.setattr(hosts, "requirements_problem", lambda: "emulated hosts need root")
     with pytest.raises(hosts.HostsError, match="cannot run here: emulated hosts need root"):
-        so.run(None, "quick")
-    with pytest.raises(ValueError, match="own engines"):
+        experiments.drive("scale_out", "quick")  # (the driver enters the chapter's make_cluster)
+    with pytest.raises(ValueError, match="engines on emulated hosts"):
         so.run(object(), "quick")
+    with pytest.raises(experiments.EnginesError, match="do not apply"):
+        experiments.drive("scale_out", "quick", engines_n=4)
 
 
 def _write_scale_out(tmp_path, monkeypatch, allgather_us: float, allreduce_us: float, comm_ms: float, compute_ms: float,

@@ -36,7 +36,8 @@ def engines(chapter: str, profile: str | None = None) -> int:
 
 
 def drive(chapter: str, profile: str | None = None, engines_n: int | None = None, cluster_profile: str | None = None):
-    """Run one chapter on a cluster of the engines it needs (started here, or an existing ipyparallel profile); return its summary.
+    """Run one chapter on a cluster of the engines it needs (started here, or an existing ipyparallel profile, or the
+    chapter's own ``make_cluster(profile)``); return its summary.
 
     ``engines_n`` may ask for more engines than the chapter needs, never fewer: a run that cannot have
     what it needs stops with :class:`~ipcbench.experiments._common.EnginesError` instead of dropping a part.
@@ -55,18 +56,12 @@ def drive(chapter: str, profile: str | None = None, engines_n: int | None = None
         raise EnginesError(f"chapter {chapter} needs {need} MPI engines in the {profile} profile; --engines {engines_n} is too few")
     SECTION_TIMES.clear()
     t0 = time.perf_counter()
-    if getattr(module, "MAKES_ITS_OWN_CLUSTER", False):  # (the scale-out chapter: engines on emulated hosts)
-        if engines_n is not None or cluster_profile is not None:
-            raise EnginesError(f"chapter {chapter} starts its own engines on emulated hosts: "
-                               "--engines and --cluster-profile do not apply")  # fmt: skip
-        print(f"ipcbench: chapter {chapter}, profile {profile}, {need} emulated hosts", file=sys.stderr)
-        summary = module.run(None, profile)
-        results.update_meta(chapter, run_time_s={"total": time.perf_counter() - t0, "cluster_start": 0.0,
-                                                 "experiments": time.perf_counter() - t0, "cluster_stop": 0.0,
-                                                 "sections": {k: round(v, 3) for k, v in SECTION_TIMES.items()},
-                                                 "cluster_stop_parts": {}})  # fmt: skip
-        return summary
-    with Cluster(n=engines_n or need, profile=cluster_profile) as cluster:
+    make_cluster = getattr(module, "make_cluster", None)  # a chapter that needs its own kind of cluster (chapter 6)
+    if make_cluster is not None and (engines_n is not None or cluster_profile is not None):
+        raise EnginesError(f"chapter {chapter} starts its own engines (make_cluster): --engines and --cluster-profile "
+                           "do not apply")  # fmt: skip
+    cluster_cm = make_cluster(profile) if make_cluster else Cluster(n=engines_n or need, profile=cluster_profile)
+    with cluster_cm as cluster:
         t_up = time.perf_counter()
         require_engines(cluster, need, chapter, f"the {profile} profile")
         d = cluster.describe()

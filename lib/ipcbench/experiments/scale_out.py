@@ -23,6 +23,8 @@ MLP's communication; RPC tokens/s projected to added link latency from the measu
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 
@@ -88,8 +90,19 @@ def engines(profile: str | None = None) -> int:
     return int(parameters(profile)["hosts"])
 
 
-MAKES_ITS_OWN_CLUSTER = True
-"""The driver does not start a local cluster for this chapter: it starts one on emulated hosts itself."""
+@contextlib.contextmanager
+def make_cluster(profile: str | None = None):
+    """Yield the chapter's cluster: one MPI engine on each of the profile's emulated hosts (first link model); the
+    driver uses it instead of a local cluster, and everything is torn down on the way out."""
+    from ..cluster import Cluster
+
+    problem = hostslib.requirements_problem()
+    if problem:
+        raise hostslib.HostsError(f"the scale-out chapter cannot run here: {problem}")
+    params = parameters(profile)
+    n = params["hosts"]
+    with hostslib.EmulatedHosts(n, params["links"][0]) as h, Cluster(n=n, hosts=h, ranks_per_host=[1] * n) as cl:
+        yield cl
 
 
 # ------------------------------------------------------------------ SPMD: RPC across hosts
@@ -172,129 +185,128 @@ def _stat(values, labels: dict, metric: str, unit: str, stop_reason: str = "") -
 
 
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
-    """Run chapter 6 on emulated hosts it makes itself (``cluster`` must be None), write results, return the summary."""
-    from ..cluster import Cluster
+    """Run chapter 6 on a cluster of one engine per emulated host (:func:`make_cluster`), write results, return the
+    summary."""
     from . import machine_limits as ml
     from . import tensor_parallel as tpx
 
-    if cluster is not None:
-        raise ValueError("the scale-out chapter starts its own engines on emulated hosts: pass cluster=None")
-    problem = hostslib.requirements_problem()
-    if problem:
-        raise hostslib.HostsError(f"the scale-out chapter cannot run here: {problem}")
+    h = getattr(cluster, "emulated", None)
+    if h is None:
+        raise ValueError("the scale-out chapter runs on engines on emulated hosts: give it the cluster of "
+                         "`scale_out.make_cluster()` (as `ipcbench run scale_out` does)")  # fmt: skip
     name = profiles.profile_name(profile)
     rule = profiles.stopping_rule(name)
     params = parameters(name)
+    if h.n < params["hosts"]:
+        raise ValueError(f"the {name} profile runs on {params['hosts']} emulated hosts; the cluster has {h.n}")
     started = results.now_iso()
-    n = params["hosts"]
     rows: list[dict] = []
     samples: list[dict] = []
     probes, crossed, calls, checks = [], [], [], []
-    with hostslib.EmulatedHosts(n, params["links"][0]) as h, Cluster(n=n, hosts=h, ranks_per_host=[1] * n) as cl:
-        setup = h.describe()
-        cluster_info = cl.describe()
-        checked = False
-        for link in progress(params["links"], "link models"):
-            h.set_link(link)
-            model = hostslib.LINKS[link]
+    cl = cluster
+    setup = h.describe()
+    checked = False
+    for link in progress(params["links"], "link models"):
+        h.set_link(link)
+        model = hostslib.LINKS[link]
 
-            # 1. the link itself, with plain sockets
-            pr = hostslib.probe_link(h, 0, 1, rounds=params["probe_rounds"], nbytes=params["probe_bytes"])
-            lab = _labels(link, 2, experiment="link_probe", variant="tcp_socket", payload="bytes", ranks=2,
-                          oversubscribed=False)  # fmt: skip
-            r, s = _stat(np.asarray(pr["rtt_s"]) / 2, {**lab, "size_bytes": 1}, "one_way_latency", "s")
+        # 1. the link itself, with plain sockets
+        pr = hostslib.probe_link(h, 0, 1, rounds=params["probe_rounds"], nbytes=params["probe_bytes"])
+        lab = _labels(link, 2, experiment="link_probe", variant="tcp_socket", payload="bytes", ranks=2,
+                      oversubscribed=False)  # fmt: skip
+        r, s = _stat(np.asarray(pr["rtt_s"]) / 2, {**lab, "size_bytes": 1}, "one_way_latency", "s")
+        rows.append(r)
+        samples += s
+        r, s = _stat(pr["bulk_Bps"], {**lab, "size_bytes": pr["bulk_bytes"]}, "bandwidth", "B/s")
+        rows.append(r)
+        samples += s
+        probes.append({"link": link, "configured_Bps": (model.rate_bps or np.nan) / 8,
+                       "tbf_burst_bytes": h.burst_bytes(), "gso_max_bytes": h.gso_bytes if model.rate_bps else None,
+                       "bulk_bytes": pr["bulk_bytes"], "bandwidth_Bps": pr["bandwidth_Bps"],
+                       "rtt_median_s": float(np.median(pr["rtt_s"])), "crossed_bytes": pr["crossed_bytes"]["h0"]})  # fmt: skip
+
+        # 2. MPI ping-pong between two hosts
+        before = h.counters()
+        for size in progress(params["pingpong_sizes"], f"ping-pong ({link})"):
+            pt = run_point(cl, ml.pingpong_point, "mpi_buffer", size, rule, timeout=600, ranks=2)[0]
+            lab = _labels(link, 2, experiment="pingpong", variant="mpi_buffer", payload="numpy", ranks=2,
+                          oversubscribed=cl.oversubscribed_at(2), size_bytes=size)  # fmt: skip
+            r, s = _stat(pt["samples"], lab, "one_way_latency", "s", pt["stop_reason"])
             rows.append(r)
             samples += s
-            r, s = _stat(pr["bulk_Bps"], {**lab, "size_bytes": pr["bulk_bytes"]}, "bandwidth", "B/s")
+        after = h.counters()
+        crossed.append({"link": link, "experiment": "pingpong",
+                        **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
+        _require_crossed(crossed[-1], ["h0", "h1"], sum(params["pingpong_sizes"]))
+
+        # 3. collectives across 2 (and 4) hosts
+        before = h.counters()
+        pts = [(p, op, size) for p in params["collective_ranks"] for op in ("Allgather", "Allreduce")
+               for size in params["collective_sizes"]]  # fmt: skip
+        for p, op, size in progress(pts, f"collectives ({link})"):
+            pt = run_point(cl, tpx.collective_point, op, size, rule, timeout=600, ranks=p)[0]
+            lab = _labels(link, p, experiment="collective", variant=op, payload="float32", ranks=p,
+                          oversubscribed=cl.oversubscribed_at(p), size_bytes=size)  # fmt: skip
+            r, s = _stat(pt["total"], lab, "total", "s", pt.get("stop_reason", ""))
             rows.append(r)
             samples += s
-            probes.append({"link": link, "configured_Bps": (model.rate_bps or np.nan) / 8,
-                           "tbf_burst_bytes": h.burst_bytes(), "gso_max_bytes": h.gso_bytes if model.rate_bps else None,
-                           "bulk_bytes": pr["bulk_bytes"], "bandwidth_Bps": pr["bandwidth_Bps"],
-                           "rtt_median_s": float(np.median(pr["rtt_s"])), "crossed_bytes": pr["crossed_bytes"]["h0"]})  # fmt: skip
+        after = h.counters()
+        crossed.append({"link": link, "experiment": "collective",
+                        **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
 
-            # 2. MPI ping-pong between two hosts
-            before = h.counters()
-            for size in progress(params["pingpong_sizes"], f"ping-pong ({link})"):
-                pt = run_point(cl, ml.pingpong_point, "mpi_buffer", size, rule, timeout=600, ranks=2)[0]
-                lab = _labels(link, 2, experiment="pingpong", variant="mpi_buffer", payload="numpy", ranks=2,
-                              oversubscribed=cl.oversubscribed_at(2), size_bytes=size)  # fmt: skip
-                r, s = _stat(pt["samples"], lab, "one_way_latency", "s", pt["stop_reason"])
+        # 4. the MLP strategies at TP = 2 (and 4) across as many hosts
+        m = params["mlp"]
+        pts = [(p, st) for p in params["mlp_ranks"] for st in params["strategies"]]
+        for p, strat in progress(pts, f"MLP ({link})"):
+            pt = run_point(cl, tpx.mlp_point, strat, "numpy", m["t"], m["h"], m["i"], rule, timeout=600, ranks=p)[0]
+            lab = _labels(link, p, experiment="mlp", variant=strat, payload="numpy", ranks=p,
+                          oversubscribed=cl.oversubscribed_at(p), tokens=m["t"], hidden=m["h"],
+                          intermediate=m["i"])  # fmt: skip
+            for part in ("total", "compute", "communication", "in_collectives_min"):
+                r, s = _stat(pt[part], lab, part, "s", pt.get("stop_reason", ""))
                 rows.append(r)
                 samples += s
-            after = h.counters()
-            crossed.append({"link": link, "experiment": "pingpong",
-                            **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
-            _require_crossed(crossed[-1], ["h0", "h1"], sum(params["pingpong_sizes"]))
+            calls += [{"link": link, "strategy": strat, "ranks": p, **c} for c in pt["calls"]]
 
-            # 3. collectives across 2 (and 4) hosts
-            before = h.counters()
-            pts = [(p, op, size) for p in params["collective_ranks"] for op in ("Allgather", "Allreduce")
-                   for size in params["collective_sizes"]]  # fmt: skip
-            for p, op, size in progress(pts, f"collectives ({link})"):
-                pt = run_point(cl, tpx.collective_point, op, size, rule, timeout=600, ranks=p)[0]
-                lab = _labels(link, p, experiment="collective", variant=op, payload="float32", ranks=p,
-                              oversubscribed=cl.oversubscribed_at(p), size_bytes=size)  # fmt: skip
-                r, s = _stat(pt["total"], lab, "total", "s", pt.get("stop_reason", ""))
-                rows.append(r)
-                samples += s
-            after = h.counters()
-            crossed.append({"link": link, "experiment": "collective",
-                            **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
+        # 5. chapter 3's broadcast strategies across 2 (and 4) hosts, one request at a time
+        from . import broadcast as bc
 
-            # 4. the MLP strategies at TP = 2 (and 4) across as many hosts
-            m = params["mlp"]
-            pts = [(p, st) for p in params["mlp_ranks"] for st in params["strategies"]]
-            for p, strat in progress(pts, f"MLP ({link})"):
-                pt = run_point(cl, tpx.mlp_point, strat, "numpy", m["t"], m["h"], m["i"], rule, timeout=600, ranks=p)[0]
-                lab = _labels(link, p, experiment="mlp", variant=strat, payload="numpy", ranks=p,
-                              oversubscribed=cl.oversubscribed_at(p), tokens=m["t"], hidden=m["h"],
-                              intermediate=m["i"])  # fmt: skip
-                for part in ("total", "compute", "communication", "in_collectives_min"):
-                    r, s = _stat(pt[part], lab, part, "s", pt.get("stop_reason", ""))
-                    rows.append(r)
-                    samples += s
-                calls += [{"link": link, "strategy": strat, "ranks": p, **c} for c in pt["calls"]]
-
-            # 5. chapter 3's broadcast strategies across 2 (and 4) hosts, one request at a time
-            from . import broadcast as bc
-
-            cls, fb = params["bcast_class"]
-            pts = [(p, st) for p in params["bcast_ranks"] for st in params["bcast_strategies"]]
-            for p, st in progress(pts, f"broadcast ({link})"):
-                pt = run_point(cl, bc.latency_point, st, fb, rule, params["seed"], params["pool_bytes"], timeout=600,
-                               ranks=p)[0]  # fmt: skip
-                lab = _labels(link, p, experiment="broadcast", variant=st, payload="float32 features [patches, 1176]",
-                              ranks=p, oversubscribed=cl.oversubscribed_at(p), size_bytes=fb, payload_class=cls)  # fmt: skip
-                r, s = _stat(pt["samples"], lab, "end_to_end", "s", pt["stop_reason"])
-                rows.append(r)
-                samples += s
-            run_point(cl, bc.drop_pools)
-
-            # 6. split-inference RPC, client on h0, server on h1, over tcp://
-            before = h.counters()
-            if not checked:
-                checks = run_point(cl, rpc_round, params["rpc"], h.addresses[1], 0, True, timeout=600, ranks=2)[0]["checks"]
-                checked = True
-            steps = []
-            for rnd in progress(range(params["rpc_rounds"]), f"RPC ({link})"):
-                out = run_point(cl, rpc_round, params["rpc"], h.addresses[1], rnd, timeout=600, ranks=2)[0]
-                if out["server"]["errors"]:
-                    raise RuntimeError(f"the RPC server answered {out['server']['errors']} calls with errors")
-                steps += out["steps"]
-            after = h.counters()
-            crossed.append({"link": link, "experiment": "rpc",
-                            **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
-            # (each direction carries part of the calls' bytes: an eighth of them is a bound a shortcut cannot reach)
-            _require_crossed(crossed[-1], ["h0", "h1"], int(sum(st["wire_bytes"] for st in steps)) // 8)
-            r, s = _rpc_rows(pd.DataFrame(steps), link)
-            rows += r
+        cls, fb = params["bcast_class"]
+        pts = [(p, st) for p in params["bcast_ranks"] for st in params["bcast_strategies"]]
+        for p, st in progress(pts, f"broadcast ({link})"):
+            pt = run_point(cl, bc.latency_point, st, fb, rule, params["seed"], params["pool_bytes"], timeout=600,
+                           ranks=p)[0]  # fmt: skip
+            lab = _labels(link, p, experiment="broadcast", variant=st, payload="float32 features [patches, 1176]",
+                          ranks=p, oversubscribed=cl.oversubscribed_at(p), size_bytes=fb, payload_class=cls)  # fmt: skip
+            r, s = _stat(pt["samples"], lab, "end_to_end", "s", pt["stop_reason"])
+            rows.append(r)
             samples += s
-        run_point(cl, release_rpc, ranks=2)
+        run_point(cl, bc.drop_pools)
+
+        # 6. split-inference RPC, client on h0, server on h1, over tcp://
+        before = h.counters()
+        if not checked:
+            checks = run_point(cl, rpc_round, params["rpc"], h.addresses[1], 0, True, timeout=600, ranks=2)[0]["checks"]
+            checked = True
+        steps = []
+        for rnd in progress(range(params["rpc_rounds"]), f"RPC ({link})"):
+            out = run_point(cl, rpc_round, params["rpc"], h.addresses[1], rnd, timeout=600, ranks=2)[0]
+            if out["server"]["errors"]:
+                raise RuntimeError(f"the RPC server answered {out['server']['errors']} calls with errors")
+            steps += out["steps"]
+        after = h.counters()
+        crossed.append({"link": link, "experiment": "rpc",
+                        **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
+        # (each direction carries part of the calls' bytes: an eighth of them is a bound a shortcut cannot reach)
+        _require_crossed(crossed[-1], ["h0", "h1"], int(sum(st["wire_bytes"] for st in steps)) // 8)
+        r, s = _rpc_rows(pd.DataFrame(steps), link)
+        rows += r
+        samples += s
+    run_point(cl, release_rpc, ranks=2)
 
     summary = results.frame(rows)
     fit = fits(summary)
-    meta = run_meta(name, None, params, started, definitions={
+    meta = run_meta(name, cl, params, started, definitions={
         "link": "the link model every host's link was shaped to (tbf on both directions); host to host crosses two",
         "hosts": "emulated hosts (network namespaces) the measured run spans, one MPI rank each",
         "one_way_latency": "round trip / 2",
@@ -302,7 +314,6 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "calls_per_token": "RPCs per decode token",
     })  # fmt: skip
     meta["emulation"] = setup
-    meta["cluster"] = cluster_info
     meta["links"] = {k: hostslib.LINKS[k].describe() for k in params["links"]}
     meta["netem"] = hostslib.has_netem()
     results.write(CHAPTER, summary, pd.DataFrame(samples), meta, extra={
