@@ -224,6 +224,28 @@ def _warm_codec(cfg: model.Config, rnd: int) -> list[dict]:
     return rows
 
 
+def check_config(dec: SplitDecoder, name: str, wire_dtype: str, prompt: list[int], decode: int, ref_tokens, ref_logits) -> dict:
+    """Check a configuration against the reference (teacher-forced logits within its tolerance, then a generation);
+    raise AssertionError when it differs; return the check's row. Nothing is timed."""
+    forced = dec.teacher_forced(prompt, ref_tokens)
+    err = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(forced, ref_logits, strict=True))
+    tol = TOLERANCE[wire_dtype]
+    if not err <= tol:
+        raise AssertionError(f"{name}: logits differ from the reference by {err:.2e} of the largest (> {tol:g})")
+    tokens, _ = dec.generate(prompt, decode)
+    return {"config": name, "max_rel_logit_error": err, "tolerance": tol, "tokens_identical": tokens == ref_tokens}
+
+
+def timed_generation(dec: SplitDecoder, client, prompt: list[int], decode: int, ref_tokens, labels: dict):
+    """Warm up (2 tokens, untimed: first touch of buffers, arenas, caches), then time one generation of ``decode``
+    tokens (never with the per-call log on); return its per-step and per-call rows with ``labels``."""
+    dec.generate(prompt, 2)
+    client.records.clear()
+    dec.steps.clear()
+    tokens, _ = dec.generate(prompt, decode)
+    return _step_rows(dec, client, {**labels, "tokens_identical": tokens == ref_tokens})
+
+
 def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, check: bool, logdir: str | None) -> dict:
     prompt = prompt_of(params)
     ref_tokens, ref_logits = model.generate(weights, prompt, params["decode"])
@@ -238,21 +260,9 @@ def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, chec
         with make_client(endpoints, transport, codec, wdt, arena, spin) as client:
             dec = SplitDecoder(client, gran)
             if check:
-                forced = dec.teacher_forced(prompt, ref_tokens)
-                err = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(forced, ref_logits, strict=True))
-                tol = TOLERANCE[wdt]
-                if not err <= tol:
-                    raise AssertionError(f"{name}: logits differ from the reference by {err:.2e} of the largest (> {tol:g})")
-                tokens, _ = dec.generate(prompt, params["decode"])
-                out["checks"].append({"config": name, "max_rel_logit_error": err, "tolerance": tol,
-                                      "tokens_identical": tokens == ref_tokens})  # fmt: skip
+                out["checks"].append(check_config(dec, name, wdt, prompt, params["decode"], ref_tokens, ref_logits))
                 continue
-            dec.generate(prompt, 2)  # warm-up (untimed): first touch of buffers, arenas, caches
-            client.records.clear()
-            dec.steps.clear()
-            tokens, _ = dec.generate(prompt, params["decode"])  # timed, never with the per-call log on
-            labels = {"config": name, "round": rnd, "tokens_identical": tokens == ref_tokens}
-            s, c = _step_rows(dec, client, labels)
+            s, c = timed_generation(dec, client, prompt, params["decode"], ref_tokens, {"config": name, "round": rnd})
             out["steps"] += s
             out["calls"] += c
             if logdir is not None and transport not in GRPC_TRANSPORTS:  # the log and its report come from one more
@@ -333,9 +343,10 @@ def ladder_round(comm, params: dict, rnd: int, check: bool = False, keep_logs: b
     return _with_server(comm, params, drive)
 
 
-def _with_server(comm, params: dict, drive) -> dict | None:
+def _with_server(comm, params: dict, drive, bind: list[str] | None = None) -> dict | None:
     """Rank 1 serves the model until rank 0 has run ``drive(endpoints)``; rank 0 returns its result and the server's
-    counts."""
+    counts. ``bind``: serve only the ZeroMQ server, on these endpoints (``endpoints["zmq"]`` is the first one bound),
+    e.g. a host's own address across emulated hosts; default: the ladder's ipc://, tcp:// loopback, gRPC and echo."""
     from threadpoolctl import threadpool_limits
 
     if comm.size < 2:
@@ -349,9 +360,10 @@ def _with_server(comm, params: dict, drive) -> dict | None:
         tmpdir = tempfile.mkdtemp(prefix=f"ipcbench-zmq-{os.getpid()}-")  # the library's leftover check sees it
         server = gserver = echo = None
         try:
-            server = RpcServer(weights, [f"ipc://{tmpdir}/rpc.ipc", "tcp://127.0.0.1:*"])
-            gserver = GrpcServer(weights, f"unix:{tmpdir}/grpc.sock")
-            echo = _BareEcho(f"ipc://{tmpdir}/bare.ipc")
+            server = RpcServer(weights, bind or [f"ipc://{tmpdir}/rpc.ipc", "tcp://127.0.0.1:*"])
+            if bind is None:
+                gserver = GrpcServer(weights, f"unix:{tmpdir}/grpc.sock")
+                echo = _BareEcho(f"ipc://{tmpdir}/bare.ipc")
         except Exception as exc:
             comm.bcast(f"the server could not bind: {exc}", root=1)
             for x in (server, gserver, echo):
@@ -360,17 +372,21 @@ def _with_server(comm, params: dict, drive) -> dict | None:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
         try:
-            comm.bcast({"ipc": server.endpoints[0], "tcp": server.endpoints[1], "grpc": gserver.address,
-                        "bare_ipc": echo.endpoint}, root=1)  # fmt: skip
+            if bind is None:
+                comm.bcast({"ipc": server.endpoints[0], "tcp": server.endpoints[1], "grpc": gserver.address,
+                            "bare_ipc": echo.endpoint}, root=1)  # fmt: skip
+            else:
+                comm.bcast({"zmq": server.endpoints[0]}, root=1)
             with gc_paused():  # as in every chapter: no cyclic collection lands inside a timed call
                 server.serve(stop=lambda: comm.Iprobe(source=0, tag=STOP_TAG), poll_ms=50)
             comm.recv(source=0, tag=STOP_TAG)
         finally:
-            echo.close()
-            gserver.close()
-            server.close()
+            for x in (echo, gserver, server):
+                if x is not None:
+                    x.close()
             shutil.rmtree(tmpdir, ignore_errors=True)
-        comm.send({"served": server.served + gserver.served, "errors": server.errors + gserver.errors},
+        servers = [x for x in (server, gserver) if x is not None]
+        comm.send({"served": sum(x.served for x in servers), "errors": sum(x.errors for x in servers)},
                   dest=0, tag=STATS_TAG)  # fmt: skip
     elif comm.rank == 0:
         endpoints = comm.bcast(None, root=1)

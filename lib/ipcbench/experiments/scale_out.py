@@ -109,66 +109,35 @@ def make_cluster(profile: str | None = None):
 
 
 def rpc_round(comm, params: dict, address: str, rnd: int, check: bool = False) -> dict | None:
-    """Rank 1 serves the split model on ``tcp://address``; rank 0 runs every RPC configuration (rotated per round).
-
-    With ``check`` each configuration's teacher-forced logits are compared with the reference first (nothing timed).
-    Rank 0 returns per-step rows and per-call rows.
-    """
-    from threadpoolctl import threadpool_limits
-
+    """Rank 1 serves the split model on ``tcp://address`` (chapter 2's server); rank 0 runs every RPC configuration
+    (rotated per round) as chapter 2 does. With ``check`` each configuration is checked against the reference first
+    (nothing timed). Rank 0 returns per-step rows, per-call rows and the checks."""
     from ..measure import gc_paused
-    from ..rpc import RpcClient, RpcServer, SplitDecoder
+    from ..rpc import RpcClient, SplitDecoder
     from . import rpc_breakdown as rb
 
-    threadpool_limits(1)
-    weights = rb._weights(params)
-    result = None
-    if comm.rank == 1:
-        server = RpcServer(weights, [f"tcp://{address}:*"])
-        try:
-            comm.bcast(server.endpoints[0], root=1)
-            with gc_paused():
-                server.serve(stop=lambda: comm.Iprobe(source=0, tag=rb.STOP_TAG), poll_ms=50)
-            comm.recv(source=0, tag=rb.STOP_TAG)
-        finally:
-            server.close()
-        comm.send({"served": server.served, "errors": server.errors}, dest=0, tag=rb.STATS_TAG)
-    elif comm.rank == 0:
-        endpoint = comm.bcast(None, root=1)
+    def drive(endpoints):
+        weights = rb._weights(params)
         prompt = rb.prompt_of(params)
         ref_tokens, ref_logits = rb.model.generate(weights, prompt, params["decode"])
         names = list(RPC_CONFIGS)
         k = rnd % len(names)
         out = {"steps": [], "calls": [], "checks": []}
-        try:
-            with gc_paused():
-                for name in names[k:] + names[:k]:
-                    codec, gran, wdt, _ = RPC_CONFIGS[name]
-                    with RpcClient(endpoint, codec, wdt, timeout_s=120) as client:
-                        dec = SplitDecoder(client, gran)
-                        if check:
-                            forced = dec.teacher_forced(prompt, ref_tokens)
-                            err = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-                                      for a, b in zip(forced, ref_logits, strict=True))  # fmt: skip
-                            if not err <= rb.TOLERANCE[wdt]:
-                                raise AssertionError(f"{name} across hosts: logits differ by {err:.2e} of the largest")
-                            out["checks"].append({"config": name, "max_rel_logit_error": err})
-                            continue
-                        dec.generate(prompt, 2)  # warm-up
-                        client.records.clear()
-                        dec.steps.clear()
-                        tokens, _ = dec.generate(prompt, params["decode"])
-                        labels = {"config": name, "round": rnd, "tokens_identical": tokens == ref_tokens}
-                        s, c = rb._step_rows(dec, client, labels)
-                        out["steps"] += s
-                        out["calls"] += c
-        finally:
-            comm.send(None, dest=1, tag=rb.STOP_TAG)
-        out["server"] = comm.recv(source=1, tag=rb.STATS_TAG)
-        result = out
-    else:
-        comm.bcast(None, root=1)
-    return result
+        with gc_paused():
+            for name in names[k:] + names[:k]:
+                codec, gran, wdt, _ = RPC_CONFIGS[name]
+                with RpcClient(endpoints["zmq"], codec, wdt, timeout_s=120) as client:
+                    dec = SplitDecoder(client, gran)
+                    if check:
+                        out["checks"].append(rb.check_config(dec, name, wdt, prompt, params["decode"], ref_tokens, ref_logits))
+                        continue
+                    s, c = rb.timed_generation(dec, client, prompt, params["decode"], ref_tokens,
+                                               {"config": name, "round": rnd})  # fmt: skip
+                    out["steps"] += s
+                    out["calls"] += c
+        return out
+
+    return rb._with_server(comm, params, drive, bind=[f"tcp://{address}:*"])
 
 
 # ------------------------------------------------------------------ the run
