@@ -149,3 +149,12 @@ def test_a_run_whose_bytes_did_not_cross_the_link_is_an_error():
     so._require_crossed({**row, "h1_tx_bytes": 5_000_000}, ["h0", "h1"], 1_000_000)
     with pytest.raises(RuntimeError, match="did not cross"):
         so._require_crossed(row, ["h0", "h1"], 1_000_000)
+
+
+def test_small_collective_growth_from_2_to_4_hosts():
+    rows = [_row(experiment="collective", variant="Allgather", size_bytes=8, ranks=p, hosts=p, link=link, metric="total",
+                 median=m) for link, p, m in (("1GbE", 2, 10e-6), ("1GbE", 4, 60e-6), ("10GbE", 2, 10e-6),
+                                              ("10GbE", 4, 80e-6))]  # fmt: skip
+    g = so.small_collective_growth(pd.DataFrame(rows))
+    assert g == {"measured": pytest.approx(7.0), "model": pytest.approx(3.0), "links": 2}
+    assert so.small_collective_growth(pd.DataFrame(rows[:1] + rows[2:3])) is None

@@ -262,9 +262,9 @@ class EmulatedHosts(AlwaysStopped):
     def burst_bytes(self) -> int | None:
         """Return the token bucket's depth (B) of a shaped link: two of the largest packets, or 50 µs at the rate.
 
-        A deeper bucket lets a message that follows an idle gap through faster than the rate (a 1 MiB ping-pong
-        over a 1 Gbit/s link with a 500 kB bucket ran at 1.7x the rate); a shallower one makes the kernel's timer
-        fire too often to keep up at high rates.
+        A deeper bucket lets a message that follows an idle gap through faster than the rate (a ping-pong then
+        runs above it: chapter 6's ping-pong and its two fits show by how much); a shallower one makes the kernel's
+        timer fire too often to keep up at high rates.
         """
         if self.link.rate_bps is None:
             return None

@@ -440,6 +440,19 @@ def broadcast_projection(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def small_collective_growth(summary: pd.DataFrame, op: str = "Allgather", size: int = 8) -> dict | None:
+    """Return how the smallest collective grows from 2 to 4 hosts: the measured ratio of medians (median over links)
+    and the ring model's (alpha only: (p - 1) steps for an Allgather, 2 (p - 1) for an Allreduce); None without 4-host
+    runs."""
+    q = summary.query("experiment == 'collective' and variant == @op and size_bytes == @size and metric == 'total'")
+    m = q.set_index(["link", "ranks"])["median"]
+    ratios = [m[(k, 4)] / m[(k, 2)] for k in dict.fromkeys(q["link"]) if (k, 4) in m.index and (k, 2) in m.index]
+    if not ratios:
+        return None
+    return {"measured": float(np.median(ratios)), "model": tp.ring_time(op, 0, 4, 1.0, 1.0) / tp.ring_time(op, 0, 2, 1.0, 1.0),
+            "links": len(ratios)}  # fmt: skip
+
+
 def rpc_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Return per link and RPC configuration: tokens/s [CI], calls and bytes per token, overhead per token."""
     q = summary.query("experiment == 'rpc'")
