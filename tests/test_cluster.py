@@ -124,3 +124,15 @@ def test_hosts_oversubscription_and_one_host_requirement_follow_the_engines():
     c.ranks = c.ranks[:2]
     assert c.single_host and not c.oversubscribed
     c.require_one_host("shared memory")
+
+
+def test_hosts_that_share_a_machine_share_its_cores():
+    """Emulated hosts (network namespaces) or containers on one machine: four one-rank hosts on two cores are
+    oversubscribed, although no host runs more ranks than it has cores."""
+    c = Cluster(profile="elsewhere")
+    c.ranks = [{"rank": i, "host": f"h{i}", "host_cores": 2, "machine": "boot-1"} for i in range(4)]
+    assert not c.single_host
+    assert c.oversubscribed and c.oversubscribed_at(3)
+    assert not c.oversubscribed_at(2)
+    c.ranks = [{**r, "machine": f"boot-{r['rank']}"} for r in c.ranks]  # four real machines
+    assert not c.oversubscribed

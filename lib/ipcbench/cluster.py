@@ -106,11 +106,23 @@ def reap_mpich_segments(min_age_s: float = 5.0) -> list[str]:
     return removed
 
 
-def _rank_and_pid() -> tuple[int, int, int, str, int]:
+def machine_id() -> str:
+    """Return an id of the machine (kernel) this process runs on: its boot id, the same in every network namespace or
+    container of one machine; the hostname where there is none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        import socket
+
+        return socket.gethostname()
+
+
+def _rank_and_pid() -> tuple[int, int, int, str, int, str]:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    return comm.rank, comm.size, os.getpid(), MPI.Get_processor_name(), usable_cores()
+    return comm.rank, comm.size, os.getpid(), MPI.Get_processor_name(), usable_cores(), machine_id()
 
 
 def _pin(comm, cores: list[int]) -> list[int]:
@@ -204,30 +216,30 @@ class Cluster(AlwaysStopped):
         """Return True when every engine runs on one host (one shared clock, shared memory, local files)."""
         return len(self.hosts) <= 1
 
+    @staticmethod
+    def _per_machine(ranks: list[dict]) -> dict[str, list[dict]]:
+        """Return the ranks grouped by the machine they run on (hosts that share a kernel share its cores: emulated
+        hosts, containers), by host where the machine is not known."""
+        out: dict[str, list[dict]] = {}
+        for r in ranks:
+            out.setdefault(r.get("machine") or r["host"], []).append(r)
+        return out
+
     @property
     def oversubscribed(self) -> bool:
-        """Return True when some host runs more engines than it has usable cores (local and external clusters).
-
-        Emulated hosts share this machine's cores: there, every engine counts against them.
-        """
-        if self.emulated is not None:
-            return (self.size or self.requested_n or 0) > usable_cores()
+        """Return True when some machine runs more engines than it has usable cores (local and external clusters,
+        emulated hosts: those share one machine's cores)."""
         if not self.ranks:
             return self.owned and (self.requested_n or 0) > usable_cores()
-        return any(len(h["ranks"]) > h["cores"] for h in self.hosts.values())
+        return self.oversubscribed_at(len(self.ranks))
 
     def oversubscribed_at(self, ranks: int) -> bool:
         """Return True when the first ``ranks`` engines (a run on a subset: the others idle) put more busy processes
-        on some host than it has cores."""
-        if self.emulated is not None:
+        on some machine than it has cores."""
+        busy = self._per_machine(self.ranks[:ranks])
+        if not busy:
             return ranks > usable_cores()
-        per_host: dict[str, int] = {}
-        for r in self.ranks[:ranks]:
-            per_host[r["host"]] = per_host.get(r["host"], 0) + 1
-        cores = {h: v["cores"] for h, v in self.hosts.items()}
-        if not per_host:
-            return ranks > usable_cores()
-        return any(n > cores[h] for h, n in per_host.items())
+        return any(len(rs) > max(r.get("host_cores", usable_cores()) for r in rs) for rs in busy.values())
 
     def require_one_host(self, why: str) -> None:
         """Raise ClusterError unless every engine is on one host; ``why`` says what needs one host and one clock."""
@@ -299,7 +311,7 @@ class Cluster(AlwaysStopped):
                 "start them with engines='mpi'"
             )
         self.ranks = [
-            {"rank": info[0], "engine_id": eid, "pid": info[2], "host": info[3], "host_cores": info[4]}
+            {"rank": info[0], "engine_id": eid, "pid": info[2], "host": info[3], "host_cores": info[4], "machine": info[5]}
             for info, eid in by_rank
         ]
         self._view = self._client.direct_view(targets=[eid for _, eid in by_rank])
