@@ -322,7 +322,15 @@ def test_every_rule_selects_rows_in_the_quick_build_and_the_cli_rejudges_the_sam
     changed = pd.read_csv(io.StringIO(out)).set_index("id")
     assert changed.loc["bc-03", "verdict"] == claims.REFUTED
     assert changed.loc["bc-03", "measured"] == pytest.approx(200.0)
-    assert (changed.drop(index="bc-03")["verdict"] == led.drop(index="bc-03")["verdict"]).all()
+    # every claim whose rule does not read the changed row keeps its verdict; those that read it (bc-17 and bc-19
+    # compare against it) may follow it, as they should: asserting them unchanged failed a clean clone at random
+    row = {"experiment": "phases", "variant": "from_dict", "nominal_bytes": 10_000_000}
+    readers = {cid for cid, r in claims.load_rules()[1].items() if r["kind"] != "not_testable" and any(
+        all(sel.get(k) == v for k, v in row.items()) for case in claims._cases(r)
+        for key in ("select", "higher", "lower", "than") if isinstance(sel := case.get(key), dict))}  # fmt: skip
+    assert "bc-03" in readers
+    assert set(changed.loc[sorted(readers), "verdict"]) <= set(claims.VERDICTS)
+    assert (changed.drop(index=sorted(readers))["verdict"] == led.drop(index=sorted(readers))["verdict"]).all()
 
 
 @pytest.mark.slow
