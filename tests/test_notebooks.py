@@ -267,7 +267,9 @@ def test_chapter6_ran_across_emulated_hosts_and_the_bytes_crossed(session_result
     assert {"hosts", "link"} <= set(s.columns) and s["link"].notna().all() and (s["hosts"] >= 2).all()
     assert set(s["experiment"]) == {"link_probe", "pingpong", "collective", "mlp", "broadcast", "rpc"}
     assert res.meta["cluster"]["hosts"] == [f"h{i}" for i in range(params["hosts"])]  # MPICH's names: one per host
-    assert res.meta["links"][params["links"][0]] == hosts.LINKS[params["links"][0]].describe()
+    link = res.meta["links"][params["links"][0]]
+    assert {k: link[k] for k in hosts.LINKS[params["links"][0]].describe()} == hosts.LINKS[params["links"][0]].describe()
+    assert link["sweep"].startswith("swept")  # quick's one link model is always swept
     crossed = res.extra("crossed")
     pp = crossed.query("experiment == 'pingpong'").iloc[0]
     assert pp["h0_tx_bytes"] >= sum(params["pingpong_sizes"]) and pp["h1_tx_bytes"] >= sum(params["pingpong_sizes"])
@@ -275,7 +277,7 @@ def test_chapter6_ran_across_emulated_hosts_and_the_bytes_crossed(session_result
     rpc = s.query("experiment == 'rpc' and metric == 'calls_per_token'").set_index("variant")["median"]
     assert rpc["baseline"] > rpc["fused"]
     assert len(so.projection_errors(s, res.extra("mlp_calls"))) > 0
-    assert not [n for v in hosts.leftovers().values() for n in v], "the chapter left namespaces or links behind"
+    assert not [n for v in hosts.leftovers().values() for n in v], "the chapter left namespaces, links or launcher directories behind"
 
 
 # ------------------------------------------------------------------ the ledger, from disk

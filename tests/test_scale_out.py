@@ -158,3 +158,23 @@ def test_small_collective_growth_from_2_to_4_hosts():
     g = so.small_collective_growth(pd.DataFrame(rows))
     assert g == {"measured": pytest.approx(7.0), "model": pytest.approx(3.0), "links": 2}
     assert so.small_collective_growth(pd.DataFrame(rows[:1] + rows[2:3])) is None
+
+
+def test_links_are_swept_up_to_the_first_rate_the_machine_cannot_carry():
+    links = ["unshaped", "25GbE", "10GbE", "1GbE"]
+    rate = {k: (hosts.LINKS[k].rate_bps or 0) / 8 for k in links}
+    # this VM: 1GbE reached, 10 and 25 Gb/s both capped at ~0.9 GB/s by the machine
+    d = so.links_to_sweep(links, {"unshaped": 2.3e9, "25GbE": 0.86e9, "10GbE": 0.89e9, "1GbE": 0.96 * rate["1GbE"]})
+    assert list(d) == links
+    assert [k for k, v in d.items() if v.startswith("swept")] == ["unshaped", "10GbE", "1GbE"]
+    assert "10GbE" in d["25GbE"] and d["25GbE"].startswith("probed only")
+    # a machine that carries every rate sweeps every link model
+    d = so.links_to_sweep(links, {k: (v or 3e9) * 0.95 for k, v in rate.items()})
+    assert all(v.startswith("swept") for v in d.values())
+    # none reached: only the slowest shaped link shows the machine's limit (and the unshaped link its ceiling)
+    d = so.links_to_sweep(links, {k: 1e6 for k in links})
+    assert [k for k, v in d.items() if v.startswith("swept")] == ["unshaped", "1GbE"]
+    # None sweeps everything (the full profile), whatever the probes say
+    d = so.links_to_sweep(links, {k: 1e6 for k in links}, unreachable_swept=None)
+    assert all(v.startswith("swept") for v in d.values())
+    assert so.parameters("full")["unreachable_swept"] is None and so.parameters("standard")["unreachable_swept"] == 1

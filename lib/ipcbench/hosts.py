@@ -32,6 +32,7 @@ PREFIX = "ipcb"
 SUBNET = "10.213.{k}.0/24"
 """Candidate subnets (k = 0..255); the first one no interface of this machine uses is taken."""
 _NAME = re.compile(rf"^{PREFIX}(\d+)(?:h\d+|v\d+|br)(?:@\S+)?$")
+_DIR = re.compile(rf"^{PREFIX}(\d+)-[A-Za-z0-9_]+$")  # a set's launcher directory under the temporary directory
 
 
 class HostsError(RuntimeError):
@@ -99,10 +100,21 @@ def has_netem() -> bool:
 # ------------------------------------------------------------------ leftovers
 
 
+def _launcher_dirs() -> list[str]:
+    """Return the launcher directories (``<tmp>/ipcb<pid>-*``) of every set of hosts, alive or dead."""
+    tmp = tempfile.gettempdir()
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return []
+    return sorted(n for n in names if _DIR.match(n) and os.path.isdir(os.path.join(tmp, n)))
+
+
 def leftovers() -> dict[str, list[str]]:
-    """Return the namespaces and links (veth, bridge) this module made that still exist (any creator)."""
+    """Return the namespaces, links (veth, bridge) and launcher directories this module made that still exist (any
+    creator)."""
     if requirements_problem():
-        return {"netns": [], "links": []}
+        return {"netns": [], "links": [], "files": _launcher_dirs()}
     ns = [line.split()[0] for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines() if line.strip()]
     links = []
     for line in _run(["ip", "-o", "link", "show"], check=False).stdout.splitlines():
@@ -111,11 +123,11 @@ def leftovers() -> dict[str, list[str]]:
             name = parts[1].strip().split("@")[0]
             if _NAME.match(name):
                 links.append(name)
-    return {"netns": [n for n in ns if _NAME.match(n)], "links": links}
+    return {"netns": [n for n in ns if _NAME.match(n)], "links": links, "files": _launcher_dirs()}
 
 
 def _owner(name: str) -> int | None:
-    m = _NAME.match(name)
+    m = _NAME.match(name) or _DIR.match(name)
     return int(m.group(1)) if m else None
 
 
@@ -141,12 +153,18 @@ def _remove(names_ns: list[str], names_links: list[str]) -> list[str]:
 
 
 def reap_stale(everything: bool = False) -> list[str]:
-    """Remove namespaces and links whose creating process is dead (all of this module's, with ``everything``)."""
+    """Remove namespaces, links and launcher directories whose creating process is dead (all of this module's, with
+    ``everything``)."""
     import psutil
 
     left = leftovers()
     dead = lambda n: everything or not psutil.pid_exists(_owner(n) or 0)  # noqa: E731
-    return _remove([n for n in left["netns"] if dead(n)], [n for n in left["links"] if dead(n)])
+    removed = _remove([n for n in left["netns"] if dead(n)], [n for n in left["links"] if dead(n)])
+    for d in left["files"]:  # the launcher script of a run that was killed before it could remove it
+        if dead(d):
+            shutil.rmtree(os.path.join(tempfile.gettempdir(), d), ignore_errors=True)
+            removed.append(f"dir {d}")
+    return removed
 
 
 # ------------------------------------------------------------------ the hosts

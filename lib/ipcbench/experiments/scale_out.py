@@ -8,7 +8,9 @@ between link models while the engines stay up. Everything runs on this machine's
 communication models, not how compute scales.
 
 Per link model (``link`` column; ``hosts`` = hosts the run spans):
-- ``link_probe``: one-byte TCP round trips and a bulk TCP transfer with plain sockets (the link as it is);
+- ``link_probe``: one-byte TCP round trips and a bulk TCP transfer with plain sockets (the link as it is), for every
+  link model first; the probes decide which link models the experiments below sweep (:func:`links_to_sweep`: not
+  one faster than a link the machine already could not reach);
 - ``pingpong``: chapter 0's MPI buffer ping-pong between two hosts, and its alpha-beta fit (``alpha_beta``);
 - ``collective``: chapter 5's Allgather and Allreduce across 2 (and 4) hosts;
 - ``mlp``: chapter 5's S1/S2/S3 MLP at TP = 2 (and 4) across as many hosts (prefill shape);
@@ -48,6 +50,9 @@ RPC_CONFIGS = {
     "fused": ("msgpack", "fused", "float32", "1 fused RPC per layer, msgpack"),
     "best": ("multipart", "fused", "float16", "1 fused RPC per layer, zero-copy multipart frames, float16 on the wire"),
 }
+REACHED_FRACTION = 0.8
+"""A shaped link whose TCP probe carries at least this share of its configured rate is shaped by ``tbf``; below it,
+the machine (copies on its own cores) is the limit, not the link model."""
 ADDED_LATENCY_S = [0.0, 50e-6, 0.5e-3, 5e-3, 25e-3]
 """One-way latencies added to the link in the RPC projection: none, a rack, a campus, a region, a continent."""
 
@@ -67,6 +72,9 @@ def parameters(profile: str | None = None) -> dict:
         "bcast_ranks": [2], "pool_bytes": 32_000_000, "seed": 3,
         "rpc": {"preset": "qwen3-0.6b", "seed": 0, "layers": 2, "vocab": 8192, "prompt": 16, "decode": 8},
         "rpc_rounds": 3,
+        # a link model faster than a slower one this machine already could not reach is probed, not swept: its
+        # sweeps would measure the same machine ceiling again (None: sweep every link model)
+        "unreachable_swept": 1,
     }  # fmt: skip
     if name == "quick":
         return base
@@ -82,7 +90,8 @@ def parameters(profile: str | None = None) -> dict:
     return {**base, "hosts": 4, "links": ["unshaped", "25GbE", "10GbE", "1GbE"],
             "pingpong_sizes": [8 * 4**k for k in range(12)], "collective_sizes": [8 * 8**k for k in range(8)],
             "collective_ranks": [2, 4], "bcast_ranks": [2, 4], "mlp_ranks": [2, 4], "probe_bytes": 256 * MiB,
-            "rpc": {**base["rpc"], "layers": 8, "vocab": 32768, "prompt": 64, "decode": 32}, "rpc_rounds": 10}  # fmt: skip
+            "rpc": {**base["rpc"], "layers": 8, "vocab": 32768, "prompt": 64, "decode": 32}, "rpc_rounds": 10,
+            "unreachable_swept": None}  # fmt: skip
 
 
 def engines(profile: str | None = None) -> int:
@@ -153,6 +162,33 @@ def _stat(values, labels: dict, metric: str, unit: str, stop_reason: str = "") -
     return results.summary_row(st, **lab), results.sample_rows(values, **lab)
 
 
+def links_to_sweep(links: list[str], probed_Bps: dict[str, float], unreachable_swept: int | None = 1) -> dict[str, str]:
+    """Return, per link model, why it is swept or only probed, from each link's probed TCP bandwidth (B/s).
+
+    The unshaped link is always swept (the machine's own ceiling). Shaped links are taken from the slowest up: one
+    whose probe reaches :data:`REACHED_FRACTION` of its configured rate is swept; of those that do not, the first
+    ``unreachable_swept`` are swept (they show what the machine does through a shaped link) and every faster one is
+    probed only: its rate is above one the machine already could not carry, so its sweeps would repeat the same
+    ceiling. ``unreachable_swept=None`` sweeps every link model. A value starting with "swept" means swept.
+    """
+    out: dict[str, str] = {}
+    shaped = sorted((k for k in links if hostslib.LINKS[k].rate_bps), key=lambda k: hostslib.LINKS[k].rate_bps)
+    unreachable: list[str] = []
+    for k in shaped:
+        ratio = probed_Bps[k] / (hostslib.LINKS[k].rate_bps / 8)
+        if ratio >= REACHED_FRACTION:
+            out[k] = f"swept: TCP reaches {ratio:.2f} x the configured rate"
+        elif unreachable_swept is None or len(unreachable) < unreachable_swept:
+            out[k] = f"swept: TCP reaches {ratio:.2f} x the configured rate (the machine's limit)"
+            unreachable.append(k)
+        else:
+            out[k] = (f"probed only: TCP reaches {ratio:.2f} x the configured rate, and {', '.join(unreachable)} "
+                      "(slower) already could not be reached: its sweeps would measure the same machine ceiling")
+    for k in links:
+        out.setdefault(k, "swept: unshaped (the machine's own ceiling)")
+    return {k: out[k] for k in links}
+
+
 def run(cluster, profile: str | None = None) -> pd.DataFrame:
     """Run chapter 6 on a cluster of one engine per emulated host (:func:`make_cluster`), write results, return the
     summary."""
@@ -175,11 +211,10 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     cl = cluster
     setup = h.describe()
     checked = False
-    for link in progress(params["links"], "link models"):
+    # 1. every link itself, with plain sockets; then which link models the experiments sweep
+    for link in progress(params["links"], "link probes"):
         h.set_link(link)
         model = hostslib.LINKS[link]
-
-        # 1. the link itself, with plain sockets
         pr = hostslib.probe_link(h, 0, 1, rounds=params["probe_rounds"], nbytes=params["probe_bytes"])
         lab = _labels(link, 2, experiment="link_probe", variant="tcp_socket", payload="bytes", ranks=2,
                       oversubscribed=False)  # fmt: skip
@@ -193,6 +228,13 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                        "tbf_burst_bytes": h.burst_bytes(), "gso_max_bytes": h.gso_bytes if model.rate_bps else None,
                        "bulk_bytes": pr["bulk_bytes"], "bandwidth_Bps": pr["bandwidth_Bps"],
                        "rtt_median_s": float(np.median(pr["rtt_s"])), "crossed_bytes": pr["crossed_bytes"]["h0"]})  # fmt: skip
+    decision = links_to_sweep(params["links"], {p["link"]: p["bandwidth_Bps"] for p in probes}, params["unreachable_swept"])
+    for p in probes:
+        p["sweep"] = decision[p["link"]]
+    swept = [k for k in params["links"] if decision[k].startswith("swept")]
+
+    for link in progress(swept, "link models"):
+        h.set_link(link)
 
         # 2. MPI ping-pong between two hosts
         before = h.counters()
@@ -283,7 +325,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "calls_per_token": "RPCs per decode token",
     })  # fmt: skip
     meta["emulation"] = setup
-    meta["links"] = {k: hostslib.LINKS[k].describe() for k in params["links"]}
+    meta["links"] = {k: {**hostslib.LINKS[k].describe(), "sweep": decision[k]} for k in params["links"]}
     meta["netem"] = hostslib.has_netem()
     results.write(CHAPTER, summary, pd.DataFrame(samples), meta, extra={
         "alpha_beta": fit, "link_probe": pd.DataFrame(probes), "crossed": pd.DataFrame(crossed),
