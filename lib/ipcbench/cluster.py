@@ -32,6 +32,10 @@ from .lifecycle import AlwaysStopped
 __all__ = ["Cluster", "ClusterError", "RankError", "OversubscribedWarning", "usable_cores", "reap_mpich_segments"]
 
 ENV_PROFILE = "IPCBENCH_CLUSTER_PROFILE"
+HEARTBEAT_MS = 500
+"""The controller's heartbeat period for clusters started here (ipyparallel's default: 3000 ms)."""
+HEARTBEAT_MISSES = 60
+"""Missed heartbeats before the controller drops an engine: 30 s at :data:`HEARTBEAT_MS`, as ipyparallel's default."""
 
 
 class ClusterError(RuntimeError):
@@ -134,6 +138,32 @@ def _pin(comm, cores: list[int]) -> list[int]:
 
 
 _SUBCOMMS: dict[int, object] = {}
+
+
+def _exited(p: psutil.Process) -> bool:
+    """Return whether ``p`` has exited; a zombie has (one of ours is reaped here, another's by its parent)."""
+    try:
+        if p.status() != psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.NoSuchProcess:
+        return True
+    try:
+        p.wait(timeout=0)
+    except (psutil.TimeoutExpired, psutil.NoSuchProcess, ChildProcessError):
+        pass
+    return True
+
+
+def _wait_exited(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait up to ``timeout_s`` until every process has exited (or is a zombie); return those still running."""
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in procs if not _exited(p)]
+    delay = 0.005
+    while alive and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+        alive = [p for p in alive if not _exited(p)]
+    return alive
 
 
 def _spmd_entry(fn: Callable, args: tuple, kwargs: dict, nranks: int | None = None):
@@ -278,6 +308,12 @@ class Cluster(AlwaysStopped):
                 kw = {"controller_ip": self.emulated.bridge_address,
                       "config": Config({"MPILauncher": {"mpi_args": self.emulated.mpiexec_args(self._per_host(n)),
                                                         "environment": env}})}  # fmt: skip
+            # the hub registers a connected engine at its next heartbeat: every 3 s by default, so every start waited
+            # 2-3 s for it (4 engines: 6.7 s to all registered). A 0.5 s heartbeat registers them in 3.2-3.7 s; 60
+            # missed beats keep ipyparallel's 30 s before an engine counts as dead. (A ping is answered by the
+            # engine's heart thread in C, outside Python: nothing a timed loop waits for.)
+            kw["controller_args"] = [f"--HeartMonitor.period={HEARTBEAT_MS}",
+                                     f"--HeartMonitor.max_heartmonitor_misses={HEARTBEAT_MISSES}"]  # fmt: skip
             self._ipp_cluster = ipp.Cluster(engines="mpi", n=n, log_level=self.log_level, **kw)
             try:
                 self._client = self._ipp_cluster.start_and_connect_sync(activate=False)
@@ -359,14 +395,18 @@ class Cluster(AlwaysStopped):
 
     @staticmethod
     def _reap(pids: set[int], timeout_s: float = 10.0, kill: bool = True) -> None:
-        """Wait up to ``timeout_s`` for ``pids`` to exit; SIGKILL the survivors when ``kill``."""
+        """Wait up to ``timeout_s`` for ``pids`` to exit; SIGKILL the survivors when ``kill``.
+
+        A zombie counts as exited: it holds no memory, file or socket any more, only its entry until its parent
+        reaps it (``psutil.wait_procs`` waits on such a process until its timeout: ~1.5 s of every cluster stop).
+        """
         procs = []
         for pid in pids:
             try:
                 procs.append(psutil.Process(pid))
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+        alive = _wait_exited(procs, timeout_s)
         if not kill:
             return
         for p in alive:
@@ -374,7 +414,7 @@ class Cluster(AlwaysStopped):
                 p.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(alive, timeout=timeout_s)
+        _wait_exited(alive, timeout_s)
 
     def pids(self) -> set[int]:
         """Return the process ids this object started (controller, mpiexec, proxies, engines)."""
