@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 
@@ -164,3 +166,28 @@ def test_the_harness_pauses_the_cyclic_collector_while_it_times():
         assert not gc.isenabled()
         1 / 0  # noqa: B018
     assert gc.isenabled()  # restored after an exception too
+
+
+def test_warm_up_is_the_count_or_fewer_calls_once_they_took_the_warm_up_budget():
+    from ipcbench.measure import repeat
+
+    def count(rule, call_s):
+        calls = []
+
+        def sample():
+            calls.append(1)
+            time.sleep(call_s)
+            return call_s
+
+        repeat(sample, rule)
+        return len(calls) - rule.max_samples
+
+    fast = StoppingRule(rel_ci=0.0, min_samples=6, max_samples=6, time_budget_s=60, warmup=5, warmup_budget_s=0.25)
+    assert count(fast, 0.001) == 5  # quick calls: the whole count
+    assert count(fast, 0.1) == 3  # 0.1 s calls: until 0.25 s were spent (0.1, 0.2, 0.3)
+    assert count(fast, 0.3) == 1  # at least one
+    from dataclasses import replace
+
+    assert count(replace(fast, warmup_budget_s=None), 0.1) == 5  # no budget: the count
+    assert count(replace(fast, warmup=0), 0.3) == 0  # no warm-up asked for: none
+    assert not fast.warm_enough(0, 10.0) and fast.warm_enough(1, 0.25) and fast.warm_enough(5, 0.0)

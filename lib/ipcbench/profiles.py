@@ -11,9 +11,10 @@ DEFAULT_PROFILE = "standard"
 
 _RULES = {
     # quick: shortened sweeps and budgets, never skipped work
-    "quick": StoppingRule(rel_ci=0.05, min_samples=10, max_samples=300, time_budget_s=0.25, warmup=3),
-    "standard": StoppingRule(rel_ci=0.05, min_samples=20, max_samples=2000, time_budget_s=1.0, warmup=5),
-    "full": StoppingRule(rel_ci=0.02, min_samples=30, max_samples=10000, time_budget_s=4.0, warmup=10),
+    # (warm-up: the count, or fewer calls once they took a quarter of the point's budget: at least one call)
+    "quick": StoppingRule(rel_ci=0.05, min_samples=10, max_samples=300, time_budget_s=0.25, warmup=3, warmup_budget_s=0.0625),
+    "standard": StoppingRule(rel_ci=0.05, min_samples=20, max_samples=2000, time_budget_s=1.0, warmup=5, warmup_budget_s=0.25),
+    "full": StoppingRule(rel_ci=0.02, min_samples=30, max_samples=10000, time_budget_s=4.0, warmup=10, warmup_budget_s=1.0),
 }
 
 

@@ -83,3 +83,20 @@ except CollectiveAborted:
 comm.Barrier()  # every rank got here: none is stuck
 if comm.rank == 0:
     print("collective failure OK")
+
+# the warm-up: rank 0 decides when it ends (its count, or its budget after one call), every rank makes the same calls
+warm_calls = [0]
+
+
+def slow_step():
+    warm_calls[0] += 1
+    time.sleep(0.05 * (1 + comm.rank))  # rank 1 is slower: rank 0's clock still sees the budget spent
+    return 0.05
+
+
+wrule = StoppingRule(rel_ci=0.0, min_samples=6, max_samples=6, time_budget_s=60, warmup=5, warmup_budget_s=0.15)
+repeat_collective(comm, slow_step, wrule)
+assert comm.allgather(warm_calls[0]) == [warm_calls[0]] * comm.size
+assert warm_calls[0] - 6 == 2, warm_calls  # 2 x ~0.1 s (each waits for rank 1 at the next barrier) >= 0.15 s
+if comm.rank == 0:
+    print("time-bounded warm-up OK")
