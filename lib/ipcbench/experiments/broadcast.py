@@ -92,9 +92,10 @@ def parameters(profile: str | None = None) -> dict:
                 # below capacity and saturated (capacity is what a saturated run serves); 6 runs: a 95% interval
                 # a load run lasts ~0.2 s (as quick; 0.3 s made the load rounds 167 of the chapter's 270 s): its
                 # capacity is one sample, and the 6 runs per point give the interval. The floor of requests binds
-                # only the video class (40 MB: 0.03-0.3 s a request); a saturated run's throughput (requests over
-                # first arrival to last completion) is 1 / service time at any count, and 6 requests a run (36 a
-                # point) instead of 10 took 30 of the load rounds' ~105 s off
+                # only the video class (40 MB: 0.03-0.3 s a request). A saturated run of n requests serves
+                # n / ((n - 1) b + L) per second (b: the busiest rank's time per request, L: a request's latency):
+                # 6 requests instead of 10 read at most ~6% lower where ranks overlap requests by half (b = L / 2),
+                # nothing where they do not (b = L); they took the load rounds from ~106 to ~79 s
                 "rate_fractions": [0.5, 2.0], "load_repeats": 6, "requests": 6,
                 "max_requests": 1000, "load_duration_s": 0.2}  # fmt: skip
     return {**base, "classes": {**base["classes"], "video": 50_000_000},
