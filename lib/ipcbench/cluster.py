@@ -308,12 +308,12 @@ class Cluster(AlwaysStopped):
                 kw = {"controller_ip": self.emulated.bridge_address,
                       "config": Config({"MPILauncher": {"mpi_args": self.emulated.mpiexec_args(self._per_host(n)),
                                                         "environment": env}})}  # fmt: skip
-            # the hub registers a connected engine at its next heartbeat: every 3 s by default, so every start waited
-            # 2-3 s for it (4 engines: 6.7 s to all registered). A 0.5 s heartbeat registers them in 3.2-3.7 s; 60
-            # missed beats keep ipyparallel's 30 s before an engine counts as dead. (A ping is answered by the
-            # engine's heart thread in C, outside Python: nothing a timed loop waits for.)
-            # and no task database: by default the hub keeps every request and result in memory (DictDB), work on
-            # the same cores as the ranks that nothing here reads back (results come straight to this client)
+            # The hub registers a connected engine at its next heartbeat: every 3 s by default, so every start waited
+            # 2-3 s for it (4 engines: 6.7 s until all were registered). A 0.5 s heartbeat registers them in 3.2-3.7
+            # s; 60 missed beats keep ipyparallel's 30 s before an engine counts as dead. (A ping is answered by the
+            # engine's heart thread in C, outside Python: nothing a timed loop waits for.) And no task database: by
+            # default the hub keeps every request and result in memory (DictDB), work on the ranks' cores for
+            # records nothing here reads back (results come straight to this client).
             kw["controller_args"] = [f"--HeartMonitor.period={HEARTBEAT_MS}",
                                      f"--HeartMonitor.max_heartmonitor_misses={HEARTBEAT_MISSES}", "--nodb"]  # fmt: skip
             self._ipp_cluster = ipp.Cluster(engines="mpi", n=n, log_level=self.log_level, **kw)
@@ -422,6 +422,7 @@ class Cluster(AlwaysStopped):
         _wait_exited(alive, timeout_s)
 
     def _mpiexec_pids(self) -> set[int]:
+        """Return the pids of the mpiexec processes this object started."""
         out = set()
         for pid in self._owned_pids:
             try:
