@@ -308,9 +308,9 @@ class Cluster(AlwaysStopped):
                 kw = {"controller_ip": self.emulated.bridge_address,
                       "config": Config({"MPILauncher": {"mpi_args": self.emulated.mpiexec_args(self._per_host(n)),
                                                         "environment": env}})}  # fmt: skip
-            # The hub registers a connected engine at its next heartbeat: every 3 s by default, so every start waited
-            # 2-3 s for it (4 engines: 6.7 s until all were registered). A 0.5 s heartbeat registers them in 3.2-3.7
-            # s; 60 missed beats keep ipyparallel's 30 s before an engine counts as dead. (A ping is answered by the
+            # The hub registers a connected engine at its next heartbeat, every 3 s by default, so every start waited
+            # for the next beat; a 0.5 s heartbeat registers them sooner, and 60 missed beats keep ipyparallel's 30 s
+            # before an engine counts as dead. (A ping is answered by the
             # engine's heart thread in C, outside Python: nothing a timed loop waits for.) And no task database: by
             # default the hub keeps every request and result in memory (DictDB), work on the ranks' cores for
             # records nothing here reads back (results come straight to this client).
@@ -374,8 +374,8 @@ class Cluster(AlwaysStopped):
                     # engines that do not exit in time are signalled below
                     client.shutdown(targets="all", hub=False, block=False)
                     self._reap({r["pid"] for r in self.ranks}, timeout_s=5.0, kill=False)
-                    # mpiexec exits by itself once its ranks have (~0.1 s); signalled by ipyparallel before that, it
-                    # took 3 s to go about one stop in three
+                    # mpiexec exits by itself once its ranks have; signalled by ipyparallel before that, it sometimes
+                    # took seconds to go
                     self._reap(self._mpiexec_pids(), timeout_s=2.0, kill=False)
             except Exception:  # noqa: BLE001 - engines may already be gone
                 pass
@@ -403,7 +403,7 @@ class Cluster(AlwaysStopped):
         """Wait up to ``timeout_s`` for ``pids`` to exit; SIGKILL the survivors when ``kill``.
 
         A zombie counts as exited: it holds no memory, file or socket any more, only its entry until its parent
-        reaps it (``psutil.wait_procs`` waits on such a process until its timeout: ~1.5 s of every cluster stop).
+        reaps it (``psutil.wait_procs`` waits on such a process until its timeout).
         """
         procs = []
         for pid in pids:

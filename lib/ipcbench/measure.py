@@ -53,9 +53,8 @@ def gc_paused():
     Every chapter times with the collector paused, so a collection triggered by one variant's garbage is never
     charged to the next; the previous state is restored on exit, also after an exception. While paused nothing is
     promoted, so the previous point's cyclic garbage is young: collecting generations 0 and 1 frees it. The oldest
-    generation (an engine's ~130 000 long-lived objects: ipyparallel, pandas, numpy) is left to the collector's own
-    thresholds between points; collecting it on every entry cost 55-80 ms per point on the book's 2-core VM, about
-    30 s of chapter 1's ~400 points.
+    generation (an engine's long-lived objects: ipyparallel, pandas, numpy) is left to the collector's own
+    thresholds between points: collecting it on every entry was most of a small point's wall time.
     """
     was = gc.isenabled()
     gc.collect(1)

@@ -95,7 +95,7 @@ def parameters(profile: str | None = None) -> dict:
                 # only the video class (40 MB: 0.03-0.3 s a request). A saturated run of n requests serves
                 # n / ((n - 1) b + L) per second (b: the busiest rank's time per request, L: a request's latency):
                 # 6 requests instead of 10 read at most ~6% lower where ranks overlap requests by half (b = L / 2),
-                # nothing where they do not (b = L); they took the load rounds from ~106 to ~79 s
+                # nothing where they do not (b = L); the run's time per point records what it saves
                 "rate_fractions": [0.5, 2.0], "load_repeats": 6, "requests": 6,
                 "max_requests": 1000, "load_duration_s": 0.2}  # fmt: skip
     return {**base, "classes": {**base["classes"], "video": 50_000_000},

@@ -449,7 +449,7 @@ def parameters(profile: str | None = None) -> dict:
         # the latency is flat below 4 KiB (64 B stands for it); 6 messages are the fewest with a 95% median interval,
         # so 30 (8 of several ms) give every point a tight one within the book's 15-minute build
         arrays = [64, 4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB]
-        # with three readers (oversubscribed, read by no claim) up to 16 MiB: 64 MiB took 20 of the chapter's ~150 s
+        # with three readers (oversubscribed, read by no claim) up to 16 MiB: 64 MiB was most of that sweep's time
         arrays_many = [4 * KiB, 256 * KiB, 4 * MiB, 16 * MiB]
         messages, big_messages, warmup = 30, 8, 3
         readers = [1, 3] + ([7] if name == "full" else [])

@@ -89,7 +89,7 @@ def parameters(profile: str | None = None) -> dict:
             # at three runs each they took 95 of the chapter's 210 s
             "bench_repeats": {"buffer": 5, "pickle": 1, "outband": 1},
             # and their round trips from 32 KiB up as in quick (bench default 1000: 20 of the chapter's 88 s), below
-            # 32 KiB the bench's default 1000 (10 000, as the buffer cross-check: 16 of the chapter's 83 s)
+            # 32 KiB the bench's default 1000 (10 000 is the buffer cross-check's)
             "bench_loop_large": 200, "bench_loop_info": 1000,
             "latency_rounds": 10,
             "allocations": 4,

@@ -231,7 +231,7 @@ _CACHE: dict = {}
 
 def _weights(cfg, seed: int):
     """Return the decoder's weights, made once per engine for a configuration (every decoder point uses the same
-    ones: made afresh per point, they took ~1.5-2 s of each point, 4 s at TP = 4 on 2 cores). Nothing writes to
+    ones: made afresh per point, they were a large part of each point's set-up). Nothing writes to
     them: the TP decoder copies its shards."""
     key = ("weights", cfg.layers, cfg.vocab, seed)
     if key not in _CACHE:
