@@ -66,3 +66,25 @@ def test_profiles_keep_every_path_and_the_crosscheck_sizes():
         assert min(p["message_sizes"]) == 1 and max(p["message_sizes"]) == 64 * ml.MiB
         assert min(p["memcpy_sizes"]) == ml.KiB and max(p["memcpy_sizes"]) == 256 * ml.MiB
         assert p["bench_modes"] == ["buffer", "pickle", "outband"] and p["bench_repeats"]["buffer"] >= 3 and p["allocations"] >= 3
+
+
+def test_split_rule_shares_the_budget_and_the_warm_up_budget():
+    from ipcbench import profiles
+
+    rule = profiles.stopping_rule("standard")
+    sub = ml._split_rule(rule, 4)
+    assert sub.time_budget_s == rule.time_budget_s / 4 and sub.warmup_budget_s == rule.warmup_budget_s / 4
+    assert sub.min_samples == max(3, rule.min_samples // 4) and sub.warmup == rule.warmup
+    assert ml._split_rule(rule, 1) is rule
+    # a slow allocation stops warming up after one call once that took its share; a fast one makes the full count
+    assert sub.warm_enough(1, sub.warmup_budget_s) and not sub.warm_enough(1, sub.warmup_budget_s / 2)
+    assert not sub.warm_enough(0, 10.0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 257, 4096 + 3, 1 << 20])
+def test_pattern_bytes_are_the_byte_ramp(size):
+    import numpy as np
+
+    got = ml.pattern_bytes(size)
+    assert got.dtype == np.uint8 and got.shape == (size,) and got.flags["C_CONTIGUOUS"]
+    assert np.array_equal(got, np.arange(size, dtype=np.uint64).astype(np.uint8))

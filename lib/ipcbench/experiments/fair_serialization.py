@@ -52,7 +52,9 @@ def make_records(n: int) -> list[dict]:
 
 def make_array(nbytes: int) -> np.ndarray:
     """Return a float32 array of ``nbytes`` bytes (deterministic contents)."""
-    return (np.arange(max(1, nbytes // 4), dtype=np.float32) * np.float32(0.25)).astype(np.float32)
+    a = np.arange(max(1, nbytes // 4), dtype=np.float32)
+    a *= np.float32(0.25)  # in place: the same values as a product, without a temporary of the payload's size
+    return a
 
 
 def make_payload(kind: str, size: int):
@@ -230,6 +232,7 @@ def small_path_point(comm, sizes: list[int], samples: int, inner: int, paths=SMA
     from mpi4py import MPI
 
     from ..backends.libraries import available
+    from .machine_limits import pattern_bytes
 
     paths = [p for p in paths if p != "iceoryx2" or available()["iceoryx2"]]
     rev = comm.Split(0, key=comm.size - comm.rank)  # rank 1 writes on the return channels
@@ -251,7 +254,7 @@ def small_path_point(comm, sizes: list[int], samples: int, inner: int, paths=SMA
                 for c in (there["iceoryx2"], back["iceoryx2"]):
                     if c.is_writer:
                         c.wait_for_readers()
-            payloads = {n: np.arange(n, dtype=np.uint64).astype(np.uint8) for n in sizes}
+            payloads = {n: pattern_bytes(n) for n in sizes}
             rbuf = {n: np.empty(n, dtype=np.uint8) for n in sizes}
             me = comm.rank
 

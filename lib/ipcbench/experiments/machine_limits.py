@@ -145,7 +145,16 @@ def _split_rule(rule: StoppingRule, allocations: int) -> StoppingRule:
         return rule
     from dataclasses import replace
 
-    return replace(rule, time_budget_s=rule.time_budget_s / allocations, min_samples=max(3, rule.min_samples // allocations))
+    budget = rule.warmup_budget_s / allocations if rule.warmup_budget_s is not None else None
+    return replace(rule, time_budget_s=rule.time_budget_s / allocations, min_samples=max(3, rule.min_samples // allocations),
+                   warmup_budget_s=budget)  # the warm-up's share of an allocation's budget, as of a point's
+
+
+def pattern_bytes(size: int) -> np.ndarray:
+    """Return ``size`` bytes 0, 1, ..., 255, 0, 1, ... (a written payload: every page touched, contents checkable).
+
+    The same bytes as ``np.arange(size, dtype=np.uint64).astype(np.uint8)``, without its 8-byte temporary."""
+    return np.resize(np.arange(256, dtype=np.uint8), size)
 
 
 def _mpi_transport(comm, path: str, size: int, send_buffer: str = "written"):
@@ -170,7 +179,7 @@ def _mpi_transport(comm, path: str, size: int, send_buffer: str = "written"):
     if send_buffer == "as_bench":
         payload = np.empty(size, "B")
     else:
-        payload = np.arange(size, dtype=np.uint64).astype(np.uint8)
+        payload = pattern_bytes(size)
     if path == "mpi_buffer":
         rbuf = np.empty_like(payload)
 
@@ -213,7 +222,7 @@ def _zmq_transport(comm, path: str, size: int, send_buffer: str = "written"):
     if send_buffer != "written":
         raise ValueError("the bench's buffer condition is only measured on the mpi_buffer path")
 
-    payload = np.arange(size, dtype=np.uint64).astype(np.uint8)
+    payload = pattern_bytes(size)
     copy = size < zmq.COPY_THRESHOLD  # pyzmq's own rule: copy small frames, zero-copy large ones
     ctx = zmq.Context.instance()
     tmpdir = None
@@ -320,14 +329,19 @@ def _pingpong_allocation(comm, path: str, size: int, rule: StoppingRule, send_bu
             got = pong()
             if got.size != size or not (unchecked or np.array_equal(np.asarray(got), payload)):
                 raise AssertionError(f"{path}: rank 1 received a payload of {size} B that differs from what was sent")
-        # warm-up and calibration: rank 0 picks inner from a timed round trip
-        inner = 1
-        for _ in range(rule.warmup):
-            inner = comm.bcast(inner, root=0)
+        # warm-up and calibration: rank 0 picks inner from a timed round trip, and ends the warm-up after the rule's
+        # count or once it took the rule's warm-up budget (StoppingRule.warm_enough)
+        inner, calls, t_cal = 1, 0, now_ns()
+        while True:
+            go = None if comm.rank != 0 else not rule.warm_enough(calls, (now_ns() - t_cal) * 1e-9)
+            go, inner = comm.bcast((go, inner) if comm.rank == 0 else None, root=0)
+            if not go:
+                break
             if comm.rank == 0:
                 inner = measure.calibrate_inner(ping)  # round trips per sample, >= 100 µs a sample
             elif comm.rank == 1:
                 pong()
+            calls += 1
         # then, on the buffer path, warm up until the round-trip time stops improving: a fresh 16 MiB
         # buffer pair speeds up over its first 10 to 50 round trips (from ~4 to ~13 GB/s here), so a
         # count-based warm-up alone would time the ramp, not the steady state. (The pickle and ZeroMQ
