@@ -462,6 +462,18 @@ class TPDecoder:
         self.kpos = [np.zeros(0, dtype=np.int64) for _ in range(self.cfg.layers)]
         self.length = 0
 
+    def rewind(self, length: int) -> None:
+        """Drop the cached keys and values of positions >= ``length``: the cache as it was after the first ``length``
+        positions (a prompt's cache without re-running the prompt; every kept entry is unchanged)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"can rewind to 0..{self.length} positions, not {length}")
+        for li in range(self.cfg.layers):
+            keep = self.kpos[li] < length
+            if self.k[li] is not None:
+                self.k[li], self.v[li] = self.k[li][:, keep], self.v[li][:, keep]  # copies, contiguous like a prefill's
+            self.kpos[li] = self.kpos[li][keep]
+        self.length = length
+
     def _own(self, positions: np.ndarray) -> np.ndarray:
         """Return which of ``positions`` this rank keeps keys/values for (sequence attention)."""
         p, r = self.comm.size, self.comm.rank

@@ -83,6 +83,19 @@ for att in ("heads", "sequence"):
         assert got_tokens == want_tokens, (att, s)
         err = max(float(np.abs(a - b).max()) for a, b in zip(want_logits, got_logits, strict=True))
         assert err < 1e-4, (att, s, err)
+        if s == "s3":  # rewinding to the prompt leaves the cache a prefill makes: the next step is the same, bit for bit
+            dec.reset()
+            dec.forward(prompt, last_only=True)
+            fresh = dec.forward([7], last_only=True)
+            dec.forward([9], last_only=True)
+            dec.rewind(len(prompt))
+            assert dec.length == len(prompt) and all(kp.max(initial=-1) < len(prompt) for kp in dec.kpos), att
+            assert np.array_equal(dec.forward([7], last_only=True), fresh), att
+            try:
+                dec.rewind(dec.length + 1)
+                raise AssertionError("rewind past the cache was accepted")
+            except ValueError:
+                pass
 
 # 5. the experiment's SPMD points run and check themselves
 rule = StoppingRule(rel_ci=0.5, min_samples=3, max_samples=3, time_budget_s=0.0, warmup=1)
