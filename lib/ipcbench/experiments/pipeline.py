@@ -263,10 +263,12 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         tune += [("queue_size", 20, q) for q in params["queue_sizes"]]
         for kind in ("python", "numpy"):
             w = pl.Workload(kind=kind, seed=params["seed"])
+            measured = {}  # (batch fraction, queue size): runs. The batch-size series at the default queue size and
+            # the queue-size series at its batch size share one setting: it runs once and stands in both series
             for what, frac, q in progress(tune, f"tuning ({kind})"):
                 bs = n // frac
-                runs = {"serial": [], "thread_pipeline": []}
-                for _ in range(params["sweep_samples"]):
+                runs = measured.setdefault((frac, q), {"serial": [], "thread_pipeline": []})
+                for _ in range(params["sweep_samples"] - len(runs["serial"])):
                     runs["serial"].append(runner.run("serial", w, n, bs))
                     runs["thread_pipeline"].append(runner.run("thread_pipeline", w, n, bs, queue_size=q))
                 r_, s_ = _point_rows(runs, {**base, "experiment": what}, kind, n, bs, q, cores, None)

@@ -110,8 +110,16 @@ def _weights(params: dict) -> model.Weights:
     return _WEIGHTS[key]
 
 
+def _reference(params: dict, weights: model.Weights) -> tuple[list[int], list[np.ndarray]]:
+    """Return the single-process reference generation (tokens, logits), made once per engine like the weights."""
+    key = ("reference", *(params[k] for k in ("preset", "layers", "vocab", "seed", "prompt", "decode")))
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = model.generate(weights, prompt_of(params), params["decode"])
+    return _WEIGHTS[key]
+
+
 def release(comm) -> None:
-    """Drop the weights an engine cached between rounds."""
+    """Drop the weights (and reference) an engine cached between rounds."""
     _WEIGHTS.clear()
 
 
@@ -253,7 +261,7 @@ def timed_generation(dec: SplitDecoder, client, prompt: list[int], decode: int, 
 
 def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, check: bool, logdir: str | None) -> dict:
     prompt = prompt_of(params)
-    ref_tokens, ref_logits = model.generate(weights, prompt, params["decode"])
+    ref_tokens, ref_logits = _reference(params, weights)
     names = list(params["ladder"])
     k = rnd % len(names)
     order = names[k:] + names[:k]

@@ -128,7 +128,7 @@ def rpc_round(comm, params: dict, address: str, rnd: int, check: bool = False) -
     def drive(endpoints):
         weights = rb._weights(params)
         prompt = rb.prompt_of(params)
-        ref_tokens, ref_logits = rb.model.generate(weights, prompt, params["decode"])
+        ref_tokens, ref_logits = rb._reference(params, weights)  # made once per engine
         names = list(RPC_CONFIGS)
         k = rnd % len(names)
         out = {"steps": [], "calls": [], "checks": []}
