@@ -190,6 +190,7 @@ def test_pool_phases_and_peak_memory_are_measured(tmp_path):
     assert 0 < r.phases["serialize_s"] < r.wall_s
     mem = pl.measure_peak_memory("process_pool", pl.Workload(kind="numpy"), N, BS, tmp_path / "m")
     assert mem["peak"] >= mem["baseline"] > 0 and mem["checksum"] == r.checksum
+    assert set(mem["busy"]) == set(pl.STAGES) and all(v > 0 for v in mem["busy"].values())  # the MPI stages' grouping
     assert not (tmp_path / "m").exists()
 
 

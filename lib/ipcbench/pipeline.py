@@ -1065,12 +1065,13 @@ def _memory_child(spec_json: str) -> None:
     with PeakMemory(PeakMemory.tree()) as mem:
         r = proc.run(w, spec["n_records"], spec["batch_size"], spec["out_dir"])
     shutil.rmtree(spec["out_dir"], ignore_errors=True)
-    json.dump({"peak": mem.peak, "baseline": mem.baseline, "checksum": r.checksum}, sys.stdout)
+    json.dump({"peak": mem.peak, "baseline": mem.baseline, "checksum": r.checksum, "busy": r.stage_busy_s()}, sys.stdout)
 
 
 def measure_peak_memory(processor: str, w: Workload, n_records: int, batch_size: int, out_dir: Path | str,
                         queue_size: int = 5, workers: int | None = None, timeout_s: float = 600) -> dict:  # fmt: skip
-    """Run one processor in a fresh interpreter and return its peak PSS, the PSS before the run (B) and the checksum.
+    """Run one processor in a fresh interpreter; return its peak PSS, the PSS before the run (B), the checksum and the
+    seconds each stage spent on batches (``busy``).
 
     A fresh process, so memory freed by earlier runs and kept by the allocator
     does not hide this run's growth; its worker processes are included.
