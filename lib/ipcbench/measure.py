@@ -26,13 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from scipy import stats as _sstats
 
-now_ns = time.perf_counter_ns
-"""The one clock of the book: ``time.perf_counter_ns`` (integer nanoseconds)."""
-
-
-def now_s() -> float:
-    """Return the book's one clock (:data:`now_ns`) in seconds, for code that keeps float seconds."""
-    return now_ns() * 1e-9
+from .clock import now_ns, now_s  # noqa: F401 - the book's one clock, re-exported here
 
 MIN_SAMPLES_95 = 6
 """The fewest samples whose median interval covers 95% (with 5 the sample range covers 94%): a spent budget never

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import zmq
 
-from ..measure import now_s
+from ..clock import now_s
 from . import wire
 from .perflog import PerfLog
 

@@ -29,7 +29,7 @@ from concurrent import futures
 
 import numpy as np
 
-from ..measure import now_s
+from ..clock import now_s
 from . import wire
 from .client import CallRecord, SplitCalls
 

@@ -14,7 +14,7 @@ import queue as queue_mod
 
 import numpy as np
 
-from ..measure import now_ns
+from ..clock import now_ns
 
 
 class LoadError(RuntimeError):

@@ -13,8 +13,10 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas only where a log is parsed: a client that writes its log never imports it
+    import pandas as pd
 
 RULE = "=" * 116
 COLUMNS = ["ID", "Method", "Serialize(ms)", "Send(ms)", "Recv(ms)", "Deserialize(ms)", "Total(ms)",
@@ -111,6 +113,8 @@ def parse(text: str, source: str = "") -> ParsedLog:
             problems.append((no, "truncated line: no newline at the end (the run may have crashed while writing)"))
             continue
         rows.append([call_id, parts[1], *nums])
+    import pandas as pd
+
     calls = pd.DataFrame(rows, columns=CSV_COLUMNS)
     return ParsedLog(transport, calls, problems, source)
 

@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from .. import model
-from ..measure import now_s
+from ..clock import now_s
 from . import wire
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

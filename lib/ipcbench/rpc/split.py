@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import model
-from ..measure import now_s
+from ..clock import now_s
 from .client import RpcClient
 
 GRANULARITIES = ("per_op", "fused")
