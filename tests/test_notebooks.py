@@ -225,14 +225,19 @@ def test_chapter3_checks_every_strategy_measures_every_class_and_gives_every_see
     s, load, cap = res.summary, res.extra("load"), res.extra("capacity")
     params = bx.parameters("quick")
     classes = set(params["classes"])
-    # every phase at every size; every strategy and class at no load (TP = 2 and the oversubscribed TP = 4)
+    # every phase at every size; every strategy and class at no load at TP = 2, the profile's strategies at the
+    # oversubscribed TP = 4 (at least those its ratios, option D and the projection's check read)
     ph = s.query("experiment == 'phases'")
     assert ph.groupby("size_bytes")["variant"].nunique().eq(15).all() and ph["size_bytes"].nunique() == len(params["phase_sizes"])
     lat = s.query("experiment == 'latency'")
     for tp in (2, params["tp_oversubscribed"]):
         got = lat.query("ranks == @tp")
-        assert set(zip(got["payload_class"], got["variant"], strict=True)) == {(c, v) for c in classes for v in mm.STRATEGIES}, tp
+        want = bx.strategies_at(tp, params)
+        assert set(zip(got["payload_class"], got["variant"], strict=True)) == {(c, v) for c in classes for v in want}, tp
         assert got["oversubscribed"].all() == (tp > 2)
+    assert {"replicated", "raw_bcast", "object_bcast"} <= set(bx.strategies_at(params["tp_oversubscribed"], params))
+    assert bx.strategies_at(2, params) == list(mm.STRATEGIES)
+    assert bx.strategies_at(4, bx.parameters("full")) == list(mm.STRATEGIES)
     # every strategy under load at every rate of every class, each point run at least 3 times, with per-rank CPU;
     # every strategy of a class is offered the same absolute rates; a p99 only from 100 requests or more
     assert params["load_repeats"] >= 3
