@@ -127,6 +127,24 @@ def test_ci_level_is_the_coverage_the_interval_really_has():
     assert exact(7).ci_level == 1.0 and exact(7).ci_low == exact(7).ci_high == 7
 
 
+def test_median_ci_ranks_and_coverage_are_scipys_binomial():
+    """The ranks come from a log-space Binomial(n, 1/2) CDF instead of scipy.stats: the same ranks at every n the
+    stopping rules reach (to 10 000) for the usual confidence levels, the same coverage to float precision."""
+    from scipy import stats
+
+    from ipcbench.measure import _ci_rank, ci_coverage
+
+    for conf in (0.95, 0.99, 0.9):
+        for n in list(range(0, 2001)) + [2500, 4999, 5000, 7777, 10_000]:
+            lo = int(stats.binom.ppf((1 - conf) / 2, n, 0.5))
+            lo -= stats.binom.cdf(lo, n, 0.5) > (1 - conf) / 2
+            assert _ci_rank(n, conf) == max(lo, 0), (conf, n)
+    for n in (9, 20, 101, 1000, 9999):  # (below 9 the interval is the sample range: lo = 0)
+        lo = _ci_rank(n)
+        assert lo > 0
+        assert ci_coverage(n) == pytest.approx(1 - 2 * stats.binom.cdf(lo - 1, n, 0.5), abs=1e-12)
+
+
 def test_a_spent_budget_never_stops_a_point_below_six_samples():
     from ipcbench.measure import MIN_SAMPLES_95
 
