@@ -133,7 +133,11 @@ def test_chapter4_runs_every_processor_and_kind_and_gives_every_seed_003_claim_a
     for kind in ("python", "numpy"):
         for proc in plx.PROCESSORS:
             assert sorted(etl.query("payload == @kind and variant == @proc")["n_records"]) == params["sizes"], (kind, proc)
-    assert sorted(etl.query("payload == 'wait' and variant == 'serial'")["n_records"]) == list(plx.SOURCE_SIZES)
+    for proc in plx.PROCESSORS:  # the wait kind at the source's sizes, by the processors the profile runs it with
+        want = list(plx.SOURCE_SIZES) if proc in plx.processors_at(min(plx.SOURCE_SIZES), params, "wait") else []
+        assert sorted(etl.query("payload == 'wait' and variant == @proc")["n_records"]) == want, proc
+    assert {"serial", "thread_pipeline"} <= set(plx.processors_at(min(plx.SOURCE_SIZES), params, "wait"))
+    assert plx.processors_at(min(plx.SOURCE_SIZES), plx.parameters("full"), "wait") == list(plx.PROCESSORS)
     # speedups name their base case; the five-rank MPI run is labelled oversubscribed, nothing else is
     sp = s.query("metric == 'speedup'")
     assert sp["base_s"].notna().all() and (sp["base_s"] > 0).all()
