@@ -84,7 +84,7 @@ def parameters(profile: str | None = None) -> dict:
                 "collective_sizes": [8, 64 * KiB, 1 * MiB, 4 * MiB],
                 "collective_ranks": [2, 4], "bcast_ranks": [2, 4], "mlp_ranks": [2, 4],
                 "probe_bytes": 64 * MiB,
-                # chapter 2's model cut (the same calls per token), a shorter prompt and generation
+                # chapter 2's model cut and prompt (the same calls per token), a shorter generation
                 "rpc": {**base["rpc"], "layers": 4, "vocab": 16384, "prompt": 16, "decode": 8},
                 "rpc_rounds": 6}  # fmt: skip
     return {**base, "hosts": 4, "links": ["unshaped", "25GbE", "10GbE", "1GbE"],
