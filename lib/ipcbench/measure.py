@@ -94,8 +94,8 @@ def timer_info(n: int = 200_000) -> TimerInfo:
 
 def _half_binom_cdf(n: int) -> np.ndarray:
     """Return P(B <= k) for k = 0..n, B ~ Binomial(n, 1/2), summed from the probabilities in log space (no overflow
-    of C(n, k) or underflow of 2^-n at any n). The book's only binomial: scipy.stats, which it replaces, takes
-    ~0.7 s to import in every engine and kernel; the ranks are scipy's at every n to 10 000 (a test checks)."""
+    of C(n, k) or underflow of 2^-n at any n). The book's only binomial, so no engine, kernel or spawned process
+    imports scipy.stats (a heavy import) for it; the ranks are scipy's at the n the rules reach (a test checks)."""
     i = np.arange(n, dtype=np.float64)
     log_pmf = -n * math.log(2.0) + np.concatenate(([0.0], np.cumsum(np.log((n - i) / (i + 1.0)))))
     return np.cumsum(np.exp(log_pmf))

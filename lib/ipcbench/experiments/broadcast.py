@@ -82,8 +82,8 @@ def parameters(profile: str | None = None) -> dict:
         "pool_bytes": 64_000_000,
         "tp_oversubscribed": 4,
         # the strategies timed at the oversubscribed TP (None: every one): the old path, the source's change and its
-        # baseline, which the page's TP = 4 ratios, option D's thresholds and the projection's check read. Four ranks on
-        # 2 cores read by no claim; the four hashing alternatives there took half of the no-load section
+        # baseline, which the page's TP = 4 ratios, option D's thresholds and the projection's check read (four ranks on
+        # 2 cores, read by no claim: the hashing alternatives are timed at TP = 2)
         "tp_oversubscribed_strategies": ["replicated", "raw_bcast", "object_bcast"],
         "seed": 3,
     }
