@@ -57,30 +57,6 @@ def make_array(nbytes: int) -> np.ndarray:
     return a
 
 
-_RECORDS: dict = {}
-_SIZES: dict = {}
-
-
-def _payload_and_sizes(codec, kind: str, size: int):
-    """Return a point's payload and its encoded (payload bytes, framed bytes), made once per engine where that is safe:
-    a records list is kept for the next point of its size (nothing writes into it: every receiver decodes new
-    objects); an array is made afresh per point (a receive into it would make its check compare it with itself).
-    The sizes depend only on the codec and the payload, so each is encoded once."""
-    if kind == "records":
-        if size not in _RECORDS:
-            _RECORDS.clear()
-            _RECORDS[size] = make_records(size)
-        obj = _RECORDS[size]
-    else:
-        obj = make_payload(kind, size)
-    key = (codec.name, kind, size)
-    if key not in _SIZES:
-        frames0 = codec.encode(obj)
-        _SIZES[key] = (ser.frames_nbytes(frames0), framed_size(frames0))
-        del frames0
-    return obj, _SIZES[key]
-
-
 def make_payload(kind: str, size: int):
     """Return the payload of a kind ('records' with N records, 'array' of size bytes)."""
     if kind == "records":
@@ -128,8 +104,11 @@ def transfer_point(comm, backend: str, codec: str, kind: str, size: int, message
     against what was sent (after its times are taken, so the check costs no measured time).
     """
     c = ser.get(codec)
-    obj, (nbytes, framed) = _payload_and_sizes(c, kind, size)
-    opts = channel_options(backend, framed + 64, warmup + messages, options)
+    obj = make_payload(kind, size)
+    frames0 = c.encode(obj)
+    nbytes = ser.frames_nbytes(frames0)
+    opts = channel_options(backend, framed_size(frames0) + 64, warmup + messages, options)
+    del frames0
     chan = backends.open_channel(backend, comm, **opts)
     rows = []
     cpu_ns = time.process_time_ns
