@@ -128,8 +128,9 @@ def test_ci_level_is_the_coverage_the_interval_really_has():
 
 
 def test_median_ci_ranks_and_coverage_are_scipys_binomial():
-    """The ranks come from a log-space Binomial(n, 1/2) CDF instead of scipy.stats: the same ranks at every n the
-    stopping rules reach (to 10 000) for the usual confidence levels, the same coverage to float precision."""
+    """The ranks come from a log-space Binomial(n, 1/2) CDF instead of scipy.stats: the same ranks at every n to 2 000
+    and at large n up to the full profile's 10 000 samples, for three confidence levels; the same coverage to float
+    precision."""
     from scipy import stats
 
     from ipcbench.measure import _ci_rank, ci_coverage
