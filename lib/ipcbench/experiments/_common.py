@@ -137,6 +137,15 @@ def stats_rows(values, labels: dict, metric: str, unit: str, stop_reason: str = 
     return results.summary_row(st, **lab, **extra), results.sample_rows(values, **lab, **extra)
 
 
+def pattern_bytes(size: int):
+    """Return ``size`` bytes 0, 1, ..., 255, 0, 1, ... as a uint8 array (a written payload: every page touched,
+    contents checkable): the same bytes as ``np.arange(size, dtype=np.uint64).astype(np.uint8)``, without its 8-byte
+    temporary."""
+    import numpy as np
+
+    return np.resize(np.arange(256, dtype=np.uint8), size)
+
+
 def pick_row(summary, **where):
     """Return the first summary row whose columns equal ``where``; raise ResultsError when none does."""
     q = summary

@@ -30,7 +30,15 @@ from .. import backends, claims, profiles, results
 from .. import serialization as ser
 from ..backends.base import framed_size
 from ..measure import gc_paused, now_ns, summarize
-from ._common import add_time, machine_state, progress, require_engines, run_meta, run_point
+from ._common import (
+    add_time,
+    machine_state,
+    pattern_bytes,
+    progress,
+    require_engines,
+    run_meta,
+    run_point,
+)
 
 CHAPTER = "fair_serialization"
 KiB, MiB = 2**10, 2**20
@@ -232,7 +240,6 @@ def small_path_point(comm, sizes: list[int], samples: int, inner: int, paths=SMA
     from mpi4py import MPI
 
     from ..backends.libraries import available
-    from .machine_limits import pattern_bytes
 
     paths = [p for p in paths if p != "iceoryx2" or available()["iceoryx2"]]
     rev = comm.Split(0, key=comm.size - comm.rank)  # rank 1 writes on the return channels
@@ -452,7 +459,8 @@ def parameters(profile: str | None = None) -> dict:
         # the latency is flat below 4 KiB (64 B stands for it); 6 messages are the fewest with a 95% median interval,
         # so 30 (8 of several ms) give every point a tight one within the book's 15-minute build
         arrays = [64, 4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB]
-        # with three readers (oversubscribed, read by no claim) up to 16 MiB: 64 MiB was most of that sweep's time
+        # with three readers (oversubscribed, read by no claim) up to 16 MiB: the largest messages cost the most and
+        # the claims read the largest size with one reader
         arrays_many = [4 * KiB, 256 * KiB, 4 * MiB, 16 * MiB]
         messages, big_messages, warmup = 30, 8, 3
         readers = [1, 3] + ([7] if name == "full" else [])

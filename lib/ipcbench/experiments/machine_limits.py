@@ -29,7 +29,7 @@ import pandas as pd
 
 from .. import measure, profiles, results
 from ..measure import StoppingRule, now_ns, summarize
-from ._common import machine_state, progress, require_engines, run_meta, run_point
+from ._common import machine_state, pattern_bytes, progress, require_engines, run_meta, run_point
 
 CHAPTER = "machine_limits"
 KiB, MiB = 2**10, 2**20
@@ -148,13 +148,6 @@ def _split_rule(rule: StoppingRule, allocations: int) -> StoppingRule:
     budget = rule.warmup_budget_s / allocations if rule.warmup_budget_s is not None else None
     return replace(rule, time_budget_s=rule.time_budget_s / allocations, min_samples=max(3, rule.min_samples // allocations),
                    warmup_budget_s=budget)  # the warm-up's share of an allocation's budget, as of a point's
-
-
-def pattern_bytes(size: int) -> np.ndarray:
-    """Return ``size`` bytes 0, 1, ..., 255, 0, 1, ... (a written payload: every page touched, contents checkable).
-
-    The same bytes as ``np.arange(size, dtype=np.uint64).astype(np.uint8)``, without its 8-byte temporary."""
-    return np.resize(np.arange(256, dtype=np.uint8), size)
 
 
 def _mpi_transport(comm, path: str, size: int, send_buffer: str = "written"):

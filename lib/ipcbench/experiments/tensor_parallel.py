@@ -144,17 +144,20 @@ def collective_point(comm, op: str, nbytes: int, rule: StoppingRule) -> dict | N
     return out
 
 
-_MLP_CACHE: dict = {}
+_CACHE: dict = {}
+"""What an engine keeps between points: the MLP's weights of one shape, the decoder's weights and its references
+(:func:`release` drops them all)."""
 
 
 def _mlp_weights(h: int, i: int, seed: int):
     """Return an MLP's (gate, up, down) and 1024 input rows, made once per engine for a shape (every MLP point of the
     shape uses the same ones; nothing writes to them). One shape at a time is kept."""
-    key = (h, i, seed)
-    if key not in _MLP_CACHE:
-        _MLP_CACHE.clear()
-        _MLP_CACHE[key] = _make_mlp_weights(h, i, seed)
-    return _MLP_CACHE[key]
+    key = ("mlp", h, i, seed)
+    if key not in _CACHE:
+        for k in [k for k in _CACHE if k[0] == "mlp"]:
+            del _CACHE[k]
+        _CACHE[key] = _make_mlp_weights(h, i, seed)
+    return _CACHE[key]
 
 
 def _make_mlp_weights(h: int, i: int, seed: int):
@@ -239,9 +242,6 @@ def simd_info(comm) -> dict | None:
             "kernels": [tp.simd_report("numba_simd"), tp.simd_report("numba_scalar")]}  # fmt: skip
 
 
-_CACHE: dict = {}
-
-
 def _weights(cfg, seed: int):
     """Return the decoder's weights, made once per engine for a configuration (every decoder point uses the same
     ones: made afresh per point, they were a large part of each point's set-up). Nothing writes to
@@ -264,7 +264,6 @@ def _reference(w, key: tuple, prompt: list[int], steps: int):
 def release(comm) -> None:
     """Drop the MLP's and the decoder's weights and references an engine cached between points."""
     _CACHE.clear()
-    _MLP_CACHE.clear()
 
 
 def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, prompt_len: int, decode_steps: int,
