@@ -102,31 +102,6 @@ def test_split_decoder_matches_the_reference(weights, server, transport, codec, 
     assert not wire.leftover_arenas()
 
 
-def test_check_from_a_generation_is_the_teacher_forced_check(weights, server, monkeypatch):
-    """Chapter 2 checks a configuration from its timed generation: where the tokens are the reference's, the
-    generation's logits give the teacher-forced check's row without running again; where they differ, it runs."""
-    from ipcbench.experiments import rpc_breakdown as rb
-
-    ref_tokens, ref_logits = model.generate(weights, PROMPT, 6)
-    with RpcClient(server.ipc, "msgpack", "float32", timeout_s=10) as c:
-        dec = SplitDecoder(c, "fused")
-        forced_row = rb.check_config(dec, "x", "float32", PROMPT, 6, ref_tokens, ref_logits)
-        gen = dec.generate(PROMPT, 6)
-        assert gen[0] == ref_tokens
-        calls = []
-        monkeypatch.setattr(dec, "teacher_forced", lambda *a: calls.append(a) or SplitDecoder.teacher_forced(dec, *a))
-        assert rb.check_config(dec, "x", "float32", PROMPT, 6, ref_tokens, ref_logits, gen) == forced_row
-        assert not calls  # nothing ran again
-        # a generation whose tokens differ: teacher forcing runs, and its logits decide
-        wrong = ([*gen[0][:-1], (gen[0][-1] + 1) % weights.config.vocab], gen[1])
-        assert rb.check_config(dec, "x", "float32", PROMPT, 6, ref_tokens, ref_logits, wrong) == forced_row
-        assert len(calls) == 1
-        # logits off the reference fail the check either way
-        bad = (gen[0], [lg * 1.01 for lg in gen[1]])
-        with pytest.raises(AssertionError, match="logits differ"):
-            rb.check_config(dec, "x", "float32", PROMPT, 6, ref_tokens, ref_logits, bad)
-
-
 def test_float16_moves_about_half_the_bytes(weights, server):
     moved = {}
     for wd in WIRE_DTYPES:

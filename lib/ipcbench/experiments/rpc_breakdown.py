@@ -4,13 +4,14 @@ The server (:class:`ipcbench.rpc.RpcServer`) runs on MPI rank 1 and the client
 (:class:`ipcbench.rpc.SplitDecoder`, the "TEE" side) on rank 0, one core each, BLAS
 on one thread. The model has Qwen3-0.6B's shapes with fewer layers and a smaller
 vocabulary (:func:`parameters` says how many). Each configuration of the
-optimization ladder generates a prompt of P tokens and D new ones; its logits are
-checked against the single-process reference's (teacher forced) in the first round.
+optimization ladder generates a prompt of P tokens and D new ones; before any
+timing its teacher-forced logits are checked against the single-process reference.
 
-Rounds: each round runs every configuration once (a fresh client: Init, an untimed warm-up generation of 2
-tokens, one timed generation), in an order rotated per round, so slow drift spreads over all of them. The first
-round also checks every configuration against the reference from its timed generation (:func:`check_config`): a
-configuration that fails stops the run there, before a second sample of anything is taken.
+Rounds: the first checks every configuration; each later round runs every
+configuration once (a fresh client: Init, an untimed warm-up generation of 2
+tokens, one timed generation), in an order rotated per round, so slow drift spreads over all of them. The check
+round also warms both processes up for every configuration at full length: without it the first timed round runs
+slower than the next ones, and with 6 samples a 95% interval's ends are the extreme samples.
 The last round's timed generation of each configuration is also written as a
 per-call log in the source's format.
 
@@ -235,21 +236,15 @@ def _warm_codec(cfg: model.Config, rnd: int) -> list[dict]:
     return rows
 
 
-def check_config(dec: SplitDecoder, name: str, wire_dtype: str, prompt: list[int], decode: int, ref_tokens, ref_logits,
-                 generated: tuple | None = None) -> dict:  # fmt: skip
+def check_config(dec: SplitDecoder, name: str, wire_dtype: str, prompt: list[int], decode: int, ref_tokens, ref_logits) -> dict:
     """Check a configuration against the reference (teacher-forced logits within its tolerance, and its greedy choice
     at every step); raise AssertionError when the logits differ; return the check's row. Nothing is timed.
 
     Teacher forcing runs generation's own steps (the prompt, then one token at a time) on the reference's tokens, so
     where its greedy choice is the reference's token at every step, a free generation feeds itself the same tokens
     and makes the same choices: ``tokens_identical`` without generating once more (every timed generation checks
-    its tokens again). Conversely, ``generated`` = (tokens, logits) of a free generation of this client: where its
-    tokens are the reference's, its steps had teacher forcing's inputs, so its logits are teacher forcing's and
-    nothing runs again; otherwise teacher forcing runs."""
-    if generated is not None and list(generated[0]) == list(ref_tokens):
-        forced = generated[1]
-    else:
-        forced = dec.teacher_forced(prompt, ref_tokens)
+    its tokens again)."""
+    forced = dec.teacher_forced(prompt, ref_tokens)
     err = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(forced, ref_logits, strict=True))
     tol = TOLERANCE[wire_dtype]
     if not err <= tol:
@@ -260,14 +255,12 @@ def check_config(dec: SplitDecoder, name: str, wire_dtype: str, prompt: list[int
 
 def timed_generation(dec: SplitDecoder, client, prompt: list[int], decode: int, ref_tokens, labels: dict):
     """Warm up (2 tokens, untimed: first touch of buffers, arenas, caches), then time one generation of ``decode``
-    tokens (never with the per-call log on); return its per-step and per-call rows with ``labels``, and the
-    generation itself (tokens, logits of every step) for :func:`check_config`."""
+    tokens (never with the per-call log on); return its per-step and per-call rows with ``labels``."""
     dec.generate(prompt, 2)
     client.records.clear()
     dec.steps.clear()
-    tokens, logits = dec.generate(prompt, decode)
-    steps, calls = _step_rows(dec, client, {**labels, "tokens_identical": tokens == ref_tokens})
-    return steps, calls, (tokens, logits)
+    tokens, _ = dec.generate(prompt, decode)
+    return _step_rows(dec, client, {**labels, "tokens_identical": tokens == ref_tokens})
 
 
 def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, check: bool, logdir: str | None) -> dict:
@@ -283,9 +276,10 @@ def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, chec
         spin = SPIN_S if name in BUSY_POLL else 0.0
         with make_client(endpoints, transport, codec, wdt, arena, spin) as client:
             dec = SplitDecoder(client, gran)
-            s, c, gen = timed_generation(dec, client, prompt, params["decode"], ref_tokens, {"config": name, "round": rnd})
-            if check:  # (untimed, after the timed generation: teacher forcing runs only where its tokens differ)
-                out["checks"].append(check_config(dec, name, wdt, prompt, params["decode"], ref_tokens, ref_logits, gen))
+            if check:
+                out["checks"].append(check_config(dec, name, wdt, prompt, params["decode"], ref_tokens, ref_logits))
+                continue
+            s, c = timed_generation(dec, client, prompt, params["decode"], ref_tokens, {"config": name, "round": rnd})
             out["steps"] += s
             out["calls"] += c
             if logdir is not None and transport not in GRPC_TRANSPORTS:  # the log and its report come from one more
@@ -296,9 +290,9 @@ def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, chec
         if logdir is not None and transport not in GRPC_TRANSPORTS:
             with open(os.path.join(logdir, f"{name}.log"), encoding="utf-8") as f:
                 out["logs"][name] = f.read()
-    out["monitor"] = _monitor_cost(params, endpoints, prompt, rnd, logdir_base=tempfile.gettempdir())
-    out["bare"] = _bare_round_trips(endpoints, rnd, bare_sizes(weights.config))
-    out["warm"] = _warm_codec(weights.config, rnd)
+    out["monitor"] = [] if check else _monitor_cost(params, endpoints, prompt, rnd, logdir_base=tempfile.gettempdir())
+    out["bare"] = [] if check else _bare_round_trips(endpoints, rnd, bare_sizes(weights.config))
+    out["warm"] = [] if check else _warm_codec(weights.config, rnd)
     return out
 
 
@@ -352,8 +346,7 @@ def clients_point(comm, params: dict, n_clients: int, rounds: int) -> dict | Non
 
 
 def ladder_round(comm, params: dict, rnd: int, check: bool = False, keep_logs: bool = False) -> dict | None:
-    """One round of the ladder: rank 1 serves, rank 0 runs every configuration (``check``: and checks each against
-    the reference after its timed generation); rank 0 returns steps, calls and the checks."""
+    """One round of the ladder: rank 1 serves, rank 0 runs every configuration; rank 0 returns steps and calls."""
 
     def drive(endpoints):
         logdir = tempfile.mkdtemp(prefix="ipcbench-rpclogs-") if keep_logs else None
@@ -520,8 +513,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     machine_start = machine_state(cluster)  # CPU steal, load and two calibration kernels, again at the end
     checks, steps, calls, logs, served, monitor, clients, bare_rows, warm = [], [], [], {}, [], [], [], [], []
     try:
-        for rnd in progress(range(1, params["samples"] + 1), "RPC ladder: timed rounds (the first also checks)"):
-            out = run_point(cluster, ladder_round, params, rnd, check=rnd == 1, keep_logs=rnd == params["samples"],
+        for rnd in progress(range(params["samples"] + 1), "RPC ladder: check, then timed rounds"):
+            out = run_point(cluster, ladder_round, params, rnd, check=rnd == 0, keep_logs=rnd == params["samples"],
                             ranks=2, timeout=900)[0]  # fmt: skip
             checks += out["checks"]
             steps += out["steps"]

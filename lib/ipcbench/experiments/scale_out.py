@@ -140,8 +140,8 @@ def rpc_round(comm, params: dict, address: str, rnd: int, check: bool = False) -
                     if check:
                         out["checks"].append(rb.check_config(dec, name, wdt, prompt, params["decode"], ref_tokens, ref_logits))
                         continue
-                    s, c, _ = rb.timed_generation(dec, client, prompt, params["decode"], ref_tokens,
-                                                  {"config": name, "round": rnd})  # fmt: skip
+                    s, c = rb.timed_generation(dec, client, prompt, params["decode"], ref_tokens,
+                                               {"config": name, "round": rnd})  # fmt: skip
                     out["steps"] += s
                     out["calls"] += c
         return out
