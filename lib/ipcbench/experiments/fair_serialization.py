@@ -449,8 +449,8 @@ def framing_costs(rule, nbytes: int = 64) -> dict:
 def parameters(profile: str | None = None) -> dict:
     """Return the sweeps of a profile."""
     name = profiles.profile_name(profile)
-    # the source's sizes; 100 000 records (the book's own extension, read by no claim: every record rule reads N <= 10 000)
-    # only in full: 8 backends x 11 messages of ~0.25 s each were an eighth of the chapter's standard run
+    # the source's sizes; 100 000 records, the book's own extension beyond them, only in full: every record rule reads
+    # N <= 10 000, and its messages are the sweep's largest by ten times (8 backends x 11 of them)
     records_n = [10, 100, 1000, 10_000] + ([100_000] if name == "full" else [])
     if name == "quick":
         arrays = [64, 4 * KiB, 256 * KiB, 16 * MiB]
