@@ -487,8 +487,8 @@ def parameters(profile: str | None = None) -> dict:
 def _points(p: dict) -> list[dict]:
     pts = []
     for r in p["readers"]:
-        # with several readers, the source's sizes (100 000 records, the book's own extension in the full profile, is
-        # one reader only: oversubscribed, it took a third of the chapter's time and no claim reads it)
+        # with several readers, the source's sizes only (100 000 records, the full profile's extension, is one reader
+        # only: oversubscribed, its messages are the sweep's largest, and no claim reads it)
         for n in (p["records_n"] if r == 1 else [x for x in p["records_n"] if x <= 10_000]):
             for b in p["backends"]:
                 pts.append({"experiment": "records", "backend": b, "codec": p["source_codec"], "kind": "records", "size": n, "readers": r})
