@@ -11,10 +11,6 @@ from ipcbench import claims, results
 from ipcbench.claims import CONFIRMED, INCONCLUSIVE, NOT_TESTABLE, PARTLY, REFUTED
 
 
-def _norm(s: str) -> str:
-    return re.sub(r"\s+", " ", s).strip()
-
-
 def test_claims_file_shape():
     df = claims.load_claims()
     assert len(df) >= 40
@@ -25,12 +21,34 @@ def test_claims_file_shape():
     assert df["source"].str.fullmatch(r"00[0-4]_[0-9a-f]{16}\.txt").all()
 
 
-@pytest.mark.skipif(not (SHARED / "seeds").is_dir(), reason="../shared/seeds is not beside this checkout")
-def test_every_quote_is_verbatim_in_its_source():
+def test_every_quote_is_the_one_found_verbatim_in_its_source():
+    """The shipped quote index records where each quote stands in its source; a quote edited since (or a claim added
+    without its place) fails here, with or without the sources beside the checkout."""
     df = claims.load_claims()
-    texts = {src: _norm((SHARED / "seeds" / src).read_text()) for src in df["source"].unique()}
-    missing = [row.id for row in df.itertuples() if _norm(row.quote) not in texts[row.source]]
-    assert missing == [], f"quotes not found verbatim in their source: {missing}"
+    index = claims.quote_index().set_index("id")
+    assert list(claims.quote_index().columns) == claims.QUOTE_INDEX_COLUMNS
+    assert set(index.index) == set(df["id"]), "every claim needs its row in data/seeds/quote_index.csv"
+    for row in df.itertuples():
+        q = claims.normalized(row.quote)
+        assert index.loc[row.id, "source"] == row.source, row.id
+        assert index.loc[row.id, "quote_sha256"] == claims._sha256(q), f"{row.id}: its quote changed since it was located"
+        assert index.loc[row.id, "length"] == len(q), row.id
+
+
+def test_the_quote_index_is_what_the_sources_give_where_they_are_beside_the_checkout(tmp_path):
+    if (SHARED / "seeds").is_dir():
+        assert claims.locate_quotes(SHARED / "seeds").equals(claims.quote_index())
+    # and the check itself: a source whose text no longer holds a quote is refused, naming the claim
+    df = claims.load_claims().head(2)
+    (tmp_path / df["source"].iloc[0]).write_text("a source that says something else", encoding="utf-8")
+    with pytest.raises(claims.ClaimsError, match=df["id"].iloc[0]):
+        claims.locate_quotes(tmp_path, df)
+    text = "Intro.  " + "\n".join(df["quote"]) + " end"
+    (tmp_path / df["source"].iloc[0]).write_text(text, encoding="utf-8")
+    got = claims.locate_quotes(tmp_path, df)
+    norm = claims.normalized(text)
+    for r in got.itertuples():
+        assert norm[r.start:r.start + r.length] == claims.normalized(df.set_index("id").loc[r.id, "quote"])
 
 
 def test_every_claim_has_a_wellformed_rule_and_its_claimed_value_parses():
@@ -70,6 +88,11 @@ def test_ledger_lists_every_claim_pending_until_measured(results_tmp):
 def test_claimed_values_parse(text, part, low, high):
     c = claims.parse_claimed(text, part)
     assert (c.low, c.high) == (low, high)
+
+
+def test_a_range_written_downwards_is_refused():
+    with pytest.raises(claims.ClaimsError, match="downwards"):
+        claims.parse_claimed("5-3")
 
 
 def test_claimed_value_with_parts_needs_the_rule_to_choose():
@@ -233,6 +256,45 @@ def test_identity_rule_checks_the_sources_arithmetic_at_its_rounding(synthetic, 
     assert synthetic(rows, {"kind": "identity", "select": _sel("id")}, "3750.23", unit="MB").verdict == expected
 
 
+# every kind, every outcome, in one case: a kind without a direction reaches 'partly' through a rule's neutral point
+# or its looser band (partly_within); an ordering has no size, so it holds in part only across its cases (below)
+_EXACT = {"n": 1, "level": 1.0}
+
+
+@pytest.mark.parametrize(
+    "kind, rows, value, extra, expected",
+    [
+        ("share", [_row("s", 40, 38, 42, unit="%")], "40.9", {}, CONFIRMED),
+        ("share", [_row("s", 5, 4, 6, unit="%")], "40.9", {}, REFUTED),
+        ("share", [_row("s", 30, 28, 36, unit="%")], "40.9", {}, INCONCLUSIVE),
+        ("share", [_row("s", 12, 10, 14, unit="%")], "40.9", {"neutral": 0}, PARTLY),  # a share, far smaller
+        ("same", [_row("s", 1.05, 1.0, 1.1, unit="x")], None, {}, CONFIRMED),
+        ("same", [_row("s", 2.6, 2.5, 2.7, unit="x")], None, {"partly_within": 1.0, "why": "t"}, REFUTED),
+        ("same", [_row("s", 1.2, 1.1, 1.4, unit="x")], None, {}, INCONCLUSIVE),
+        ("same", [_row("s", 1.5, 1.4, 1.6, unit="x")], None, {"partly_within": 1.0, "why": "t"}, PARTLY),
+        ("identity", [_row("s", 3750.2, 3750.2, 3750.2, **_EXACT)], "3750.23", {}, CONFIRMED),
+        ("identity", [_row("s", 3.75, 3.75, 3.75, **_EXACT)], "3750.23", {}, REFUTED),
+        # computed from the source's rounded figures: the rounding's interval straddles the band's edge
+        ("identity", [_row("s", 3745, 3735, 3755, **_EXACT)], "3750.23", {}, INCONCLUSIVE),
+        ("identity", [_row("s", 3700, 3700, 3700, **_EXACT)], "3750.23", {"neutral": 0}, PARTLY),
+        ("bound", [_row("s", 3, 2, 4, unit="%")], "5", {"bound": "at_most"}, CONFIRMED),
+        ("bound", [_row("s", -10, -12, -8, unit="%")], "5", {"bound": "at_most", "neutral": 0}, REFUTED),
+        ("bound", [_row("s", 6, 4, 8, unit="%")], "5", {"bound": "at_most"}, INCONCLUSIVE),
+        ("bound", [_row("s", 40, 30, 50, unit="%")], "5", {"bound": "at_most", "neutral": 0}, PARTLY),
+    ],
+)  # fmt: skip
+def test_every_kind_reaches_every_outcome_in_one_case(synthetic, kind, rows, value, extra, expected):
+    j = synthetic(rows, {"kind": kind, "select": _sel("s"), **extra}, value, unit="%")
+    assert j.verdict == expected and j.cases == [expected], j.evidence
+
+
+def test_a_looser_band_must_be_wider_than_the_band():
+    with pytest.raises(claims.ClaimsError, match="wider"):
+        claims.check_rule("x-1", {"kind": "same", "select": {}, "partly_within": 0.2, "tolerance": 0.3, "why": "t"})
+    with pytest.raises(claims.ClaimsError, match="why"):
+        claims.check_rule("x-1", {"kind": "same", "select": {}, "partly_within": 0.5})
+
+
 def test_identity_rule_reaches_partly_through_its_cases(synthetic):
     rows = [_row("x", 3750.2, 3750.2, 3750.2, n=1, level=1.0), _row("y", 3.75, 3.75, 3.75, n=1, level=1.0)]
     rule = {"kind": "identity", "select": _sel("x"), "cases": [{}, {"select": {"variant": "y"}}]}
@@ -291,20 +353,133 @@ def test_combine():
     assert claims.combine([PARTLY, REFUTED]) == PARTLY
 
 
-def test_rules_file_can_be_swapped_and_a_tolerance_changes_a_verdict(synthetic, tmp_path, monkeypatch):
-    """A reader changes a tolerance in the rules file and sees the verdict change (the policy is data)."""
+def test_a_rules_own_tolerance_changes_a_verdict(synthetic):
     rows = [_row("a", 0.014, 0.0135, 0.0145)]
     assert synthetic(rows, {"kind": "value", "select": _sel("a"), "scale": 1e3}, "10").verdict == REFUTED
     rule = {"kind": "value", "select": _sel("a"), "scale": 1e3, "tolerance": 0.5, "why": "a test"}
     assert synthetic(rows, rule, "10").verdict == CONFIRMED
 
 
-def test_rules_yaml_is_the_one_source(tmp_path):
-    p = Path(claims.rules_path())
-    assert p.name == "claim_rules.yaml" and p.exists()
-    doc = p.read_text()
-    assert "policy:" in doc and "rules:" in doc
-    assert pd.notna(claims.load_rules(p)[0].tolerance)
+def _rules_copy(tmp_path, tolerance: float) -> Path:
+    """Write the shipped rules file with another policy tolerance; return its path."""
+    import yaml
+
+    doc = yaml.safe_load(claims.rules_path().read_text(encoding="utf-8"))
+    doc["policy"]["tolerance"] = tolerance
+    p = tmp_path / f"rules_{tolerance}.yaml"
+    p.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return p
+
+
+def test_the_rules_file_can_be_swapped_and_the_judge_follows_its_policy(results_tmp, tmp_path, monkeypatch):
+    """A reader writes a rules file of their own (here: the shipped one with a 50% tolerance); loaded by path or
+    through IPCBENCH_CLAIM_RULES, its policy decides the verdict."""
+    assert claims.rules_path().name == "claim_rules.yaml" and claims.rules_path().exists()
+    loose = _rules_copy(tmp_path, 0.5)
+    shipped_policy, shipped_rules = claims.load_rules()
+    policy, rules = claims.load_rules(loose)
+    assert (shipped_policy.tolerance, policy.tolerance) == (0.25, 0.5) and rules == shipped_rules
+    results.write("pipeline", results.frame([_row("a", 0.014, 0.0135, 0.0145)]), None, {"synthetic": True})
+    claim = {"id": "pl-99", "chapter": "pipeline", "value": "10", "unit": "ms"}
+    rule = {"kind": "value", "select": _sel("a"), "scale": 1e3}
+    assert claims.judge(claim, rule, claims.Results(), shipped_policy).verdict == REFUTED  # 14 ms against 7.5-12.5
+    assert claims.judge(claim, rule, claims.Results(), policy).verdict == CONFIRMED  # against 5-15
+    monkeypatch.setenv("IPCBENCH_CLAIM_RULES", str(loose))
+    assert claims.rules_path() == loose
+    assert claims.judge(claim, rule, claims.Results()).verdict == CONFIRMED  # the policy read from the file in use
+    monkeypatch.setenv("IPCBENCH_CLAIM_RULES", str(tmp_path / "nope.yaml"))
+    with pytest.raises(claims.ClaimsError, match="nope.yaml is missing"):
+        claims.load_rules()
+
+
+def test_a_policy_without_a_tolerance_is_refused(tmp_path):
+    with pytest.raises(claims.ClaimsError, match="above 0"):
+        claims.load_rules(_rules_copy(tmp_path, 0.0))
+
+
+# ------------------------------------------------------- rows and rules the judge must refuse
+
+
+_UNTRUSTED = [
+    ({"median": float("nan")}, "median is nan"),
+    ({"median": 0.030}, "outside its own interval"),  # 30 ms with [9.5, 10.5]
+    ({"ci_low": float("nan")}, "ci_low is nan"),
+    ({"ci_high": float("nan")}, "ci_high is nan"),
+    ({"ci_low": 0.0105, "ci_high": 0.0095}, "runs downwards"),
+    ({"median": float("inf"), "ci_high": float("inf")}, "median is inf"),
+    ({"ci_high": float("inf")}, "ci_high is inf"),
+    ({"ci_low": float("-inf")}, "ci_low is -inf"),
+    ({"n": 0}, "sample count"),
+    ({"ci_level": float("nan")}, "coverage"),
+    ({"ci_level": 1.5}, "coverage"),
+]
+
+
+@pytest.mark.parametrize("change, match", _UNTRUSTED, ids=[m for _, m in _UNTRUSTED])
+@pytest.mark.parametrize("kind", ["value", "order", "not_testable"])
+def test_a_row_the_judge_cannot_trust_is_an_error_naming_it(synthetic, change, match, kind):
+    row = {**_row("bad", 0.010, 0.0095, 0.0105), **change}
+    rows = [row, _row("ok", 0.020, 0.019, 0.021)]
+    rule = {"value": {"kind": "value", "select": _sel("bad"), "scale": 1e3},
+            "order": {"kind": "order", "lower": _sel("ok"), "than": _sel("bad")},
+            "not_testable": {"kind": "not_testable", "reason": "because a test", "show": _sel("bad")}}[kind]  # fmt: skip
+    with pytest.raises(claims.ClaimsError, match=rf"pipeline summary row .*'bad'.* cannot be judged: .*{match}"):
+        synthetic(rows, rule, "10")
+
+
+def test_a_claimed_zero_needs_an_absolute_tolerance(synthetic):
+    rule = {"kind": "value", "select": _sel("z")}
+    with pytest.raises(claims.ClaimsError, match="zero width.*tolerance_abs"):
+        synthetic([_row("z", 0.0, 0.0, 0.0, n=1, level=1.0)], rule, "0")
+    with pytest.raises(claims.ClaimsError, match="zero width"):
+        claims.check_rule("x-1", rule, "0")
+    claims.check_rule("x-1", {**rule, "tolerance_abs": 0.1, "why": "t"}, "0")  # with one it is judged
+    claims.check_rule("x-1", {**rule, "kind": "bound", "bound": "at_most"}, "0")  # a bound has a side, not a width
+
+
+def test_every_shipped_rule_has_a_band_with_a_width():
+    _policy, rules = claims.load_rules()
+    for claim in claims.load_claims().to_dict("records"):
+        claims.check_rule(claim["id"], rules[claim["id"]], None if pd.isna(claim["value"]) else claim["value"])
+
+
+def test_judge_all_refuses_a_claim_without_a_rule_and_a_rule_without_a_claim(results_tmp, tmp_path):
+    import yaml
+
+    doc = yaml.safe_load(claims.rules_path().read_text(encoding="utf-8"))
+    dropped = dict(doc, rules={k: v for k, v in doc["rules"].items() if k != "fs-01"})
+    p = tmp_path / "fewer.yaml"
+    p.write_text(yaml.safe_dump(dropped, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(claims.ClaimsError, match=r"claims without a rule .*\['fs-01'\]"):
+        claims.judge_all(rules_file=p)
+    extra = dict(doc, rules={**doc["rules"], "zz-01": {"kind": "not_testable", "reason": "because a test"}})
+    p.write_text(yaml.safe_dump(extra, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(claims.ClaimsError, match=r"rules for claims that are not in claims.csv: \['zz-01'\]"):
+        claims.judge_all(rules_file=p)
+    assert set(claims.judge_all()["verdict"]) == {claims.PENDING}  # the shipped pair is whole
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda p: p.write_text(""), "is empty"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe" * 20), "not a text CSV"),
+    (lambda p: p.write_text(p.read_text().replace("chapter,", "", 1)), "breaks the results schema"),
+])  # fmt: skip
+def test_a_damaged_summary_is_an_error_naming_the_file_never_a_chapter_that_has_not_run(synthetic, damage, match):
+    synthetic([_row("a", 0.010, 0.0095, 0.0105)], {"kind": "value", "select": _sel("a"), "scale": 1e3}, "10")
+    path = results.results_root() / "pipeline" / "summary.csv"
+    damage(path)
+    with pytest.raises(results.ResultsError, match=rf"{path}.*{match}|{match}"):
+        claims.Results().summary("pipeline")
+    with pytest.raises(results.ResultsError, match=str(path)):
+        claims.judge_all(["pipeline"])
+
+
+def test_a_truncated_meta_json_is_an_error_naming_the_file(synthetic):
+    synthetic([_row("a", 0.010, 0.0095, 0.0105)], {"kind": "value", "select": _sel("a"), "scale": 1e3}, "10")
+    meta = results.results_root() / "pipeline" / "meta.json"
+    meta.write_text(meta.read_text()[:10])
+    with pytest.raises(results.ResultsError, match=rf"{meta} is not valid JSON"):
+        results.read("pipeline")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,9 @@ The judge decides with confidence intervals (the tolerance policy is in the rule
   or range widened by the tolerance): every value the measurement allows is within tolerance;
 * ``refuted``: the interval lies entirely outside the band;
 * ``partly``: outside the band but on the claimed side of the rule's neutral point (the direction
-  holds, the size does not), or the claim holds for some of the cases it covers and not others;
+  holds, the size does not), or inside the looser band a rule may give (``partly_within``: a relative
+  tolerance wider than the band's, for a claim that also has a rough reading), or the claim holds for
+  some of the cases it covers and not others;
 * ``inconclusive``: the interval straddles an edge of the band, an ordering's intervals overlap,
   or the interval covers less than 95% (fewer than 6 samples): no difference is shown;
 * ``not testable here``: the rule says why.
@@ -48,7 +50,7 @@ LEDGER_COLUMNS = ["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_
 EVIDENCE_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence", "ci_low", "ci_high", "n", "ci_level",
                     "claimed"]  # fmt: skip
 _RULE_KEYS = {"kind", "select", "cases", "lower", "higher", "than", "bound", "neutral", "scale", "unit", "tolerance",
-              "tolerance_abs", "why", "note", "value_part", "reason", "show", "headline", "claimed_from"}  # fmt: skip
+              "tolerance_abs", "why", "note", "value_part", "reason", "show", "headline", "claimed_from", "partly_within"}  # fmt: skip
 
 
 class ClaimsError(ValueError):
@@ -73,6 +75,46 @@ def load_claims() -> pd.DataFrame:
     if bad:
         raise ClaimsError(f"unknown chapter(s) {sorted(bad)} in {p}")
     return df
+
+
+QUOTE_INDEX_COLUMNS = ["id", "source", "source_sha256", "start", "length", "quote_sha256"]
+
+
+def normalized(text: str) -> str:
+    """Return ``text`` with every run of whitespace as one space (how quotes are compared with their sources)."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def locate_quotes(seeds_dir: Path | str, claims_df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Return where each claim's quote stands in its source analysis (under ``seeds_dir``), one row per claim
+    (:data:`QUOTE_INDEX_COLUMNS`: the source's and the quote's SHA-256 and the quote's character offset and length,
+    all of the whitespace-normalized texts); raise ClaimsError for a quote that is not verbatim in its source."""
+    df = load_claims() if claims_df is None else claims_df
+    texts = {src: normalized((Path(seeds_dir) / src).read_text(encoding="utf-8")) for src in df["source"].unique()}
+    rows, missing = [], []
+    for r in df.itertuples():
+        quote = normalized(r.quote)
+        start = texts[r.source].find(quote)
+        if start < 0:
+            missing.append(r.id)
+            continue
+        rows.append({"id": r.id, "source": r.source, "source_sha256": _sha256(texts[r.source]), "start": start,
+                     "length": len(quote), "quote_sha256": _sha256(quote)})  # fmt: skip
+    if missing:
+        raise ClaimsError(f"quotes not found verbatim in their source: {missing}")
+    return pd.DataFrame(rows, columns=QUOTE_INDEX_COLUMNS)
+
+
+def quote_index() -> pd.DataFrame:
+    """Return the shipped quote index (data/seeds/quote_index.csv: :func:`locate_quotes` of the source analyses), by
+    which a checkout without the sources still checks that no quote changed since it was found verbatim."""
+    return pd.read_csv(results.seeds_path("quote_index.csv"))
 
 
 @dataclass(frozen=True)
@@ -104,14 +146,17 @@ def load_rules(path: Path | str | None = None) -> tuple[Policy, dict[str, dict]]
     pol = doc.get("policy", {})
     policy = Policy(tolerance=float(pol.get("tolerance", 0.25)), identity_tolerance=float(pol.get("identity_tolerance", 0.0025)),
                     min_ci_level=float(pol.get("min_ci_level", 0.95)), text=str(pol.get("text", "")).strip())  # fmt: skip
+    if not (0 < policy.tolerance and 0 < policy.identity_tolerance and 0 < policy.min_ci_level <= 1):
+        raise ClaimsError(f"{p}: the policy's tolerances must be above 0 and min_ci_level in (0, 1], got {pol}")
     rules = doc.get("rules") or {}
     for cid, rule in rules.items():
         check_rule(cid, rule)
     return policy, rules
 
 
-def check_rule(cid: str, rule: dict) -> None:
-    """Raise ClaimsError unless ``rule`` is a well-formed rule of one of :data:`KINDS`."""
+def check_rule(cid: str, rule: dict, claimed_value: str | float | None = None) -> None:
+    """Raise ClaimsError unless ``rule`` is a well-formed rule of one of :data:`KINDS`; given the claim's value
+    (claims.csv), also unless every case's band around it has a width (a claimed 0 needs ``tolerance_abs``)."""
     if not isinstance(rule, dict):
         raise ClaimsError(f"rule {cid}: must be a mapping, got {rule!r}")
     kind = rule.get("kind")
@@ -120,8 +165,8 @@ def check_rule(cid: str, rule: dict) -> None:
     unknown = set(rule) - _RULE_KEYS
     if unknown:
         raise ClaimsError(f"rule {cid}: unknown key(s) {sorted(unknown)}")
-    if ("tolerance" in rule or "tolerance_abs" in rule) and not str(rule.get("why", "")).strip():
-        raise ClaimsError(f"rule {cid}: a tolerance other than the policy's needs a 'why'")
+    if {"tolerance", "tolerance_abs", "partly_within"} & set(rule) and not str(rule.get("why", "")).strip():
+        raise ClaimsError(f"rule {cid}: a tolerance other than the policy's (or a partly_within) needs a 'why'")
     if "note" in rule and re.search(r"\b(confirm|refut|partly|inconclusive|holds|wrong|right)\w*", str(rule["note"]), re.I):
         raise ClaimsError(f"rule {cid}: a note says what was compared, never an outcome: {rule['note']!r}")
     if kind == "not_testable":
@@ -141,6 +186,16 @@ def check_rule(cid: str, rule: dict) -> None:
             raise ClaimsError(f"rule {cid}: a bound case needs bound: at_least | at_most")
         if ck not in ("bound", "same") and "bound" in case:
             raise ClaimsError(f"rule {cid}: only bound and same cases take 'bound'")
+        if "partly_within" in case and not float(case["partly_within"]) > float(case.get("tolerance", 0.0)):
+            raise ClaimsError(f"rule {cid}: partly_within must be wider than the case's tolerance")
+        if ck not in ("order", "same") and "claimed_from" not in case and claimed_value is not None:
+            claimed = parse_claimed(claimed_value, case.get("value_part"))
+            rel = float(case.get("tolerance", 1.0))  # the policy's tolerance is never 0 (load_rules checks)
+            if (claimed is not None and claimed.point and not case.get("bound")
+                    and rel * abs(claimed.low) == 0 and not float(case.get("tolerance_abs", 0.0))):  # fmt: skip
+                    raise ClaimsError(f"rule {cid}: the claimed value {claimed.text} widened by a relative tolerance "
+                                      "is a band of zero width, which no interval lies inside: give it tolerance_abs "
+                                      "(with a 'why')")  # fmt: skip
 
 
 # ------------------------------------------------------------------ claimed values
@@ -177,7 +232,9 @@ def parse_claimed(text: str | float | None, part: int | None = None) -> Claimed 
     m = re.fullmatch(rf"({_NUM})\s*-\s*({_NUM})", s)
     if m:
         lo, hi = float(m.group(1)), float(m.group(2))
-        return Claimed(min(lo, hi), max(lo, hi), str(text))
+        if lo > hi:
+            raise ClaimsError(f"the claimed range {text!r} runs downwards: write a range low-high ({_fmt(hi)}-{_fmt(lo)})")
+        return Claimed(lo, hi, str(text))
     if re.fullmatch(_NUM, s):
         return Claimed(float(s), float(s), str(text))
     raise ClaimsError(f"cannot read a number or range from the claimed value {text!r}")
@@ -240,11 +297,8 @@ class Results:
 
     def summary(self, chapter: str) -> pd.DataFrame | None:
         """Return a chapter's summary, or None when it has not run."""
-        if chapter not in self._cache:
-            try:
-                self._cache[chapter] = results.read(chapter).summary
-            except results.ResultsError:
-                self._cache[chapter] = None
+        if chapter not in self._cache:  # a summary that exists but breaks the schema raises (ResultsError names it)
+            self._cache[chapter] = results.read(chapter).summary if results.has_run(chapter) else None
         return self._cache[chapter]
 
 
@@ -273,9 +327,47 @@ def select(res: Results, default_chapter: str, selector: dict) -> pd.Series:
     return got.iloc[0]
 
 
+def _number(row: pd.Series, col: str) -> float:
+    v = row.get(col)
+    try:
+        return float("nan") if v is None or pd.isna(v) else float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def untrusted(row: pd.Series) -> str | None:
+    """Return why a summary row cannot decide a verdict (a value that is not a finite number, an interval that runs
+    downwards or leaves out its own median, no samples, a coverage outside 0-1 or unknown), or None when it can."""
+    med, lo, hi, n, level = (_number(row, c) for c in ("median", "ci_low", "ci_high", "n", "ci_level"))
+    for name, v in (("median", med), ("ci_low", lo), ("ci_high", hi)):
+        if not math.isfinite(v):
+            return f"its {name} is {v} (not a finite number)"
+    if lo > hi:
+        return f"its interval runs downwards (ci_low {lo:g} > ci_high {hi:g})"
+    slack = 1e-9 * max(abs(lo), abs(hi), abs(med))
+    if not lo - slack <= med <= hi + slack:
+        return f"its median {med:g} lies outside its own interval [{lo:g}, {hi:g}]"
+    if not (math.isfinite(n) and n >= 1 and n == int(n)):
+        return f"its sample count n is {n} (a whole number of at least 1 is needed)"
+    if not 0.0 <= level <= 1.0:
+        return f"its interval's coverage ci_level is {level} (a fraction from 0 to 1 is needed)"
+    return None
+
+
+def _pick(res: Results, chapter: str, selector: dict, scale: float) -> Measured:
+    """Return the measured value of the one row ``selector`` names; raise ClaimsError (naming the row) when the row
+    cannot decide a verdict (:func:`untrusted`)."""
+    row = select(res, chapter, selector)
+    why = untrusted(row)
+    if why is not None:
+        where = selector.get("chapter", chapter)
+        raise ClaimsError(f"the {where} summary row {selector} cannot be judged: {why}")
+    return _measured(row, scale)
+
+
 def _measured(row: pd.Series, scale: float) -> Measured:
     lo, hi = float(row["ci_low"]) * scale, float(row["ci_high"]) * scale
-    level = float(row["ci_level"]) if "ci_level" in row and pd.notna(row["ci_level"]) else float("nan")
+    level = float(row["ci_level"])
     parts = [str(row[c]) for c in ("experiment", "variant", "metric") if pd.notna(row.get(c))]
     if row.get("experiment") == "derived":
         parts = [str(row["metric"])] + [f"{c} {_fmt(float(row[c]))}" if isinstance(row[c], float) else f"{c} {row[c]}"
@@ -352,6 +444,11 @@ def _numeric_case(m: Measured, claimed: Claimed, case: dict, tol: float, tol_abs
             other = (side > 0 and m.high < neutral) or (side < 0 and m.low > neutral)
             return REFUTED, (f"{head}; the interval lies outside the band, "
                              f"{'on the other side of' if other else 'across'} {_fmt(neutral)}{_u(unit)}")  # fmt: skip
+        if "partly_within" in case:  # a rule's looser reading of the claim ("roughly"): outside the band, inside it
+            lo_w, hi_w = _band(claimed, case, float(case["partly_within"]), tol_abs)
+            if m.low >= lo_w and m.high <= hi_w:
+                return PARTLY, (f"{head}; the interval lies outside the band, inside the looser band "
+                                f"{_fmt(lo_w)} to {_fmt(hi_w)}{_u(unit)}")  # fmt: skip
         return REFUTED, f"{head}; the interval lies {'below' if m.high < lo_b else 'above'} the band"
     if m.low >= lo_b and m.high <= hi_b:
         return CONFIRMED, f"{head}; the interval lies inside the band"
@@ -404,7 +501,7 @@ def _claimed_of(claim, case: dict, res: Results, chapter: str, scale: float) -> 
     if case["kind"] == "same":
         return Claimed(1.0, 1.0, "1 (the same)")
     if "claimed_from" in case:
-        m = _measured(select(res, chapter, case["claimed_from"]), scale)
+        m = _pick(res, chapter, case["claimed_from"], scale)
         return Claimed(m.value, m.value, f"{m.label} = {_fmt(m.value)}", source=m.label)
     return parse_claimed(claim.get("value"), case.get("value_part"))
 
@@ -417,7 +514,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
     res = res or Results()
     policy = policy or load_rules()[0]
     cid, chapter = claim["id"], claim["chapter"]
-    check_rule(cid, rule)
+    check_rule(cid, rule, None if pd.isna(claim.get("value")) else claim.get("value"))
     kind = rule["kind"]
     claim_unit = "" if pd.isna(claim.get("unit")) else str(claim.get("unit"))
     raw_value = "" if pd.isna(claim.get("value")) else str(claim.get("value"))
@@ -428,7 +525,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
         j = Judgement(cid, NOT_TESTABLE, unit=unit, claimed=raw_value)
         shown = ""
         if "show" in rule:
-            m = _measured(select(res, chapter, rule["show"]), float(rule.get("scale", 1.0)))
+            m = _pick(res, chapter, rule["show"], float(rule.get("scale", 1.0)))
             j.measured, j.ci_low, j.ci_high, j.n, j.ci_level = m.value, m.low, m.high, m.n, m.ci_level
             shown = f" Measured here for reference: {m.label}: {m.text(unit)}."
         j.evidence = f"{lead}Not testable here {rule['reason'].strip().rstrip('.')}.{shown}"
@@ -443,8 +540,8 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
         uses_csv = uses_csv or from_csv
         if ck == "order":
             higher = "higher" in case
-            a = _measured(select(res, chapter, case["higher" if higher else "lower"]), scale)
-            b = _measured(select(res, chapter, case["than"]), scale)
+            a = _pick(res, chapter, case["higher" if higher else "lower"], scale)
+            b = _pick(res, chapter, case["than"], scale)
             v, clause = _order_case(a, b, higher, policy, unit)
             heads.append(a)
         else:
@@ -453,7 +550,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
                 raise ClaimsError(f"rule {cid}: a {ck} case needs a claimed value in claims.csv")
             tol = float(case.get("tolerance", policy.identity_tolerance if ck == "identity" else policy.tolerance))
             tol_abs = float(case.get("tolerance_abs", 0.0))
-            m = _measured(select(res, chapter, case["select"]), scale)
+            m = _pick(res, chapter, case["select"], scale)
             v, clause = _numeric_case(m, claimed, case, tol, tol_abs, policy, unit)
             heads.append(m)
             claimed_texts.append(claimed.text)

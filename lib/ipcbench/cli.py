@@ -27,12 +27,29 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def results_tree_problem(path: str) -> str | None:
+    """Return why ``path`` is not a results tree (missing, not a directory, no chapter's results in it), or None."""
+    from pathlib import Path
+
+    from . import results
+
+    root = Path(path)
+    if not root.exists():
+        return f"the results tree {root} does not exist"
+    if not root.is_dir():
+        return f"the results tree {root} is not a directory"
+    if not any((root / ch / "summary.csv").exists() for ch in results.CHAPTERS):
+        return (f"{root} holds no chapter's results (no <chapter>/summary.csv for any of {', '.join(results.CHAPTERS)}): "
+                "is it the results tree (for example data/results)?")
+    return None
+
+
 def _cmd_analyze(args) -> int:
-    from . import experiments, results
+    from . import claims, experiments, results
 
     try:
         n = experiments.reanalyze(args.chapter)
-    except results.ResultsError as exc:
+    except (results.ResultsError, claims.ClaimsError) as exc:
         print(f"ipcbench analyze: {exc}", file=sys.stderr)
         return 2
     print(f"ipcbench: {n} derived rows recomputed for {args.chapter} from its results on disk"
@@ -46,6 +63,10 @@ def _cmd_ledger(args) -> int:
     from . import claims, results
 
     if args.results:
+        problem = results_tree_problem(args.results)
+        if problem:
+            print(f"ipcbench ledger: {problem}", file=sys.stderr)
+            return 2
         os.environ["IPCBENCH_RESULTS_DIR"] = args.results
     try:
         led = claims.judge_all(rules_file=args.rules)

@@ -129,7 +129,7 @@ def update_meta(chapter: str, **fields) -> Path:
     p = chapter_dir(chapter) / "meta.json"
     if not p.exists():
         raise ResultsError(f"chapter {chapter!r} has no meta.json to update: run it first")
-    meta = json.loads(p.read_text())
+    meta = read_json(p)
     meta.update(fields)
     p.write_text(json.dumps(_jsonable(meta), indent=2, sort_keys=True))
     return p
@@ -166,7 +166,7 @@ class Results:
         p = results_root() / self.chapter / f"{name}.json"
         if not p.exists():
             raise ResultsError(f"{p} does not exist; run `ipcbench run {self.chapter}` first")
-        return json.loads(p.read_text())
+        return read_json(p)
 
     def text(self, name: str) -> str:
         """Return an extra text file the chapter wrote (e.g. ``logs/baseline.log``)."""
@@ -180,20 +180,50 @@ class Results:
         p = results_root() / self.chapter / f"{name}.csv"
         if not p.exists():
             raise ResultsError(f"{p} does not exist; run `ipcbench run {self.chapter}` first")
-        return pd.read_csv(p)
+        return read_csv(p)
+
+
+def has_run(chapter: str) -> bool:
+    """Return whether a chapter has written its summary under the results tree (it may still break the schema)."""
+    return (results_root() / chapter / "summary.csv").exists()
+
+
+def read_csv(path: Path, **kw) -> pd.DataFrame:
+    """Return a CSV file of the results as a DataFrame; raise ResultsError naming the file when it is empty, not text
+    or not a table."""
+    try:
+        return pd.read_csv(path, **kw)
+    except pd.errors.EmptyDataError:
+        raise ResultsError(f"{path} is empty: run its chapter again") from None
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"{path} is not a text CSV file ({exc.reason} at byte {exc.start}): run its chapter again") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise ResultsError(f"{path} is not a readable table: {str(exc).strip()}") from None
+
+
+def read_json(path: Path) -> dict:
+    """Return a JSON document of the results; raise ResultsError naming the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path} is not valid JSON ({exc}): it was cut short or overwritten; run its chapter again") from None
 
 
 def read(chapter: str) -> Results:
-    """Return a chapter's summary, samples and metadata; raise ResultsError if it has not been run."""
+    """Return a chapter's summary, samples and metadata; raise ResultsError if it has not been run, or naming the file
+    that breaks the schema."""
     d = results_root() / chapter
     if not (d / "summary.csv").exists():
         raise ResultsError(
             f"no results for {chapter!r} under {d}; run `ipcbench run {chapter}` or its notebook first"
         )
-    summary = pd.read_csv(d / "summary.csv", dtype={"unit": str, "ranks": "Int64"})
-    validate_summary(summary)
-    samples = pd.read_csv(d / "samples.csv") if (d / "samples.csv").exists() else None
-    meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+    summary = read_csv(d / "summary.csv", dtype={"unit": str, "ranks": "Int64"})
+    try:
+        validate_summary(summary)
+    except ResultsError as exc:
+        raise ResultsError(f"{d / 'summary.csv'} breaks the results schema: {exc}") from None
+    samples = read_csv(d / "samples.csv") if (d / "samples.csv").exists() else None
+    meta = read_json(d / "meta.json") if (d / "meta.json").exists() else {}
     return Results(chapter, summary, samples, meta)
 
 
@@ -207,7 +237,7 @@ def write_table(chapter: str, name: str, table: pd.DataFrame) -> Path:
 def read_table(chapter: str, name: str) -> pd.DataFrame | None:
     """Return a chapter's extra table ``<name>.csv``, or None when the chapter has not written it."""
     p = results_root() / chapter / f"{name}.csv"
-    return pd.read_csv(p) if p.exists() else None
+    return read_csv(p) if p.exists() else None
 
 
 def summary_row(stats, **labels) -> dict:
