@@ -37,13 +37,14 @@ book: $(STAMP) $(EXEC_STAMP) hosts-tools
 	IPCBENCH_PROFILE=$(PROFILE) $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "Book: file://$(abspath _build/html/index.html)"
 
-# Debian's chromium for the rendered-book test (installed when we may, else the test says why it skipped).
+# Debian's chromium and CJK fonts (the quotes are Chinese) for the rendered-book test (installed when we may, else
+# the test says why it skipped).
 chromium:
-	@if ! command -v chromium >/dev/null 2>&1; then \
+	@if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi "noto sans cjk"; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "Installing Debian chromium for the browser test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium is not installed and cannot be installed here: the browser test will be skipped"; fi; \
+	    echo "Installing Debian chromium and fonts-noto-cjk for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; \
+	  else echo "chromium (or fonts-noto-cjk) is not installed and cannot be installed here: the browser test will be skipped"; fi; \
 	fi
 
 # iproute2 (ip, tc) for chapter 6's emulated hosts (network namespaces; root only), installed when we may

@@ -54,3 +54,27 @@ def results_tmp(tmp_path, monkeypatch):
 def session_results(tmp_path_factory):
     """Return a results directory shared by the notebook and book tests of one session."""
     return tmp_path_factory.mktemp("results")
+
+
+QUICK_BUILD = REPO / "_build" / "test-quick"
+"""Where the tests build the quick book (its HTML under _build/html, its executed notebooks under _build/jupyter_execute)."""
+
+
+@pytest.fixture(scope="session")
+def quick_book(session_results):
+    """Build the book once in the quick profile, with warnings as errors: it runs every chapter once, into
+    ``session_results``; every check of a chapter's results and of the rendered pages reads this one build. Return
+    the HTML directory."""
+    import shutil
+    import subprocess
+
+    shutil.rmtree(QUICK_BUILD, ignore_errors=True)  # the execution cache keys on notebook text, not on lib/
+    env = dict(os.environ, IPCBENCH_PROFILE="quick", IPCBENCH_RESULTS_DIR=str(session_results))
+    env.pop("MPLBACKEND", None)
+    jb = Path(sys.executable).with_name("jupyter-book")
+    out = subprocess.run(
+        [str(jb), "build", str(REPO), "--path-output", str(QUICK_BUILD), "--warningiserror", "--nitpick", "--keep-going"],
+        capture_output=True, text=True, env=env, timeout=1500,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-4000:]
+    return QUICK_BUILD / "_build" / "html"

@@ -155,12 +155,23 @@ def test_the_ledger_page_has_a_section_for_every_source_analysis():
 
 
 def test_progress_sections_record_their_time():
+    import time
+
     from ipcbench.experiments import _common
 
     _common.SECTION_TIMES.clear()
-    assert [x for x in _common.progress([1, 2, 3], "a section")] == [1, 2, 3]
+
+    def slow():
+        for i in (1, 2, 3):
+            time.sleep(0.02)
+            yield i
+
+    assert list(_common.progress(slow(), "a section")) == [1, 2, 3]
+    assert 0.06 <= _common.SECTION_TIMES["a section"] < 1.0  # the bar's section holds the loop's own time
     _common.add_time("a section", 1.0)
-    assert 1.0 <= _common.SECTION_TIMES["a section"] < 2.0
+    assert 1.06 <= _common.SECTION_TIMES["a section"] < 2.0
+    _common.add_time("a finer split", 0.5)
+    assert _common.SECTION_TIMES["a finer split"] == 0.5
 
 
 def test_findings_on_rules_with_several_cases_are_worded_on_every_case():

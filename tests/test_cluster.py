@@ -76,13 +76,13 @@ def test_failure_inside_engines_leaves_nothing_behind(no_leaked_mpich_segments):
     with pytest.raises(RankError) as info:
         with Cluster() as c:
             first_pids = c.pids()
-            try:
+            with pytest.raises(RankError) as stuck:
                 c.run(fail_on_rank_1_while_rank_0_waits)
-            except RankError as e:
-                # the stuck rank was killed and the engines restarted: the cluster works again
-                assert e.ranks == [1] and "deliberate failure" in str(e) and "left waiting" in str(e)
-                assert "ValueError" in e.remote[0]
-                assert c.run(rank_times, 1)[1] == (1, c.size)
+            # the stuck rank was killed and the engines restarted: the cluster works again
+            assert stuck.value.ranks == [1] and "deliberate failure" in str(stuck.value)
+            assert "left waiting" in str(stuck.value) and "ValueError" in stuck.value.remote[0]
+            assert not first_pids & c.pids(), "the engines were restarted"
+            assert c.run(rank_times, 1)[1] == (1, c.size)
             all_pids = first_pids | c.pids()
             c.run(fail_everywhere)
     assert info.value.ranks == list(range(2))

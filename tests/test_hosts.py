@@ -14,7 +14,7 @@ import pytest
 from ipcbench import hosts
 
 PROBLEM = hosts.requirements_problem()
-pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"emulated hosts cannot be made here: {PROBLEM}")
+needs_hosts = pytest.mark.skipif(PROBLEM is not None, reason=f"emulated hosts cannot be made here: {PROBLEM}")
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -32,6 +32,7 @@ def two_hosts_1g():
     _no_leftovers_of(os.getpid())
 
 
+@needs_hosts
 def test_shaped_link_bandwidth_and_counters(two_hosts_1g):
     h = two_hosts_1g
     r = hosts.probe_link(h, 0, 1, rounds=100, nbytes=16 << 20, repeats=6)
@@ -60,6 +61,7 @@ PINGPONG = textwrap.dedent("""
 """)
 
 
+@needs_hosts
 def test_mpi_ping_pong_crosses_the_link(two_hosts_1g, tmp_path):
     h = two_hosts_1g
     script = tmp_path / "pp.py"
@@ -75,6 +77,7 @@ def test_mpi_ping_pong_crosses_the_link(two_hosts_1g, tmp_path):
         assert after[name]["tx_bytes"] - before[name]["tx_bytes"] >= 8 << 20, (name, before, after)
 
 
+@needs_hosts
 def test_zeromq_tcp_round_trip_crosses_the_link(two_hosts_1g):
     h = two_hosts_1g
     server_code = textwrap.dedent("""
@@ -116,6 +119,7 @@ HOLDER = textwrap.dedent("""
 """)
 
 
+@needs_hosts
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_run_killed_halfway_leaves_nothing(sig):
     p = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True, env=ENV)
@@ -140,23 +144,36 @@ def test_run_killed_halfway_leaves_nothing(sig):
     assert f"{hosts.PREFIX}{p.pid}" not in subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
 
 
+@needs_hosts
 def test_a_second_set_in_one_process_is_refused_and_leaves_the_first_up(two_hosts_1g):
+    h = two_hosts_1g
     with pytest.raises(hosts.HostsError, match="already has emulated hosts"):
         with hosts.EmulatedHosts(2):
             pass
-    assert two_hosts_1g.counters()["h0"]["tx_bytes"] >= 0  # the first set's links are still there
+    # the first set is still up: its namespaces exist and its link carries a probe from h0 to h1
+    assert set(h.namespaces) <= set(hosts.leftovers()["netns"])
+    r = hosts.probe_link(h, 0, 1, rounds=10, nbytes=1 << 20, repeats=1)
+    assert len(r["rtt_s"]) == 10 and r["crossed_bytes"]["h0"] >= 1 << 20
 
 
-def test_latency_without_netem_is_a_clear_error():
-    if hosts.has_netem():
-        pytest.skip("this kernel has netem: a latency link model is built, not refused")
-    with pytest.raises(hosts.HostsError, match="netem"):
-        with hosts.EmulatedHosts(2, hosts.LinkModel("wan", 1e9, delay_s=0.005)):
-            pass
+@needs_hosts
+def test_a_link_with_latency_is_built_where_netem_exists_and_refused_clearly_where_not():
+    link = hosts.LinkModel("wan", 1e9, delay_s=0.005)
+    if hosts.has_netem():  # host to host crosses two links: a round trip pays the delay four times
+        with hosts.EmulatedHosts(2, link) as h:
+            r = hosts.probe_link(h, 0, 1, rounds=10, nbytes=1 << 20, repeats=1)
+        assert min(r["rtt_s"]) >= 4 * link.delay_s * 0.9, r["rtt_s"]
+    else:
+        with pytest.raises(hosts.HostsError, match="netem"):
+            with hosts.EmulatedHosts(2, link):
+                pass
     _no_leftovers_of(os.getpid())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="network namespaces are Linux's")
 def test_clear_error_where_namespaces_cannot_be_made(monkeypatch):
+    """Without root a run says what it needs (checked on every Linux machine, root or not, tools or not)."""
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(hosts.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     with pytest.raises(hosts.HostsError, match="root"):
         hosts.EmulatedHosts(2).start()

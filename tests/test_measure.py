@@ -88,10 +88,23 @@ def test_timer_info_is_measured():
     assert 0 < info.overhead_ns < 1e5
 
 
+def _busy_ms():
+    """Spin for 1 ms of this clock (a call of known length, unlike sleep)."""
+    end = measure.now_ns() + 1_000_000
+    while measure.now_ns() < end:
+        pass
+
+
 def test_time_call_and_calibrate_inner():
-    inner = measure.calibrate_inner(lambda: None, min_sample_s=1e-4)
-    assert 1 <= inner <= 10_000
-    assert measure.time_call(lambda: sum(range(100)), inner=10) > 0
+    # a 1 ms call: 5 of them make a 5 ms sample (4 when the first call ran slow by a quarter or more)
+    assert measure.calibrate_inner(_busy_ms, min_sample_s=5e-3) in (4, 5)
+    assert measure.calibrate_inner(_busy_ms, min_sample_s=5e-4) == 1
+    assert measure.calibrate_inner(lambda: None, min_sample_s=10.0, cap=100) == 100  # the cap
+    per_call = measure.time_call(_busy_ms, inner=5)
+    assert 1e-3 <= per_call < 3e-3, per_call  # (above 1 ms only where another process took the core)
+    calls = []
+    measure.time_call(lambda: calls.append(1), inner=7)
+    assert len(calls) == 7
 
 
 def test_fit_alpha_beta_recovers_parameters():

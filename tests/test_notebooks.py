@@ -1,36 +1,53 @@
-"""Every chapter notebook executes in the quick profile and records what its page and ledger need."""
+"""Every chapter runs once, in the quick book build (the session's ``quick_book``), and records what its page and ledger
+need; the checks below read that build's results and executed notebooks."""
 
 import io
+import json
 import os
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 
-from conftest import REPO
+from conftest import QUICK_BUILD, REPO
+from ipcbench.measure import ci_coverage
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stored_without_outputs(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, "a chapter notebook has code"
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "store notebooks without outputs"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes_in_quick_profile(path: Path, session_results, monkeypatch):
-    monkeypatch.setenv("IPCBENCH_PROFILE", "quick")
-    monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(session_results))
-    monkeypatch.delenv("MPLBACKEND", raising=False)
-    nb = nbformat.read(path, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "store notebooks without outputs"
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert images, "a chapter shows figures"
+def test_notebook_executed_in_the_quick_build_without_errors_and_shows_figures(path: Path, quick_book):
+    executed = QUICK_BUILD / "_build" / "jupyter_execute" / "notebooks" / path.name
+    assert executed.exists(), f"the quick build did not execute {path.name}"
+    nb = nbformat.read(executed, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert [o for o in outputs if "image/png" in o.get("data", {})], "a chapter shows figures"
+    glued = json.loads(executed.with_suffix(".glue.json").read_text())
+    assert glued.get("build_profile") == "quick", "the chapter ran in the quick profile"
+
+
+def _meta(session_results, chapter: str) -> dict:
+    return json.loads((session_results / chapter / "meta.json").read_text())
+
+
+def _cores_seen(session_results, chapter: str) -> int:
+    """Return the cores the chapter's engines could use, as its run recorded them."""
+    return int(_meta(session_results, chapter)["cluster"]["usable_cores"])
 
 
 @pytest.mark.slow
-def test_chapter0_records_the_mpi4py_bench_crosscheck_like_for_like(session_results, monkeypatch):
+def test_chapter0_records_the_mpi4py_bench_crosscheck_like_for_like(quick_book, session_results, monkeypatch):
     """The cross-check ran and recorded both sides in the same condition; whether they agree is a result, not a test.
 
     Agreement within 25% is shown (and flagged) on chapter 0's page: a speed comparison on a shared
@@ -41,7 +58,7 @@ def test_chapter0_records_the_mpi4py_bench_crosscheck_like_for_like(session_resu
     from ipcbench.experiments import machine_limits as ml
 
     if not (session_results / "machine_limits" / "crosscheck.csv").exists():
-        pytest.fail("chapter 0's notebook did not run first in this session")
+        pytest.fail("the quick build did not write chapter 0's cross-check")
     check = results.read("machine_limits").extra("crosscheck")
     required = check[check["required"]]
     assert set(required["metric"]) == {"one_way_latency", "bandwidth"}
@@ -52,7 +69,6 @@ def test_chapter0_records_the_mpi4py_bench_crosscheck_like_for_like(session_resu
     assert np.allclose(required["ratio"], required["book_value"] / required["bench_value"])
     assert (required["within_tolerance"] == ((required["ratio"] - 1).abs() <= ml.CROSSCHECK_TOLERANCE)).all()
     summary = results.read("machine_limits").summary
-    assert os.environ["IPCBENCH_RESULTS_DIR"] == str(session_results)
     assert set(summary.query("experiment == 'pingpong'")["variant"]) == {
         "mpi_buffer", "mpi_pickle", "mpi_pkl5", "zmq_ipc", "zmq_tcp"}  # fmt: skip
     assert (summary["n"] >= 5).all()
@@ -64,7 +80,7 @@ def _ledger_of(chapter: str, session_results, monkeypatch):
     from ipcbench import claims
 
     if not (session_results / chapter / "claims.csv").exists():
-        pytest.fail(f"the {chapter} notebook did not run first in this session")
+        pytest.fail(f"the quick build did not write the {chapter} chapter's evidence")
     led = claims.ledger().query("chapter == @chapter")
     assert (led["verdict"] != claims.PENDING).all(), led[led["verdict"] == claims.PENDING]["id"].tolist()
     assert set(led["verdict"]) <= set(claims.VERDICTS)
@@ -72,7 +88,7 @@ def _ledger_of(chapter: str, session_results, monkeypatch):
 
 
 @pytest.mark.slow
-def test_chapter1_gives_every_seed_000_claim_a_verdict(session_results, monkeypatch, new_leftovers):
+def test_chapter1_gives_every_seed_000_claim_a_verdict(quick_book, session_results, monkeypatch, new_leftovers):
     from ipcbench import backends, results
 
     _ledger_of("fair_serialization", session_results, monkeypatch)
@@ -81,12 +97,14 @@ def test_chapter1_gives_every_seed_000_claim_a_verdict(session_results, monkeypa
     ran = summary.query("metric == 'end_to_end'").groupby(["variant", "kind"])["readers"].agg(set)
     for b in backends.BROADCAST_BACKENDS:
         assert ran[(b, "records")] == {1, 3} and ran[(b, "array")] == {1, 3}, (b, ran)
-    assert (summary.query("ranks > 2")["oversubscribed"]).all()
+    cores = _cores_seen(session_results, "fair_serialization")
+    assert (summary["oversubscribed"] == (summary["ranks"] > cores)).all()  # ranks: busy engines (derived rows: none)
+    assert (summary.query("readers == 3 and experiment != 'derived'")["oversubscribed"] == (4 > cores)).all()
     assert not any(new_leftovers().values())  # nothing left by this session's notebooks
 
 
 @pytest.mark.slow
-def test_chapter5_counts_volumes_checks_outputs_and_gives_every_seed_004_claim_a_verdict(session_results, monkeypatch):
+def test_chapter5_counts_volumes_checks_outputs_and_gives_every_seed_004_claim_a_verdict(quick_book, session_results, monkeypatch):
     from ipcbench import results
     from ipcbench import tensor_parallel as tp
     from ipcbench.experiments import tensor_parallel as tpx
@@ -114,14 +132,16 @@ def test_chapter5_counts_volumes_checks_outputs_and_gives_every_seed_004_claim_a
     d = summary.query("experiment == 'derived'").set_index("metric")
     for k in ("source_pair_decoder_slower", "threads_over_ranks_decode", "threads_over_ranks_prefill"):
         assert d.loc[k, "ci_low"] <= d.loc[k, "median"] <= d.loc[k, "ci_high"], k
-    assert summary.query("ranks > 2")["oversubscribed"].all() and not summary.query("ranks <= 2")["oversubscribed"].any()
+    cores = _cores_seen(session_results, "tensor_parallel")
+    ranked = summary[summary["ranks"].notna()]
+    assert (ranked["oversubscribed"] == (ranked["ranks"] > cores)).all()
     # compute + communication = total, per point
     piv = mlp.pivot_table(index=["variant", "payload", "ranks", "tokens", "intermediate"], columns="metric", values="median")
     assert (piv["communication"] >= 0).all() and (piv["compute"] <= piv["total"] * 1.0001).all()
 
 
 @pytest.mark.slow
-def test_chapter4_runs_every_processor_and_kind_and_gives_every_seed_003_claim_a_verdict(session_results, monkeypatch):
+def test_chapter4_runs_every_processor_and_kind_and_gives_every_seed_003_claim_a_verdict(quick_book, session_results, monkeypatch):
     from ipcbench import results
     from ipcbench.experiments import pipeline as plx
 
@@ -141,8 +161,10 @@ def test_chapter4_runs_every_processor_and_kind_and_gives_every_seed_003_claim_a
     # speedups name their base case; the five-rank MPI run is labelled oversubscribed, nothing else is
     sp = s.query("metric == 'speedup'")
     assert sp["base_s"].notna().all() and (sp["base_s"] > 0).all()
-    assert s.query("variant == 'mpi_stages_5'")["oversubscribed"].all()
-    assert not s.query("variant != 'mpi_stages_5'")["oversubscribed"].any()
+    cores = _cores_seen(session_results, "pipeline")  # the five-rank MPI run: four stages and a source
+    assert (s.query("variant == 'mpi_stages_5'")["oversubscribed"] == (5 > cores)).all()
+    busy = s.query("variant != 'mpi_stages_5'")
+    assert (busy["oversubscribed"] == (busy["ranks"].fillna(1) > cores)).all()
     assert set(s.query("experiment == 'start_method'")["start_method"]) == set(plx.START_METHODS)
     assert set(s.query("experiment == 'memory'")["variant"]) == set(plx.PROCESSORS)
     report = res.json("final_performance_report")
@@ -166,7 +188,7 @@ def test_chapter4_runs_every_processor_and_kind_and_gives_every_seed_003_claim_a
 
 @pytest.mark.slow
 def test_chapter2_checks_every_configuration_splits_every_token_and_gives_every_seed_001_claim_a_verdict(
-        session_results, monkeypatch):  # fmt: skip
+        quick_book, session_results, monkeypatch):  # fmt: skip
     from ipcbench import results
     from ipcbench.experiments import rpc_breakdown as rb
     from ipcbench.rpc import analyze, perflog
@@ -178,9 +200,11 @@ def test_chapter2_checks_every_configuration_splits_every_token_and_gives_every_
     assert list(checks["config"]) and set(checks["config"]) == set(rb.LADDER)
     assert (checks["max_rel_logit_error"] <= checks["tolerance"]).all()
     assert checks.query("tolerance == @rb.F32_TOL")["tokens_identical"].all()
-    # the split adds up to the token's wall time, per step
-    parts = steps[list(rb.PHASES)].sum(axis=1)
-    assert np.allclose(parts, steps["token"], rtol=1e-6, atol=1e-9)
+    # the split of every step: no phase below zero (beyond the clock's resolution), the remainder no phase claims a small
+    # share of the token, the phases add up to the token's wall time
+    assert (steps[list(rb.PHASES)] >= -1e-6).all().all(), steps[list(rb.PHASES)].min()
+    assert (steps["other"] / steps["token"]).max() <= 0.05
+    assert np.allclose(steps[list(rb.PHASES)].sum(axis=1), steps["token"], rtol=1e-6, atol=1e-9)
     assert (steps["server_compute"] > 0).all() and (steps["serialize"] > 0).all()
     # RPC counts per step follow the layout: 6 per layer + 2, or 1 per layer + 2
     layers = res.meta["model"]["layers"]
@@ -203,13 +227,16 @@ def test_chapter2_checks_every_configuration_splits_every_token_and_gives_every_
     bare = s.query("experiment == 'bare_round_trip'")
     assert set(bare["variant"]) == {"ZeroMQ ipc", "gRPC unary"} and (bare["n"] == params["samples"]).all()
     own = s.query("experiment == 'per_call' and metric == 'overhead_vs_bare_own'")
-    assert set(own["variant"]) == set(rb.LADDER) and (own["median"] > 0).all()
+    assert set(own["variant"]) == set(rb.LADDER)
+    assert (own["ci_level"] == own["n"].map(ci_coverage)).all() and own.eval("ci_low <= median <= ci_high").all()
     parts = rb.call_decomposition(res.extra("calls"), ["fused", "grpc_fused"])
     assert set(parts["method"]) == {"Embedding", "FusedLayer"} and (parts["overhead (sum)"] > 0).all()
     tg = res.meta["targets"]
     assert tg["best"] in rb.LADDER and tg["best_tokens_identical"]
     assert rb.LADDER[tg["best"]][0] not in rb.GRPC_TRANSPORTS and tg["own_ratio_x"] > 0
-    assert tg["overhead_cut_x"] > 0  # recorded; whether the best beats the baseline is a result shown on the page
+    # recorded as the ratio it names; whether the best beats the baseline is a result shown on the page
+    assert tg["overhead_cut_x"] == pytest.approx(tg["baseline_overhead_s"] / tg["best_overhead_s"])
+    assert tg["own_ratio_ci"][0] <= tg["own_ratio_x"] <= tg["own_ratio_ci"][1]
     # only the several-clients runs may put more processes than cores on the host, and they say so
     clients = s["experiment"] == "clients"
     assert not s.loc[~clients, "oversubscribed"].any()
@@ -219,7 +246,7 @@ def test_chapter2_checks_every_configuration_splits_every_token_and_gives_every_
 
 @pytest.mark.slow
 def test_chapter3_checks_every_strategy_measures_every_class_and_gives_every_seed_002_claim_a_verdict(
-        session_results, monkeypatch):  # fmt: skip
+        quick_book, session_results, monkeypatch):  # fmt: skip
     from ipcbench import multimodal as mm
     from ipcbench import results
     from ipcbench.experiments import broadcast as bx
@@ -238,7 +265,7 @@ def test_chapter3_checks_every_strategy_measures_every_class_and_gives_every_see
         got = lat.query("ranks == @tp")
         want = bx.strategies_at(tp, params)
         assert set(zip(got["payload_class"], got["variant"], strict=True)) == {(c, v) for c in classes for v in want}, tp
-        assert got["oversubscribed"].all() == (tp > 2)
+        assert (got["oversubscribed"] == (tp > _cores_seen(session_results, "broadcast"))).all()
     assert {"replicated", "raw_bcast", "object_bcast"} <= set(bx.strategies_at(params["tp_oversubscribed"], params))
     assert bx.strategies_at(2, params) == list(mm.STRATEGIES)
     assert bx.strategies_at(4, bx.parameters("full")) == list(mm.STRATEGIES)
@@ -254,7 +281,7 @@ def test_chapter3_checks_every_strategy_measures_every_class_and_gives_every_see
     thr = s.query("experiment == 'load' and metric == 'throughput'")
     assert (thr["n"] == params["load_repeats"]).all() and (thr["ci_low"] <= thr["ci_high"]).all()
     capr = s.query("experiment == 'capacity'")
-    assert (capr["n"] == params["load_repeats"]).all() and capr["ci_level"].between(0, 1).all()
+    assert (capr["n"] == params["load_repeats"]).all() and (capr["ci_level"] == capr["n"].map(ci_coverage)).all()
     # the models and the projection are computed from the measurements
     models = res.extra("models")
     assert models["full_model_s"].gt(0).all() and len(models) == len(classes) * len(mm.STRATEGIES)
@@ -263,13 +290,13 @@ def test_chapter3_checks_every_strategy_measures_every_class_and_gives_every_see
 
 
 @pytest.mark.slow
-def test_chapter6_ran_across_emulated_hosts_and_the_bytes_crossed(session_results, monkeypatch):
+def test_chapter6_ran_across_emulated_hosts_and_the_bytes_crossed(quick_book, session_results, monkeypatch):
     from ipcbench import hosts, results
     from ipcbench.experiments import scale_out as so
 
     monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(session_results))
     if not (session_results / "scale_out" / "summary.csv").exists():
-        pytest.fail("the scale_out notebook did not run first in this session")
+        pytest.fail("the quick build did not write chapter 6's results")
     res = results.read("scale_out")
     s = res.summary
     params = so.parameters("quick")
@@ -292,33 +319,78 @@ def test_chapter6_ran_across_emulated_hosts_and_the_bytes_crossed(session_result
 # ------------------------------------------------------------------ the ledger, from disk
 
 
-@pytest.mark.slow
-def test_every_rule_selects_rows_in_the_quick_build_and_the_cli_rejudges_the_same(session_results, tmp_path, monkeypatch):
-    """`ipcbench ledger` over a copy of the build's results gives the build's verdicts, and follows a changed value."""
-    import shutil
+def _page_verdicts(html: str) -> dict[str, str]:
+    """Return claim id -> verdict as a rendered ledger page shows them (one table row per claim)."""
+    import re
+
+    from ipcbench import claims
+
+    words = "|".join(re.escape(v) for v in claims.VERDICTS)
+    out = {}
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", html, flags=re.S):
+        cid = re.search(r">([a-z]+-\d\d)<", row)
+        verdict = re.search(rf"<strong>({words})</strong>", row)
+        if cid and verdict:
+            out[cid.group(1)] = verdict.group(1)
+    return out
+
+
+def _cli(*args, env_results=None):
+    """Run the ipcbench command line (on ``env_results`` as IPCBENCH_RESULTS_DIR when given); return the process."""
     import subprocess
     import sys
 
+    env = dict(os.environ)
+    if env_results is not None:
+        env["IPCBENCH_RESULTS_DIR"] = str(env_results)
+    return subprocess.run([sys.executable, "-m", "ipcbench.cli", *args], capture_output=True, text=True, timeout=300,
+                          env=env)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_every_rule_selects_rows_in_the_quick_build_and_the_cli_rejudges_what_the_page_shows(
+        quick_book, session_results, tmp_path, monkeypatch):  # fmt: skip
+    """`ipcbench ledger` over a copy of the build's results gives the verdicts the rendered ledger page shows (two
+    paths: the judge now, the pages written during the build); it follows a changed value and a changed rules file."""
+    import shutil
+
     import pandas as pd
+    import yaml
 
-    from ipcbench import claims, results
+    from ipcbench import claims
 
-    monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(session_results))
-    missing = [ch for ch in results.CHAPTERS if not (session_results / ch / "summary.csv").exists()]
-    if missing:
-        pytest.fail(f"the notebooks of {missing} did not run first in this session")
-    built = claims.ledger().set_index("id")
-    assert (built["verdict"] != claims.PENDING).all()
-    judged = claims.judge_all().set_index("id")  # raises if any rule's selector finds no row
-    assert judged["verdict"].to_dict() == built["verdict"].to_dict()
+    page = _page_verdicts((quick_book / "book" / "ledger.html").read_text(encoding="utf-8"))
+    assert set(page) == set(claims.load_claims()["id"]), "the ledger page shows every claim once"
+    assert set(page.values()) <= set(claims.VERDICTS)
 
     copy = tmp_path / "results"
     shutil.copytree(session_results, copy)
-    cli = [sys.executable, "-m", "ipcbench.cli", "ledger", "--results", str(copy), "--format", "csv"]
-    out = subprocess.run(cli, capture_output=True, text=True, timeout=300, check=True).stdout
-    led = pd.read_csv(io.StringIO(out)).set_index("id")
+    out = _cli("ledger", "--results", str(copy), "--format", "csv")
+    assert out.returncode == 0, out.stderr
+    led = pd.read_csv(io.StringIO(out.stdout)).set_index("id")
     assert list(led.reset_index().columns) == claims.LEDGER_COLUMNS
-    assert led["verdict"].to_dict() == built["verdict"].to_dict()
+    assert led["verdict"].to_dict() == page
+
+    # the other formats print the same verdicts, and the counts
+    table = _cli("ledger", "--results", str(copy), "--format", "table")
+    md = _cli("ledger", "--results", str(copy), "--format", "markdown")
+    assert table.returncode == md.returncode == 0
+    for cid, verdict in page.items():
+        assert any(line.split()[:1] == [cid] and verdict in line for line in table.stdout.splitlines()), cid
+        assert f"| {cid} | " in md.stdout and any(line.startswith(f"| {cid} |") and f"| {verdict} |" in line
+                                                  for line in md.stdout.splitlines()), cid  # fmt: skip
+
+    # another rules file: a policy tolerance of 300% turns every refuted value claim that was refuted for its size
+    # (the interval on the claimed side) into confirmed or partly at most; the judge follows the file it is given
+    doc = yaml.safe_load(claims.rules_path().read_text(encoding="utf-8"))
+    doc["policy"]["tolerance"] = 3.0
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    out = _cli("ledger", "--results", str(copy), "--rules", str(loose), "--format", "csv")
+    assert out.returncode == 0, out.stderr
+    relaxed = pd.read_csv(io.StringIO(out.stdout)).set_index("id")["verdict"]
+    assert (relaxed != led["verdict"]).any(), "a wider tolerance changed no verdict"
+    assert ((relaxed == led["verdict"]) | (led["verdict"] != claims.CONFIRMED)).all(), "a wider band lost a confirmation"
 
     # change the measured value behind a decided claim in the copy: its verdict follows
     rule = claims.load_rules()[1]["bc-03"]
@@ -329,8 +401,8 @@ def test_every_rule_selects_rows_in_the_quick_build_and_the_cli_rejudges_the_sam
         summary.loc[sel, c] = 0.200  # 200 ms against the claimed ~10 ms
     summary["ci_level"] = summary["ci_level"].where(~sel, 0.99)
     summary.to_csv(copy / "broadcast" / "summary.csv", index=False)
-    out = subprocess.run(cli, capture_output=True, text=True, timeout=300, check=True).stdout
-    changed = pd.read_csv(io.StringIO(out)).set_index("id")
+    out = _cli("ledger", "--results", str(copy), "--format", "csv")
+    changed = pd.read_csv(io.StringIO(out.stdout)).set_index("id")
     assert changed.loc["bc-03", "verdict"] == claims.REFUTED
     assert changed.loc["bc-03", "measured"] == pytest.approx(200.0)
     # every claim whose rule does not read the changed row keeps its verdict; those that read it (bc-17 and bc-19
@@ -343,30 +415,56 @@ def test_every_rule_selects_rows_in_the_quick_build_and_the_cli_rejudges_the_sam
     assert set(changed.loc[sorted(readers), "verdict"]) <= set(claims.VERDICTS)
     assert (changed.drop(index=sorted(readers))["verdict"] == led.drop(index=sorted(readers))["verdict"]).all()
 
+    # bad input: a mistyped tree, a damaged summary
+    assert _cli("ledger", "--results", str(tmp_path / "nope")).returncode == 2
+    (copy / "pipeline" / "summary.csv").write_text("")
+    bad = _cli("ledger", "--results", str(copy))
+    assert bad.returncode == 2 and "summary.csv is empty" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", ["fair_serialization", "rpc_breakdown", "broadcast", "pipeline", "tensor_parallel"])
+def test_analyze_recomputes_the_derived_rows_and_verdicts_of_the_build_and_a_second_run_changes_nothing(
+        chapter, quick_book, session_results, tmp_path):  # fmt: skip
+    import shutil
+
+    import pandas as pd
+
+    copy = tmp_path / "results"
+    shutil.copytree(session_results, copy)
+    before = pd.read_csv(copy / chapter / "summary.csv")
+    verdicts = pd.read_csv(copy / chapter / "claims.csv")
+    for _second in (False, True):
+        out = _cli("analyze", chapter, env_results=copy)
+        assert out.returncode == 0, out.stderr
+        after = pd.read_csv(copy / chapter / "summary.csv")
+        key = ["experiment", "variant", "metric"]
+        pd.testing.assert_frame_equal(after.sort_values(key + ["median"]).reset_index(drop=True),
+                                      before.sort_values(key + ["median"]).reset_index(drop=True), check_like=True)  # fmt: skip
+        pd.testing.assert_frame_equal(pd.read_csv(copy / chapter / "claims.csv"), verdicts)
+    # the analysis half really ran: a derived row removed from disk comes back
+    derived = before["experiment"] == "derived"
+    assert derived.any()
+    before[~derived].to_csv(copy / chapter / "summary.csv", index=False)
+    assert _cli("analyze", chapter, env_results=copy).returncode == 0
+    assert (pd.read_csv(copy / chapter / "summary.csv")["experiment"] == "derived").sum() == derived.sum()
+    # bad input: a chapter that has not run, a damaged meta.json
+    shutil.rmtree(copy / chapter)
+    out = _cli("analyze", chapter, env_results=copy)
+    assert out.returncode == 2 and "no results" in out.stderr and "Traceback" not in out.stderr
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", ["machine_limits", "fair_serialization", "rpc_breakdown", "broadcast", "pipeline",
                                      "tensor_parallel", "scale_out"])  # fmt: skip
-def test_headless_run_and_notebook_run_the_same_experiment(chapter, session_results, tmp_path):
-    """`ipcbench run <chapter>` and the notebook produce the same summary rows (experiment, variant, metric, ranks)."""
-    import shutil
-    import subprocess
-    import sys
-
-    import pandas as pd
-
-    if not (session_results / chapter / "summary.csv").exists():
-        pytest.fail(f"the {chapter} notebook did not run first in this session")
-    d = tmp_path / "results"
-    d.mkdir()
-    if chapter != "machine_limits":  # the later chapters read chapter 0's results of the same build
-        shutil.copytree(session_results / "machine_limits", d / "machine_limits")
-    env = {**os.environ, "IPCBENCH_RESULTS_DIR": str(d), "IPCBENCH_PROFILE": "quick"}
-    subprocess.run([sys.executable, "-m", "ipcbench.cli", "run", chapter, "--profile", "quick"], env=env, check=True,
-                   capture_output=True, text=True, timeout=600)  # fmt: skip
-
-    def rows(root):
-        s = pd.read_csv(root / chapter / "summary.csv")
-        return set(zip(s["experiment"], s["variant"], s["metric"], s["ranks"].fillna(-1).astype(int), strict=True))
-
-    assert rows(d) == rows(session_results)
+def test_headless_run_and_notebook_run_the_same_experiment(chapter, quick_book, session_results):
+    """The notebook ran the experiment `ipcbench run <chapter>` plans: the same profile, engines and sweep parameters
+    (both go through ``experiments.drive``; the plan is read without running anything)."""
+    out = _cli("run", chapter, "--profile", "quick", "--plan")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    meta = _meta(session_results, chapter)
+    assert plan["chapter"] == meta["chapter"] == chapter
+    assert plan["profile"] == meta["profile"] == "quick"
+    assert plan["engines"] == meta["cluster"]["engines"]
+    assert plan["parameters"] == meta["parameters"]

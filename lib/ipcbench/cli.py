@@ -18,6 +18,9 @@ def _cmd_run(args) -> int:
     from . import experiments, results
     from .experiments._common import EnginesError
 
+    if args.plan:
+        print(json.dumps(experiments.plan(args.chapter, args.profile), indent=2, sort_keys=True))
+        return 0
     try:
         summary = experiments.drive(args.chapter, args.profile, args.engines, args.cluster_profile)
     except EnginesError as exc:
@@ -201,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="connect to this running ipyparallel profile instead of starting engines (or IPCBENCH_CLUSTER_PROFILE)",
     )
+    run.add_argument("--plan", action="store_true",
+                     help="print what the run would measure (profile, engines, the sweep's parameters) as JSON; run nothing")
     run.set_defaults(func=_cmd_run)
     ana = sub.add_parser("analyze", help="recompute a chapter's derived rows and verdicts from its results on disk")
     ana.add_argument("chapter", choices=sorted(experiments.CHAPTERS), help="chapter id")

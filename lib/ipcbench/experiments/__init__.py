@@ -35,6 +35,17 @@ def engines(chapter: str, profile: str | None = None) -> int:
     return int(get(chapter).engines(profile))
 
 
+def plan(chapter: str, profile: str | None = None) -> dict:
+    """Return what a run of ``chapter`` in ``profile`` measures, without running it: the chapter, the profile, the MPI
+    engines it needs and its sweep's parameters (as its meta.json records them)."""
+    from .. import profiles, results
+
+    module = get(chapter)
+    profile = profiles.profile_name(profile)
+    return {"chapter": chapter, "profile": profile, "engines": int(module.engines(profile)),
+            "parameters": results._jsonable(module.parameters(profile))}  # fmt: skip
+
+
 def drive(chapter: str, profile: str | None = None, engines_n: int | None = None, cluster_profile: str | None = None):
     """Run one chapter on a cluster of the engines it needs (started here, or an existing ipyparallel profile, or the
     chapter's own ``make_cluster(profile)``); return its summary.
