@@ -34,7 +34,7 @@ $(EXEC_STAMP): $(LIBSRC)
 
 book: $(STAMP) $(EXEC_STAMP) hosts-tools
 	@echo "Building the book with IPCBENCH_PROFILE=$(PROFILE) (quick|standard|full)"
-	IPCBENCH_PROFILE=$(PROFILE) $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	IPCBENCH_PROFILE=$(PROFILE) IPCBENCH_ON_BUSY=$(or $(IPCBENCH_ON_BUSY),wait) $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "Book: file://$(abspath _build/html/index.html)"
 
 # Debian's chromium and CJK fonts (the quotes are Chinese) for the rendered-book test (installed when we may, else

@@ -21,14 +21,18 @@ if _bindir not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _bindir + os.pathsep + os.environ.get("PATH", "")
 
 
-_LEFTOVERS_AT_START: dict[str, list[str]] = {}
+LEFTOVERS_AT_START: dict[str, list[str]] = {}
+HYDRA_AT_START: set[str] = set()
 
 
 def pytest_sessionstart(session):
     """Note what an earlier, killed run left in /tmp and /dev/shm, so that checks see only this session's leftovers."""
-    from ipcbench import backends
+    import glob
 
-    _LEFTOVERS_AT_START.update(backends.leftovers())
+    from ipcbench import backends, lifecycle
+
+    LEFTOVERS_AT_START.update(backends.leftovers())
+    HYDRA_AT_START.update(glob.glob(lifecycle.HYDRA_GLOB))
 
 
 @pytest.fixture
@@ -37,7 +41,7 @@ def new_leftovers():
     from ipcbench import backends
 
     def new() -> dict[str, list[str]]:
-        return {k: sorted(set(v) - set(_LEFTOVERS_AT_START.get(k, []))) for k, v in backends.leftovers().items()}
+        return {k: sorted(set(v) - set(LEFTOVERS_AT_START.get(k, []))) for k, v in backends.leftovers().items()}
 
     return new
 
@@ -69,7 +73,7 @@ def quick_book(session_results):
     import subprocess
 
     shutil.rmtree(QUICK_BUILD, ignore_errors=True)  # the execution cache keys on notebook text, not on lib/
-    env = dict(os.environ, IPCBENCH_PROFILE="quick", IPCBENCH_RESULTS_DIR=str(session_results))
+    env = dict(os.environ, IPCBENCH_PROFILE="quick", IPCBENCH_RESULTS_DIR=str(session_results), IPCBENCH_ON_BUSY="wait")
     env.pop("MPLBACKEND", None)
     jb = Path(sys.executable).with_name("jupyter-book")
     out = subprocess.run(

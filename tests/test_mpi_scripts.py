@@ -52,6 +52,17 @@ def test_a_script_that_fails_on_one_rank_ends_the_job_at_once():
         reap_mpich_segments(min_age_s=0.0)
         time.sleep(0.2)
     assert set(glob.glob(MPICH_SHM_GLOB)) - before == set()
+    _no_new_hydra_file()
+
+
+def _no_new_hydra_file() -> None:
+    """An aborted job's mpiexec does not remove its hwloc file: the reaper does (no mpiexec runs now)."""
+    import glob
+
+    from ipcbench import lifecycle
+
+    lifecycle.reap_hydra_files()
+    assert glob.glob(lifecycle.HYDRA_GLOB) == []
 
 
 def test_a_corrupted_timed_message_is_caught(new_leftovers):
@@ -75,6 +86,7 @@ def test_a_corrupted_timed_message_is_caught(new_leftovers):
     deadline = time.monotonic() + 15
     while reap_mpich_segments(min_age_s=0.0) or time.monotonic() < deadline and _any_unmapped_mpich():
         time.sleep(0.2)
+    _no_new_hydra_file()
 
 
 def _any_unmapped_mpich() -> bool:

@@ -34,7 +34,7 @@ def test_notebook_executed_in_the_quick_build_without_errors_and_shows_figures(p
     assert not [o for o in outputs if o.output_type == "error"]
     assert [o for o in outputs if "image/png" in o.get("data", {})], "a chapter shows figures"
     glued = json.loads(executed.with_suffix(".glue.json").read_text())
-    assert glued.get("build_profile") == "quick", "the chapter ran in the quick profile"
+    assert glued["build_profile"]["data"]["text/plain"] == "'quick'", "the chapter ran in the quick profile"
 
 
 def _meta(session_results, chapter: str) -> dict:

@@ -16,14 +16,16 @@ from . import profiles
 
 def _cmd_run(args) -> int:
     from . import experiments, results
+    from .cluster import ClusterError
     from .experiments._common import EnginesError
+    from .lifecycle import ForeignRunError
 
     if args.plan:
         print(json.dumps(experiments.plan(args.chapter, args.profile), indent=2, sort_keys=True))
         return 0
     try:
         summary = experiments.drive(args.chapter, args.profile, args.engines, args.cluster_profile)
-    except EnginesError as exc:
+    except (EnginesError, ForeignRunError, ClusterError) as exc:
         print(f"ipcbench run: {exc}", file=sys.stderr)
         return 2
     print(f"ipcbench: {len(summary)} summary rows written to {results.chapter_dir(args.chapter)}")

@@ -211,6 +211,7 @@ class Cluster(AlwaysStopped):
         self._view = None
         self._owned_pids: set[int] = set()
         self.ranks: list[dict] = []
+        self.reaped: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
     def _per_host(self, n: int) -> list[int]:
@@ -285,6 +286,16 @@ class Cluster(AlwaysStopped):
 
         os.environ.setdefault("IPP_NONINTERACTIVE", "1")
         if self.owned:
+            from .lifecycle import ForeignRunError, own_children, start_clean
+
+            try:  # what a dead run left goes; a live foreign run's cluster stops this one before it starts
+                reaped = start_clean()
+            except ForeignRunError as exc:
+                raise ClusterError(str(exc)) from None
+            if reaped:
+                print(f"ipcbench: removed what a dead run left: {'; '.join(reaped)}", file=sys.stderr)
+            self.reaped = reaped
+            own_children()  # the controller, mpiexec and the engines die with this process, even by SIGKILL
             n = self.requested_n or usable_cores()
             if n < 1:
                 raise ClusterError(f"need at least one engine, got n={n}")
@@ -393,8 +404,11 @@ class Cluster(AlwaysStopped):
         times["stop_cluster"] = time.perf_counter() - t0 - times["engines_exit"]
         self._reap(self._owned_pids)
         times["reap"] = time.perf_counter() - t0 - times["engines_exit"] - times["stop_cluster"]
-        if self._owned_pids:  # killed ranks leave MPICH's segment behind; a clean exit removes it itself
+        if self._owned_pids:  # killed ranks leave MPICH's segment and a killed mpiexec its hwloc file behind
+            from .lifecycle import reap_hydra_files
+
             reap_mpich_segments(min_age_s=2.0)
+            reap_hydra_files()
         self._owned_pids = set()
         self.ranks = []
 

@@ -67,6 +67,10 @@ def drive(chapter: str, profile: str | None = None, engines_n: int | None = None
         raise EnginesError(f"chapter {chapter} needs {need} MPI engines in the {profile} profile; --engines {engines_n} is too few")
     SECTION_TIMES.clear()
     t0 = time.perf_counter()
+    from ..lifecycle import wait_for_quiet
+
+    quiet = wait_for_quiet()  # another busy process: refuse before any engine starts (or wait, in a book build)
+    t_quiet = time.perf_counter()
     make_cluster = getattr(module, "make_cluster", None)  # a chapter that needs its own kind of cluster (chapter 6)
     if make_cluster is not None and (engines_n is not None or cluster_profile is not None):
         raise EnginesError(f"chapter {chapter} starts its own engines (make_cluster): --engines and --cluster-profile "
@@ -81,9 +85,20 @@ def drive(chapter: str, profile: str | None = None, engines_n: int | None = None
         summary = module.run(cluster, profile)
         t_run = time.perf_counter()
     t_end = time.perf_counter()
+    # what else ran on the machine: processes busy before the run are a cause the machine-state record names
+    results.update_meta(chapter, quiet_check=quiet)
+    state = results.read(chapter).meta.get("machine_state")
+    if state is not None:
+        if quiet["busy"]:
+            from ..lifecycle import busy_text
+
+            state["flags"] = [*state.get("flags", []), f"busy processes beside it: {busy_text(quiet['busy'])}"]
+            state["quiet"] = False
+            results.update_meta(chapter, machine_state=state)
     # where the chapter's time went, beside its results (the environment appendix shows it)
     results.update_meta(chapter, run_time_s={
-        "total": t_end - t0, "cluster_start": t_up - t0, "experiments": t_run - t_up, "cluster_stop": t_end - t_run,
+        "total": t_end - t0, "quiet_check": t_quiet - t0, "cluster_start": t_up - t_quiet, "experiments": t_run - t_up,
+        "cluster_stop": t_end - t_run,
         "sections": {k: round(v, 3) for k, v in SECTION_TIMES.items()},
         "cluster_stop_parts": {k: round(v, 3) for k, v in getattr(cluster, "stop_times", {}).items()},
     })  # fmt: skip

@@ -633,7 +633,7 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame) -> list[dict]:
         add(lambda a, b: a / b, [smp("serial", kind, hi, "wall_time", exp), smp("serial", kind, lo, "wall_time", exp)],
             "reading_serial_growth", "x", f"serial wall time at {hi:,} over {lo:,} records: {READINGS[reading]}",
             paired=False, payload=reading)  # fmt: skip
-        sizes = sorted(have & set(SOURCE_SIZES))
+        sizes = sorted(int(n) for n in have & set(SOURCE_SIZES))  # (whole numbers: a re-read summary holds floats)
         add(lambda *a: np.mean(np.stack(np.broadcast_arrays(*a)), 0), [smp("thread_pipeline", kind, n, "speedup", exp) for n in sizes],
             "reading_speedup", "x", f"thread pipeline over serial, mean over {', '.join(f'{n:,}' for n in sizes)} records: "
             f"{READINGS[reading]}", paired=False, payload=reading)  # fmt: skip
