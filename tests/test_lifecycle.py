@@ -157,7 +157,8 @@ def test_a_busy_foreign_process_makes_a_run_refuse_before_measuring(tmp_path):
         assert rec["waited_s"] >= 1.0 and busy in [b["pid"] for b in rec["busy"]]
     finally:
         _kill(busy)
-    assert lifecycle.wait_for_quiet(policy="refuse")["busy"] == []
+    time.sleep(0.2)
+    assert busy not in [b["pid"] for b in lifecycle.busy_processes()]  # it went with its process
 
 
 def test_hydra_files_of_dead_mpiexecs_are_removed_and_live_ones_kept(tmp_path, monkeypatch):

@@ -223,3 +223,69 @@ def test_warm_up_is_the_count_or_fewer_calls_once_they_took_the_warm_up_budget()
     assert count(replace(fast, warmup_budget_s=None), 0.1) == 5  # no budget: the count
     assert count(replace(fast, warmup=0), 0.3) == 0  # no warm-up asked for: none
     assert not fast.warm_enough(0, 10.0) and fast.warm_enough(1, 0.25) and fast.warm_enough(5, 0.0)
+
+
+# ------------------------------------------------------------------ replicates
+
+
+def _replicated(groups):
+    return measure.Replicated(np.concatenate(groups), np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)]))
+
+
+def test_the_interval_over_replicates_matches_the_plain_one_where_they_agree_and_widens_where_not():
+    rng = np.random.default_rng(7)
+    agree = _replicated([rng.lognormal(0, 0.1, 20) for _ in range(3)])
+    plain = measure.median_ci(np.asarray(agree))
+    st = measure.summarize(agree)
+    assert st.replicates == 3 and st.n == 60
+    width = plain[1] - plain[0]
+    assert abs(st.ci_low - plain[0]) <= 0.25 * width and abs(st.ci_high - plain[1]) <= 0.25 * width, (st, plain)
+    # the same samples shifted per replicate (a process state, a drifting machine): the interval spans the replicates
+    shifted = _replicated([g * f for g, f in zip(measure.replicate_groups(agree), (0.8, 1.0, 1.25), strict=True)])
+    wide = measure.summarize(shifted)
+    plain_shifted = measure.median_ci(np.asarray(shifted))
+    meds = [float(np.median(g)) for g in measure.replicate_groups(shifted)]
+    assert wide.ci_low <= min(meds) and wide.ci_high >= max(meds)
+    assert wide.ci_high - wide.ci_low > 2 * (plain_shifted[1] - plain_shifted[0])
+    # unlabelled samples (one replicate) keep the plain interval
+    one = measure.summarize(np.asarray(agree))
+    assert (one.ci_low, one.ci_high, one.replicates) == (plain[0], plain[1], 1)
+
+
+def test_derived_rows_draw_the_replicates_jointly_and_hold_each_replicates_own_ratio():
+    rng = np.random.default_rng(3)
+    base = [rng.lognormal(0, 0.05, 12) for _ in range(3)]
+    a = _replicated(base)
+    b = _replicated([g * 2 for g in base])
+    st = measure.derived(lambda x, y: y / x, a, b, paired=True)
+    assert st.replicates == 3 and st.ci_low <= 2.0 <= st.ci_high and st.ci_high - st.ci_low < 0.01
+    # B twice A in two replicates, three times in the third: the interval holds both readings
+    c = _replicated([base[0] * 2, base[1] * 2, base[2] * 3])
+    st2 = measure.derived(lambda x, y: y / x, a, c, paired=True)
+    assert st2.ci_low <= 2.0 + 1e-9 and st2.ci_high >= 3.0 - 1e-9
+    # arithmetic keeps the labels (a per-message sum of two phases is still that message's replicate)
+    assert ((a + b).replicate == a.replicate).all()
+
+
+def test_round_orders_are_seeded_recorded_and_change_between_rounds():
+    from ipcbench.experiments._common import Replicates, round_order
+
+    orders = [round_order(5, r) for r in range(5)]
+    assert all(sorted(o) == list(range(5)) for o in orders)
+    assert len({tuple(o) for o in orders}) == 5  # every round its own order
+    assert {o[0] for o in orders} == set(range(5))  # every configuration runs first once in five rounds
+    assert round_order(5, 2) == round_order(5, 2) and round_order(5, 2, seed=1) != round_order(5, 2)
+
+    class _Cluster:
+        owned, restarts = True, 0
+
+        def restart(self):
+            self.restarts += 1
+
+    cl = _Cluster()
+    plan = Replicates(cl, 3)
+    seen = [(rep, plan.order("g", ["a", "b", "c"], rep)) for rep in plan.passes()]
+    assert [rep for rep, _ in seen] == [0, 1, 2] and cl.restarts == 1 and plan.fresh == [2]
+    rec = plan.record()
+    assert rec["orders"]["g"] == [o for _, o in seen] and len({tuple(o) for o in rec["orders"]["g"]}) == 3
+    assert rec["replicates"] == 3 and rec["fresh_engines"] == [2]

@@ -12,7 +12,7 @@ The extension also adds the book's style sheet (tables that scroll inside the te
 
 from pathlib import Path
 
-LAST = ("book/findings", "book/ledger", "book/environment")
+LAST = ("book/findings", "book/ledger", "book/reproducibility", "book/environment")
 CHAPTERS = "notebooks/"
 STATIC = Path(__file__).resolve().parent.parent / "_static"
 FINDINGS = Path(__file__).resolve().parents[2] / "data" / "seeds" / "findings.yaml"

@@ -294,3 +294,78 @@ def run_times_table() -> pd.DataFrame:
                  "experiments (s)": out["experiments (s)"].sum(min_count=1), "longest section": ""}  # fmt: skip
         out = pd.concat([out, pd.DataFrame([total])], ignore_index=True)
     return out
+
+
+# ------------------------------------------------------------------------------ reproducibility
+
+
+def reproducibility(reference: Path | None | str = "shipped"):
+    """Return this build set against the reference (``"shipped"``: the one under data/reference/ for this machine
+    kind; None: none), as a :class:`ipcbench.compare.Comparison`, or None where there is no reference."""
+    from . import compare
+
+    ref = compare.reference_dir() if reference == "shipped" else (Path(reference) if reference else None)
+    if ref is None:
+        return None
+    return compare.compare_trees(ref, results.results_root(), bootstrap=False, names=("the reference", "this build"))
+
+
+def reproducibility_markdown(cmp, reference_note: dict | None = None) -> str:
+    """Return the Reproducibility page's body (MyST) for a comparison (None: no reference shipped)."""
+    if cmp is None:
+        return ("No reference build is shipped with this book for comparison, so this page compares nothing. "
+                "`ipcbench compare A B` sets any two results trees side by side: two builds, two machines, or a build "
+                "and a reference.")  # fmt: skip
+    from . import compare
+
+    note = reference_note or compare.describe_reference(cmp.a)
+    counts = cmp.claim_counts()
+    allc = counts[counts["chapter"] == "all"].iloc[0]
+    lines = [
+        f"The reference is a {note.get('profile', 'standard')} build of commit `{note.get('commit', 'unknown')}` on "
+        f"{note.get('machine', 'a machine of this kind')}, made {note.get('built', 'before this build')}. "
+        f"Of the {int(allc['claims'])} claims both judge, **{int(allc['agree'])} have the same verdict** "
+        f"({allc['agreement']:.0%}); {int(allc['flips'])} are confirmed in one and refuted in the other.",
+        "",
+        "```{list-table} Verdicts of this build against the reference, per source analysis",
+        ":header-rows: 1",
+        "",
+        "* - chapter\n  - claims\n  - same verdict\n  - different\n  - confirmed against refuted",
+    ]
+    for r in counts.to_dict("records"):
+        lines.append(f"* - {r['chapter']}\n  - {int(r['claims'])}\n  - {int(r['agree'])}\n  - {int(r['differ'])}\n"
+                     f"  - {int(r['flips'])}")  # fmt: skip
+    lines += ["```", ""]
+    diff = cmp.claims[cmp.claims["verdict_a"] != cmp.claims["verdict_b"]]
+    if diff.empty:
+        lines.append("Every claim has the same verdict in this build and in the reference.")
+    else:
+        lines += ["The claims whose verdicts differ, with both measurements:", "",
+                  "```{list-table}", ":header-rows: 1", "",
+                  "* - claim\n  - reference\n  - this build"]  # fmt: skip
+        for r in diff.to_dict("records"):
+            lines.append(f"* - {r['id']}\n  - {r['verdict_a']}: {r['measured_a'] or 'nothing measured'}\n"
+                         f"  - {r['verdict_b']}: {r['measured_b'] or 'nothing measured'}")  # fmt: skip
+        lines += ["```"]
+    moved = cmp.moved()
+    lines += ["", "How many of each chapter's measured points moved: the share of summary rows present in both whose "
+              "95% intervals do not overlap (the machine moved, or the interval did not hold what changes between "
+              "builds).", "", "```{list-table}", ":header-rows: 1", "",
+              "* - chapter\n  - rows in both\n  - this build's median outside the reference's interval\n"
+              "  - intervals apart\n  - share apart"]  # fmt: skip
+    for r in moved.to_dict("records"):
+        lines.append(f"* - {r['chapter']}\n  - {int(r['rows'])}\n  - {int(r['outside_a'])}\n  - {int(r['apart'])}\n"
+                     f"  - {r['apart_share']:.0%}")  # fmt: skip
+    lines += ["```", ""]
+    env = cmp.environments[~cmp.environments["same"]]
+    if env.empty:
+        lines.append("Both builds ran in the same environment, in the same machine states.")
+    else:
+        lines += ["Where the two builds' environments and machine states differ:", "", "```{list-table}",
+                  ":header-rows: 1", "", "* - fact\n  - reference\n  - this build"]  # fmt: skip
+        for r in env.to_dict("records"):
+            lines.append(f"* - {_cell(r['fact'])}\n  - {_cell(r['a'])}\n  - {_cell(r['b'])}")
+        lines += ["```"]
+    for n in cmp.notes:
+        lines += ["", f"Note: {n}."]
+    return "\n".join(lines)

@@ -45,10 +45,10 @@ measured rows (by their intervals); an identity on the source's own numbers (che
 its printed figures); not testable here (with the reason). A rule's cases may each have their own kind."""
 UNIT_WORDS = {"ranking", "qualitative", "design", "model", "condition", "expected effect", "count", ""}
 """claims.csv units that name a kind of claim, not a unit to print beside a number."""
-LEDGER_COLUMNS = ["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_high", "n", "ci_level", "claimed",
-                  "evidence"]  # fmt: skip
+LEDGER_COLUMNS = ["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_high", "n", "ci_level", "replicates",
+                  "claimed", "evidence"]  # fmt: skip
 EVIDENCE_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence", "ci_low", "ci_high", "n", "ci_level",
-                    "claimed"]  # fmt: skip
+                    "replicates", "claimed"]  # fmt: skip
 _RULE_KEYS = {"kind", "select", "cases", "lower", "higher", "than", "bound", "neutral", "scale", "unit", "tolerance",
               "tolerance_abs", "why", "note", "value_part", "reason", "show", "headline", "claimed_from", "partly_within"}  # fmt: skip
 
@@ -253,11 +253,13 @@ class Measured:
     n: int
     ci_level: float
     label: str
+    replicates: int = 1
 
     def text(self, unit: str) -> str:
-        """Return e.g. '4.97 ms [4.87, 5.06] (n = 30)'."""
+        """Return e.g. '4.97 ms [4.87, 5.06] (n = 30, 3 replicates)'."""
         ci = "" if self.low == self.high == self.value else f" [{_fmt(self.low)}, {_fmt(self.high)}]"
-        return f"{_fmt(self.value)}{_u(unit)}{ci} (n = {self.n})"
+        reps = f", {self.replicates} replicates" if self.replicates > 1 else ""
+        return f"{_fmt(self.value)}{_u(unit)}{ci} (n = {self.n}{reps})"
 
 
 def _fmt(x: float) -> str:
@@ -374,7 +376,8 @@ def _measured(row: pd.Series, scale: float) -> Measured:
                                         for c in ("payload", "n_records", "readers", "array_bytes")
                                         if c in row and pd.notna(row[c]) and c != "metric"]  # fmt: skip
     label = " / ".join(dict.fromkeys(parts))
-    return Measured(float(row["median"]) * scale, min(lo, hi), max(lo, hi), int(row["n"]), level, label)
+    reps = int(row["replicates"]) if "replicates" in row and pd.notna(row["replicates"]) else 1
+    return Measured(float(row["median"]) * scale, min(lo, hi), max(lo, hi), int(row["n"]), level, label, reps)
 
 
 # ------------------------------------------------------------------------------ judging
@@ -392,6 +395,7 @@ class Judgement:
     ci_high: float | None = None
     n: int | None = None
     ci_level: float | None = None
+    replicates: int | None = None
     claimed: str = ""
     evidence: str = ""
     cases: list[str] = field(default_factory=list)
@@ -526,7 +530,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
         shown = ""
         if "show" in rule:
             m = _pick(res, chapter, rule["show"], float(rule.get("scale", 1.0)))
-            j.measured, j.ci_low, j.ci_high, j.n, j.ci_level = m.value, m.low, m.high, m.n, m.ci_level
+            j.measured, j.ci_low, j.ci_high, j.n, j.ci_level, j.replicates = m.value, m.low, m.high, m.n, m.ci_level, m.replicates
             shown = f" Measured here for reference: {m.label}: {m.text(unit)}."
         j.evidence = f"{lead}Not testable here {rule['reason'].strip().rstrip('.')}.{shown}"
         return j
@@ -569,7 +573,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
     claimed_txt = f"Claimed: {raw_value}{_u(claim_unit)}. " if raw_value and uses_csv else ""
     tol_txt = f" Tolerance: {'; '.join(sorted(set(tols)))}." if tols else ""
     ev = f"{lead}{claimed_txt}Measured: {body}.{tol_txt}"
-    return Judgement(cid, verdict, head.value, units[k], head.low, head.high, head.n, head.ci_level,
+    return Judgement(cid, verdict, head.value, units[k], head.low, head.high, head.n, head.ci_level, head.replicates,
                      raw_value, ev, verdicts)  # fmt: skip
 
 
@@ -706,7 +710,9 @@ def measured_text(r: dict) -> str:
     u = r.get("measured_unit") if isinstance(r.get("measured_unit"), str) else ""
     lo, hi = r.get("ci_low"), r.get("ci_high")
     ci = "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" [{_fmt(float(lo))}, {_fmt(float(hi))}]"
-    n = "" if pd.isna(r.get("n")) else f" (n = {int(r['n'])})"
+    reps = r.get("replicates")
+    reps = f", {int(reps)} replicates" if reps is not None and not pd.isna(reps) and int(reps) > 1 else ""
+    n = "" if pd.isna(r.get("n")) else f" (n = {int(r['n'])}{reps})"
     return f"{_fmt(float(r['measured']))}{_u(u)}{ci}{n}"
 
 

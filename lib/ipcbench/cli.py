@@ -96,6 +96,23 @@ def _cmd_ledger(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from . import claims, compare, results
+
+    try:
+        c = compare.compare_trees(args.a, args.b, bootstrap=not args.no_bootstrap, rules_file=args.rules)
+    except (compare.CompareError, results.ResultsError, claims.ClaimsError) as exc:
+        print(f"ipcbench compare: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(compare.as_text(c, args.format))
+    flips = c.flips()
+    if args.fail_on_flip and not flips.empty:
+        print(f"ipcbench compare: {len(flips)} claim(s) confirmed in one tree and refuted in the other: "
+              f"{', '.join(flips['id'])}", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
 def _cmd_env(args) -> int:
     from .environment import capture_environment
 
@@ -218,6 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     led.add_argument("--format", choices=("table", "csv", "markdown"), default="table",
                      help="csv: one row per claim, no counts (parses as one table)")
     led.set_defaults(func=_cmd_ledger)
+    cmp_ = sub.add_parser("compare", help="set two results trees side by side: rows, claims, environments")
+    cmp_.add_argument("a", help="results tree A (e.g. data/reference/<machine> or another build's data/results)")
+    cmp_.add_argument("b", help="results tree B")
+    cmp_.add_argument("--format", choices=("table", "csv", "markdown"), default="table",
+                      help="csv: the row table alone (every row present in both trees)")
+    cmp_.add_argument("--fail-on-flip", action="store_true",
+                      help="exit 1 where a claim is confirmed in one tree and refuted in the other")
+    cmp_.add_argument("--no-bootstrap", action="store_true",
+                      help="ratio intervals from the rows' intervals only (fast), not from both trees' samples")
+    cmp_.add_argument("--rules", default=None, help="claim rules file (default: data/seeds/claim_rules.yaml)")
+    cmp_.set_defaults(func=_cmd_compare)
     env = sub.add_parser("env", help="print the environment record as JSON")
     env.add_argument("--profile", choices=profiles.PROFILES, default=None)
     env.set_defaults(func=_cmd_env)

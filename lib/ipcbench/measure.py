@@ -139,6 +139,35 @@ def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float
     return (float(x[lo]), float(x[hi]))
 
 
+class Replicated(np.ndarray):
+    """Samples (a float array) with the replicate each was measured in (``.replicate``, an int array of the same
+    shape): replicates are independent repetitions of a chapter's sweep, at least one in fresh engine processes.
+
+    Element-wise arithmetic on samples of one point keeps the labels (the per-message sum of two phases is still the
+    message's replicate), so the chapters' derived quantities carry them into :func:`derived`.
+    """
+
+    def __new__(cls, values, replicate):
+        obj = np.asarray(values, dtype=float).view(cls)
+        obj.replicate = np.broadcast_to(np.asarray(replicate, dtype=int), obj.shape).copy()
+        return obj
+
+    def __array_finalize__(self, obj):
+        self.replicate = getattr(obj, "replicate", None)
+
+    def __reduce__(self):  # pickled as a plain array with its labels (sent between engines and the client)
+        return (Replicated, (np.asarray(self), self.replicate))
+
+
+def replicate_groups(samples) -> list[np.ndarray]:
+    """Return the samples split by replicate (in replicate order); one group for samples without labels."""
+    x = np.asarray(samples, dtype=float)
+    labels = getattr(samples, "replicate", None)
+    if labels is None or x.shape != np.shape(labels):
+        return [x]
+    return [x[labels == r] for r in np.unique(labels)]
+
+
 @dataclass
 class Summary:
     """One measured point's statistics, in the unit of its samples."""
@@ -155,6 +184,7 @@ class Summary:
     outliers: int = 0
     stop_reason: str = ""
     ci_level: float = float("nan")
+    replicates: int = 1
 
     def __post_init__(self):
         if self.ci_level != self.ci_level:  # NaN: the order-statistic interval's own coverage
@@ -172,13 +202,73 @@ class Summary:
         return (self.ci_high - self.ci_low) / 2 / abs(self.median)
 
 
+HIER_RESAMPLES = 2000
+"""Resamples of the two-stage bootstrap behind every interval that rests on several replicates."""
+
+
+def hierarchical_ci(groups: Sequence[Sequence[float]], fn: Callable | None = None, resamples: int = HIER_RESAMPLES,
+                    seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """Return a 95% interval of the median of samples taken in several replicates (``groups``) that holds the variation
+    between replicates, not only within them (units of the samples).
+
+    Two-stage bootstrap: draw the replicates with replacement, then each drawn replicate's samples with replacement;
+    the 2.5% and 97.5% percentiles of the medians of the pooled draws. The interval returned is the hull of that, the
+    pooled samples' order-statistic interval (:func:`median_ci`) and every replicate's own median: it never claims
+    more than one replicate alone would show, and where the replicates agree it is the plain interval.
+    """
+    groups = [np.asarray(g, dtype=float) for g in groups if len(g)]
+    if not groups:
+        return (float("nan"), float("nan"))
+    pooled = np.concatenate(groups)
+    lo, hi = median_ci(pooled)
+    if len(groups) == 1:
+        return lo, hi
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(groups), size=(resamples, len(groups)))
+    meds = _two_stage_medians([groups], picks, _draws(groups, picks, rng))[0]
+    b_lo, b_hi = np.percentile(meds, [2.5, 97.5])
+    own = [float(np.median(g)) for g in groups]
+    return float(min(lo, b_lo, *own)), float(max(hi, b_hi, *own))
+
+
+def _draws(groups: list[np.ndarray], picks: np.ndarray, rng) -> np.ndarray:
+    """Return sample indices for a two-stage bootstrap: for every resample and drawn replicate (``picks``, shape
+    (B, k)), as many indices into that replicate as it has samples, padded with -1 to the largest replicate."""
+    sizes = np.array([g.size for g in groups])
+    drawn = sizes[picks]  # (B, k)
+    width = int(sizes.max())
+    idx = np.floor(rng.random((*picks.shape, width)) * drawn[..., None]).astype(int)
+    idx[np.arange(width)[None, None, :] >= drawn[..., None]] = -1
+    return idx
+
+
+def _two_stage_medians(sets: list[list[np.ndarray]], picks: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
+    """Return, per set of replicate groups, the median of every resample drawn by ``picks`` and ``idx`` (:func:`_draws`;
+    the same draws for every set: samples paired by index across sets stay paired)."""
+    out = []
+    for groups in sets:
+        width = max(int(g.size) for g in groups)
+        table = np.full((len(groups), width), np.nan)
+        for i, g in enumerate(groups):
+            table[i, : g.size] = g
+        vals = np.where(idx >= 0, table[picks[..., None], np.maximum(idx, 0)], np.nan)
+        vals = vals.reshape(picks.shape[0], -1)
+        out.append(np.nanmedian(vals, axis=1) if (idx < 0).any() else np.median(vals, axis=1))
+    return out
+
+
 def summarize(samples: Sequence[float], stop_reason: str = "") -> Summary:
-    """Return n, median with 95% CI, IQR, min, p99, CV, unstable flag and Tukey outlier count of the samples."""
+    """Return n, median with 95% CI, IQR, min, p99, CV, unstable flag and Tukey outlier count of the samples.
+
+    Samples labelled with their replicates (:class:`Replicated`, several of them) get the interval that holds the
+    variation between replicates (:func:`hierarchical_ci`), and ``replicates`` says how many it rests on.
+    """
     x = np.asarray(samples, dtype=float)
     if x.size == 0:
         raise ValueError("summarize() needs at least one sample")
     q1, med, q3, p99 = np.percentile(x, [25, 50, 75, 99])
-    lo, hi = median_ci(x)
+    groups = replicate_groups(samples)
+    lo, hi = hierarchical_ci(groups) if len(groups) > 1 else median_ci(x)
     mean = float(x.mean())
     cv = float(x.std(ddof=1) / mean) if x.size > 1 and mean else 0.0
     iqr = float(q3 - q1)
@@ -195,6 +285,7 @@ def summarize(samples: Sequence[float], stop_reason: str = "") -> Summary:
         unstable=bool(cv >= UNSTABLE_CV),
         outliers=outliers,
         stop_reason=stop_reason,
+        replicates=len(groups),
     )
 
 
@@ -210,7 +301,9 @@ def derived(fn: Callable[..., float], *sample_sets: Sequence[float], paired: boo
 
     Each set of samples is resampled (jointly, by index, when ``paired``: samples taken side by side
     in the same rounds), ``fn`` is applied to the resamples' medians, and the 2.5% and 97.5%
-    percentiles of the results are the interval. ``n`` is the smallest input's sample count and
+    percentiles of the results are the interval. Samples labelled with the same replicates (:class:`Replicated`) are
+    drawn in two stages, the replicates first (jointly for every set), and the interval also holds ``fn`` of each
+    replicate's own medians. ``n`` is the smallest input's sample count and
     ``ci_level`` the smallest input's :func:`ci_coverage`: a bootstrap over fewer than 6 samples is no
     better than the range of those samples. For a ratio, a difference or a share whose parts are in
     the results, so that a claim rule reads them and never computes a number itself.
@@ -222,7 +315,20 @@ def derived(fn: Callable[..., float], *sample_sets: Sequence[float], paired: boo
         raise ValueError(f"paired samples must have equal counts, got {[s.size for s in sets]}")
     point = float(fn(*(float(np.median(s)) for s in sets)))
     rng = np.random.default_rng(seed)
-    if paired:
+    labels = _shared_replicates(sample_sets)
+    own = []
+    if labels is not None:  # two stages: the replicates (the same draw for every set: they ran in the same rounds)
+        reps = np.unique(np.concatenate([np.unique(lab) for lab in labels]))
+        by_rep = [[s[lab == r] for r in reps] for s, lab in zip(sets, labels, strict=True)]
+        picks = rng.integers(0, reps.size, size=(resamples, reps.size))
+        if paired:  # one draw of message indices per replicate, shared by the sets
+            meds = _two_stage_medians(by_rep, picks, _draws(by_rep[0], picks, rng))
+        else:
+            meds = [_two_stage_medians([groups], picks, _draws(groups, picks, rng))[0] for groups in by_rep]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            own = [float(fn(*(float(np.median(groups[r])) for groups in by_rep))) for r in range(reps.size)]
+        own = [v for v in own if math.isfinite(v)]
+    elif paired:
         idx = rng.integers(0, sets[0].size, size=(resamples, sets[0].size))
         meds = [np.median(s[idx], axis=1) for s in sets]
     else:
@@ -234,9 +340,22 @@ def derived(fn: Callable[..., float], *sample_sets: Sequence[float], paired: boo
     n = min(s.size for s in sets)
     spread = float(boot.std(ddof=1) / abs(boot.mean())) if boot.size > 1 and boot.mean() else 0.0
     hi = float(np.percentile(boot, 97.5)) if boot.size else float("nan")
-    return Summary(n=int(n), median=point, ci_low=float(min(lo, point)), ci_high=float(max(hi, point)),
+    return Summary(n=int(n), median=point, ci_low=float(min(lo, point, *own)), ci_high=float(max(hi, point, *own)),
                    iqr=float(q3 - q1), min=float(boot.min()) if boot.size else float("nan"), p99=float(p99), cv=spread,
-                   unstable=bool(spread >= UNSTABLE_CV), ci_level=min(ci_coverage(s.size) for s in sets))  # fmt: skip
+                   unstable=bool(spread >= UNSTABLE_CV), ci_level=min(ci_coverage(s.size) for s in sets),
+                   replicates=1 if labels is None else int(np.unique(np.concatenate(labels)).size))  # fmt: skip
+
+
+def _shared_replicates(sample_sets) -> list[np.ndarray] | None:
+    """Return each set's replicate labels where every set has labels and they name the same replicates (two or more),
+    else None (a plain one-stage bootstrap)."""
+    labels = [getattr(s, "replicate", None) for s in sample_sets]
+    if any(lab is None or np.shape(lab) != np.shape(s) for lab, s in zip(labels, sample_sets, strict=True)):
+        return None
+    names = [set(np.unique(lab).tolist()) for lab in labels]
+    if len(names[0]) < 2 or any(n != names[0] for n in names):
+        return None
+    return [np.asarray(lab) for lab in labels]
 
 
 def ci_overlap(a: Summary, b: Summary) -> bool:

@@ -34,9 +34,13 @@ CHAPTERS = (
 SUMMARY_COLUMNS = [
     "chapter", "experiment", "variant", "payload", "size_bytes", "ranks", "oversubscribed",
     "metric", "unit", "n", "median", "ci_low", "ci_high", "iqr", "min", "p99", "cv", "unstable", "ci_level",
+    "replicates",
 ]  # fmt: skip
-STAT_COLUMNS = ("n", "median", "ci_low", "ci_high", "iqr", "min", "p99", "cv", "unstable", "ci_level")
+STAT_COLUMNS = ("n", "median", "ci_low", "ci_high", "iqr", "min", "p99", "cv", "unstable", "ci_level", "replicates")
 SAMPLE_COLUMNS = ["chapter", "experiment", "variant", "payload", "size_bytes", "ranks", "metric", "unit", "sample", "value"]
+SCHEMA_VERSION = 2
+"""The results' schema (meta.json's ``schema``): 2 added ``replicates`` to the summary (how many independent replicates
+an interval rests on; 1 before) and ``replicate`` to the samples."""
 UNITS = {"s", "B/s", "1/s", "x", "B", "1", "%"}
 
 
@@ -83,6 +87,14 @@ def _jsonable(obj):
     return obj
 
 
+def upgrade_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return a summary written before schema 2 in today's columns (every interval rested on one replicate)."""
+    if "replicates" not in summary.columns and "ci_level" in summary.columns:
+        summary = summary.copy()
+        summary.insert(list(summary.columns).index("ci_level") + 1, "replicates", 1)
+    return summary
+
+
 def validate_summary(summary: pd.DataFrame) -> None:
     """Raise ResultsError unless the summary has the schema's columns first, in order, and known units."""
     head = list(summary.columns[: len(SUMMARY_COLUMNS)])
@@ -118,6 +130,7 @@ def write(
     meta = dict(meta)
     meta.setdefault("chapter", chapter)
     meta.setdefault("written", now_iso())
+    meta["schema"] = SCHEMA_VERSION
     (d / "meta.json").write_text(json.dumps(_jsonable(meta), indent=2, sort_keys=True))
     for name, df in (extra or {}).items():
         df.to_csv(d / f"{name}.csv", index=False)
@@ -217,7 +230,7 @@ def read(chapter: str) -> Results:
         raise ResultsError(
             f"no results for {chapter!r} under {d}; run `ipcbench run {chapter}` or its notebook first"
         )
-    summary = read_csv(d / "summary.csv", dtype={"unit": str, "ranks": "Int64"})
+    summary = upgrade_summary(read_csv(d / "summary.csv", dtype={"unit": str, "ranks": "Int64"}))
     try:
         validate_summary(summary)
     except ResultsError as exc:
@@ -250,7 +263,7 @@ def summary_row(stats, **labels) -> dict:
     row = {c: labels.pop(c, None) for c in SUMMARY_COLUMNS[:8]}
     row["unit"] = labels.pop("unit")
     for c in STAT_COLUMNS:
-        row[c] = getattr(stats, c)
+        row[c] = getattr(stats, c) if c != "replicates" else int(getattr(stats, c, 1))
     row.update(labels)
     return row
 
@@ -266,12 +279,16 @@ def sample_rows(values, **labels) -> list[dict]:
     own = sorted((k, v) for k, v in labels.items() if k not in SAMPLE_COLUMNS and k not in STAT_COLUMNS
                  and isinstance(v, (int, str, np.integer)) and not isinstance(v, bool))  # fmt: skip
     point = ";".join(f"{k}={v}" for k, v in own)
-    return [{**base, "point": point, "sample": i, "value": float(v)} for i, v in enumerate(values)]
+    reps = getattr(values, "replicate", None)
+    if reps is None or np.shape(reps) != np.shape(values):
+        reps = np.zeros(len(values), dtype=int)
+    return [{**base, "point": point, "sample": i, "value": float(v), "replicate": int(r)}
+            for i, (v, r) in enumerate(zip(values, reps, strict=True))]
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     """Return summary rows as a DataFrame with the schema's columns first."""
-    df = pd.DataFrame(rows)
+    df = upgrade_summary(pd.DataFrame(rows))
     extra = [c for c in df.columns if c not in SUMMARY_COLUMNS]
     df = df[SUMMARY_COLUMNS + extra]
     df["ranks"] = df["ranks"].astype("Int64")  # whole numbers, empty for derived rows that span several

@@ -112,6 +112,76 @@ def run_meta(profile: str | None, cluster, params: dict, started: str, definitio
     }
 
 
+# ------------------------------------------------------------------ rounds and replicates
+
+REPLICATES = 3
+"""Independent replicates of every point a claim or a figure compares: spread over the chapter's run, the last in
+fresh engine processes (a restarted cluster), so an interval holds what changes between two builds, not only the
+scatter within one run of one process."""
+ORDER_SEED = 20261207
+"""Seed of the per-round order of the configurations a comparison runs together (recorded in meta.json)."""
+
+
+def round_order(n: int, round_index: int, seed: int = ORDER_SEED) -> list[int]:
+    """Return the order (indices into ``n`` configurations) of one round: a seeded shuffle, rotated by the round's
+    index, so that over rounds every configuration runs early and late and after different neighbours."""
+    import numpy as np
+
+    base = np.random.default_rng(seed + n).permutation(n).tolist()
+    k = round_index % n if n else 0
+    return base[k:] + base[:k]
+
+
+class Replicates:
+    """The replicate plan of a chapter's run: ``replicates`` passes over its compared configurations, spread over the
+    run, engines restarted (fresh processes) before the last; each pass runs a group's configurations in
+    :func:`round_order`. It records the orders and which passes ran in fresh engines (for meta.json)."""
+
+    def __init__(self, cluster, replicates: int = REPLICATES, seed: int = ORDER_SEED):
+        self.cluster = cluster
+        self.n = max(1, int(replicates))
+        self.seed = seed
+        self.fresh: list[int] = []
+        self.orders: dict[str, list[list[str]]] = {}
+
+    def passes(self):
+        """Yield the replicate indices 0..n-1; before the last (of two or more) the engines are restarted where this
+        run owns them."""
+        import time
+
+        for r in range(self.n):
+            if r == self.n - 1 and r > 0 and getattr(self.cluster, "owned", False):
+                t0 = time.perf_counter()
+                self.cluster.restart()
+                add_time("fresh engines for the last replicate", time.perf_counter() - t0)
+                self.fresh.append(r)
+            yield r
+
+    def order(self, group: str, items: list, replicate: int, label=str) -> list:
+        """Return ``items`` (one comparison's configurations) in this replicate's order, and record it under ``group``."""
+        idx = round_order(len(items), replicate, self.seed)
+        out = [items[i] for i in idx]
+        self.orders.setdefault(group, []).append([label(x) for x in out])
+        return out
+
+    def record(self) -> dict:
+        """Return what meta.json records of the plan."""
+        return {"replicates": self.n, "fresh_engines": self.fresh, "order_seed": self.seed,
+                "order": "a seeded shuffle of each comparison's configurations, rotated by one per replicate",
+                "orders": self.orders}  # fmt: skip
+
+
+def per_message(per_replicate: list[tuple[int, object]]):
+    """Return one point's values over its replicates ([(replicate, values), ...]) as one labelled array."""
+    import numpy as np
+
+    from ..measure import Replicated
+
+    values = np.concatenate([np.asarray(v, dtype=float) for _, v in per_replicate])
+    labels = np.concatenate([np.full(len(v), r) for r, v in per_replicate])
+    return Replicated(values, labels)
+
+
 def run_point(cluster, fn, *args, **kwargs):
     """Run one SPMD point on the cluster; after a failure, remove what killed ranks left behind, then re-raise."""
     try:
@@ -197,7 +267,8 @@ def _point_matches(point, row) -> bool:
 
 
 def sample_values(summary, samples, **where):
-    """Return (as a numpy array, in sample order) the raw samples behind the one summary row ``where`` selects."""
+    """Return (as a numpy array, in sample order) the raw samples behind the one summary row ``where`` selects; labelled
+    with their replicates (:class:`ipcbench.measure.Replicated`) where the samples record several."""
     row = one_row(summary, **where)
     q = samples
     for k in _SAMPLE_KEYS:
@@ -208,7 +279,12 @@ def sample_values(summary, samples, **where):
         raise results.ResultsError(f"no raw samples behind the summary row {where}")
     if len(q) != int(row["n"]):
         raise results.ResultsError(f"{len(q)} raw samples behind {where}, whose summary says n = {int(row['n'])}")
-    return q.sort_values("sample")["value"].to_numpy()
+    q = q.sort_values("sample")
+    if "replicate" in q and q["replicate"].nunique() > 1:
+        from ..measure import Replicated
+
+        return Replicated(q["value"].to_numpy(), q["replicate"].to_numpy())
+    return q["value"].to_numpy()
 
 
 def derived_row(fn, sample_sets, name: str, unit: str, chapter: str, paired: bool = False, inputs: str = "",

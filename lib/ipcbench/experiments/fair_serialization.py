@@ -31,9 +31,12 @@ from .. import serialization as ser
 from ..backends.base import framed_size
 from ..measure import gc_paused, now_ns, summarize
 from ._common import (
+    REPLICATES,
+    Replicates,
     add_time,
     machine_state,
     pattern_bytes,
+    per_message,
     progress,
     require_engines,
     run_meta,
@@ -459,7 +462,8 @@ def parameters(profile: str | None = None) -> dict:
         readers = [1, 3]
     else:
         # the latency is flat below 4 KiB (64 B stands for it); 6 messages are the fewest with a 95% median interval,
-        # so 30 (8 of several ms) give every point a tight one within the book's 15-minute build
+        # so 30 (8 of several ms) give every point a tight one within the book's 15-minute build; a point in three
+        # replicates gets 8 (2) in each, as many messages with their warm-ups as one block of 30 (8) had
         arrays = [64, 4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB]
         # with three readers (oversubscribed, read by no claim) up to 16 MiB: the largest messages cost the most and
         # the claims read the largest size with one reader
@@ -468,6 +472,7 @@ def parameters(profile: str | None = None) -> dict:
         readers = [1, 3] + ([7] if name == "full" else [])
     return {"records_n": records_n, "array_sizes": arrays, "array_sizes_many_readers": arrays_many,
             "messages": messages, "big_messages": big_messages, "warmup": warmup, "readers": readers,
+            "replicate_messages": 3 if name == "quick" else 8, "replicate_big_messages": 2,
             "record_codecs": ["pickle4", "pickle5", "pickle5_oob", "msgpack"],
             "array_codecs": ["pickle5", "pickle5_oob", "raw"], "backends": list(backends.BROADCAST_BACKENDS),
             "source_codec": "pickle5", "read_time_n": [10, 100, 1000, 10_000], "pushpull_messages": 30,
@@ -481,7 +486,8 @@ def parameters(profile: str | None = None) -> dict:
             "library_backends": list(backends.LIBRARY_BACKENDS), "library_own": ["shm", "zmq", "mpi_Bcast"],
             "library_sizes": [64, 64 * KiB, 16 * MiB] + ([] if name == "quick" else [64 * MiB]),
             "library_sizes_many_readers": [64, 64 * KiB] + ([] if name == "quick" else [16 * MiB]),
-            "small_sizes": [0, 64], "small_samples": 8 if name == "quick" else 12, "small_inner": 200}  # fmt: skip
+            "small_sizes": [0, 64], "small_samples": 8 if name == "quick" else 12, "small_inner": 200,
+            "replicates": REPLICATES}  # fmt: skip
 
 
 def _points(p: dict) -> list[dict]:
@@ -522,6 +528,25 @@ def _points(p: dict) -> list[dict]:
     return pts  # fmt: skip
 
 
+def _group_of(pt: dict) -> str:
+    """Return the comparison a point belongs to (its configurations run together, in rotated order): the experiment at
+    one payload size, reader count and, for the settings experiments, payload kind."""
+    return f"{pt['experiment']}/{pt['kind']}/{pt['size']}/{pt['readers']}"
+
+
+def _claims_read(pt: dict, p: dict) -> bool:
+    """Return whether the claims of seed 000 read this point (directly or through a derived row): the records at every
+    size with one reader, at 10 000 with three (point-to-point's saving), and the arrays at the largest size with one
+    reader (Bcast's saving, zero-copy reads, the fraction of the best path)."""
+    if pt["experiment"] == "records":
+        return pt["readers"] == 1 or pt["size"] == 10_000
+    return pt["experiment"] == "arrays" and pt["size"] == max(p["array_sizes"]) and pt["readers"] == 1
+
+
+def _config_label(pt: dict) -> str:
+    return f"{pt.get('label', pt['backend'])}+{pt['codec']}"
+
+
 def engines(profile: str | None = None) -> int:
     """Return the MPI engines this chapter needs: 1 writer + the most readers of the profile."""
     return 1 + max(parameters(profile)["readers"])
@@ -540,37 +565,77 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     from ..backends import libraries
 
     have = libraries.available()
-    for pt in progress(_points(p), "fair serialization"):
-        if not ser.supports(pt["codec"], pt["kind"]) or not have.get(pt["backend"], True):
-            continue  # (a library without a wheel here: the chapter says "not available on this platform")
+    # every comparison's configurations run together: in each replicate, one group's points in a rotated order;
+    # replicates spread over the run, the last in fresh engines (the reader's allocator, caches and sockets are one
+    # process's state: a block per configuration would charge it to whichever ran in it)
+    plan = Replicates(cluster, p["replicates"])
+    pts = [pt for pt in _points(p) if ser.supports(pt["codec"], pt["kind"]) and have.get(pt["backend"], True)]
+    # (a library without a wheel here is left out: the chapter says "not available on this platform")
+    groups: dict[str, list[int]] = {}
+    for i, pt in enumerate(pts):
+        groups.setdefault(_group_of(pt), []).append(i)
+    # the comparisons the claims read run in every replicate, each with its share of the messages; the others (the
+    # figures' sizes, settings and libraries) in the first, with all of them: their intervals rest on one replicate
+    claimed = {g for g, members in groups.items() if _claims_read(pts[members[0]], p)}
+    got: dict[int, list] = {i: [] for i in range(len(pts))}
+    nbytes_of: dict[int, int] = {}
+    options_of: dict[int, dict] = {}
+    src_readers = 3 if 3 in p["readers"] else max(p["readers"])
+    read_times: dict[tuple, list] = {}
+    steps = len(groups) + len(p["read_time_n"]) + (plan.n - 1) * (len(claimed) + len(p["read_time_n"]))
+    ticks = iter(progress(range(steps), "fair serialization (every replicate)"))
+    for rep in plan.passes():
+        for g, members in groups.items():
+            if rep > 0 and g not in claimed:
+                continue
+            next(ticks, None)
+            for i in plan.order(g, members, rep, label=lambda i: _config_label(pts[i])):
+                pt = pts[i]
+                ranks = 1 + pt["readers"]
+                heavy = pt["size"] >= (4 * MiB if pt["kind"] == "array" else 100_000)  # messages of several ms
+                msgs = p[("replicate_" if g in claimed else "") + ("big_messages" if heavy else "messages")]
+                # one warm-up message first-touches a heavy message's buffers; lighter ones warm the code paths too
+                warm = 1 if heavy and rep > 0 else p["warmup"]
+                t0 = time.perf_counter()
+                out = run_point(cluster, transfer_point, pt["backend"], pt["codec"], pt["kind"], pt["size"], msgs,
+                                warm, pt.get("options"), ranks=ranks, timeout=600)[0]  # fmt: skip
+                add_time(f"fair serialization: {pt['experiment']}, {pt['readers']} reader(s)", time.perf_counter() - t0)
+                df = pd.DataFrame(out["per_reader"])
+                # cross-rank summary: per message, the slowest reader
+                got[i].append((rep, df.groupby("message").agg({"serialize": "max", "send_call": "max", "transfer": "max",
+                                                               "deserialize": "max", "end_to_end": "max",
+                                                               "reader_wait": "max", "recv_cpu_share": "max"})))  # fmt: skip
+                nbytes_of[i], options_of[i] = out["nbytes"], out["options"]
+        # the source's metric: reader-side read time at 1 writer + 3 readers (or the most readers run)
+        for n in p["read_time_n"]:
+            next(ticks, None)
+            for b in plan.order(f"source_read_time/{n}", list(p["backends"]), rep):
+                msgs = p["replicate_messages"]
+                out = run_point(cluster, read_time_point, b, p["source_codec"], n, msgs, ranks=1 + src_readers,
+                                timeout=600)[0]  # fmt: skip
+                read_times.setdefault((n, b), []).append((rep, out["read_time"]))
+    for _ in ticks:
+        pass
+    for i, pt in enumerate(pts):
         ranks = 1 + pt["readers"]
-        heavy = pt["size"] >= (4 * MiB if pt["kind"] == "array" else 100_000)  # messages of several ms
-        msgs = p["big_messages"] if heavy else p["messages"]
-        t0 = time.perf_counter()
-        out = run_point(cluster, transfer_point, pt["backend"], pt["codec"], pt["kind"], pt["size"], msgs, p["warmup"],
-                        pt.get("options"), ranks=ranks, timeout=600)[0]  # fmt: skip
-        add_time(f"fair serialization: {pt['experiment']}, {pt['readers']} reader(s)", time.perf_counter() - t0)
-        df = pd.DataFrame(out["per_reader"])
-        # cross-rank summary: per message, the slowest reader
-        per_msg = df.groupby("message").agg({"serialize": "max", "send_call": "max", "transfer": "max",
-                                             "deserialize": "max", "end_to_end": "max", "reader_wait": "max",
-                                             "recv_cpu_share": "max"})  # fmt: skip
+        per_msg = {m: per_message([(rep, df[m].to_numpy()) for rep, df in got[i]]) for m in got[i][0][1].columns}
         labels = {"chapter": CHAPTER, "experiment": pt["experiment"], "variant": pt.get("label", pt["backend"]),
-                  "payload": f"{pt['kind']}:{pt['codec']}", "size_bytes": out["nbytes"], "ranks": ranks,
+                  "payload": f"{pt['kind']}:{pt['codec']}", "size_bytes": nbytes_of[i], "ranks": ranks,
                   "oversubscribed": cluster.oversubscribed_at(ranks)}  # fmt: skip
         extra = {"backend": pt["backend"], "codec": pt["codec"], "kind": pt["kind"], "readers": pt["readers"],
                  "n_records": pt["size"] if pt["kind"] == "records" else None,
                  "array_bytes": pt["size"] if pt["kind"] == "array" else None,
-                 "stop_reason": f"fixed: {msgs} messages", "reader_wait_strategy": out["options"].get("wait"),
-                 "wait": pt.get("wait"), "lmdb_setting": pt.get("setting")}  # fmt: skip
+                 "stop_reason": f"fixed: {len(per_msg['end_to_end'])} messages in {plan.n} replicates",
+                 "reader_wait_strategy": options_of[i].get("wait"), "wait": pt.get("wait"),
+                 "lmdb_setting": pt.get("setting")}  # fmt: skip
         for metric, unit in (("serialize", "s"), ("send_call", "s"), ("transfer", "s"), ("deserialize", "s"),
                              ("end_to_end", "s"), ("reader_wait", "s"), ("recv_cpu_share", "1")):  # fmt: skip
-            st = summarize(per_msg[metric].to_numpy())
+            st = summarize(per_msg[metric])
             rows.append(results.summary_row(st, **labels, metric=metric, unit=unit, **extra))
-            samples += results.sample_rows(per_msg[metric].to_numpy(), **labels, metric=metric, unit=unit)
-        bw = out["nbytes"] / per_msg["end_to_end"].to_numpy()
+            samples += results.sample_rows(per_msg[metric], **labels, metric=metric, unit=unit)
+        bw = per_message([(rep, nbytes_of[i] / df["end_to_end"].to_numpy()) for rep, df in got[i]])
         rows.append(results.summary_row(summarize(bw), **labels, metric="bandwidth", unit="B/s", **extra))
-        phases.append({**pt, "nbytes": out["nbytes"], **per_msg.median().to_dict()})
+        phases.append({**pt, "nbytes": nbytes_of[i], **{m: float(np.median(v)) for m, v in per_msg.items()}})
 
     # streaming: a window of messages in flight (OSU osu_bw style), 1 reader, raw arrays
     for size, window in progress(list(p["stream_sizes"].items()), "streaming bandwidth"):
@@ -595,18 +660,16 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                         stop_reason=f"fixed: {p['small_samples']} samples of {p['small_inner']} round trips"))  # fmt: skip
         samples += results.sample_rows(vals, **lab, metric="one_way_latency", unit="s")
 
-    # the source's metric: reader-side read time at 1 writer + 3 readers (or the most readers run)
-    src_readers = 3 if 3 in p["readers"] else max(p["readers"])
-    for n in progress(p["read_time_n"], "source's read time"):
-        for b in p["backends"]:
-            out = run_point(cluster, read_time_point, b, p["source_codec"], n, p["messages"], ranks=1 + src_readers, timeout=600)[0]
-            st = summarize(out["read_time"])
-            nbytes = ser.frames_nbytes(ser.get(p["source_codec"]).encode(make_records(n)))
-            lab = {"chapter": CHAPTER, "experiment": "source_read_time", "variant": b, "payload": f"records:{p['source_codec']}",
-                   "size_bytes": nbytes, "ranks": 1 + src_readers, "oversubscribed": cluster.oversubscribed_at(1 + src_readers)}  # fmt: skip
-            rows.append(results.summary_row(st, **lab, metric="read_time", unit="s", backend=b, codec=p["source_codec"],
-                                            kind="records", n_records=n, readers=src_readers))  # fmt: skip
-            samples += results.sample_rows(out["read_time"], **lab, metric="read_time", unit="s")
+    # the source's metric, measured in the replicates above
+    for (n, b), per_rep in read_times.items():
+        values = per_message(per_rep)
+        st = summarize(values)
+        nbytes = ser.frames_nbytes(ser.get(p["source_codec"]).encode(make_records(n)))
+        lab = {"chapter": CHAPTER, "experiment": "source_read_time", "variant": b, "payload": f"records:{p['source_codec']}",
+               "size_bytes": nbytes, "ranks": 1 + src_readers, "oversubscribed": cluster.oversubscribed_at(1 + src_readers)}  # fmt: skip
+        rows.append(results.summary_row(st, **lab, metric="read_time", unit="s", backend=b, codec=p["source_codec"],
+                                        kind="records", n_records=n, readers=src_readers))  # fmt: skip
+        samples += results.sample_rows(values, **lab, metric="read_time", unit="s")
     # the source's PUSH/PULL "one-to-many"
     pp = run_point(cluster, pushpull_point, p["source_codec"], 1000, p["pushpull_messages"], ranks=1 + src_readers, timeout=120)[0]
     delivery = pd.DataFrame([{"reader": i + 1, "messages_received": len(g), "messages_sent": p["pushpull_messages"],
@@ -642,6 +705,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "one_way_latency": "experiment small_path: ping-pong between 2 ranks, round-trip time / 2, every path and size "
                            "timed once per round in a rotated order",
     })
+    meta["replicates"] = plan.record()
     meta["libraries"] = {"versions": libraries.versions(), "settings": libraries.SETTINGS,
                          "not_available": [k for k, ok in have.items() if not ok]}  # fmt: skip
     results.write(CHAPTER, summary, samples_df, meta,
