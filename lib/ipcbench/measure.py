@@ -383,6 +383,14 @@ class StoppingRule:
     check_every: int = 5
     warmup_budget_s: float | None = None
 
+    def per_replicate(self, n: int) -> StoppingRule:
+        """Return the rule for one of ``n`` replicates of a point: its share of the samples and of the time budget (the
+        warm-up stays whole: each replicate runs in its own call, on buffers of its own)."""
+        if n <= 1:
+            return self
+        return replace(self, min_samples=max(2, math.ceil(self.min_samples / n)),
+                       max_samples=max(2, math.ceil(self.max_samples / n)), time_budget_s=self.time_budget_s / n)  # fmt: skip
+
     def warm_enough(self, calls: int, elapsed_s: float) -> bool:
         """Return whether the warm-up may end after ``calls`` calls that took ``elapsed_s``."""
         if calls >= self.warmup:

@@ -157,6 +157,16 @@ class Replicates:
                 self.fresh.append(r)
             yield r
 
+    def rule(self, rule, replicate: int):
+        """Return the stopping rule for one replicate of a point: its share of the samples and budget; a warm-up of one
+        call where the engines already ran the point's code in an earlier replicate (only new buffers to touch)."""
+        from dataclasses import replace
+
+        share = rule.per_replicate(self.n)
+        if replicate == 0 or replicate in self.fresh:
+            return share
+        return replace(share, warmup=1, warmup_budget_s=None)
+
     def order(self, group: str, items: list, replicate: int, label=str) -> list:
         """Return ``items`` (one comparison's configurations) in this replicate's order, and record it under ``group``."""
         idx = round_order(len(items), replicate, self.seed)

@@ -42,8 +42,11 @@ from .. import claims, measure, profiles, results
 from .. import multimodal as mm
 from ..measure import StoppingRule, now_ns
 from ._common import (
+    REPLICATES,
+    Replicates,
+    add_time,
     machine_state,
-    pick_row,
+    per_message,
     progress,
     require_engines,
     run_meta,
@@ -81,6 +84,7 @@ def parameters(profile: str | None = None) -> dict:
         "requests": 8, "max_requests": 300, "load_duration_s": 0.2,
         "pool_bytes": 64_000_000,
         "tp_oversubscribed": 4,
+        "replicates": REPLICATES,
         # the strategies timed at the oversubscribed TP (None: every one): the old path, the source's change and its
         # baseline, which the page's TP = 4 ratios, option D's thresholds and the projection's check read (four ranks on
         # 2 cores, read by no claim: the hashing alternatives are timed at TP = 2)
@@ -330,60 +334,94 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     seed, pool_bytes = params["seed"], params["pool_bytes"]
     tp_big = params["tp_oversubscribed"]
 
+    plan = Replicates(cluster, params["replicates"])
+    tps = [2] + ([tp_big] if tp_big else [])
     try:
-        # 1. phase costs against size
-        for size in progress(params["phase_sizes"], "phases"):
-            pt = run_point(cluster, phase_point, size, rule, seed, ranks=2, timeout=600)[0]
-            for metric, values in pt["samples"].items():
-                r, s = stats_rows(values, {**base, "experiment": "phases", "variant": metric, "size_bytes": pt["feature_bytes"],
-                                     "ranks": 2, "oversubscribed": cluster.oversubscribed_at(2)}, "time", "s", "",
-                                     pickled_bytes=pt["pickled_bytes"],
-                                     nominal_bytes=size)  # fmt: skip
-                rows.append(r)
-                samples += s
-
-        # 2. no-load latency per strategy and class (TP = 2, and TP = 4 when the cluster has 4 engines)
-        tps = [2] + ([tp_big] if tp_big else [])
-        points = [(tp, c, s) for tp in tps for c in params["classes"] for s in strategies_at(tp, params)]
+        # every comparison runs in each replicate, its configurations in a rotated order; the replicates spread over
+        # the chapter, the last in fresh engines (each load round is one replicate of its class's runs)
+        phase_samples: dict[tuple, list] = {}
+        phase_info: dict[int, dict] = {}
+        lat_samples: dict[tuple, list] = {}
         phase_rows = []
-        for tp, cls, strategy in progress(points, "no-load latency"):
-            fb = params["classes"][cls]
-            pt = run_point(cluster, latency_point, strategy, fb, rule, seed, pool_bytes, ranks=tp, timeout=600)[0]
-            labels = {**base, "experiment": "latency", "variant": strategy, "size_bytes": fb, "ranks": tp,
-                      "oversubscribed": cluster.oversubscribed_at(tp)}  # fmt: skip
-            r, s = stats_rows(pt["samples"], labels, "end_to_end", "s", pt["stop_reason"], payload_class=cls)
-            rows.append(r)
-            samples += s
-            for rank, ph in enumerate(pt["phases"]):
-                for phase, value in ph.items():
-                    phase_rows.append({"variant": strategy, "payload_class": cls, "ranks": tp, "rank": rank,
-                                       "phase": phase, "value": value,
-                                       "unit": "faults per request" if phase == "minor_faults" else "s"})  # fmt: skip
-
-        # 3. load: Poisson arrivals, TP = 2, the same absolute rates for every strategy of a class (fractions of the
-        # class's highest no-load capacity), each point repeated; repeats interleaved within a class (one pool each)
-        summary_so_far = results.frame(rows)
         load_rows, run_latencies = [], {}
-        rounds = []
-        for cls, fb in params["classes"].items():
-            fastest = min(float(pick_row(summary_so_far, experiment="latency", variant=st, payload_class=cls, ranks=2)["median"])
-                          for st in mm.STRATEGIES)  # fmt: skip
-            own = {st: 1.0 / float(pick_row(summary_so_far, experiment="latency", variant=st, payload_class=cls, ranks=2)["median"])
-                   for st in mm.STRATEGIES}  # fmt: skip
-            pts = [(strategy, f, f / fastest, own[strategy]) for strategy in mm.STRATEGIES for f in params["rate_fractions"]]
-            for rep in range(params["load_repeats"]):
-                rounds.append((cls, fb, rep, pts))
-        for cls, fb, rep, pts in progress(rounds, "load (rounds: every strategy and rate of a class)"):
-            calls = [(strategy, rate, requests_at(rate, params, cap_)) for strategy, _, rate, cap_ in pts]
-            got = run_point(cluster, load_round, fb, calls, seed, pool_bytes, rep, ranks=2, timeout=900)[0]
-            for (strategy, frac, rate, _), (_, _, n), pt in zip(pts, calls, got, strict=True):
-                lat = np.asarray(pt["latency"])
-                run_latencies.setdefault((cls, strategy, frac), []).append(lat)
-                load_rows.append({"variant": strategy, "payload_class": cls, "feature_bytes": fb, "offered_rate": rate,
-                                  "rate_fraction": frac, "repeat": rep, "requests": n, "throughput": pt["throughput"],
-                                  "latency_p50": float(np.median(lat)),
-                                  "latency_p99": float(np.quantile(lat, 0.99)) if n >= P99_MIN_REQUESTS else float("nan"),
-                                  **{f"cpu_rank{k}": u for k, u in enumerate(pt["cpu_util"])}})  # fmt: skip
+        rates: dict[str, list] = {}
+        reps = params["load_repeats"]
+        per_pass = [reps // plan.n + (1 if r < reps % plan.n else 0) for r in range(plan.n)]  # load rounds per pass
+        steps = (plan.n * (len(params["phase_sizes"]) + len(params["classes"])) + (len(tps) - 1) * len(params["classes"])
+                 + reps * len(params["classes"]))  # fmt: skip
+        ticks = iter(progress(range(steps), "broadcast (every replicate)"))
+        repeat = 0
+        for rep in plan.passes():
+            # 1. phase costs against size (every phase variant of a size in one call)
+            for size in plan.order("phases", list(params["phase_sizes"]), rep):
+                next(ticks, None)
+                t0 = time.perf_counter()
+                pt = run_point(cluster, phase_point, size, plan.rule(rule, rep), seed, ranks=2, timeout=600)[0]
+                add_time("broadcast: phases", time.perf_counter() - t0)
+                phase_info[size] = {"feature_bytes": pt["feature_bytes"], "pickled_bytes": pt["pickled_bytes"]}
+                for metric, values in pt["samples"].items():
+                    phase_samples.setdefault((size, metric), []).append((rep, values))
+            # 2. no-load latency per strategy and class (TP = 2, and the oversubscribed TP): a class's strategies
+            # together; the oversubscribed TP, which the page reads and no claim, in the first replicate only
+            for tp in tps if rep == 0 else [2]:
+                for cls in params["classes"]:
+                    next(ticks, None)
+                    fb = params["classes"][cls]
+                    for strategy in plan.order(f"latency/{tp}/{cls}", strategies_at(tp, params), rep):
+                        t0 = time.perf_counter()
+                        pt = run_point(cluster, latency_point, strategy, fb, plan.rule(rule, rep) if tp == 2 else rule, seed,
+                                       pool_bytes, ranks=tp, timeout=600)[0]  # fmt: skip
+                        add_time(f"broadcast: no-load latency, TP = {tp}", time.perf_counter() - t0)
+                        lat_samples.setdefault((tp, cls, strategy), []).append((rep, pt["samples"]))
+                        for rank, ph in enumerate(pt["phases"]):
+                            for phase, value in ph.items():
+                                phase_rows.append({"variant": strategy, "payload_class": cls, "ranks": tp, "rank": rank,
+                                                   "phase": phase, "value": value, "replicate": rep,
+                                                   "unit": "faults per request" if phase == "minor_faults" else "s"})  # fmt: skip
+            # 3. load: Poisson arrivals, TP = 2, the same absolute rates for every strategy of a class (fractions of the
+            # class's highest no-load capacity in the first replicate), each point repeated over the replicates; a
+            # round runs every strategy and rate of a class in one call (one pool each)
+            for cls in params["classes"]:
+                if cls not in rates:
+                    lat0 = {st: float(np.median(lat_samples[(2, cls, st)][0][1])) for st in mm.STRATEGIES}
+                    fastest = min(lat0.values())
+                    rates[cls] = [(strategy, f, f / fastest, 1.0 / lat0[strategy]) for strategy in mm.STRATEGIES
+                                  for f in params["rate_fractions"]]  # fmt: skip
+            for k in range(per_pass[rep]):
+                for cls, fb in params["classes"].items():
+                    next(ticks, None)
+                    pts = plan.order(f"load/{cls}", rates[cls], repeat, label=lambda x: f"{x[0]}@{x[1]:g}")
+                    calls = [(strategy, rate, requests_at(rate, params, cap_)) for strategy, _, rate, cap_ in pts]
+                    t0 = time.perf_counter()
+                    got = run_point(cluster, load_round, fb, calls, seed, pool_bytes, repeat, ranks=2, timeout=900)[0]
+                    add_time("broadcast: load rounds", time.perf_counter() - t0)
+                    for (strategy, frac, rate, _), (_, _, n), pt in zip(pts, calls, got, strict=True):
+                        lat = np.asarray(pt["latency"])
+                        run_latencies.setdefault((cls, strategy, frac), []).append(lat)
+                        load_rows.append({"variant": strategy, "payload_class": cls, "feature_bytes": fb, "offered_rate": rate,
+                                          "rate_fraction": frac, "repeat": repeat, "replicate": rep, "requests": n,
+                                          "throughput": pt["throughput"], "latency_p50": float(np.median(lat)),
+                                          "latency_p99": float(np.quantile(lat, 0.99)) if n >= P99_MIN_REQUESTS else float("nan"),
+                                          **{f"cpu_rank{k}": u for k, u in enumerate(pt["cpu_util"])}})  # fmt: skip
+                repeat += 1
+        for _ in ticks:
+            pass
+        for (size, metric), per_rep in phase_samples.items():
+            info = phase_info[size]
+            r, s_ = stats_rows(per_message(per_rep), {**base, "experiment": "phases", "variant": metric,
+                                                      "size_bytes": info["feature_bytes"], "ranks": 2,
+                                                      "oversubscribed": cluster.oversubscribed_at(2)}, "time", "s", "",
+                               pickled_bytes=info["pickled_bytes"], nominal_bytes=size)  # fmt: skip
+            rows.append(r)
+            samples += s_
+        for (tp, cls, strategy), per_rep in lat_samples.items():
+            labels = {**base, "experiment": "latency", "variant": strategy, "size_bytes": params["classes"][cls],
+                      "ranks": tp, "oversubscribed": cluster.oversubscribed_at(tp)}  # fmt: skip
+            values = per_message(per_rep)
+            r, s_ = stats_rows(values, labels, "end_to_end", "s", f"{len(values)} samples in {plan.n} replicates",
+                               payload_class=cls)  # fmt: skip
+            rows.append(r)
+            samples += s_
         load_df = pd.DataFrame(load_rows)
         over2 = cluster.oversubscribed_at(2)
         for (cls, strategy, frac), g in load_df.groupby(["payload_class", "variant", "rate_fraction"], sort=False):
@@ -392,17 +430,19 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                       "ranks": 2, "oversubscribed": over2}  # fmt: skip
             extra = {"payload_class": cls, "offered_rate": float(g["offered_rate"].iloc[0]), "rate_fraction": frac,
                      "requests": int(g["requests"].sum()), "stop_reason": f"fixed: {len(g)} runs"}  # fmt: skip
-            pooled = np.concatenate(run_latencies[(cls, strategy, frac)])
-            r, s = stats_rows(pooled, labels, "latency", "s", **extra)  # every request of every run
+            lats = run_latencies[(cls, strategy, frac)]
+            pooled = per_message([(int(rp), lat) for rp, lat in zip(g["replicate"], lats, strict=True)])
+            r, s_ = stats_rows(pooled, labels, "latency", "s", **extra)  # every request of every run
             rows.append(r)
-            samples += s
+            samples += s_
             metrics = [("throughput", "1/s"), ("latency_p50", "s")]
             if g["latency_p99"].notna().all():
                 metrics.append(("latency_p99", "s"))
-            for metric, unit in metrics:  # one value per run: the interval is over the runs
-                r, s = stats_rows(g[metric].to_numpy(), labels, metric, unit, **extra)
+            for metric, unit in metrics:  # one value per run: the interval is over the runs (each its replicate)
+                r, s_ = stats_rows(per_message([(int(rp), [v]) for rp, v in zip(g["replicate"], g[metric], strict=True)]),
+                                   labels, metric, unit, **extra)  # fmt: skip
                 rows.append(r)
-                samples += s
+                samples += s_
     finally:
         try:  # best effort: after a failure the engines may have been restarted already
             cluster.run(drop_pools, timeout=60)
@@ -416,6 +456,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     summary = results.frame(rows + derived_rows(summary, samples_df, cap, params))
     model_df = models(summary, params, phases_df)
     proj = projection(summary, params)
+    meta_replicates = plan.record()
     meta = run_meta(name, cluster, params, started, machine_start=machine_start, definitions={
         "end_to_end": "one request at a time: Barrier, then every rank processes it; the slowest rank's time (s)",
         "latency (load)": "arrival on the root to the moment the last rank holds its MultimodalInputs (s)",
@@ -426,6 +467,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "cpu utilisation": "a rank's CPU seconds / wall seconds over a load run (1 = one core busy)",
         "phases": "rank 0 alone for local phases; bcast phases: the slowest rank, Barrier before each sample",
     })
+    meta["replicates"] = meta_replicates
     results.write(CHAPTER, summary, samples_df, meta,
                   extra={"load": load_df, "capacity": cap, "rank_phases": phases_df, "models": model_df,
                          "projection": proj})  # fmt: skip
@@ -582,14 +624,16 @@ def capacity(load: pd.DataFrame, run_latencies: dict | None = None) -> pd.DataFr
     the median over the runs with its order-statistic interval (``ci_level`` its real coverage). Also the
     saturation rate: the lowest offered rate where the median latency of all runs' requests pooled (from
     ``run_latencies``, else the runs' p50s) exceeds :data:`SATURATION_FACTOR` x its value at the lowest rate."""
-    from ..measure import summarize
+    from ..measure import Replicated, summarize
 
     if "repeat" not in load.columns:
         load = load.assign(repeat=0)
     out = []
     for (cls, strategy), g in load.groupby(["payload_class", "variant"], sort=False):
         per_run = g.groupby("repeat")["throughput"].max().to_numpy(dtype=float)
-        st = summarize(per_run.tolist())
+        run_reps = (g.groupby("repeat")["replicate"].first().to_numpy(dtype=int) if "replicate" in g
+                    else np.zeros(len(per_run), dtype=int))  # fmt: skip
+        st = summarize(Replicated(per_run, run_reps))
         by_rate = []
         for frac, gr in g.groupby("rate_fraction"):
             lats = (run_latencies or {}).get((cls, strategy, frac))
@@ -601,6 +645,7 @@ def capacity(load: pd.DataFrame, run_latencies: dict | None = None) -> pd.DataFr
         out.append({"payload_class": cls, "variant": strategy, "capacity": st.median, "ci_low": st.ci_low,
                     "ci_high": st.ci_high, "ci_level": st.ci_level, "runs": len(per_run),
                     "capacity_runs": " ".join(f"{v:.6g}" for v in per_run),
+                    "capacity_replicates": " ".join(str(int(v)) for v in run_reps),
                     "saturation_rate": over[0] if over else None, "p50_at_lowest_rate": low,
                     "highest_offered_rate": by_rate[-1][0]})  # fmt: skip
     return pd.DataFrame(out)
@@ -735,15 +780,19 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, cap: pd.DataFrame
     load_rows = summary.query("experiment == 'load'")
     load_oversubscribed = bool(load_rows["oversubscribed"].any()) if not load_rows.empty else False  # as its runs
 
+    from ..measure import Replicated
+
     for r in cap.itertuples():
         runs = [float(v) for v in str(r.capacity_runs).split()]
+        reps = [v for v in str(getattr(r, "capacity_replicates", "")).split() if v.isdigit()]  # (none before schema 2)
+        runs = Replicated(runs, [int(v) for v in reps] if len(reps) == len(runs) else np.zeros(len(runs), dtype=int))
         out.append(results.summary_row(summarize(runs, f"fixed: {len(runs)} runs"), chapter=CHAPTER, experiment="capacity",
                                        variant=r.variant, payload=None, size_bytes=params["classes"][r.payload_class],
                                        ranks=2, oversubscribed=load_oversubscribed, metric="capacity", unit="1/s",
                                        payload_class=r.payload_class,
                                        inputs="per run, the highest throughput over the offered rates"))  # fmt: skip
         if r.variant == "object_bcast":
-            add(lambda c, m: c * m, [np.array(runs), lat("object_bcast", r.payload_class)], "capacity_times_latency_object_bcast",
+            add(lambda c, m: c * m, [runs, lat("object_bcast", r.payload_class)], "capacity_times_latency_object_bcast",
                 "x", "object_bcast's capacity under load (per run) x its no-load latency at TP = 2: 1 when requests run strictly "
                 "one after another", payload_class=r.payload_class, ranks=2)  # fmt: skip
     return out

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,16 @@ import pandas as pd
 
 from .. import measure, profiles, results
 from ..measure import StoppingRule, now_ns, summarize
-from ._common import machine_state, pattern_bytes, progress, require_engines, run_meta, run_point
+from ._common import (
+    ORDER_SEED,
+    add_time,
+    machine_state,
+    pattern_bytes,
+    progress,
+    require_engines,
+    run_meta,
+    run_point,
+)
 
 CHAPTER = "machine_limits"
 KiB, MiB = 2**10, 2**20
@@ -77,6 +87,7 @@ def parameters(profile: str | None = None) -> dict:
             "bench_loop_large": 200,
             "latency_rounds": 8,
             "allocations": 3,
+            "memcpy_rounds": 8, "memcpy_per_round": 2,
         }
     if name == "standard":
         return {
@@ -93,6 +104,7 @@ def parameters(profile: str | None = None) -> dict:
             "bench_loop_large": 200, "bench_loop_info": 1000,
             "latency_rounds": 10,
             "allocations": 4,
+            "memcpy_rounds": 12, "memcpy_per_round": 3,
         }
     return {
         "memcpy_sizes": _pow2(1 * KiB, 256 * MiB),
@@ -103,6 +115,7 @@ def parameters(profile: str | None = None) -> dict:
         "bench_loop_large": None,
         "latency_rounds": 10,
         "allocations": 6,
+        "memcpy_rounds": 20, "memcpy_per_round": 5,
     }
 
 
@@ -135,6 +148,36 @@ def memcpy_point(comm, size: int, rule: StoppingRule, allocations: int = 1) -> d
         result = {"samples": samples, "stop_reason": point.summary.stop_reason, "inner": inner}
         if allocations > 1:
             result["allocation_medians"] = medians
+    comm.Barrier()
+    return result
+
+
+def memcpy_rounds(comm, sizes: list[int], rounds: int, per_round: int, seed: int) -> dict | None:
+    """Time ``np.copyto`` at every size in ``rounds`` rounds on rank 0 (others wait), every size in each round in a
+    rotated order, ``per_round`` samples each: buffers allocated and touched once, before the first round, and every
+    copy warm (a copy is timed the way a transfer is: into a preallocated, touched destination). Return per size its
+    samples (s per copy) and the batch of back-to-back copies one sample holds."""
+    from ._common import round_order
+
+    result = None
+    if comm.rank == 0:
+        buffers = {n: (np.full(n, 7, dtype=np.uint8), np.empty(n, dtype=np.uint8)) for n in sizes}
+        calls, inner = {}, {}
+        for n, (src, dst) in buffers.items():
+            np.copyto(dst, src)  # first touch outside the timing
+            calls[n] = functools.partial(np.copyto, dst, src)
+            inner[n] = measure.calibrate_inner(calls[n])
+        out: dict[int, list[float]] = {n: [] for n in sizes}
+        with measure.gc_paused():
+            for r in range(rounds):
+                for i in round_order(len(sizes), r, seed):
+                    n = sizes[i]
+                    measure.time_call(calls[n], inner[n])  # this size's warm-up in the round (its cache lines)
+                    out[n] += [measure.time_call(calls[n], inner[n]) for _ in range(per_round)]
+        for n, (src, dst) in buffers.items():
+            if not np.array_equal(dst[:: max(1, n // 4096)], src[:: max(1, n // 4096)]):
+                raise AssertionError("memcpy check failed: destination differs from source")
+        result = {"samples": out, "inner": inner}
     comm.Barrier()
     return result
 
@@ -558,8 +601,22 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     rows: list[dict] = []
     samples: list[dict] = []
 
-    for size in progress(params["memcpy_sizes"], "memcpy"):
-        allocs = params["allocations"] if size >= LARGE_MESSAGE else 1
+    # memcpy below the large sizes: every size in every round, rotated (a ceiling a transfer is compared with has to
+    # be measured under the same conditions at every size); the large sizes over several fresh allocations each
+    small = [n for n in params["memcpy_sizes"] if n < LARGE_MESSAGE]
+    t0 = time.perf_counter()
+    got = run_point(cluster, memcpy_rounds, small, params["memcpy_rounds"], params["memcpy_per_round"], ORDER_SEED,
+                    timeout=POINT_TIMEOUT_S)[0]  # fmt: skip
+    add_time("memcpy", time.perf_counter() - t0)
+    for size in small:
+        point = {"samples": got["samples"][size], "inner": got["inner"][size],
+                 "stop_reason": f"fixed: {params['memcpy_rounds']} rounds of {params['memcpy_per_round']}, sizes rotated"}  # fmt: skip
+        r, s = _point_rows(point, {**base, "experiment": "memcpy", "variant": "numpy copyto", "ranks": 1}, size, "memcpy")
+        _mark_allocations(r, point, 1, size)
+        rows += r
+        samples += s
+    for size in progress([n for n in params["memcpy_sizes"] if n >= LARGE_MESSAGE], "memcpy (large)"):
+        allocs = params["allocations"]
         point = run_point(cluster, memcpy_point, size, rule, allocs, timeout=POINT_TIMEOUT_S)[0]
         r, s = _point_rows(point, {**base, "experiment": "memcpy", "variant": "numpy copyto", "ranks": 1}, size, "memcpy")
         _mark_allocations(r, point, allocs, size)

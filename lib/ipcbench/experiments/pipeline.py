@@ -42,8 +42,18 @@ import pandas as pd
 from .. import claims, profiles, results
 from .. import pipeline as pl
 from ..cluster import usable_cores
-from ..measure import summarize
-from ._common import machine_state, pick_row, progress, require_engines, run_meta, run_point
+from ..measure import Replicated, summarize
+from ._common import (
+    REPLICATES,
+    Replicates,
+    machine_state,
+    pick_row,
+    progress,
+    require_engines,
+    round_order,
+    run_meta,
+    run_point,
+)
 from ._common import stats_rows as _stats_rows
 
 CHAPTER = "pipeline"
@@ -104,6 +114,7 @@ def parameters(profile: str | None = None) -> dict:
         # the wait kind (the book's hypothesis for the source's constant serial time) is read by claims through the
         # thread pipeline only (pl-01, pl-03..05, pl-12, pl-14): serial and the pipeline run it (None: every processor)
         "wait_processors": ["serial", "thread_pipeline"],
+        "replicates": REPLICATES,
     }
     if name == "quick":
         return {**base, "samples": 3, "wait_s": 0.005, "sweep_samples": 3, "sweep_size": 50_000, "start_method_samples": 3,
@@ -144,6 +155,12 @@ class _Runner:
         self.scratch = scratch
         self.queue_size = queue_size
         self.reference: dict[tuple, tuple[str, np.ndarray]] = {}
+
+    def ensure_reference(self, w: pl.Workload, n: int, batch_size: int) -> None:
+        """Run serial once, untimed, where no reference output exists yet for this point (the rounds' rotated order may
+        run another processor first)."""
+        if (w.kind, n, batch_size) not in self.reference:
+            self.run("serial", w, n, batch_size)
 
     def run(self, proc: str, w: pl.Workload, n: int, batch_size: int, groups=None, ranks: int = 2,
             queue_size: int | None = None, start_method: str | None = None, reference_batch: int | None = None) -> dict:  # fmt: skip
@@ -209,24 +226,63 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     runner = _Runner(cluster, scratch, params["queue_size"])
     rows, samples, timeline, depth, groups_used = [], [], [], [], []
     base = {"chapter": CHAPTER, "size_bytes": None}
+    plan = Replicates(cluster, params["replicates"])
+    per_rep = max(1, params["samples"] // plan.n)  # rounds of each point in each replicate
     try:
-        # 1. the main sweep
+        # 1. the main sweep and 5. the source's layout, the points the claims read: in every replicate (spread over the
+        # run, the last with fresh engines for the MPI stages; serial and the threads run in this process, the pool's
+        # workers are new processes every run), each round running the point's processors in a rotated order
         points = [(k, n) for k in params["kinds"] for n in params["sizes"] if k != "wait" or n in params["wait_sizes"]]
-        for kind, n in progress(points, "ETL: processors x kinds x sizes"):
-            w = pl.Workload(kind=kind, seed=params["seed"], wait_s=params["wait_s"])
+        lpoints = [(k, n) for k in ("python", "numpy", "wait") for n in params["source_layout_sizes"]]
+        main_runs: dict[tuple, dict] = {}
+        layout_runs: dict[tuple, dict] = {}
+        groups_at: dict[tuple, list | None] = {}
+        workers = usable_cores()
+        steps = plan.n * (len(points) + len(lpoints))
+        ticks = iter(progress(range(steps), "ETL and the source's layout (every replicate)"))
+        for rep in plan.passes():
+            for kind, n in points:
+                next(ticks, None)
+                w = pl.Workload(kind=kind, seed=params["seed"], wait_s=params["wait_s"])
+                bs = max(1, n // params["batches"])
+                procs = processors_at(n, params, kind)
+                if (kind, n) not in groups_at:
+                    groups = None
+                    if "mpi_stages" in procs or "thread_pipeline" in procs:
+                        # MPI stages: two ranks, stages grouped by serial's per-stage times at this point
+                        calib = runner.run("serial", w, n, bs)
+                        groups = pl.balanced_groups(calib["busy"], 2)
+                        groups_used.append({"kind": kind, "n_records": n, "groups": groups})
+                    groups_at[(kind, n)] = groups
+                runner.ensure_reference(w, n, bs)
+                runs = main_runs.setdefault((kind, n), {p: [] for p in procs})
+                for k in range(per_rep):
+                    for proc in plan.order(f"etl/{kind}/{n}", procs, rep * per_rep + k):
+                        runs[proc].append({**runner.run(proc, w, n, bs, groups=groups_at[(kind, n)]), "replicate": rep})
+            for kind, n in lpoints:
+                next(ticks, None)
+                w = pl.Workload(kind=kind, seed=params["seed"], wait_s=params["wait_s"])
+                chunk = -(-n // workers)
+                runner.ensure_reference(w, n, chunk)  # the reference for the pool's chunks (untimed here)
+                runner.ensure_reference(w, n, SOURCE_BATCH)
+                runs = layout_runs.setdefault((kind, n), {"serial": [], "thread_pipeline": []}
+                                              | ({"process_pool": []} if kind != "wait" else {}))  # fmt: skip
+                for k in range(per_rep):
+                    for proc in plan.order(f"source_layout/{kind}/{n}", list(runs), rep * per_rep + k):
+                        if proc == "serial":
+                            r = runner.run("serial", w, n, SOURCE_BATCH)
+                        elif proc == "thread_pipeline":
+                            r = runner.run("thread_pipeline", w, n, SOURCE_BATCH, groups=pl.SOURCE_THREAD_GROUPS)
+                        else:
+                            r = runner.run("process_pool", w, n, chunk, reference_batch=chunk)
+                        runs[proc].append({**r, "replicate": rep})
+            if rep == 0:
+                _unreplicated(cluster, runner, params, base, cores, rows, samples)
+        for _ in ticks:
+            pass
+        for (kind, n), runs in main_runs.items():
             bs = max(1, n // params["batches"])
-            procs = processors_at(n, params, kind)
-            groups = None
-            if "mpi_stages" in procs or "thread_pipeline" in procs:
-                # MPI stages: two ranks, stages grouped by serial's per-stage times at this point
-                calib = runner.run("serial", w, n, bs)
-                groups = pl.balanced_groups(calib["busy"], 2)
-                groups_used.append({"kind": kind, "n_records": n, "groups": groups})
-            runs = {p: [] for p in procs}
-            for _ in range(params["samples"]):
-                for proc in procs:
-                    runs[proc].append(runner.run(proc, w, n, bs, groups=groups))
-            rows_, samples_ = _point_rows(runs, base, kind, n, bs, params["queue_size"], cores, groups)
+            rows_, samples_ = _point_rows(runs, base, kind, n, bs, params["queue_size"], cores, groups_at[(kind, n)])
             rows += rows_
             samples += samples_
             if n == params["sweep_size"]:  # keep the median run's timeline at one size
@@ -236,65 +292,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                   "end_s": t1, "worker": str(wk)} for s, b, t0, t1, wk in mid["events"]]  # fmt: skip
                     depth += [{"processor": proc, "kind": kind, "n_records": n, "t_s": t, "queue": q, "depth": d}
                               for t, q, d in mid["queue_depth"]]  # fmt: skip
-
-        # 2. one MPI rank per stage (oversubscribed on 2 cores), at the sweep size
-        n = params["sweep_size"]
-        bs = n // params["batches"]
-        for kind in progress(params["kinds"], "MPI: one stage per rank"):
-            w = pl.Workload(kind=kind, seed=params["seed"], wait_s=params["wait_s"])
-            runs = {"serial": [], "mpi_stages": []}
-            for _ in range(params["samples"]):
-                runs["serial"].append(runner.run("serial", w, n, bs))
-                runs["mpi_stages"].append(runner.run("mpi_stages", w, n, bs, groups=None, ranks=len(pl.STAGES)))
-            r_, s_ = _point_rows(runs, base, kind, n, bs, params["queue_size"], cores, None, ranks_mpi=len(pl.STAGES))
-            rows += [r for r in r_ if r["variant"] != "serial"]
-            samples += [s for s in s_ if s["variant"] != "serial"]
-
-        # 3. process start-up per start method, and the pool run with each
-        n0 = min(SOURCE_SIZES)
-        w = pl.Workload(kind="python", seed=params["seed"])
-        for method in progress(START_METHODS, "pool start methods"):
-            runs = {"serial": [], "process_pool": []}
-            for _ in range(params["start_method_samples"]):
-                runs["serial"].append(runner.run("serial", w, n0, n0 // params["batches"]))
-                runs["process_pool"].append(runner.run("process_pool", w, n0, n0 // params["batches"], start_method=method))
-            r_, s_ = _point_rows(runs, {**base, "experiment": "start_method"}, "python", n0, n0 // params["batches"],
-                                 params["queue_size"], cores, None, start_method=method)  # fmt: skip
-            rows += [r for r in r_ if r["variant"] == "process_pool"]
-            samples += [s for s in s_ if s["variant"] == "process_pool"]
-
-        # 4. batch size and queue size (the source's tuning guide), thread pipeline vs serial
-        n = params["sweep_size"]
-        tune = [("batch_size", f, params["queue_size"]) for f in params["batch_fractions"]]
-        tune += [("queue_size", 20, q) for q in params["queue_sizes"]]
-        for kind in ("python", "numpy"):
-            w = pl.Workload(kind=kind, seed=params["seed"])
-            measured = {}  # (batch fraction, queue size): runs. The batch-size series at the default queue size and
-            # the queue-size series at its batch size share one setting: it runs once and stands in both series
-            for what, frac, q in progress(tune, f"tuning ({kind})"):
-                bs = n // frac
-                runs = measured.setdefault((frac, q), {"serial": [], "thread_pipeline": []})
-                for _ in range(params["sweep_samples"] - len(runs["serial"])):
-                    runs["serial"].append(runner.run("serial", w, n, bs))
-                    runs["thread_pipeline"].append(runner.run("thread_pipeline", w, n, bs, queue_size=q))
-                r_, s_ = _point_rows(runs, {**base, "experiment": what}, kind, n, bs, q, cores, None)
-                rows += r_
-                samples += s_
-
-        # 5. the source's layout as written: batches of 10 000 records for serial and the pipeline, the pipeline in
-        # the source's four threads, the pool with one chunk per process (chunk_size = data_size // n_processes)
-        workers = usable_cores()
-        lpoints = [(k, n) for k in ("python", "numpy", "wait") for n in params["source_layout_sizes"]]
-        for kind, n in progress(lpoints, "the source's layout"):
-            w = pl.Workload(kind=kind, seed=params["seed"], wait_s=params["wait_s"])
+        for (kind, n), runs in layout_runs.items():
             chunk = -(-n // workers)
-            runner.run("serial", w, n, chunk)  # the reference for the pool's chunks (untimed here)
-            runs = {"serial": [], "thread_pipeline": []} | ({"process_pool": []} if kind != "wait" else {})
-            for _ in range(params["samples"]):
-                runs["serial"].append(runner.run("serial", w, n, SOURCE_BATCH))
-                runs["thread_pipeline"].append(runner.run("thread_pipeline", w, n, SOURCE_BATCH, groups=pl.SOURCE_THREAD_GROUPS))
-                if "process_pool" in runs:
-                    runs["process_pool"].append(runner.run("process_pool", w, n, chunk, reference_batch=chunk))
             r_, s_ = _point_rows(runs, {**base, "experiment": "source_layout"}, kind, n, SOURCE_BATCH,
                                  params["queue_size"], cores, None, batch_of={"process_pool": chunk},
                                  threads_of={"thread_pipeline": len(pl.SOURCE_THREAD_GROUPS)})  # fmt: skip
@@ -306,7 +305,6 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         rows += _memory_rows(cluster, runner, params, n, base, cores)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
     samples_df = pd.DataFrame(samples)
     summary = results.frame(rows)
     summary = results.frame(rows + derived_rows(summary, samples_df))
@@ -326,6 +324,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "core_bound": "cores x serial wall / serial CPU: the speedup if every core were kept busy",
     })  # fmt: skip
     meta["groups"] = groups_used
+    meta["replicates"] = plan.record()
     meta["start_methods"] = list(START_METHODS)
     meta["default_start_method"] = mp.get_start_method()
     results.write(CHAPTER, summary, samples_df, meta,
@@ -334,6 +333,63 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     results.write_json(CHAPTER, "final_performance_report", report)
     claims.record(CHAPTER)
     return summary
+
+
+def _rotated(procs: list[str], round_index: int) -> list[str]:
+    """Return a round's processors in their rotated order (:func:`~ipcbench.experiments._common.round_order`)."""
+    return [procs[i] for i in round_order(len(procs), round_index)]
+
+
+def _unreplicated(cluster, runner: _Runner, params: dict, base: dict, cores: int, rows: list, samples: list) -> None:
+    """Run the points no claim reads, once (between the first replicate and the second): one MPI rank per stage, the
+    pool's start methods, the batch- and queue-size tuning; append their rows."""
+    # 2. one MPI rank per stage (oversubscribed on 2 cores), at the sweep size
+    n = params["sweep_size"]
+    bs = n // params["batches"]
+    for kind in progress(params["kinds"], "MPI: one stage per rank"):
+        w = pl.Workload(kind=kind, seed=params["seed"], wait_s=params["wait_s"])
+        runner.ensure_reference(w, n, bs)
+        runs = {"serial": [], "mpi_stages": []}
+        for k in range(params["samples"]):
+            for proc in _rotated(list(runs), k):
+                runs[proc].append(runner.run(proc, w, n, bs, groups=None, ranks=len(pl.STAGES) if proc != "serial" else 2))
+        r_, s_ = _point_rows(runs, base, kind, n, bs, params["queue_size"], cores, None, ranks_mpi=len(pl.STAGES))
+        rows += [r for r in r_ if r["variant"] != "serial"]
+        samples += [s for s in s_ if s["variant"] != "serial"]
+
+    # 3. process start-up per start method, and the pool run with each
+    n0 = min(SOURCE_SIZES)
+    w = pl.Workload(kind="python", seed=params["seed"])
+    for method in progress(START_METHODS, "pool start methods"):
+        runner.ensure_reference(w, n0, n0 // params["batches"])
+        runs = {"serial": [], "process_pool": []}
+        for k in range(params["start_method_samples"]):
+            for proc in _rotated(list(runs), k):
+                runs[proc].append(runner.run(proc, w, n0, n0 // params["batches"],
+                                             start_method=method if proc == "process_pool" else None))  # fmt: skip
+        r_, s_ = _point_rows(runs, {**base, "experiment": "start_method"}, "python", n0, n0 // params["batches"],
+                             params["queue_size"], cores, None, start_method=method)  # fmt: skip
+        rows += [r for r in r_ if r["variant"] == "process_pool"]
+        samples += [s for s in s_ if s["variant"] == "process_pool"]
+
+    # 4. batch size and queue size (the source's tuning guide), thread pipeline vs serial
+    n = params["sweep_size"]
+    tune = [("batch_size", f, params["queue_size"]) for f in params["batch_fractions"]]
+    tune += [("queue_size", 20, q) for q in params["queue_sizes"]]
+    for kind in ("python", "numpy"):
+        w = pl.Workload(kind=kind, seed=params["seed"])
+        measured = {}  # (batch fraction, queue size): runs. The batch-size series at the default queue size and
+        # the queue-size series at its batch size share one setting: it runs once and stands in both series
+        for what, frac, q in progress(tune, f"tuning ({kind})"):
+            bs = n // frac
+            runner.ensure_reference(w, n, bs)
+            runs = measured.setdefault((frac, q), {"serial": [], "thread_pipeline": []})
+            for k in range(len(runs["serial"]), params["sweep_samples"]):
+                for proc in _rotated(list(runs), k):
+                    runs[proc].append(runner.run(proc, w, n, bs, queue_size=q if proc != "serial" else None))
+            r_, s_ = _point_rows(runs, {**base, "experiment": what}, kind, n, bs, q, cores, None)
+            rows += r_
+            samples += s_
 
 
 def _point_rows(runs: dict, base: dict, kind: str, n: int, bs: int, q: int, cores: int, groups, ranks_mpi: int = 2,
@@ -356,23 +412,28 @@ def _point_rows(runs: dict, base: dict, kind: str, n: int, bs: int, q: int, core
                  "start_method": method if proc == "process_pool" else None,
                  "groups": "|".join("+".join(g) for g in rs[0]["phases"]["groups"]) if proc == "mpi_stages" else None}  # fmt: skip
         wall = [r["wall_s"] for r in rs]
+        reps = [r.get("replicate", 0) for r in rs]  # run k of every processor ran in the same round (replicate)
+
+        def lab(vals, reps=reps):
+            return Replicated(vals, reps)
+
         for metric, unit, vals in (("wall_time", "s", wall),
                                    ("first_batch", "s", [r["first_batch_s"] for r in rs]),
                                    ("cpu_cores", "1", [r["cpu_s"] / r["wall_s"] for r in rs]),
                                    ("speedup", "x", [s / p for s, p in zip(ser_wall, wall, strict=True)])):  # fmt: skip
-            r_, s_ = _stats_rows(vals, labels, metric, unit, **extra, base_s=ser_med)
+            r_, s_ = _stats_rows(lab(vals), labels, metric, unit, **extra, base_s=ser_med)
             rows.append(r_)
             samples += s_
         for stage in pl.STAGES:
-            r_, s_ = _stats_rows([r["busy"][stage] for r in rs], labels, f"busy_{stage}", "s", **extra)
+            r_, s_ = _stats_rows(lab([r["busy"][stage] for r in rs]), labels, f"busy_{stage}", "s", **extra)
             rows.append(r_)
             samples += s_
         if proc == "process_pool":
             for ph in ("startup", "generate", "serialize", "deserialize", "compute", "teardown"):
-                r_, s_ = _stats_rows([r["phases"][f"{ph}_s"] for r in rs], labels, ph, "s", **extra)
+                r_, s_ = _stats_rows(lab([r["phases"][f"{ph}_s"] for r in rs]), labels, ph, "s", **extra)
                 rows.append(r_)
                 samples += s_
-            r_, _ = _stats_rows([r["phases"]["payload_bytes"] for r in rs], labels, "payload", "B", **extra)
+            r_, _ = _stats_rows(lab([r["phases"]["payload_bytes"] for r in rs]), labels, "payload", "B", **extra)
             rows.append(r_)
     return rows, samples
 

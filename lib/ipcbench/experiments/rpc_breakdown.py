@@ -42,9 +42,18 @@ import numpy as np
 import pandas as pd
 
 from .. import claims, model, profiles, results
-from ..measure import gc_paused, summarize
+from ..measure import Replicated, gc_paused, summarize
 from ..rpc import RpcClient, RpcServer, SplitDecoder, analyze, perflog
-from ._common import machine_state, pick_row, progress, require_engines, run_meta, run_point
+from ._common import (
+    REPLICATES,
+    Replicates,
+    machine_state,
+    pick_row,
+    progress,
+    require_engines,
+    run_meta,
+    run_point,
+)
 
 CHAPTER = "rpc_breakdown"
 F32_TOL = 1e-4  # max |logit - reference| / max |reference logit|, float32 on the wire
@@ -86,7 +95,7 @@ TARGET_BARE_RATIO = 1.5
 def parameters(profile: str | None = None) -> dict:
     """Return a profile's model cut and sweep."""
     name = profiles.profile_name(profile)
-    base = {"preset": "qwen3-0.6b", "seed": 0, "ladder": list(LADDER)}
+    base = {"preset": "qwen3-0.6b", "seed": 0, "ladder": list(LADDER), "replicates": REPLICATES}
     if name == "quick":
         return {**base, "layers": 2, "vocab": 8192, "prompt": 16, "decode": 8, "samples": 6, "clients": [1, 4]}
     if name == "standard":
@@ -491,7 +500,12 @@ def bare_round_trip_s(curves: dict, transport: str, sent_B, recv_B) -> np.ndarra
 # ---------------------------------------------------------------------- driver
 
 
-def _summ(values, labels: dict, metric: str, unit: str, **extra) -> tuple[dict, list[dict]]:
+def _summ(values, labels: dict, metric: str, unit: str, rounds=None, replicate_of: dict | None = None,
+          **extra) -> tuple[dict, list[dict]]:  # fmt: skip
+    """Return the summary and sample rows of one value per round (``rounds``: their round numbers, labelled with the
+    replicate each round ran in by ``replicate_of``)."""
+    if rounds is not None and replicate_of:
+        values = Replicated(np.asarray(values, dtype=float), [replicate_of.get(int(r), 0) for r in rounds])
     lab = {**labels, "metric": metric, "unit": unit}
     extra.setdefault("stop_reason", f"fixed: {len(values)} samples")  # the chapter's rule: a fixed count of rounds
     return results.summary_row(summarize(values), **lab, **extra), results.sample_rows(values, **lab)
@@ -512,18 +526,35 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     started = results.now_iso()
     machine_start = machine_state(cluster)  # CPU steal, load and two calibration kernels, again at the end
     checks, steps, calls, logs, served, monitor, clients, bare_rows, warm = [], [], [], {}, [], [], [], [], []
+    # the timed rounds in replicates spread over the run, the last in fresh engines (client and server), each
+    # replicate's first round after a check round that also warms both processes up (its times are not kept)
+    plan = Replicates(cluster, params["replicates"])
+    timed = list(range(1, params["samples"] + 1))
+    chunks = [timed[r * len(timed) // plan.n:(r + 1) * len(timed) // plan.n] for r in range(plan.n)]
+    round_rep: dict[int, int] = {}
     try:
-        for rnd in progress(range(params["samples"] + 1), "RPC ladder: check, then timed rounds"):
-            out = run_point(cluster, ladder_round, params, rnd, check=rnd == 0, keep_logs=rnd == params["samples"],
-                            ranks=2, timeout=900)[0]  # fmt: skip
-            checks += out["checks"]
-            steps += out["steps"]
-            calls += out["calls"]
-            monitor += out["monitor"]
-            bare_rows += out["bare"]
-            warm += out["warm"]
-            logs.update(out["logs"])
-            served.append(out["server"])
+        fresh_checks = 1 if plan.n > 1 and cluster.owned else 0
+        bar = iter(progress(range(params["samples"] + 1 + fresh_checks), "RPC ladder: check, then timed rounds"))
+        for rep in plan.passes():
+            check_rounds = [0] if rep == 0 else ([-rep] if rep in plan.fresh else [])
+            for rnd in check_rounds + chunks[rep]:
+                next(bar, None)
+                out = run_point(cluster, ladder_round, params, rnd, check=rnd <= 0, keep_logs=rnd == params["samples"],
+                                ranks=2, timeout=900)[0]  # fmt: skip
+                if rnd <= 0 and rnd != 0:  # a fresh replicate's warm-up check: its checks are kept, nothing timed
+                    checks += out["checks"]
+                    continue
+                round_rep[rnd] = rep
+                checks += out["checks"]
+                steps += out["steps"]
+                calls += out["calls"]
+                monitor += out["monitor"]
+                bare_rows += out["bare"]
+                warm += out["warm"]
+                logs.update(out["logs"])
+                served.append(out["server"])
+        for _ in bar:
+            pass
         for n in progress(params["clients"], "several clients, one server"):
             out = run_point(cluster, clients_point, params, n, CLIENTS_ROUNDS, ranks=2, timeout=900)[0]
             clients += out["rows"]
@@ -546,18 +577,20 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         dec = d[d["phase"] == "decode"].groupby("round")
         per_round = dec[["token", *PHASES, "overhead", "rpcs", "bytes", "wire_bytes"]].mean()
         lab = {**base, "experiment": "per_token", "variant": conf}
+        rr = {"rounds": per_round.index, "replicate_of": round_rep}
         for metric in ("token", *PHASES, "overhead"):
-            r, s = _summ(per_round[metric].to_numpy(), lab, metric, "s", **extra)
+            r, s = _summ(per_round[metric].to_numpy(), lab, metric, "s", **rr, **extra)
             rows.append(r)
             samples += s
         for metric, unit in (("rpcs", "1"), ("bytes", "B"), ("wire_bytes", "B")):
-            r, s = _summ(per_round[metric].to_numpy(), lab, metric + "_per_token", unit, **extra)
+            r, s = _summ(per_round[metric].to_numpy(), lab, metric + "_per_token", unit, **rr, **extra)
             rows.append(r)
             samples += s
         pre = d[d["phase"] == "prefill"]
         for metric in ("token", "overhead"):
             r, s = _summ(pre[metric].to_numpy(), {**base, "experiment": "prefill", "variant": conf},
-                         "prompt" if metric == "token" else "overhead", "s", **extra)  # fmt: skip
+                         "prompt" if metric == "token" else "overhead", "s", rounds=pre["round"], replicate_of=round_rep,
+                         **extra)  # fmt: skip
             rows.append(r)
             samples += s
         c = calls_df[(calls_df["config"] == conf) & (calls_df["phase"] == "decode")]
@@ -573,22 +606,25 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         lab = {**base, "experiment": "per_call", "variant": conf}
         for metric, unit in (("call_overhead", "s"), ("bare_zmq_round_trip", "s"), ("overhead_vs_bare_zmq", "x"),
                              ("bare_own_round_trip", "s"), ("overhead_vs_bare_own", "x")):  # fmt: skip
-            r, s = _summ(per_round_call[metric].to_numpy(), lab, metric, unit, **extra, calls=len(per_call))
+            r, s = _summ(per_round_call[metric].to_numpy(), lab, metric, unit, rounds=per_round_call.index,
+                         replicate_of=round_rep, **extra, calls=len(per_call))  # fmt: skip
             rows.append(r)
             samples += s
     # the bare round trips of the RPC's own transports, measured in every timed round beside the ladder
     for (transport, n), g in bare_df.groupby(["transport", "bytes"]):
         lab = {**base, "experiment": "bare_round_trip", "variant": "ZeroMQ ipc" if transport == "ipc" else "gRPC unary",
                "size_bytes": int(n)}  # fmt: skip
-        r, s = _summ(g.sort_values("round")["round_trip"].to_numpy(), lab, "round_trip", "s", transport=transport,
-                     calls=BARE_CALLS)  # fmt: skip
+        g = g.sort_values("round")
+        r, s = _summ(g["round_trip"].to_numpy(), lab, "round_trip", "s", rounds=g["round"], replicate_of=round_rep,
+                     transport=transport, calls=BARE_CALLS)  # fmt: skip
         rows.append(r)
         samples += s
     # the client's encode and decode of a fused call, warm (back to back), one sample per round
     for codec, g in pd.DataFrame(warm).groupby("codec", sort=False):
         for metric in ("encode", "decode"):
-            r, s = _summ(g.sort_values("round")[metric].to_numpy(), {**base, "experiment": "warm_codec", "variant": codec},
-                         metric, "s", codec=codec, calls=WARM_CALLS)  # fmt: skip
+            gs = g.sort_values("round")
+            r, s = _summ(gs[metric].to_numpy(), {**base, "experiment": "warm_codec", "variant": codec},
+                         metric, "s", rounds=gs["round"], replicate_of=round_rep, codec=codec, calls=WARM_CALLS)  # fmt: skip
             rows.append(r)
             samples += s
     # the per-call log's own cost (the baseline, one generation per mode and round, modes rotated per round)
@@ -597,7 +633,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         g = g.sort_values("round")
         lab = {**base, "experiment": "monitor", "variant": mode}
         for metric, vals, unit in (("token", g["token"].to_numpy(), "s"), ("tokens_per_s", 1 / g["token"].to_numpy(), "1/s")):
-            r, s = _summ(vals, lab, metric, unit, config=MONITOR_CONFIG)
+            r, s = _summ(vals, lab, metric, unit, rounds=g["round"], replicate_of=round_rep, config=MONITOR_CONFIG)
             rows.append(r)
             samples += s
     # several clients on one server: throughput and the median call, per round (processes on this host's cores)
@@ -647,6 +683,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                    "clients' decode tokens / (last end - first start), and the median call; N + 1 processes on this "
                    "host's cores (oversubscribed when more than its cores)",
     }) | {"model": cfg.as_dict(), "targets": tg, "servers": served, "ladder": {k: list(v) for k, v in LADDER.items()}}
+    meta["replicates"] = {**plan.record(), "rounds": {str(r): rep for r, rep in sorted(round_rep.items())}}
     results.write(CHAPTER, summary, samples_df, meta,
                   extra={"steps": steps_df, "calls": calls_df, "checks": checks_df, "example_checks": ex,
                          "monitor": mon, "clients": cl})  # fmt: skip

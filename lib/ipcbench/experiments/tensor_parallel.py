@@ -31,6 +31,7 @@ the slower rank).
 from __future__ import annotations
 
 import math
+import time
 import tracemalloc
 
 import numpy as np
@@ -38,8 +39,26 @@ import pandas as pd
 
 from .. import claims, model, profiles, results
 from .. import tensor_parallel as tp
-from ..measure import StoppingRule, calibrate_inner_collective, now_ns, repeat_split, summarize
-from ._common import machine_state, pick_row, progress, require_engines, run_meta, run_point
+from ..measure import (
+    Replicated,
+    StoppingRule,
+    calibrate_inner_collective,
+    now_ns,
+    repeat_split,
+    summarize,
+)
+from ._common import (
+    REPLICATES,
+    Replicates,
+    add_time,
+    machine_state,
+    per_message,
+    pick_row,
+    progress,
+    require_engines,
+    run_meta,
+    run_point,
+)
 
 CHAPTER = "tensor_parallel"
 KiB, MiB = 2**10, 2**20
@@ -73,6 +92,7 @@ def parameters(profile: str | None = None) -> dict:
         "oversubscribed_strategies": list(tp.STRATEGIES),  # at TP = 4, oversubscribed on 2 cores (the full profile)
         "source_pair_prompt": 32,  # the source's pair decodes after a shorter prompt: its scalar kernel is slow
         "threads_per_rank": THREADS_PER_RANK,
+        "replicates": REPLICATES,
     }
     if name == "quick":
         return {**base, "collective_sizes": [8, 4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB],
@@ -328,6 +348,27 @@ def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, promp
 # ------------------------------------------------------------------------ the run
 
 
+def _claims_read_mlp(point: tuple, params: dict) -> bool:
+    """Return whether seed 004's claims read an MLP point (directly or through a derived row): the seed's shape at the
+    most tokens, at TP = 1 and 2 (BLAS, and the compiled kernels at their token count)."""
+    _strategy, _kernel, t, shape, p = point
+    return shape["i"] == SEED_SHAPE["i"] and t == max(params["tokens"]) and p <= 2
+
+
+def _merge(per_replicate: list[tuple[int, dict]]) -> dict:
+    """Return one point from its replicates' results ([(replicate, point), ...]): every list of samples concatenated
+    and labelled with its replicate, everything else (counts, errors, the stop reason) from the first, and the largest
+    error of any."""
+    first = per_replicate[0][1]
+    out = dict(first)
+    for key, value in first.items():
+        if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+            out[key] = per_message([(rep, pt[key]) for rep, pt in per_replicate])
+    if "max_rel_error" in first:
+        out["max_rel_error"] = max(pt["max_rel_error"] for _, pt in per_replicate)
+    return out
+
+
 def _rows(point: dict, labels: dict, parts=("total", "compute", "communication", "in_collectives_min")) -> tuple[list[dict], list[dict]]:
     rows, samples = [], []
     for part in parts:
@@ -361,35 +402,19 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     samples: list[dict] = []
     calls: list[dict] = []
     simd = run_point(cluster, simd_info, ranks=1)[0]
+    plan = Replicates(cluster, params["replicates"])
 
-    # 1. collectives alone at TP = 2
-    coll = [(op, n) for op in ("Allgather", "Allreduce") for n in params["collective_sizes"]]
-    for op, n in progress(coll, "collectives"):
-        pt = run_point(cluster, collective_point, op, n, rule, ranks=2)[0]
-        r, s = _rows(pt, {**base, "experiment": "collective", "variant": op, "payload": "float32",
-                          "size_bytes": pt["result_bytes"], "ranks": 2, "oversubscribed": False}, parts=("total",))  # fmt: skip
-        r[0]["ring_bytes"] = pt["ring_bytes"]
-        rows += r
-        samples += s
-
-    # 2. kernels at a tiny size, for scale (one rank)
+    # the points the claims read run in every replicate (spread over the run, the last in fresh engines), a
+    # comparison's configurations in a rotated order: the collectives at TP = 2, the MLP at TP = 1 and 2, the source's
+    # decoder pair; the rest (tiny kernels, TP = 4, the decoder's other layouts) in the first replicate only
     ps = params["python_shape"]
-    for k in progress(tp.KERNELS, "kernels (tiny)"):
-        pt = run_point(cluster, kernel_scale_point, k, ps["t"], ps["h"], ps["i"], rule, ranks=2)[0]
-        st = summarize(pt["samples"], pt["stop_reason"])
-        lab = {**base, "experiment": "kernel_scale", "variant": k, "payload": f"({ps['t']},{ps['h']})@({ps['h']},{ps['i']})",
-               "size_bytes": None, "ranks": 1, "oversubscribed": False, "metric": "time", "unit": "s"}  # fmt: skip
-        rows.append(results.summary_row(st, **lab, flops=pt["flops"]))
-        samples += results.sample_rows(pt["samples"], **lab)
-
-    # 3. MLP strategies x kernels x TP
-    points = []
+    points = []  # MLP strategies x kernels x TP
     for shape in params["shapes"]:
         for t in params["tokens"]:
             for p in tps:
                 strategies = ["s3"] if p == 1 else tp.STRATEGIES if p == 2 else params["oversubscribed_strategies"]
-                for s in strategies:  # at TP = 1 every strategy is the same local MLP
-                    points.append((s, "numpy", t, shape, p))
+                for s_ in strategies:  # at TP = 1 every strategy is the same local MLP
+                    points.append((s_, "numpy", t, shape, p))
         # kernels: the seed's shape only; slow kernels at a token count the profile can afford
         if shape["i"] == SEED_SHAPE["i"]:
             slow_t = params["slow_kernel_tokens"]
@@ -397,13 +422,81 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             for kern in ["numba_simd", "numba_scalar"] + extra:
                 for t in (1, slow_t) if kern != "numpy" else (slow_t,):
                     for p in (1, 2):
-                        for s in tp.STRATEGIES if p > 1 else ["s3"]:
-                            points.append((s, kern, t, shape, p))
-    for s, kern, t, shape, p in progress(points, "MLP"):
-        pt = run_point(cluster, mlp_point, s, kern, t, shape["h"], shape["i"], rule, ranks=p)[0]
-        labels = {**base, "experiment": "mlp", "variant": s if p > 1 else "tp1", "payload": kern, "size_bytes": None,
-                  "ranks": p, "oversubscribed": over(p), "tokens": t, "hidden": shape["h"],
-                  "intermediate": shape["i"]}  # fmt: skip
+                        for s_ in tp.STRATEGIES if p > 1 else ["s3"]:
+                            points.append((s_, kern, t, shape, p))
+    mlp_groups: dict[str, list] = {}
+    for pt_ in points:
+        s_, kern, t, shape, p = pt_
+        mlp_groups.setdefault(f"mlp/{kern}/{t}/{shape['i']}/{p}", []).append(pt_)
+    # the whole decoder: the layouts with the numpy (BLAS) kernel; the source's own pair (S1 with the plain scalar
+    # kernel against S2 with the vectorised kernel, decode steps, a shorter prompt); one rank with 2 BLAS threads
+    configs = [(m, "sequence") for m in tp.STRATEGIES] + [("s3", "heads")]
+    dpoints = [(m, a, p, "numpy", params["prompt"], True, 1) for p in tps for m, a in (configs if p > 1 else [("s3", "heads")])
+               if p <= 2 or m in params["oversubscribed_strategies"]]  # fmt: skip
+    pair = [(m, "sequence", 2, kern, params["source_pair_prompt"], False, 1) for m, kern in SOURCE_PAIR]
+    dpoints += [("s3", "heads", 1, "numpy", params["prompt"], True, params["threads_per_rank"])]
+    per_rep_samples = max(2, -(-params["decoder_samples"] // plan.n))
+    coll_got: dict[tuple, list] = {}
+    mlp_got: dict[tuple, list] = {}
+    dec_got: dict[tuple, list] = {}
+    steps = plan.n * (2 + len(mlp_groups) + 1) + len(tp.KERNELS) + len(dpoints)  # (a bar's tick per group)
+    ticks = iter(progress(range(steps), "collectives, kernels, MLP, decoder (every replicate)"))
+    for rep in plan.passes():
+        r_rule = plan.rule(rule, rep)
+        # 1. collectives alone at TP = 2
+        for op in ("Allgather", "Allreduce"):
+            next(ticks, None)
+            for n in plan.order(f"collective/{op}", list(params["collective_sizes"]), rep):
+                t0 = time.perf_counter()
+                coll_got.setdefault((op, n), []).append((rep, run_point(cluster, collective_point, op, n, r_rule, ranks=2)[0]))
+                add_time("collectives", time.perf_counter() - t0)
+        # 2. kernels at a tiny size, for scale (one rank), first replicate only
+        if rep == 0:
+            for k in tp.KERNELS:
+                next(ticks, None)
+                pt = run_point(cluster, kernel_scale_point, k, ps["t"], ps["h"], ps["i"], rule, ranks=2)[0]
+                st = summarize(pt["samples"], pt["stop_reason"])
+                lab = {**base, "experiment": "kernel_scale", "variant": k, "payload": f"({ps['t']},{ps['h']})@({ps['h']},{ps['i']})",
+                       "size_bytes": None, "ranks": 1, "oversubscribed": False, "metric": "time", "unit": "s"}  # fmt: skip
+                rows.append(results.summary_row(st, **lab, flops=pt["flops"]))
+                samples += results.sample_rows(pt["samples"], **lab)
+        # 3. MLP strategies x kernels x TP (TP = 4, oversubscribed, in the first replicate)
+        for g, members in mlp_groups.items():
+            next(ticks, None)
+            if rep > 0 and not _claims_read_mlp(members[0], params):
+                continue
+            for s_, kern, t, shape, p in plan.order(g, members, rep, label=lambda x: x[0]):
+                t0 = time.perf_counter()
+                pt = run_point(cluster, mlp_point, s_, kern, t, shape["h"], shape["i"], r_rule if p <= 2 else rule, ranks=p)[0]
+                add_time("MLP", time.perf_counter() - t0)
+                mlp_got.setdefault((s_, kern, t, shape["h"], shape["i"], p), []).append((rep, pt))
+        # 4. the decoder: the source's pair in every replicate, the other layouts in the first
+        next(ticks, None)
+        for dp in (plan.order("decoder/source_pair", pair, rep, label=lambda x: f"{x[0]}/{x[3]}")
+                   + ([] if rep else dpoints)):  # fmt: skip
+            m, a, p, kern, prompt_len, with_prefill, threads = dp
+            if rep == 0 and dp in dpoints:
+                next(ticks, None)
+            t0 = time.perf_counter()
+            pt = run_point(cluster, decoder_point, m, a, params["layers"], params["vocab"], prompt_len,
+                           params["decode_steps"], per_rep_samples if dp in pair else params["decoder_samples"],
+                           params["seed"], kern, with_prefill, threads, ranks=p, timeout=600)[0]  # fmt: skip
+            add_time("decoder", time.perf_counter() - t0)
+            dec_got.setdefault(dp, []).append((rep, pt))
+    for _ in ticks:
+        pass
+
+    for (op, _n), got in coll_got.items():
+        pt = _merge(got)
+        r, s_ = _rows(pt, {**base, "experiment": "collective", "variant": op, "payload": "float32",
+                           "size_bytes": pt["result_bytes"], "ranks": 2, "oversubscribed": False}, parts=("total",))  # fmt: skip
+        r[0]["ring_bytes"] = pt["ring_bytes"]
+        rows += r
+        samples += s_
+    for (s_name, kern, t, h, i, p), got in mlp_got.items():
+        pt = _merge(got)
+        labels = {**base, "experiment": "mlp", "variant": s_name if p > 1 else "tp1", "payload": kern, "size_bytes": None,
+                  "ranks": p, "oversubscribed": over(p), "tokens": t, "hidden": h, "intermediate": i}  # fmt: skip
         r, smp = _rows(pt, labels)
         for row in r:
             row.update(max_rel_error=pt["max_rel_error"], peak_alloc_bytes=pt["peak_alloc_bytes"],
@@ -412,37 +505,27 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         rows += r
         samples += smp
         if kern == "numpy":
-            calls += [{**c, "strategy": s, "ranks": p, "tokens": t, "hidden": shape["h"], "intermediate": shape["i"]}
-                      for c in pt["calls"]]  # fmt: skip
-
-    # 4. the whole decoder: the layouts with the numpy (BLAS) kernel; the source's own pair (S1 with the plain scalar
-    # kernel against S2 with the vectorised kernel, decode steps, a shorter prompt); one rank with 2 BLAS threads
-    configs = [(m, "sequence") for m in tp.STRATEGIES] + [("s3", "heads")]
-    dpoints = [(m, a, p, "numpy", params["prompt"], True, 1) for p in tps for m, a in (configs if p > 1 else [("s3", "heads")])
-               if p <= 2 or m in params["oversubscribed_strategies"]]  # fmt: skip
-    dpoints += [(m, "sequence", 2, kern, params["source_pair_prompt"], False, 1) for m, kern in SOURCE_PAIR]
-    dpoints += [("s3", "heads", 1, "numpy", params["prompt"], True, params["threads_per_rank"])]
-    for m, a, p, kern, prompt_len, with_prefill, threads in progress(dpoints, "decoder"):
-        pt = run_point(cluster, decoder_point, m, a, params["layers"], params["vocab"], prompt_len,
-                       params["decode_steps"], params["decoder_samples"], params["seed"], kern, with_prefill, threads,
-                       ranks=p, timeout=600)[0]  # fmt: skip
+            calls += [{**c, "strategy": s_name, "ranks": p, "tokens": t, "hidden": h, "intermediate": i} for c in pt["calls"]]
+    for (m, a, p, kern, prompt_len, with_prefill, threads), got in dec_got.items():
         variant = f"{a}/{m}" if p > 1 else "tp1"
         if kern != "numpy":
             variant += f"/{kern}"
         if threads > 1:
             variant += f"/{threads}threads"
         for phase in ("prefill", "decode") if with_prefill else ("decode",):
+            pt = _merge([(rep, x[phase]) for rep, x in got])
             labels = {**base, "experiment": f"decoder_{phase}", "variant": variant,
                       "payload": "qwen3-0.6b", "size_bytes": None, "ranks": p, "oversubscribed": over(p * threads),
                       "tokens": prompt_len if phase == "prefill" else 1}  # fmt: skip
-            extra = {"max_rel_error": pt["max_rel_error"], "kernel": kern, "threads": threads, "prompt": prompt_len}
-            r, smp = _rows(pt[phase], labels)
+            extra = {"max_rel_error": max(x["max_rel_error"] for _, x in got), "kernel": kern, "threads": threads,
+                     "prompt": prompt_len}  # fmt: skip
+            r, smp = _rows(pt, labels)
             for row in r:
                 row.update(extra)
             rows += r
             samples += smp
             tok = labels["tokens"]
-            st = summarize([tok / x for x in pt[phase]["total"]], pt[phase]["stop_reason"])
+            st = summarize(Replicated([tok / x for x in pt["total"]], pt["total"].replicate), pt["stop_reason"])
             rows.append(results.summary_row(st, **{**labels, "metric": "tokens_per_s", "unit": "1/s"}, **extra))
     run_point(cluster, release)
 
@@ -463,6 +546,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     })  # fmt: skip
     meta["simd"] = simd
     meta["networks"] = NETWORKS
+    meta["replicates"] = plan.record()
     results.write(CHAPTER, summary, samples_df, meta,
                   extra={"calls": pd.DataFrame(calls), "model": model_tab, "collective_fit": collective_fit(summary),
                          "projection": projection(summary)})  # fmt: skip
