@@ -506,3 +506,22 @@ def test_selector_can_take_the_largest_size_measured(synthetic):
     assert synthetic(rows, rule, "3").verdict == CONFIRMED
     rule["select"]["size_bytes"] = "@min"
     assert synthetic(rows, rule, "3").verdict == REFUTED
+
+
+def test_a_verdict_measured_in_a_noisy_machine_state_says_so(results_tmp, tmp_path):
+    """A chapter whose machine-state record is noisy keeps its computed verdicts, each marked and explained."""
+    import yaml
+
+    doc = yaml.safe_load(claims.rules_path().read_text(encoding="utf-8"))
+    ids = claims.load_claims().query("chapter == 'pipeline'")["id"]
+    doc["rules"] = {cid: {"kind": "not_testable", "reason": "because a test"} for cid in ids}
+    doc["rules"]["pl-01"] = {"kind": "ratio", "select": _sel("a")}
+    p = tmp_path / "rules.yaml"
+    p.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    for state, noisy in (({"quiet": True, "flags": []}, False),
+                         ({"quiet": False, "flags": ["memcpy calibration drifted -30% from start to end"]}, True)):  # fmt: skip
+        results.write("pipeline", results.frame([_row("a", 2.5, 2.4, 2.6, unit="x")]), None, {"machine_state": state})
+        led = claims.judge_all(["pipeline"], rules_file=p).set_index("id")
+        assert led.loc["pl-01", "verdict"] == CONFIRMED and bool(led.loc["pl-01", "noisy"]) == noisy
+        assert ("drifted -30%" in led.loc["pl-01", "evidence"]) == noisy
+        assert not bool(led.loc["pl-02", "noisy"])  # a claim not judged here is not marked

@@ -224,8 +224,31 @@ def chapter_header(chapter: str) -> dict:
         "profile": meta.get("profile", "unknown"),
         "machine": machine_line(env),
         "run_time": f"{run:.0f} s" if run is not None else "not recorded",
+        "stability": stability_line(chapter, meta),
         "downloads": download_links(chapter),
     }
+
+
+def stability_line(chapter: str, meta: dict | None = None) -> str:
+    """Return what a chapter's intervals rest on: how many of its points vary by 10% or more from sample to sample
+    (marked unstable in its tables), and the replicates of the points its claims read."""
+    meta = _meta(chapter) if meta is None else meta
+    try:
+        s = results.read(chapter).summary
+    except results.ResultsError:
+        return ""
+    measured = s[s["experiment"] != "derived"]
+    unstable = int(measured["unstable"].fillna(False).astype(bool).sum())
+    share = unstable / len(measured) if len(measured) else 0.0
+    text = (f"Of its {len(measured)} measured points, {unstable} ({share:.0%}) vary by 10% or more from sample to "
+            "sample (a coefficient of variation of 10% or more) and are marked unstable in its tables.")  # fmt: skip
+    rep = meta.get("replicates") or {}
+    k = int(s["replicates"].max()) if "replicates" in s and s["replicates"].notna().any() else 1
+    if k > 1:
+        fresh = rep.get("fresh_engines") or []
+        text += (f" The points its claims read rest on {k} replicates spread over its run"
+                 + (", the last in fresh engine processes" if fresh else "") + "; the others on one.")  # fmt: skip
+    return text
 
 
 def download_links(chapter: str, page_dir: Path | str | None = None) -> str:

@@ -46,9 +46,9 @@ its printed figures); not testable here (with the reason). A rule's cases may ea
 UNIT_WORDS = {"ranking", "qualitative", "design", "model", "condition", "expected effect", "count", ""}
 """claims.csv units that name a kind of claim, not a unit to print beside a number."""
 LEDGER_COLUMNS = ["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_high", "n", "ci_level", "replicates",
-                  "claimed", "evidence"]  # fmt: skip
+                  "claimed", "noisy", "evidence"]  # fmt: skip
 EVIDENCE_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence", "ci_low", "ci_high", "n", "ci_level",
-                    "replicates", "claimed"]  # fmt: skip
+                    "replicates", "claimed", "noisy"]  # fmt: skip
 _RULE_KEYS = {"kind", "select", "cases", "lower", "higher", "than", "bound", "neutral", "scale", "unit", "tolerance",
               "tolerance_abs", "why", "note", "value_part", "reason", "show", "headline", "claimed_from", "partly_within"}  # fmt: skip
 
@@ -399,6 +399,7 @@ class Judgement:
     claimed: str = ""
     evidence: str = ""
     cases: list[str] = field(default_factory=list)
+    noisy: bool = False
 
     def row(self) -> dict:
         """Return the evidence row written to a chapter's claims.csv."""
@@ -604,6 +605,11 @@ def judge_all(chapters: list[str] | None = None, rules_file: Path | str | None =
             rows.append({**claim, "verdict": PENDING, "evidence": f"the {claim['chapter']} chapter has not run"})
             continue
         j = judge(claim, rules[claim["id"]], res, policy)
+        noise = noisy_state(claim["chapter"])
+        if noise and j.verdict != NOT_TESTABLE:
+            j.noisy = True
+            j.evidence += (f" The chapter ran while the machine was noisy ({noise}): a quieter build may not give this "
+                           "verdict again.")  # fmt: skip
         rows.append({**claim, **{k: v for k, v in j.row().items() if k != "claim_id"}, "claimed": j.claimed or claim["value"]})
     out = pd.DataFrame(rows)
     for c in LEDGER_COLUMNS:
@@ -611,6 +617,18 @@ def judge_all(chapters: list[str] | None = None, rules_file: Path | str | None =
             out[c] = None
     out["unit"] = [r.get("unit") if isinstance(r.get("unit"), str) else "" for r in rows]
     return out[LEDGER_COLUMNS + ["source", "quote", "paraphrase"]]
+
+
+def noisy_state(chapter: str) -> str:
+    """Return why the machine was noisy while a chapter ran (its machine-state record's flags), or '' where it was
+    quiet or nothing was recorded."""
+    p = results.results_root() / chapter / "meta.json"
+    if not p.exists():
+        return ""
+    state = results.read_json(p).get("machine_state") or {}
+    if state.get("quiet", True):
+        return ""
+    return "; ".join(state.get("flags") or ["flagged noisy"])
 
 
 ACROSS_HOSTS_CHAPTER = "scale_out"
