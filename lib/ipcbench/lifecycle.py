@@ -159,8 +159,24 @@ def _is_cluster(proc: dict) -> bool:
     return any(w in proc["cmdline"] or w in proc["name"] for w in CLUSTER_WORDS)
 
 
+def _kind(proc: dict) -> str:
+    """Return a process's kind for a message: the module a Python process runs, else the program's name."""
+    words = proc["cmdline"].split()
+    if not words:
+        return proc["name"]
+    program = os.path.basename(words[0])
+    if program.startswith("python") and "-m" in words[:-1]:
+        return words[words.index("-m") + 1]
+    return program
+
+
 def _describe(procs: list[dict]) -> str:
-    return ", ".join(f"{p['pid']} ({(p['cmdline'] or p['name'])[:60]})" for p in procs)
+    """Return e.g. '15 processes (9 ipyparallel.controller, 2 ipyparallel.engine, mpiexec, ...): pids 17309, ...'."""
+    from collections import Counter
+
+    kinds = Counter(_kind(p) for p in procs)
+    what = ", ".join(f"{n} {k}" if n > 1 else k for k, n in kinds.most_common())
+    return f"{len(procs)} process{'es' if len(procs) != 1 else ''} ({what}): pids {', '.join(str(p['pid']) for p in procs)}"
 
 
 def kill_all(pids: list[int], grace_s: float = TERM_GRACE_S) -> list[int]:
@@ -227,8 +243,8 @@ def start_clean() -> list[str]:
     removed = []
     if dead:
         kill_all([p["pid"] for p in dead])
-        removed += [f"process {p['pid']} ({(p['cmdline'] or p['name'])[:80]}) of the dead run {p['owner'].split(':')[0]}"
-                    for p in dead]  # fmt: skip
+        for owner in sorted({p["owner"] for p in dead}):
+            removed.append(f"{_describe([p for p in dead if p['owner'] == owner])} of the dead run {owner.split(':')[0]}")
     removed += reap_files()
     mine = os.environ.get(OWNER_ENV)
     foreign = [p for p in procs if p["owner"] and p["owner"] != mine and owner_alive(p["owner"]) and _is_cluster(p)]
