@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -525,3 +526,18 @@ def test_a_verdict_measured_in_a_noisy_machine_state_says_so(results_tmp, tmp_pa
         assert led.loc["pl-01", "verdict"] == CONFIRMED and bool(led.loc["pl-01", "noisy"]) == noisy
         assert ("drifted -30%" in led.loc["pl-01", "evidence"]) == noisy
         assert not bool(led.loc["pl-02", "noisy"])  # a claim not judged here is not marked
+
+
+def test_evidence_says_where_replicates_disagree(synthetic):
+    from ipcbench.measure import Replicated, summarize
+
+    rng = np.random.default_rng(1)
+    for factors, agree in (((1.0, 1.0, 1.0), True), ((0.9, 1.0, 1.1), False)):
+        vals = Replicated(np.concatenate([f * 0.010 * rng.lognormal(0, 0.005, 10) for f in factors]), np.repeat([0, 1, 2], 10))
+        row = results.summary_row(summarize(vals), **{k: v for k, v in _row("a", 0, 0, 0).items()
+                                                      if k not in results.STAT_COLUMNS})  # fmt: skip
+        assert row["replicates"] == 3 and row["replicates_agree"] is agree
+        j = synthetic([row], {"kind": "value", "select": _sel("a"), "scale": 1e3}, "10")
+        assert "3 replicates" in j.evidence and ("disagree" in j.evidence) == (not agree), j.evidence
+        if not agree:  # the interval spans them: 9 to 11 ms against the band 7.5 to 12.5 is still decided
+            assert j.verdict == CONFIRMED and j.ci_low <= 9.05 and j.ci_high >= 10.95

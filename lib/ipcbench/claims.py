@@ -254,11 +254,14 @@ class Measured:
     ci_level: float
     label: str
     replicates: int = 1
+    replicates_agree: bool = True
 
     def text(self, unit: str) -> str:
-        """Return e.g. '4.97 ms [4.87, 5.06] (n = 30, 3 replicates)'."""
+        """Return e.g. '4.97 ms [4.87, 5.06] (n = 30, 3 replicates)', saying where the replicates disagree."""
         ci = "" if self.low == self.high == self.value else f" [{_fmt(self.low)}, {_fmt(self.high)}]"
         reps = f", {self.replicates} replicates" if self.replicates > 1 else ""
+        if self.replicates > 1 and not self.replicates_agree:
+            reps += " that disagree beyond their own intervals"
         return f"{_fmt(self.value)}{_u(unit)}{ci} (n = {self.n}{reps})"
 
 
@@ -377,7 +380,9 @@ def _measured(row: pd.Series, scale: float) -> Measured:
                                         if c in row and pd.notna(row[c]) and c != "metric"]  # fmt: skip
     label = " / ".join(dict.fromkeys(parts))
     reps = int(row["replicates"]) if "replicates" in row and pd.notna(row["replicates"]) else 1
-    return Measured(float(row["median"]) * scale, min(lo, hi), max(lo, hi), int(row["n"]), level, label, reps)
+    agree = row.get("replicates_agree")
+    agree = True if agree is None or (isinstance(agree, float) and math.isnan(agree)) else str(agree).lower() == "true"
+    return Measured(float(row["median"]) * scale, min(lo, hi), max(lo, hi), int(row["n"]), level, label, reps, agree)
 
 
 # ------------------------------------------------------------------------------ judging

@@ -185,6 +185,7 @@ class Summary:
     stop_reason: str = ""
     ci_level: float = float("nan")
     replicates: int = 1
+    replicates_agree: bool | None = None  # whether one value lies inside every replicate's own interval (None: one)
 
     def __post_init__(self):
         if self.ci_level != self.ci_level:  # NaN: the order-statistic interval's own coverage
@@ -286,7 +287,16 @@ def summarize(samples: Sequence[float], stop_reason: str = "") -> Summary:
         outliers=outliers,
         stop_reason=stop_reason,
         replicates=len(groups),
+        replicates_agree=_replicates_agree(groups),
     )
+
+
+def _replicates_agree(groups: list[np.ndarray]) -> bool | None:
+    """Return whether one value lies inside every replicate's own median interval (None for one replicate)."""
+    if len(groups) < 2:
+        return None
+    cis = [median_ci(g) for g in groups]
+    return bool(max(lo for lo, _ in cis) <= min(hi for _, hi in cis))
 
 
 def exact(value: float) -> Summary:

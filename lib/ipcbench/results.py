@@ -265,6 +265,8 @@ def summary_row(stats, **labels) -> dict:
     for c in STAT_COLUMNS:
         row[c] = getattr(stats, c) if c != "replicates" else int(getattr(stats, c, 1))
     row.update(labels)
+    if getattr(stats, "replicates_agree", None) is not None:  # (a column after the chapter's own)
+        row["replicates_agree"] = bool(stats.replicates_agree)
     return row
 
 
