@@ -392,14 +392,19 @@ class StoppingRule:
     warmup: int = 3
     check_every: int = 5
     warmup_budget_s: float | None = None
+    budget_floor: int = MIN_SAMPLES_95
+    """The fewest samples a spent budget stops at (6: a 95% median interval; a replicate's share of it where a point
+    pools several replicates)."""
 
     def per_replicate(self, n: int) -> StoppingRule:
-        """Return the rule for one of ``n`` replicates of a point: its share of the samples and of the time budget (the
-        warm-up stays whole: each replicate runs in its own call, on buffers of its own)."""
+        """Return the rule for one of ``n`` replicates of a point: its share of the samples, of the time budget and of
+        the fewest samples a spent budget stops at (the pooled point still has at least 6; the warm-up stays whole: each
+        replicate runs in its own call, on buffers of its own)."""
         if n <= 1:
             return self
         return replace(self, min_samples=max(2, math.ceil(self.min_samples / n)),
-                       max_samples=max(2, math.ceil(self.max_samples / n)), time_budget_s=self.time_budget_s / n)  # fmt: skip
+                       max_samples=max(2, math.ceil(self.max_samples / n)), time_budget_s=self.time_budget_s / n,
+                       budget_floor=max(2, math.ceil(self.budget_floor / n)))  # fmt: skip
 
     def warm_enough(self, calls: int, elapsed_s: float) -> bool:
         """Return whether the warm-up may end after ``calls`` calls that took ``elapsed_s``."""
@@ -417,7 +422,7 @@ class StoppingRule:
             med = statistics.median(samples)
             if med and (hi - lo) / 2 <= self.rel_ci * abs(med):
                 return "ci"
-        if elapsed_s >= self.time_budget_s and n >= min(self.min_samples, MIN_SAMPLES_95):
+        if elapsed_s >= self.time_budget_s and n >= min(self.min_samples, self.budget_floor):
             return "budget"
         return None
 

@@ -536,11 +536,14 @@ def _group_of(pt: dict) -> str:
 
 def _claims_read(pt: dict, p: dict) -> bool:
     """Return whether the claims of seed 000 read this point (directly or through a derived row): the records at every
-    size with one reader, at 10 000 with three (point-to-point's saving), and the arrays at the largest size with one
-    reader in raw buffers, and pickled for lowercase bcast (Bcast's saving, zero-copy reads, the fraction of the best
-    path: the best is raw buffers on this harness)."""
+    size with one reader (the source's five backends, uppercase Bcast and point-to-point), at 10 000 with three
+    (point-to-point against lowercase bcast), and the arrays at the largest size with one reader in raw buffers, and
+    pickled for lowercase bcast (Bcast's saving, zero-copy reads, the fraction of the best path: the best is raw
+    buffers on this harness)."""
     if pt["experiment"] == "records":
-        return pt["readers"] == 1 or pt["size"] == 10_000
+        if pt["readers"] == 1:
+            return pt["backend"] in (*SOURCE_FIVE, "mpi_Bcast", "mpi_p2p")
+        return pt["size"] == 10_000 and pt["backend"] in ("mpi_p2p", "mpi_bcast")
     return (pt["experiment"] == "arrays" and pt["size"] == max(p["array_sizes"]) and pt["readers"] == 1
             and (pt["codec"] == "raw" or (pt["backend"], pt["codec"]) == ("mpi_bcast", "pickle5")))  # fmt: skip
 
@@ -598,8 +601,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                 ranks = 1 + pt["readers"]
                 heavy = pt["size"] >= (4 * MiB if pt["kind"] == "array" else 100_000)  # messages of several ms
                 msgs = p[("replicate_" if i in replicated else "") + ("big_messages" if heavy else "messages")]
-                # one warm-up message first-touches a heavy message's buffers; lighter ones warm the code paths too
-                warm = 1 if heavy and rep > 0 else p["warmup"]
+                # a replicate in the engines of an earlier one needs one warm-up message (new buffers to touch, the
+                # code paths warm); the first and the fresh replicate warm up in full (a heavy message: one)
+                warm = 1 if (heavy or rep not in (0, *plan.fresh)) and rep > 0 else p["warmup"]
                 t0 = time.perf_counter()
                 out = run_point(cluster, transfer_point, pt["backend"], pt["codec"], pt["kind"], pt["size"], msgs,
                                 warm, pt.get("options"), ranks=ranks, timeout=600)[0]  # fmt: skip

@@ -254,21 +254,20 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                         groups = pl.balanced_groups(calib["busy"], 2)
                         groups_used.append({"kind": kind, "n_records": n, "groups": groups})
                     groups_at[(kind, n)] = groups
-                runner.ensure_reference(w, n, bs)
                 runs = main_runs.setdefault((kind, n), {p: [] for p in procs})
                 for k in range(per_rep):
-                    for proc in plan.order(f"etl/{kind}/{n}", procs, rep * per_rep + k):
+                    for proc in _serial_first(plan.order(f"etl/{kind}/{n}", procs, rep * per_rep + k), runner, w, n, bs):
                         runs[proc].append({**runner.run(proc, w, n, bs, groups=groups_at[(kind, n)]), "replicate": rep})
             for kind, n in lpoints:
                 next(ticks, None)
                 w = pl.Workload(kind=kind, seed=params["seed"], wait_s=params["wait_s"])
                 chunk = -(-n // workers)
                 runner.ensure_reference(w, n, chunk)  # the reference for the pool's chunks (untimed here)
-                runner.ensure_reference(w, n, SOURCE_BATCH)
                 runs = layout_runs.setdefault((kind, n), {"serial": [], "thread_pipeline": []}
                                               | ({"process_pool": []} if kind != "wait" else {}))  # fmt: skip
                 for k in range(per_rep):
-                    for proc in plan.order(f"source_layout/{kind}/{n}", list(runs), rep * per_rep + k):
+                    for proc in _serial_first(plan.order(f"source_layout/{kind}/{n}", list(runs), rep * per_rep + k),
+                                              runner, w, n, SOURCE_BATCH):  # fmt: skip
                         if proc == "serial":
                             r = runner.run("serial", w, n, SOURCE_BATCH)
                         elif proc == "thread_pipeline":
@@ -335,6 +334,14 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     return summary
 
 
+def _serial_first(order: list[str], runner: _Runner, w: pl.Workload, n: int, batch_size: int) -> list[str]:
+    """Return a round's order, with serial moved first where it has not yet written the reference output the other
+    processors are checked against (the point's first round only)."""
+    if (w.kind, n, batch_size) in runner.reference or "serial" not in order:
+        return order
+    return ["serial"] + [p for p in order if p != "serial"]
+
+
 def _rotated(procs: list[str], round_index: int) -> list[str]:
     """Return a round's processors in their rotated order (:func:`~ipcbench.experiments._common.round_order`)."""
     return [procs[i] for i in round_order(len(procs), round_index)]
@@ -348,10 +355,9 @@ def _unreplicated(cluster, runner: _Runner, params: dict, base: dict, cores: int
     bs = n // params["batches"]
     for kind in progress(params["kinds"], "MPI: one stage per rank"):
         w = pl.Workload(kind=kind, seed=params["seed"], wait_s=params["wait_s"])
-        runner.ensure_reference(w, n, bs)
         runs = {"serial": [], "mpi_stages": []}
         for k in range(params["samples"]):
-            for proc in _rotated(list(runs), k):
+            for proc in _serial_first(_rotated(list(runs), k), runner, w, n, bs):
                 runs[proc].append(runner.run(proc, w, n, bs, groups=None, ranks=len(pl.STAGES) if proc != "serial" else 2))
         r_, s_ = _point_rows(runs, base, kind, n, bs, params["queue_size"], cores, None, ranks_mpi=len(pl.STAGES))
         rows += [r for r in r_ if r["variant"] != "serial"]
@@ -361,10 +367,9 @@ def _unreplicated(cluster, runner: _Runner, params: dict, base: dict, cores: int
     n0 = min(SOURCE_SIZES)
     w = pl.Workload(kind="python", seed=params["seed"])
     for method in progress(START_METHODS, "pool start methods"):
-        runner.ensure_reference(w, n0, n0 // params["batches"])
         runs = {"serial": [], "process_pool": []}
         for k in range(params["start_method_samples"]):
-            for proc in _rotated(list(runs), k):
+            for proc in _serial_first(_rotated(list(runs), k), runner, w, n0, n0 // params["batches"]):
                 runs[proc].append(runner.run(proc, w, n0, n0 // params["batches"],
                                              start_method=method if proc == "process_pool" else None))  # fmt: skip
         r_, s_ = _point_rows(runs, {**base, "experiment": "start_method"}, "python", n0, n0 // params["batches"],
@@ -382,10 +387,9 @@ def _unreplicated(cluster, runner: _Runner, params: dict, base: dict, cores: int
         # the queue-size series at its batch size share one setting: it runs once and stands in both series
         for what, frac, q in progress(tune, f"tuning ({kind})"):
             bs = n // frac
-            runner.ensure_reference(w, n, bs)
             runs = measured.setdefault((frac, q), {"serial": [], "thread_pipeline": []})
             for k in range(len(runs["serial"]), params["sweep_samples"]):
-                for proc in _rotated(list(runs), k):
+                for proc in _serial_first(_rotated(list(runs), k), runner, w, n, bs):
                     runs[proc].append(runner.run(proc, w, n, bs, queue_size=q if proc != "serial" else None))
             r_, s_ = _point_rows(runs, {**base, "experiment": what}, kind, n, bs, q, cores, None)
             rows += r_
