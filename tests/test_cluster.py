@@ -136,3 +136,22 @@ def test_hosts_that_share_a_machine_share_its_cores():
     assert not c.oversubscribed_at(2)
     c.ranks = [{**r, "machine": f"boot-{r['rank']}"} for r in c.ranks]  # four real machines
     assert not c.oversubscribed
+
+
+def pid_of(comm):
+    return os.getpid()
+
+
+def test_fresh_engines_are_new_processes_and_the_old_ones_are_gone(no_leaked_mpich_segments):
+    with Cluster() as c:
+        old = c.run(pid_of)
+        old_pids = c.pids()
+        c.fresh_engines()
+        new = c.run(pid_of)
+        assert not set(old) & set(new) and len(new) == len(old) == c.size
+        assert [r["rank"] for r in c.ranks] == list(range(c.size))
+        assert _alive(set(old)) == []  # the replaced engines exited
+        assert c.run(rank_times, 2) == [(r * 2, c.size) for r in range(c.size)]
+        pids = c.pids() | old_pids
+    assert _alive(pids) == []
+    assert _strays() == []

@@ -279,7 +279,7 @@ def test_round_orders_are_seeded_recorded_and_change_between_rounds():
     class _Cluster:
         owned, restarts = True, 0
 
-        def restart(self):
+        def fresh_engines(self):
             self.restarts += 1
 
     cl = _Cluster()

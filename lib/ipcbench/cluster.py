@@ -450,6 +450,37 @@ class Cluster(AlwaysStopped):
         """Return the process ids this object started (controller, mpiexec, proxies, engines)."""
         return set(self._owned_pids)
 
+    def fresh_engines(self) -> None:
+        """Replace the engines with new processes, the controller kept: a new MPI world of the same size, pinned as
+        before (a fresh interpreter, allocator and MPI state on every rank). Only for engines this object started."""
+        if not self.owned:
+            raise ClusterError(f"the engines of profile {self.profile!r} are not ours to replace")
+        if self._ipp_cluster is None or self._client is None:
+            return self.restart()
+        n = self.size
+        old = {r["pid"] for r in self.ranks} | self._mpiexec_pids()
+        try:
+            self._client.shutdown(targets="all", hub=False, block=False)
+        except Exception:  # noqa: BLE001 - engines that do not exit in time are killed below
+            pass
+        self._reap(old, timeout_s=5.0)
+        self._owned_pids -= old
+        try:
+            self._ipp_cluster.stop_engines_sync()
+        except Exception:  # noqa: BLE001 - the launcher's own clean-up of engines already gone
+            pass
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        try:
+            self._ipp_cluster.start_engines_sync(n)
+            self._client.wait_for_engines(n, timeout=self.start_timeout_s, block=True)
+        finally:
+            self._owned_pids |= {p.pid for p in psutil.Process().children(recursive=True)} - before
+        self.ranks = []
+        self._discover_ranks()
+        from .lifecycle import reap_hydra_files
+
+        reap_hydra_files()
+
     def restart(self) -> None:
         """Stop and start the engines again (only for engines this object started)."""
         if not self.owned:

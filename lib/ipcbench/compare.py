@@ -22,7 +22,8 @@ import pandas as pd
 from . import claims, results
 
 KEY_EXCLUDE = {"stop_reason", "inputs", "oversubscribed", "unstable", "point", "replicates", "replicates_agree", "outliers",
-               "best_allocation", "capacity_runs", "capacity_replicates"}
+               "best_allocation", "capacity_runs", "capacity_replicates", "inner", "requests", "groups", "baseline_pss",
+               "peak_alloc_bytes", "max_rel_error"}
 """Columns that never identify a summary row (statistics, bookkeeping, or facts of the machine rather than the point)."""
 HIGHER_IS_FASTER = {"B/s", "1/s"}
 """Units of rates: a higher value is faster. Times (s) are faster when lower; other units are 'higher' or 'lower'."""

@@ -152,7 +152,7 @@ class Replicates:
         for r in range(self.n):
             if r == self.n - 1 and r > 0 and getattr(self.cluster, "owned", False):
                 t0 = time.perf_counter()
-                self.cluster.restart()
+                self.cluster.fresh_engines()
                 add_time("fresh engines for the last replicate", time.perf_counter() - t0)
                 self.fresh.append(r)
             yield r

@@ -99,9 +99,9 @@ def parameters(profile: str | None = None) -> dict:
             # the pickle modes are shown for information (no claim or check reads them): one run each, labelled so;
             # at three runs each they took 95 of the chapter's 210 s
             "bench_repeats": {"buffer": 5, "pickle": 1, "outband": 1},
-            # and their round trips from 32 KiB up as in quick (bench default 1000: 20 of the chapter's 88 s), below
-            # 32 KiB the bench's default 1000 (10 000 is the buffer cross-check's)
-            "bench_loop_large": 200, "bench_loop_info": 1000,
+            # and their round trips: 200 from 32 KiB up (as quick), 300 below (the bench's default is 1000; 10 000 is
+            # the buffer cross-check's), for a curve shown for information
+            "bench_loop_large": 200, "bench_loop_info": 300,
             "latency_rounds": 10,
             "allocations": 4,
             "memcpy_rounds": 12, "memcpy_per_round": 3,

@@ -714,7 +714,7 @@ def per_token_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def targets(summary: pd.DataFrame, steps: pd.DataFrame) -> dict:
-    """Return the issue's two targets: the best configuration's overhead cut and its per-call ratio to bare ZeroMQ."""
+    """Return the chapter's two targets: the best configuration's overhead cut and its per-call ratio to bare ZeroMQ."""
     tok = steps[steps["phase"] == "decode"].groupby("config")["tokens_identical"].all()
     over = summary.query("experiment == 'per_token' and metric == 'overhead'").set_index("variant")
     # the book's own RPC (ZeroMQ): gRPC stands beside it as the alternative, measured against its own bare round trip

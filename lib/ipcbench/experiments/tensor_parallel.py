@@ -713,7 +713,7 @@ def tokens_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def targets(summary: pd.DataFrame, model_tab: pd.DataFrame) -> dict:
-    """Return the issue's targets: S3 least data and fastest at TP = 2 (seed's shapes), model within 25% at >= 64 KiB."""
+    """Return the chapter's targets: S3 least data and fastest at TP = 2 (seed's shapes), model within 25% at >= 64 KiB."""
     t, i = SEED_SHAPE["t"], SEED_SHAPE["i"]
     tot = {s: pick_row(summary, experiment="mlp", payload="numpy", tokens=t, intermediate=i, ranks=2, variant=s,
                    metric="total") for s in tp.STRATEGIES}  # fmt: skip
