@@ -177,4 +177,9 @@ def test_links_are_swept_up_to_the_first_rate_the_machine_cannot_carry():
     # None sweeps everything (the full profile), whatever the probes say
     d = so.links_to_sweep(links, {k: 1e6 for k in links}, unreachable_swept=None)
     assert all(v.startswith("swept") for v in d.values())
-    assert so.parameters("full")["unreachable_swept"] is None and so.parameters("standard")["unreachable_swept"] == 1
+    assert so.parameters("full")["unreachable_swept"] is None and so.parameters("standard")["unreachable_swept"] == 0
+    # none of the unreachable swept (the standard profile): each is probed, and says why in words that stand alone
+    d = so.links_to_sweep(links, {"unshaped": 2.3e9, "25GbE": 0.86e9, "10GbE": 0.89e9, "1GbE": 0.96 * rate["1GbE"]},
+                          unreachable_swept=0)  # fmt: skip
+    assert [k for k, v in d.items() if v.startswith("swept")] == ["unshaped", "1GbE"]
+    assert d["10GbE"].startswith("probed only") and "cannot fill" in d["10GbE"] and "10GbE" in d["25GbE"]

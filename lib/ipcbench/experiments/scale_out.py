@@ -176,17 +176,23 @@ def links_to_sweep(links: list[str], probed_Bps: dict[str, float], unreachable_s
     """
     out: dict[str, str] = {}
     shaped = sorted((k for k in links if hostslib.LINKS[k].rate_bps), key=lambda k: hostslib.LINKS[k].rate_bps)
-    unreachable: list[str] = []
+    unreachable: list[str] = []  # the shaped links the machine could not fill, slowest first
+    swept_unreachable = 0
     for k in shaped:
         ratio = probed_Bps[k] / (hostslib.LINKS[k].rate_bps / 8)
         if ratio >= REACHED_FRACTION:
             out[k] = f"swept: TCP reaches {ratio:.2f} x the configured rate"
-        elif unreachable_swept is None or len(unreachable) < unreachable_swept:
+            continue
+        if unreachable_swept is None or swept_unreachable < unreachable_swept:
             out[k] = f"swept: TCP reaches {ratio:.2f} x the configured rate (the machine's limit)"
-            unreachable.append(k)
-        else:
+            swept_unreachable += 1
+        elif unreachable:
             out[k] = (f"probed only: TCP reaches {ratio:.2f} x the configured rate, and {', '.join(unreachable)} "
                       "(slower) already could not be reached: its sweeps would measure the same machine ceiling")
+        else:
+            out[k] = (f"probed only: TCP reaches {ratio:.2f} x the configured rate: the machine cannot fill it, and "
+                      "its sweeps would measure the machine's ceiling, which the probe and the unshaped link show")
+        unreachable.append(k)
     for k in links:
         out.setdefault(k, "swept: unshaped (the machine's own ceiling)")
     return {k: out[k] for k in links}
