@@ -17,7 +17,10 @@ The judge decides with confidence intervals (the tolerance policy is in the rule
   tolerance wider than the band's, for a claim that also has a rough reading), or the claim holds for
   some of the cases it covers and not others;
 * ``inconclusive``: the interval straddles an edge of the band, an ordering's intervals overlap,
-  or the interval covers less than 95% (fewer than 6 samples): no difference is shown;
+  or the interval covers less than 95% (fewer than 6 samples): no difference is shown; also where the
+  interval lies outside the band but across the neutral point (or an edge of the looser band), so that
+  partly and refuted are not told apart, and where a claim's undecided cases could turn it from one
+  verdict to another. A verdict moves between two builds only through inconclusive;
 * ``not testable here``: the rule says why.
 """
 
@@ -451,14 +454,21 @@ def _numeric_case(m: Measured, claimed: Claimed, case: dict, tol: float, tol_abs
             return PARTLY, (f"{head}; the interval lies outside the band, on the claimed side of "
                             f"{_fmt(neutral)}{_u(unit)}")  # fmt: skip
         if side:
-            other = (side > 0 and m.high < neutral) or (side < 0 and m.low > neutral)
-            return REFUTED, (f"{head}; the interval lies outside the band, "
-                             f"{'on the other side of' if other else 'across'} {_fmt(neutral)}{_u(unit)}")  # fmt: skip
+            if (side > 0 and m.high < neutral) or (side < 0 and m.low > neutral):
+                return REFUTED, (f"{head}; the interval lies outside the band, on the other side of "
+                                 f"{_fmt(neutral)}{_u(unit)}")  # fmt: skip
+            # across the neutral point: the claimed size is ruled out, but whether any effect in the claimed direction
+            # exists (partly) or not (refuted) is undecided
+            return INCONCLUSIVE, (f"{head}; the interval lies outside the band (the claimed size is ruled out) and "
+                                  f"across {_fmt(neutral)}{_u(unit)} (no effect in either direction is shown)")  # fmt: skip
         if "partly_within" in case:  # a rule's looser reading of the claim ("roughly"): outside the band, inside it
             lo_w, hi_w = _band(claimed, case, float(case["partly_within"]), tol_abs)
             if m.low >= lo_w and m.high <= hi_w:
                 return PARTLY, (f"{head}; the interval lies outside the band, inside the looser band "
                                 f"{_fmt(lo_w)} to {_fmt(hi_w)}{_u(unit)}")  # fmt: skip
+            if m.high >= lo_w and m.low <= hi_w:
+                return INCONCLUSIVE, (f"{head}; the interval lies outside the band and straddles an edge of the looser "
+                                      f"band {_fmt(lo_w)} to {_fmt(hi_w)}{_u(unit)}")  # fmt: skip
         return REFUTED, f"{head}; the interval lies {'below' if m.high < lo_b else 'above'} the band"
     if m.low >= lo_b and m.high <= hi_b:
         return CONFIRMED, f"{head}; the interval lies inside the band"
@@ -487,9 +497,9 @@ def combine(verdicts: list[str]) -> str:
         return PARTLY
     if PARTLY in s:
         return PARTLY
-    if REFUTED in s:
-        return REFUTED  # refuted where decided, undecided elsewhere: it holds in no case shown
-    return INCONCLUSIVE  # confirmed where decided, undecided elsewhere
+    if INCONCLUSIVE in s:  # undecided cases beside decided ones that all agree: the undecided could make it partly
+        return INCONCLUSIVE
+    return REFUTED
 
 
 def _cases(rule: dict) -> list[dict]:
