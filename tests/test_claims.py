@@ -543,3 +543,17 @@ def test_evidence_says_where_replicates_disagree(synthetic):
         assert "3 replicates" in j.evidence and ("disagree" in j.evidence) == (not agree), j.evidence
         if not agree:  # the interval spans them: 9 to 11 ms against the band 7.5 to 12.5 is still decided
             assert j.verdict == CONFIRMED and j.ci_low <= 9.05 and j.ci_high >= 10.95
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [(_row("a", 0.007, 0.0068, 0.0072), CONFIRMED),  # 7 ms against a claimed 10: within a machine's difference
+     (_row("a", 0.040, 0.038, 0.042), REFUTED),  # 40 ms: a factor of 4, beyond any machine's difference
+     (_row("a", 0.030, 0.028, 0.034), INCONCLUSIVE)],  # straddles 30 ms, the band's edge
+)  # fmt: skip
+def test_an_absolute_value_from_the_sources_machine_is_judged_within_a_machine_factor(synthetic, row, expected):
+    rule = {"kind": "value", "absolute": True, "select": _sel("a"), "scale": 1e3}
+    j = synthetic([row], rule, "10")
+    assert j.verdict == expected, j.evidence
+    assert "factor of 3" in j.evidence
+    assert synthetic([_row("a", 0.007, 0.0068, 0.0072)], {**rule, "absolute": False}, "10").verdict == REFUTED

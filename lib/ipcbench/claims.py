@@ -53,7 +53,8 @@ LEDGER_COLUMNS = ["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_
 EVIDENCE_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence", "ci_low", "ci_high", "n", "ci_level",
                     "replicates", "claimed", "noisy"]  # fmt: skip
 _RULE_KEYS = {"kind", "select", "cases", "lower", "higher", "than", "bound", "neutral", "scale", "unit", "tolerance",
-              "tolerance_abs", "why", "note", "value_part", "reason", "show", "headline", "claimed_from", "partly_within"}  # fmt: skip
+              "tolerance_abs", "why", "note", "value_part", "reason", "show", "headline", "claimed_from", "partly_within",
+              "absolute"}  # fmt: skip
 
 
 class ClaimsError(ValueError):
@@ -126,6 +127,9 @@ class Policy:
 
     tolerance: float = 0.25
     identity_tolerance: float = 0.0025
+    machine_factor: float = 3.0
+    """How far an absolute time or rate measured on another machine may be from the source's and still match it (a
+    factor either way): the band of a rule marked ``absolute``."""
     min_ci_level: float = 0.95
     text: str = ""
 
@@ -148,8 +152,10 @@ def load_rules(path: Path | str | None = None) -> tuple[Policy, dict[str, dict]]
     doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     pol = doc.get("policy", {})
     policy = Policy(tolerance=float(pol.get("tolerance", 0.25)), identity_tolerance=float(pol.get("identity_tolerance", 0.0025)),
-                    min_ci_level=float(pol.get("min_ci_level", 0.95)), text=str(pol.get("text", "")).strip())  # fmt: skip
-    if not (0 < policy.tolerance and 0 < policy.identity_tolerance and 0 < policy.min_ci_level <= 1):
+                    min_ci_level=float(pol.get("min_ci_level", 0.95)), text=str(pol.get("text", "")).strip(),
+                    machine_factor=float(pol.get("machine_factor", 3.0)))  # fmt: skip
+    if not (0 < policy.tolerance and 0 < policy.identity_tolerance and 0 < policy.min_ci_level <= 1
+            and policy.machine_factor > 1):  # fmt: skip
         raise ClaimsError(f"{p}: the policy's tolerances must be above 0 and min_ci_level in (0, 1], got {pol}")
     rules = doc.get("rules") or {}
     for cid, rule in rules.items():
@@ -415,8 +421,11 @@ class Judgement:
         return {c: d[c] for c in EVIDENCE_COLUMNS}
 
 
-def _band(claimed: Claimed, case: dict, tol: float, tol_abs: float) -> tuple[float, float]:
-    """Return the claimed value's band: the claimed value or range widened by the tolerance (relative, or absolute)."""
+def _band(claimed: Claimed, case: dict, tol: float, tol_abs: float, factor: float | None = None) -> tuple[float, float]:
+    """Return the claimed value's band: the claimed value or range widened by the tolerance (relative, or absolute),
+    or, for an absolute time or rate from the source's machine (``factor``), divided and multiplied by that factor."""
+    if factor is not None and claimed.low > 0:
+        return claimed.low / factor, claimed.high * factor
     lo = claimed.low - max(tol * abs(claimed.low), tol_abs)
     hi = claimed.high + max(tol * abs(claimed.high), tol_abs)
     if case.get("bound"):
@@ -438,7 +447,7 @@ def _neutral(case: dict, unit: str) -> float | None:
 def _numeric_case(m: Measured, claimed: Claimed, case: dict, tol: float, tol_abs: float, policy: Policy,
                   unit: str) -> tuple[str, str]:  # fmt: skip
     """Return (verdict, clause) for one measured row against the claimed value's band."""
-    lo_b, hi_b = _band(claimed, case, tol, tol_abs)
+    lo_b, hi_b = _band(claimed, case, tol, tol_abs, policy.machine_factor if case.get("absolute") else None)
     band = (f"at least {_fmt(lo_b)}{_u(unit)}" if math.isinf(hi_b) else f"at most {_fmt(hi_b)}{_u(unit)}"
             if math.isinf(lo_b) else f"{_fmt(lo_b)} to {_fmt(hi_b)}{_u(unit)}")  # fmt: skip
     head = f"{m.label}: {m.text(unit)}, against the band {band}" + (f" around {claimed.text}" if claimed.source else "")
@@ -574,8 +583,12 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
             v, clause = _numeric_case(m, claimed, case, tol, tol_abs, policy, unit)
             heads.append(m)
             claimed_texts.append(claimed.text)
-            tols.append(f"{tol * 100:g}%" + (f" or {_fmt(tol_abs)}{_u(unit)}" if tol_abs else "")
-                        + (f" ({case['why'].strip().rstrip('.')})" if "why" in case else " (the policy's default)"))
+            if case.get("absolute"):
+                tols.append(f"a factor of {policy.machine_factor:g} either way (an absolute time or rate from the "
+                            "source's machine: only a difference no machine explains is refuted)")  # fmt: skip
+            else:
+                tols.append(f"{tol * 100:g}%" + (f" or {_fmt(tol_abs)}{_u(unit)}" if tol_abs else "")
+                            + (f" ({case['why'].strip().rstrip('.')})" if "why" in case else " (the policy's default)"))
         verdicts.append(v)
         clauses.append(clause)
         units.append(unit)
