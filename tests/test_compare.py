@@ -135,3 +135,14 @@ def test_the_reproducibility_page_builds_with_and_without_a_reference(tmp_path, 
     empty = tmp_path / "empty_reference_dir"
     empty.mkdir()
     assert compare.reference_dir(empty) is None
+
+
+def test_a_tree_the_rules_cannot_judge_is_named_and_its_rows_still_compared(tmp_path, monkeypatch, rules):
+    a = _tree(tmp_path / "a", monkeypatch, speed=2.5)
+    old = _tree(tmp_path / "old", monkeypatch, speed=2.5)
+    s = pd.read_csv(old / "pipeline" / "summary.csv")
+    s[s["variant"] != "thread_pipeline"].to_csv(old / "pipeline" / "summary.csv", index=False)  # pl-01's row is gone
+    c = compare.compare_trees(a, old, rules_file=rules, names=("A", "the old tree"))
+    assert any(n.startswith("the old tree cannot be judged by these rules") for n in c.notes), c.notes
+    assert c.claims.empty and len(c.rows) == 2 and c.flips().empty
+    assert "cannot be judged" in compare.as_text(c, "markdown")

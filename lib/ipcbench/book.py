@@ -355,8 +355,11 @@ def reproducibility_markdown(cmp, reference_note: dict | None = None) -> str:
         "",
         "* - chapter\n  - claims\n  - same verdict\n  - different\n  - confirmed against refuted",
     ]
+    def title(chapter: str) -> str:
+        return CHAPTER_PAGES[chapter][2] if chapter in CHAPTER_PAGES else "all chapters" if chapter == "all" else chapter
+
     for r in counts.to_dict("records"):
-        lines.append(f"* - {r['chapter']}\n  - {int(r['claims'])}\n  - {int(r['agree'])}\n  - {int(r['differ'])}\n"
+        lines.append(f"* - {title(r['chapter'])}\n  - {int(r['claims'])}\n  - {int(r['agree'])}\n  - {int(r['differ'])}\n"
                      f"  - {int(r['flips'])}")  # fmt: skip
     lines += ["```", ""]
     diff = cmp.claims[cmp.claims["verdict_a"] != cmp.claims["verdict_b"]]
@@ -377,7 +380,7 @@ def reproducibility_markdown(cmp, reference_note: dict | None = None) -> str:
               "* - chapter\n  - rows in both\n  - this build's median outside the reference's interval\n"
               "  - intervals apart\n  - share apart"]  # fmt: skip
     for r in moved.to_dict("records"):
-        lines.append(f"* - {r['chapter']}\n  - {int(r['rows'])}\n  - {int(r['outside_a'])}\n  - {int(r['apart'])}\n"
+        lines.append(f"* - {title(r['chapter'])}\n  - {int(r['rows'])}\n  - {int(r['outside_a'])}\n  - {int(r['apart'])}\n"
                      f"  - {r['apart_share']:.0%}")  # fmt: skip
     lines += ["```", ""]
     env = cmp.environments[~cmp.environments["same"]]

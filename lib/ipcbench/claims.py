@@ -640,7 +640,7 @@ def judge_all(chapters: list[str] | None = None, rules_file: Path | str | None =
                            "verdict again.")  # fmt: skip
         rows.append({**claim, **{k: v for k, v in j.row().items() if k != "claim_id"}, "claimed": j.claimed or claim["value"]})
     out = pd.DataFrame(rows)
-    for c in LEDGER_COLUMNS:
+    for c in [*LEDGER_COLUMNS, "source", "quote", "paraphrase"]:
         if c not in out.columns:
             out[c] = None
     out["unit"] = [r.get("unit") if isinstance(r.get("unit"), str) else "" for r in rows]

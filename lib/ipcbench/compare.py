@@ -242,11 +242,17 @@ def compare_trees(a: str | Path, b: str | Path, bootstrap: bool = True, rules_fi
                          "(an interval of schema 1 rests on one replicate)")  # fmt: skip
     rows = pd.concat([_rows(a, b, ch, bootstrap) for ch in common], ignore_index=True) if common else pd.DataFrame()
     verdicts = []
-    for root in (a, b):
+    for root, name in ((a, na), (b, nb)):
         with _tree(root):
-            led = claims.judge_all(common, rules_file=rules_file)
+            try:
+                led = claims.judge_all(common, rules_file=rules_file)
+            except claims.ClaimsError as exc:  # rules that read rows this tree does not have (an older tree)
+                notes.append(f"{name} cannot be judged by these rules ({exc}): its verdicts are not compared")
+                led = claims.judge_all([], rules_file=rules_file)
         verdicts.append(led.set_index("id"))
     va, vb = verdicts
+    both = va.index.intersection(vb.index)
+    va, vb = va.loc[both], vb.loc[both]
     cl = pd.DataFrame({"id": va.index, "chapter": va["chapter"].to_numpy(), "verdict_a": va["verdict"].to_numpy(),
                        "verdict_b": vb.loc[va.index, "verdict"].to_numpy(),
                        "measured_a": [claims.measured_text({**r, "measured_unit": r.get("unit")}) for r in va.reset_index().to_dict("records")],
