@@ -112,7 +112,8 @@ def _write_scale_out(tmp_path, monkeypatch, allgather_us: float, allreduce_us: f
     ((20, 30, 12, 10), {"tp-12": "confirmed", "tp-13": "confirmed"}),
     ((200, 300, 5, 10), {"tp-12": "refuted", "tp-13": "refuted"}),
     ((20, 300, 10, 10), {"tp-12": "partly", "tp-13": "inconclusive"}),
-    ((62.5, 62.5, 10, 10), {"tp-12": "inconclusive", "tp-13": "inconclusive"}),  # intervals across the band's edge
+    ((150, 150, 10, 10), {"tp-12": "inconclusive", "tp-13": "inconclusive"}),  # intervals across the band's edge
+    # (an absolute time from the source's machine: 10-50 µs within a factor of 3, so 150 µs is the edge)
 ])  # fmt: skip
 def test_source_claims_are_judged_again_across_hosts_by_the_same_judge(tmp_path, monkeypatch, values, want):
     from ipcbench import claims
