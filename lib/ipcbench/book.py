@@ -374,7 +374,7 @@ def reproducibility_markdown(cmp, reference_note: dict | None = None) -> str:
                          f"  - {r['verdict_b']}: {r['measured_b'] or 'nothing measured'}")  # fmt: skip
         lines += ["```"]
     moved = cmp.moved()
-    lines += ["", "How many of each chapter's measured points moved: the share of summary rows present in both whose "
+    lines += ["", "How many of each chapter's measured points moved: the share of points measured in both builds whose "
               "95% intervals do not overlap (the machine moved, or the interval did not hold what changes between "
               "builds).", "", "```{list-table}", ":header-rows: 1", "",
               "* - chapter\n  - rows in both\n  - this build's median outside the reference's interval\n"
