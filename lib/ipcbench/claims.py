@@ -20,7 +20,7 @@ The judge decides with confidence intervals (the tolerance policy is in the rule
   or the interval covers less than 95% (fewer than 6 samples): no difference is shown; also where the
   interval lies outside the band but across the neutral point (or an edge of the looser band), so that
   partly and refuted are not told apart, and where a claim's undecided cases could turn it from one
-  verdict to another. A verdict moves between two builds only through inconclusive;
+  verdict to another. Two builds decide one case differently only with intervals that do not overlap;
 * ``not testable here``: the rule says why.
 """
 
