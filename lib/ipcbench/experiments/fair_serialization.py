@@ -769,8 +769,9 @@ def decode_agreement(summary: pd.DataFrame, n_records: int = 10_000, readers: in
     else:
         sentence = (f"Decoding does not agree across the backends: {span}, and no single value lies inside every "
                     "backend's 95% interval. The same bytes decode at different speeds in the same reader process, so "
-                    "the reader's state still differs between the backends' messages; our hypothesis is that it is "
-                    "where the allocator places the decoded objects. The intervals rest on replicates, so each holds "
+                    "the reader's state still differs between the backends' messages. Our hypothesis: a state of the process or "
+                    "the machine that changes over minutes (where the allocator places the decoded objects, what else "
+                    "the host runs), not anything the backend did. The intervals rest on replicates, so each holds "
                     "what that state did across them, and a claim that a difference between backends decides is "
                     "inconclusive unless the difference exceeds it.")  # fmt: skip
     return {"table": table, "agree": agree, "spread_x": float(q["median"].max() / q["median"].min()), "sentence": sentence}
