@@ -289,3 +289,29 @@ def test_round_orders_are_seeded_recorded_and_change_between_rounds():
     rec = plan.record()
     assert rec["orders"]["g"] == [o for _, o in seen] and len({tuple(o) for o in rec["orders"]["g"]}) == 3
     assert rec["replicates"] == 3 and rec["fresh_engines"] == [2]
+
+
+def test_intervals_are_computed_again_from_the_replicated_samples_on_disk():
+    import pandas as pd
+
+    from ipcbench import results
+    from ipcbench.experiments._common import reinterval
+
+    rng = np.random.default_rng(11)
+    shifted = _replicated([rng.lognormal(0, 0.05, 8) * f for f in (0.8, 1.0, 1.3)])
+    plain = rng.lognormal(0, 0.05, 12)
+    labels = {"chapter": "fair_serialization", "experiment": "records", "payload": "records:pickle5", "size_bytes": 100,
+              "ranks": 2, "oversubscribed": False, "metric": "end_to_end", "unit": "s"}  # fmt: skip
+    rows, samples = [], []
+    for variant, values in (("shm", shifted), ("zmq", plain)):
+        rows.append(results.summary_row(summarize(values), **labels, variant=variant, readers=1))
+        samples += results.sample_rows(values, **labels, variant=variant, readers=1)
+    summary, samples = results.frame(rows), pd.DataFrame(samples)
+    expected = summary.copy()
+    summary.loc[0, ["ci_low", "ci_high"]] = (0.99, 1.01)  # an interval written by an older analysis
+    summary.loc[1, ["ci_low", "ci_high"]] = (0.5, 2.0)
+    got, n = reinterval(summary, samples)
+    assert n == 1  # the replicated row; the one-replicate row is kept as written
+    assert got.loc[0, ["ci_low", "ci_high"]].tolist() == pytest.approx(expected.loc[0, ["ci_low", "ci_high"]].tolist())
+    assert got.loc[1, ["ci_low", "ci_high"]].tolist() == [0.5, 2.0]
+    assert got.loc[0, "replicates_agree"] is False

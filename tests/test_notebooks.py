@@ -455,6 +455,22 @@ def test_analyze_recomputes_the_derived_rows_and_verdicts_of_the_build_and_a_sec
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("chapter", ["machine_limits", "scale_out"])
+def test_analyze_runs_on_a_chapter_without_derived_rows_and_changes_nothing(chapter, quick_book, session_results,
+                                                                           tmp_path):  # fmt: skip
+    import shutil
+
+    import pandas as pd
+
+    copy = tmp_path / "results"
+    shutil.copytree(session_results, copy)
+    before = pd.read_csv(copy / chapter / "summary.csv")
+    out = _cli("analyze", chapter, env_results=copy)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(copy / chapter / "summary.csv"), before)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("chapter", ["machine_limits", "fair_serialization", "rpc_breakdown", "broadcast", "pipeline",
                                      "tensor_parallel", "scale_out"])  # fmt: skip
 def test_headless_run_and_notebook_run_the_same_experiment(chapter, quick_book, session_results):

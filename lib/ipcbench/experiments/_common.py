@@ -297,6 +297,52 @@ def sample_values(summary, samples, **where):
     return q["value"].to_numpy()
 
 
+def _key(v) -> str:
+    """Return a label cell as text that compares equal across a summary and a samples table ('' for empty)."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    try:
+        return repr(float(v))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def reinterval(summary, samples):
+    """Return the summary with the interval (and ``replicates_agree``) of every measured row whose raw samples carry
+    several replicates computed again from those samples by today's :func:`ipcbench.measure.summarize`, and how many
+    rows it recomputed. Rows without such samples (one replicate, derived rows, values not kept as samples) are kept."""
+    from ..measure import Replicated, hierarchical_ci, replicate_groups
+    from ..measure import _replicates_agree as agree_of
+
+    if samples is None or "replicate" not in samples.columns or "replicates" not in summary.columns:
+        return summary, 0
+    index: dict[tuple, list] = {}
+    for key, g in samples.groupby([*_SAMPLE_KEYS, "point"], dropna=False, sort=False):
+        index.setdefault(tuple(_key(k) for k in key[:-1]), []).append((key[-1], g))
+    out = summary.copy()
+    if "replicates_agree" not in out.columns:
+        out["replicates_agree"] = None
+    out["replicates_agree"] = out["replicates_agree"].astype(object)
+    done = 0
+    for i, row in out.iterrows():
+        if row["experiment"] in ("derived", "capacity") or not row["replicates"] > 1:
+            continue
+        cands = index.get(tuple(_key(row[k]) for k in _SAMPLE_KEYS), [])
+        cands = [g for point, g in cands if (not isinstance(point, str) or not point) or _point_matches(point, row)]
+        if len(cands) != 1 or len(cands[0]) != int(row["n"]):
+            continue
+        g = cands[0].sort_values("sample")
+        values = Replicated(g["value"].to_numpy(), g["replicate"].to_numpy())
+        groups = replicate_groups(values)
+        if len(groups) != int(row["replicates"]):
+            continue
+        lo, hi = hierarchical_ci(groups)
+        out.at[i, "ci_low"], out.at[i, "ci_high"] = lo, hi
+        out.at[i, "replicates_agree"] = agree_of(groups)
+        done += 1
+    return out, done
+
+
 def derived_row(fn, sample_sets, name: str, unit: str, chapter: str, paired: bool = False, inputs: str = "",
                 **labels) -> dict:  # fmt: skip
     """Return a summary row (experiment 'derived', variant and metric ``name``) for ``fn`` of the sets' medians.
