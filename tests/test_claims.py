@@ -519,15 +519,18 @@ def test_a_verdict_measured_in_a_noisy_machine_state_says_so(results_tmp, tmp_pa
     ids = claims.load_claims().query("chapter == 'pipeline'")["id"]
     doc["rules"] = {cid: {"kind": "not_testable", "reason": "because a test"} for cid in ids}
     doc["rules"]["pl-01"] = {"kind": "ratio", "select": _sel("a")}
+    doc["rules"]["pl-03"] = {"kind": "ratio", "select": _sel("exact")}  # a count or formula: no interval to move
     p = tmp_path / "rules.yaml"
     p.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     for state, noisy in (({"quiet": True, "flags": []}, False),
                          ({"quiet": False, "flags": ["memcpy calibration drifted -30% from start to end"]}, True)):  # fmt: skip
-        results.write("pipeline", results.frame([_row("a", 2.5, 2.4, 2.6, unit="x")]), None, {"machine_state": state})
+        rows = [_row("a", 2.5, 2.4, 2.6, unit="x"), _row("exact", 2.5, 2.5, 2.5, n=1, level=1.0, unit="x")]
+        results.write("pipeline", results.frame(rows), None, {"machine_state": state})
         led = claims.judge_all(["pipeline"], rules_file=p).set_index("id")
         assert led.loc["pl-01", "verdict"] == CONFIRMED and bool(led.loc["pl-01", "noisy"]) == noisy
         assert ("drifted -30%" in led.loc["pl-01", "evidence"]) == noisy
         assert not bool(led.loc["pl-02", "noisy"])  # a claim not judged here is not marked
+        assert led.loc["pl-03", "verdict"] == CONFIRMED and not bool(led.loc["pl-03", "noisy"])
 
 
 def test_evidence_says_where_replicates_disagree(synthetic):

@@ -390,7 +390,9 @@ def reproducibility_markdown(cmp, reference_note: dict | None = None) -> str:
         lines += ["Where the two builds' environments and machine states differ:", "", "```{list-table}",
                   ":header-rows: 1", "", "* - fact\n  - reference\n  - this build"]  # fmt: skip
         for r in env.to_dict("records"):
-            lines.append(f"* - {_cell(r['fact'])}\n  - {_cell(r['a'])}\n  - {_cell(r['b'])}")
+            chapter, sep, rest = str(r["fact"]).partition(": ")  # a chapter's own fact, by the chapter's title
+            fact = f"{title(chapter)}: {rest}" if sep and chapter in results.CHAPTERS else r["fact"]
+            lines.append(f"* - {_cell(fact)}\n  - {_cell(r['a'])}\n  - {_cell(r['b'])}")
         lines += ["```"]
     for n in cmp.notes:
         lines += ["", f"Note: {n}."]

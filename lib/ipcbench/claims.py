@@ -634,7 +634,9 @@ def judge_all(chapters: list[str] | None = None, rules_file: Path | str | None =
             continue
         j = judge(claim, rules[claim["id"]], res, policy)
         noise = noisy_state(claim["chapter"])
-        if noise and j.verdict != NOT_TESTABLE:
+        # (the source's own arithmetic and exact counts are no measurement: noise cannot change them)
+        timed = rules[claim["id"]].get("kind") != "identity" and not (j.ci_low is not None and j.ci_low == j.ci_high)
+        if noise and j.verdict != NOT_TESTABLE and timed:
             j.noisy = True
             j.evidence += (f" The chapter ran while the machine was noisy ({noise}): a quieter build may not give this "
                            "verdict again.")  # fmt: skip

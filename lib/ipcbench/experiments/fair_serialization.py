@@ -771,9 +771,9 @@ def decode_agreement(summary: pd.DataFrame, n_records: int = 10_000, readers: in
                     "backend's 95% interval. The same bytes decode at different speeds in the same reader process, so "
                     "the reader's state still differs between the backends' messages. Our hypothesis: a state of the process or "
                     "the machine that changes over minutes (where the allocator places the decoded objects, what else "
-                    "the host runs), not anything the backend did. The intervals rest on replicates, so each holds "
-                    "what that state did across them, and a claim that a difference between backends decides is "
-                    "inconclusive unless the difference exceeds it.")  # fmt: skip
+                    "the host runs), not anything the backend did. Where a backend's interval rests on several "
+                    "replicates it holds what that state did across them, so a claim decided by a difference between "
+                    "backends stays inconclusive unless the difference is larger than that spread.")  # fmt: skip
     return {"table": table, "agree": agree, "spread_x": float(q["median"].max() / q["median"].min()), "sentence": sentence}
 
 
