@@ -320,9 +320,6 @@ def reinterval(summary, samples):
     for key, g in samples.groupby([*_SAMPLE_KEYS, "point"], dropna=False, sort=False):
         index.setdefault(tuple(_key(k) for k in key[:-1]), []).append((key[-1], g))
     out = summary.copy()
-    if "replicates_agree" not in out.columns:
-        out["replicates_agree"] = None
-    out["replicates_agree"] = out["replicates_agree"].astype(object)
     done = 0
     for i, row in out.iterrows():
         if row["experiment"] in ("derived", "capacity") or not row["replicates"] > 1:
@@ -337,6 +334,9 @@ def reinterval(summary, samples):
         if len(groups) != int(row["replicates"]):
             continue
         lo, hi = hierarchical_ci(groups)
+        if done == 0:  # the column is added only where some row has replicates
+            out["replicates_agree"] = (out["replicates_agree"] if "replicates_agree" in out.columns else None)
+            out["replicates_agree"] = out["replicates_agree"].astype(object)
         out.at[i, "ci_low"], out.at[i, "ci_high"] = lo, hi
         out.at[i, "replicates_agree"] = agree_of(groups)
         done += 1
