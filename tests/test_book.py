@@ -107,10 +107,15 @@ _PAGE_CHECKS = """() => {
     const r = box.getBoundingClientRect();
     const ids = Array.from(t.querySelectorAll('th, td')).map((c) => c.innerText.trim())
       .filter((x) => /^[a-z]+-[0-9][0-9]$/.test(x));
-    return {right: r.right, left: r.left, scrolls: box !== t, text: t.innerText.slice(0, 60), ids: ids};
+    return {right: r.right, left: r.left, scrolls: box !== t, clipped: box.scrollWidth > box.clientWidth + 1,
+            text: t.innerText.slice(0, 60), ids: ids};
   });
   return {
     col_left: col.left, col_right: col.right,
+    page_scrolls: document.documentElement.scrollWidth > window.innerWidth + 1,
+    wide: Array.from(article.querySelectorAll('p, li, blockquote, pre, img'))
+      .filter((e) => e.getBoundingClientRect().right > col.right + 2 && !e.closest('table, .highlight, .output'))
+      .map((e) => e.tagName + ': ' + e.innerText.slice(0, 40)),
     broken: Array.from(document.images).filter((i) => !(i.naturalWidth > 0)).map((i) => i.src),
     tables: tables,
     text: article.innerText,
@@ -118,6 +123,8 @@ _PAGE_CHECKS = """() => {
   };
 }"""
 
+FIT_PAGES = ("book/ledger", "book/findings")
+"""Pages that fit the text column at 1280 px with nothing to scroll sideways (the chapters' tables may scroll)."""
 CHAPTER_CLAIM_PREFIX = {"01_fair_serialization": "fs-", "02_rpc_breakdown": "rpc-", "03_broadcast": "bc-",
                         "04_pipeline": "pl-", "05_tensor_parallel": "tp-"}  # fmt: skip
 
@@ -181,6 +188,14 @@ def test_rendered_book_in_chromium(server, built_book):
                     if t["right"] > got["col_right"] + 2:
                         problems.append(f"{page_path}: a table runs {t['right'] - got['col_right']:.0f} px past the text "
                                         f"column and does not scroll inside it: {t['text']!r}")  # fmt: skip
+                if got["page_scrolls"]:
+                    problems.append(f"{page_path}: the page scrolls sideways at 1280 px")
+                if page_path in FIT_PAGES:  # what a reviewer reads first: nothing cut off, nothing to scroll
+                    for t in got["tables"]:
+                        if t["clipped"]:
+                            problems.append(f"{page_path}: a table needs sideways scrolling at 1280 px: {t['text']!r}")
+                    if got["wide"]:
+                        problems.append(f"{page_path}: text runs past the column at 1280 px: {got['wide'][:3]}")
                 prefix = CHAPTER_CLAIM_PREFIX.get(Path(page_path).name)
                 if prefix and not any(i.startswith(prefix) for t in got["tables"] for i in t["ids"]):
                     problems.append(f"{page_path}: no ledger table (claims {prefix}..)")

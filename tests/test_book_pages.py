@@ -25,12 +25,13 @@ def test_every_finding_has_a_wording_for_every_verdict_the_judge_can_give():
         for verdict in claims.VERDICTS:
             text = book.finding_sentence(f, _row(verdict, id=f["claim"]))
             assert f"**{verdict}**" in text and f"<{f['section']}>" in text
-            assert "[10, 15]" in text and "n = 8" in text  # the interval is always printed
+            assert "12.5% [10.0, 15.0]" in text and "n = 8" in text  # the interval is always printed
             if verdict in f["says"]:  # the wording written for exactly this verdict, and no other
                 head = f["says"][verdict].split("{")[0].strip()
                 assert head in text
-            else:
-                assert "The source claims:" in text
+            else:  # the neutral form, and "undecided" only where the judge did not decide
+                assert "he source claims “" in text
+                assert ("Undecided in this build" in text) == (verdict == claims.INCONCLUSIVE)
 
 
 def test_a_finding_is_worded_by_its_verdict_not_by_its_text():
@@ -39,7 +40,22 @@ def test_a_finding_is_worded_by_its_verdict_not_by_its_text():
     assert "It holds" in book.finding_sentence(f, _row("confirmed"))
     refuted = book.finding_sentence(f, _row("refuted"))
     assert "It does not hold" in refuted and "It holds" not in refuted
-    assert "The source claims: “All five backends are within 5% of each other”" in book.finding_sentence(f, _row("inconclusive"))
+    assert ("Undecided in this build: the source claims “All five backends are within 5% of each other”"
+            in book.finding_sentence(f, _row("inconclusive")))  # fmt: skip
+
+
+def test_a_finding_shows_the_measured_comparison_without_the_judges_reasoning():
+    ev = ("End to end. Claimed: 5%. Measured: (1) end-to-end time, ZeroMQ, 10 000 records: 10.8 ms [10.5, 11.1] (n = 24) "
+          "against end-to-end time, LMDB, 10 000 records: 11.2 ms [9.9, 12.7] (n = 24); the intervals overlap "
+          "[inconclusive]; (2) slowest backend over the fastest: 10% [2, 65] (n = 24), against the band at most 6.25%; "
+          "the interval straddles an edge of the band [inconclusive]. Tolerance: 25% (the policy's default).")
+    short = book.evidence_short(ev)
+    assert short == ("end-to-end time, ZeroMQ, 10 000 records: 10.8 ms [10.5, 11.1] (n = 24) against end-to-end time, "
+                     "LMDB, 10 000 records: 11.2 ms [9.9, 12.7] (n = 24); slowest backend over the fastest: 10% [2, 65] "
+                     "(n = 24)")  # fmt: skip
+    read = "Measured: fewest messages a reader received: 10 (n = 1), against the band 29.9 to 30.1 around messages sent = 30; the interval lies below the band."
+    assert book.evidence_short(read) == "fewest messages a reader received: 10 (n = 1) against messages sent = 30"
+    assert book.evidence_short(None) == "" and book.evidence_short("Not testable here because x.") == "Not testable here because x"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -90,10 +106,37 @@ def test_ledger_counts_and_tables_cover_every_claim():
     for chapter in set(led["chapter"]):
         md = book.ledger_markdown(led, chapter)
         ids = led.loc[led["chapter"] == chapter, "id"]
-        assert md.count("\n") == len(ids) + 1  # header, separator, one row per claim
-        assert all(f"{{ref}}`{i} <" in md for i in ids)
+        items = [line for line in md.splitlines() if line.startswith("- ")]
+        assert len(items) == len(ids)  # one block per claim, its id and verdict on its first line
+        assert all(sum(f"{{ref}}`{i} <" in line for line in items) == 1 for i in ids)
+        assert "|" not in md.replace("\\|", "")  # no table: the blocks wrap at any width
     fig = book.counts_figure(led)
     assert fig.axes and fig.axes[0].get_legend() is not None
+
+
+def test_the_forest_plot_draws_every_judged_claim_once_and_lists_the_rest():
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    led = _fake_ledger()
+    n = len(led)
+    # every kind of row: inside, outside both ways, beyond the axis, a sign flip, no value on the scale
+    rel = [1.0, 0.5, 3.0, 100.0, -0.4, math.nan]
+    led = led.assign(rel=[rel[i % len(rel)] for i in range(n)], rel_low=lambda d: d["rel"] * 0.9,
+                     rel_high=lambda d: d["rel"] * 1.1, band_low=0.75, band_high=1.25)  # fmt: skip
+    judged = led[~led["verdict"].isin([claims.NOT_TESTABLE])]
+    fig = book.forest_figure(led)
+    drawn = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
+    assert sorted(drawn) == sorted(judged["id"]) and len(drawn) == len(set(drawn))
+    assert len(fig.axes) == led["chapter"].nunique()  # one panel per source
+    skipped = set(led["id"]) - set(judged["id"])
+    text = book.not_plotted_text(led)
+    assert skipped and all(i in text for i in skipped)
+    one = book.forest_figure(led, "pipeline")
+    assert [t.get_text() for t in one.axes[0].get_yticklabels()] == list(judged.loc[judged["chapter"] == "pipeline", "id"])
+    assert all(ax.get_xscale() == "log" for ax in fig.axes)
 
 
 def test_chapter_header_run_times_and_downloads(results_tmp, tmp_path):

@@ -500,7 +500,7 @@ def test_a_case_of_another_kind_does_not_inherit_the_rules_scale(synthetic):
     rule = {"kind": "order", "lower": _sel("a"), "than": _sel("b"), "scale": 1e3, "unit": "ms",
             "cases": [{}, {"kind": "same", "select": _sel("r")}]}  # fmt: skip
     j = synthetic(rows, rule)
-    assert j.cases == [CONFIRMED, CONFIRMED] and "1 [0.95, 1.05]" in j.evidence
+    assert j.cases == [CONFIRMED, CONFIRMED] and "1.00 [0.95, 1.05]" in j.evidence
 
 
 def test_selector_can_take_the_largest_size_measured(synthetic):
@@ -560,3 +560,32 @@ def test_an_absolute_value_from_the_sources_machine_is_judged_within_a_machine_f
     assert j.verdict == expected, j.evidence
     assert "factor of 3" in j.evidence
     assert synthetic([_row("a", 0.007, 0.0068, 0.0072)], {**rule, "absolute": False}, "10").verdict == REFUTED
+
+
+def test_every_rule_case_reads_in_plain_words_on_the_shipped_reference_build(monkeypatch):
+    """Each row a rule reads (every case, both sides of an ordering, a claimed value read from the results, a not
+    testable claim's reference row) gets a label from data/seeds/labels.yaml without an internal name left in it."""
+    from ipcbench import compare, labels
+
+    ref = compare.reference_dir()
+    if ref is None:
+        pytest.skip("no reference build is shipped")
+    monkeypatch.setenv("IPCBENCH_RESULTS_DIR", str(ref))
+    _policy, rules = claims.load_rules()
+    chapter_of = claims.load_claims().set_index("id")["chapter"]
+    res = claims.Results()
+    gaps, seen = {}, 0
+    for cid, rule in rules.items():
+        if rule["kind"] == "not_testable":
+            selectors = [rule["show"]] if "show" in rule else []
+        else:
+            selectors = [c[k] for c in claims._cases(rule) for k in ("select", "lower", "higher", "than", "claimed_from")
+                         if k in c]  # fmt: skip
+        for sel in selectors:
+            row = claims.select(res, chapter_of[cid], sel)
+            seen += 1
+            if labels.missing(row, sel):
+                gaps[cid] = labels.missing(row, sel)
+            text = labels.label(row, sel)
+            assert text and "_" not in text.replace("from_dict", ""), (cid, text)
+    assert seen > 150 and gaps == {}, gaps

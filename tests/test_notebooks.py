@@ -320,14 +320,14 @@ def test_chapter6_ran_across_emulated_hosts_and_the_bytes_crossed(quick_book, se
 
 
 def _page_verdicts(html: str) -> dict[str, str]:
-    """Return claim id -> verdict as a rendered ledger page shows them (one table row per claim)."""
+    """Return claim id -> verdict as a rendered ledger page shows them (one list item, or table row, per claim)."""
     import re
 
     from ipcbench import claims
 
     words = "|".join(re.escape(v) for v in claims.VERDICTS)
     out = {}
-    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", html, flags=re.S):
+    for row in re.findall(r"<(?:tr|li)[^>]*>(.*?)</(?:tr|li)>", html, flags=re.S):
         cid = re.search(r">([a-z]+-\d\d)<", row)
         verdict = re.search(rf"<strong>({words})</strong>", row)
         if cid and verdict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import claims, results
+from . import claims, numbers, results
 from .environment import REPO_ROOT
 
 # chapter id -> (document, label of the chapter, title)
@@ -101,6 +101,81 @@ def counts_figure(led: pd.DataFrame):
     return fig
 
 
+FOREST_LIMITS = (1 / 30, 30)
+"""The forest plot's x range (measured over claimed): a point or interval beyond it is drawn at the edge, arrowed."""
+
+
+def forest_rows(led: pd.DataFrame, chapter: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Return the claims the forest plot draws (every judged claim of ``chapter``, or of all sources) and the ids it
+    lists instead (not testable here)."""
+    rows = led if chapter is None else led[led["chapter"] == chapter]
+    skip = rows["verdict"].isin([claims.NOT_TESTABLE, claims.PENDING])
+    return rows[~skip], list(rows.loc[skip, "id"])
+
+
+def forest_figure(led: pd.DataFrame, chapter: str | None = None):
+    """Return the forest plot of the claims: per claim, the claimed band (shaded) and the measured 95% interval with
+    its median, on one scale (measured over claimed, log; an ordering: the first row over the second, against 1), in
+    the verdict's colour; one panel per source analysis (``chapter`` draws its own only). A claim whose values are not
+    on this scale (a sign flip, an interval through 0) is drawn at the edge it points to, with an arrow."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    chapters = [c for c in CHAPTER_PAGES if c in set(led["chapter"]) and (chapter is None or c == chapter)]
+    panels = [(c, forest_rows(led, c)[0]) for c in chapters]
+    panels = [(c, r) for c, r in panels if len(r)]
+    if not panels:
+        raise BookError(f"no judged claims to draw{f' for {chapter}' if chapter else ''}")
+    lo_x, hi_x = FOREST_LIMITS
+    heights = [max(len(r), 2) for _, r in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.2, 0.9 + 0.2 * sum(heights) + 0.45 * len(panels)),
+                             sharex=True, gridspec_kw={"height_ratios": heights}, squeeze=False)  # fmt: skip
+    for ax, (c, rows) in zip(axes[:, 0], panels, strict=True):
+        ids = list(rows["id"])
+        for y, r in enumerate(rows.to_dict("records")):
+            colour = VERDICT_COLOURS[r["verdict"]]
+            b_lo, b_hi = r.get("band_low"), r.get("band_high")
+            if pd.notna(b_lo) and pd.notna(b_hi) and b_lo > 0 and b_hi / b_lo < 1.05:  # an identity's narrow band
+                ax.plot([(b_lo * b_hi) ** 0.5], [y], marker="|", color="#3182bd", markersize=11, markeredgewidth=2.5)
+            elif pd.notna(b_lo) and pd.notna(b_hi):
+                ax.fill_betweenx([y - 0.38, y + 0.38], max(b_lo, lo_x), min(b_hi, hi_x), color="#9ecae1", alpha=0.45,
+                                 linewidth=0)  # fmt: skip
+            v, lo, hi = r.get("rel"), r.get("rel_low"), r.get("rel_high")
+            if pd.isna(v):
+                ax.text(lo_x * 1.15, y, "not on this scale", va="center", fontsize=8, color="#555555")
+                continue
+            lo = lo_x if not lo > lo_x else lo
+            hi = hi_x if not hi < hi_x else hi
+            ax.plot([lo, hi], [y, y], color=colour, linewidth=2.2, solid_capstyle="butt")
+            x = min(max(v, lo_x), hi_x) if v > 0 else lo_x
+            marker = "o" if lo_x < v < hi_x else ("<" if v <= lo_x else ">")
+            ax.plot([x], [y], marker=marker, color=colour, markeredgecolor="black", markeredgewidth=0.6, markersize=6)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(ids)), ids, fontsize=9)
+        ax.set_ylim(len(ids) - 0.5, -0.5)
+        ax.set_xscale("log")
+        ax.set_xlim(lo_x, hi_x)
+        ax.set_title(CHAPTER_PAGES[c][2], fontsize=10, loc="left")
+        ax.grid(axis="x", which="major", linewidth=0.4, alpha=0.6)
+        ax.tick_params(axis="x", labelsize=9)
+    axes[-1, 0].set_xlabel("measured / claimed (log scale; an ordering: first / second)", fontsize=9)
+    axes[-1, 0].xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _p: numbers.num(x)))
+    handles = [Patch(color="#9ecae1", alpha=0.45, label="claimed band")] + [
+        Patch(color=VERDICT_COLOURS[v], label=v) for v in claims.VERDICTS if v != claims.NOT_TESTABLE]
+    fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))  # fmt: skip
+    fig.tight_layout(rect=(0, 0.06 * 4 / (3 + len(panels) + sum(heights) / 10), 1, 1))
+    return fig
+
+
+def not_plotted_text(led: pd.DataFrame, chapter: str | None = None) -> str:
+    """Return the sentence that lists the claims the forest plot leaves out (not testable here), or ''."""
+    _rows, skipped = forest_rows(led, chapter)
+    if not skipped:
+        return ""
+    return f"Not drawn, because not testable here: {', '.join(skipped)}."
+
+
 measured_text = claims.measured_text  # the ledger's own 'value unit [low, high] (n = N)', as the chapters show it
 
 
@@ -126,17 +201,27 @@ def source_line(led: pd.DataFrame, chapter: str) -> str:
 
 
 def ledger_markdown(led: pd.DataFrame, chapter: str) -> str:
-    """Return one source analysis's claims as a MyST table: quote, paraphrase, claimed, measured, verdict, evidence, link."""
+    """Return one source analysis's claims as MyST, one compact block per claim (it wraps at any page width): the id
+    (a link to the chapter's verdicts) with the verdict, the claimed and the measured value; the source's quote; what
+    is tested; the judge's evidence."""
     doc, label, title = CHAPTER_PAGES[chapter]
     rows = led[led["chapter"] == chapter]
-    head = "| id | quote (source) | paraphrase | source's value | measured [95% CI] (n) | verdict | evidence |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    blocks = []
     for r in rows.to_dict("records"):
-        lines.append("| " + " | ".join([
-            f"{{ref}}`{r['id']} <{label}-verdicts>`", _cell(r["quote"]), _cell(r["paraphrase"]), _cell(claimed_text(r)),
-            _cell(measured_text(r)), f"**{r['verdict']}**", _cell(r.get("evidence")),
-        ]) + " |")  # fmt: skip
-    return "\n".join(lines)
+        claimed, measured = _cell(claimed_text(r)), _cell(measured_text(r))
+        head = f"{{ref}}`{r['id']} <{label}-verdicts>` **{r['verdict']}**"
+        values = "; ".join(p for p in (f"claimed {claimed}" if claimed else "",
+                                       f"measured {measured}" if measured else "") if p)  # fmt: skip
+        blocks.append("\n".join([
+            f"- {head}" + (f" — {values}" if values else ""),
+            "",
+            f"  > {_cell(r['quote'])}",
+            "",
+            f"  *Tested:* {_cell(r['paraphrase'])}",
+            "",
+            f"  *Evidence:* {_cell(r.get('evidence'))}",
+        ]))  # fmt: skip
+    return "\n".join(blocks)
 
 
 # ---------------------------------------------------------------------------------------- findings
@@ -174,6 +259,24 @@ def evidence_numbers(evidence) -> str:
     return text.strip().rstrip(".")
 
 
+def evidence_short(evidence) -> str:
+    """Return the measured comparison of a judge's evidence sentence, each case's rows with their intervals only (no
+    band, no reason, no per-case verdict): what a finding shows; the ledger keeps the whole sentence."""
+    import re
+
+    text = evidence_numbers(evidence)
+    if not text:
+        return ""
+    cases = re.split(r"; \(\d+\) ", text)
+    cases[0] = re.sub(r"^\(1\) ", "", cases[0])
+    short = []
+    for c in cases:
+        rows = re.split(r", against the band |; ", c, maxsplit=1)[0].strip()
+        read = re.search(r", against the band [^;]*? around (.+?)(?:;|$)", c)  # a claimed value read from the results
+        short.append(f"{rows} against {read.group(1).strip()}" if read else rows)
+    return "; ".join(short)
+
+
 def finding_sentence(f: dict, row: dict) -> str:
     """Return one finding as MyST: the wording for the verdict the judge gave (the neutral form where none is given),
     the measured value with its interval, the verdict, and a link to the section that measured it."""
@@ -181,9 +284,10 @@ def finding_sentence(f: dict, row: dict) -> str:
     verdict = row["verdict"]
     template = f["says"].get(verdict)
     if template is None:  # no wording for this outcome: say what was claimed and what was measured, nothing more
-        template = "The source claims: “{paraphrase}” This build measures {evidence}"
+        template = ("Undecided in this build: the source claims “{paraphrase}”, and this build measures {evidence}"
+                    if verdict == claims.INCONCLUSIVE else "The source claims “{paraphrase}”; this build measures {evidence}")
     text = template.format(measured=measured, claimed=claimed_text(row), paraphrase=str(row["paraphrase"]).rstrip("."),
-                           evidence=evidence_numbers(row.get("evidence")) or measured)  # fmt: skip
+                           evidence=evidence_short(row.get("evidence")) or measured)  # fmt: skip
     text = text.rstrip(".")
     return (f"**{f['topic']}** {text}. Verdict on the source's claim ({{ref}}`{row['id']} <{f['section']}>`): "
             f"**{verdict}**.")  # fmt: skip

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import results
+from . import labels, numbers, results
 
 CONFIRMED, REFUTED, PARTLY, INCONCLUSIVE, NOT_TESTABLE = (
     "confirmed", "refuted", "partly", "inconclusive", "not testable here")  # fmt: skip
@@ -48,10 +48,13 @@ measured rows (by their intervals); an identity on the source's own numbers (che
 its printed figures); not testable here (with the reason). A rule's cases may each have their own kind."""
 UNIT_WORDS = {"ranking", "qualitative", "design", "model", "condition", "expected effect", "count", ""}
 """claims.csv units that name a kind of claim, not a unit to print beside a number."""
+PLOT_COLUMNS = ["rel", "rel_low", "rel_high", "band_low", "band_high"]
+"""The headline case on the forest plot's scale: measured over claimed (an ordering: the first row over the second),
+its interval, and the claimed band on the same scale (0 and inf for an open side)."""
 LEDGER_COLUMNS = ["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_high", "n", "ci_level", "replicates",
-                  "claimed", "noisy", "evidence"]  # fmt: skip
+                  "claimed", "noisy", "evidence", *PLOT_COLUMNS]  # fmt: skip
 EVIDENCE_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence", "ci_low", "ci_high", "n", "ci_level",
-                    "replicates", "claimed", "noisy"]  # fmt: skip
+                    "replicates", "claimed", "noisy", *PLOT_COLUMNS]  # fmt: skip
 _RULE_KEYS = {"kind", "select", "cases", "lower", "higher", "than", "bound", "neutral", "scale", "unit", "tolerance",
               "tolerance_abs", "why", "note", "value_part", "reason", "show", "headline", "claimed_from", "partly_within",
               "absolute"}  # fmt: skip
@@ -267,27 +270,18 @@ class Measured:
 
     def text(self, unit: str) -> str:
         """Return e.g. '4.97 ms [4.87, 5.06] (n = 30, 3 replicates)', saying where the replicates disagree."""
-        ci = "" if self.low == self.high == self.value else f" [{_fmt(self.low)}, {_fmt(self.high)}]"
         reps = f", {self.replicates} replicates" if self.replicates > 1 else ""
         if self.replicates > 1 and not self.replicates_agree:
             reps += " that disagree beyond their own intervals"
-        return f"{_fmt(self.value)}{_u(unit)}{ci} (n = {self.n}{reps})"
+        return f"{numbers.interval(self.value, self.low, self.high, unit)} (n = {self.n}{reps})"
 
 
 def _fmt(x: float) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if math.isinf(x):
-        return "∞" if x > 0 else "-∞"
-    if x == 0:
-        return "0"
-    if abs(x) >= 1e9 or abs(x) < 1e-3:
-        return f"{x:.3g}"
-    return f"{x:.4g}" if abs(x) < 1000 else f"{x:,.0f}"
+    return numbers.num(x)
 
 
 def _u(unit: str) -> str:
-    return "" if not unit else ("%" if unit == "%" else f" {unit}")
+    return numbers.unit_suffix(unit)
 
 
 def _same(cell, want) -> bool:
@@ -376,18 +370,13 @@ def _pick(res: Results, chapter: str, selector: dict, scale: float) -> Measured:
     if why is not None:
         where = selector.get("chapter", chapter)
         raise ClaimsError(f"the {where} summary row {selector} cannot be judged: {why}")
-    return _measured(row, scale)
+    return _measured(row, scale, selector)
 
 
-def _measured(row: pd.Series, scale: float) -> Measured:
+def _measured(row: pd.Series, scale: float, selector: dict | None = None) -> Measured:
     lo, hi = float(row["ci_low"]) * scale, float(row["ci_high"]) * scale
     level = float(row["ci_level"])
-    parts = [str(row[c]) for c in ("experiment", "variant", "metric") if pd.notna(row.get(c))]
-    if row.get("experiment") == "derived":
-        parts = [str(row["metric"])] + [f"{c} {_fmt(float(row[c]))}" if isinstance(row[c], float) else f"{c} {row[c]}"
-                                        for c in ("payload", "n_records", "readers", "array_bytes")
-                                        if c in row and pd.notna(row[c]) and c != "metric"]  # fmt: skip
-    label = " / ".join(dict.fromkeys(parts))
+    label = labels.label(row, selector)  # plain words (data/seeds/labels.yaml); the selector stays in the rules
     reps = int(row["replicates"]) if "replicates" in row and pd.notna(row["replicates"]) else 1
     agree = row.get("replicates_agree")
     agree = True if agree is None or (isinstance(agree, float) and math.isnan(agree)) else str(agree).lower() == "true"
@@ -414,6 +403,11 @@ class Judgement:
     evidence: str = ""
     cases: list[str] = field(default_factory=list)
     noisy: bool = False
+    rel: float = math.nan
+    rel_low: float = math.nan
+    rel_high: float = math.nan
+    band_low: float = math.nan
+    band_high: float = math.nan
 
     def row(self) -> dict:
         """Return the evidence row written to a chapter's claims.csv."""
@@ -497,6 +491,30 @@ def _order_case(a: Measured, b: Measured, higher: bool, policy: Policy, unit: st
     return INCONCLUSIVE, f"{head}; the intervals overlap"
 
 
+_NO_PLOT = (math.nan,) * 5
+
+
+def _rel_band(m: Measured, claimed: Claimed, band: tuple[float, float]) -> tuple[float, ...]:
+    """Return a numeric case on the forest plot's scale: measured / claimed (the claimed range's middle; for a claimed
+    0, the band's upper edge), its interval, and the band over the same (0 where the band reaches zero or beyond)."""
+    c = (claimed.low + claimed.high) / 2
+    if c == 0 and math.isfinite(band[1]) and band[1] > 0:  # a claimed 0: against the band's upper edge
+        c = band[1]
+    if not (math.isfinite(c) and c != 0):
+        return _NO_PLOT
+    lo, hi = sorted((m.low / c, m.high / c))
+    b_lo, b_hi = sorted((band[0] / c, band[1] / c))
+    return m.value / c, lo, hi, max(b_lo, 0.0), max(b_hi, 0.0)
+
+
+def _rel_order(a: Measured, b: Measured, higher: bool) -> tuple[float, ...]:
+    """Return an ordering on the forest plot's scale: the first row over the second, with the interval their
+    intervals allow, and the claimed side of 1 as the band; NaNs where the second can be 0 or a value negative."""
+    if not (b.low > 0 and a.low > 0):
+        return _NO_PLOT
+    return a.value / b.value, a.low / b.high, a.high / b.low, *((1.0, math.inf) if higher else (0.0, 1.0))
+
+
 def combine(verdicts: list[str]) -> str:
     """Return one verdict for a claim that covers several cases (every case judged on its own)."""
     s = set(verdicts)
@@ -559,7 +577,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
             shown = f" Measured here for reference: {m.label}: {m.text(unit)}."
         j.evidence = f"{lead}Not testable here {rule['reason'].strip().rstrip('.')}.{shown}"
         return j
-    verdicts, clauses, heads, units, claimed_texts, tols = [], [], [], [], [], []
+    verdicts, clauses, heads, units, claimed_texts, tols, plots = [], [], [], [], [], [], []
     uses_csv = False
     for case in _cases(rule):
         ck = case["kind"]
@@ -573,6 +591,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
             b = _pick(res, chapter, case["than"], scale)
             v, clause = _order_case(a, b, higher, policy, unit)
             heads.append(a)
+            plots.append(_rel_order(a, b, higher))
         else:
             claimed = _claimed_of(claim, case, res, chapter, scale)
             if claimed is None:
@@ -582,6 +601,8 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
             m = _pick(res, chapter, case["select"], scale)
             v, clause = _numeric_case(m, claimed, case, tol, tol_abs, policy, unit)
             heads.append(m)
+            factor = policy.machine_factor if case.get("absolute") else None
+            plots.append(_rel_band(m, claimed, _band(claimed, case, tol, tol_abs, factor)))
             claimed_texts.append(claimed.text)
             if case.get("absolute"):
                 tols.append(f"a factor of {policy.machine_factor:g} either way (an absolute time or rate from the "
@@ -602,8 +623,10 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
     claimed_txt = f"Claimed: {raw_value}{_u(claim_unit)}. " if raw_value and uses_csv else ""
     tol_txt = f" Tolerance: {'; '.join(sorted(set(tols)))}." if tols else ""
     ev = f"{lead}{claimed_txt}Measured: {body}.{tol_txt}"
-    return Judgement(cid, verdict, head.value, units[k], head.low, head.high, head.n, head.ci_level, head.replicates,
-                     raw_value, ev, verdicts)  # fmt: skip
+    j = Judgement(cid, verdict, head.value, units[k], head.low, head.high, head.n, head.ci_level, head.replicates,
+                  raw_value, ev, verdicts)  # fmt: skip
+    j.rel, j.rel_low, j.rel_high, j.band_low, j.band_high = plots[k]
+    return j
 
 
 # ------------------------------------------------------------------------------ ledger
@@ -733,7 +756,7 @@ def verdict_counts(led: pd.DataFrame | None = None) -> pd.DataFrame:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    """Return ``df`` as a GitHub-flavoured Markdown table (cells with '|' escaped, numbers at 4 significant digits)."""
+    """Return ``df`` as a GitHub-flavoured Markdown table (cells with '|' escaped, numbers at 3 significant digits)."""
 
     def cell(v) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -757,11 +780,11 @@ def measured_text(r: dict) -> str:
         return ""
     u = r.get("measured_unit") if isinstance(r.get("measured_unit"), str) else ""
     lo, hi = r.get("ci_low"), r.get("ci_high")
-    ci = "" if pd.isna(lo) or pd.isna(hi) or lo == hi else f" [{_fmt(float(lo))}, {_fmt(float(hi))}]"
+    lo, hi = (None, None) if pd.isna(lo) or pd.isna(hi) else (float(lo), float(hi))
     reps = r.get("replicates")
     reps = f", {int(reps)} replicates" if reps is not None and not pd.isna(reps) and int(reps) > 1 else ""
     n = "" if pd.isna(r.get("n")) else f" (n = {int(r['n'])}{reps})"
-    return f"{_fmt(float(r['measured']))}{_u(u)}{ci}{n}"
+    return f"{numbers.interval(float(r['measured']), lo, hi, u if u != '%' else '%')}{n}"
 
 
 def chapter_table(chapter: str) -> pd.DataFrame:
