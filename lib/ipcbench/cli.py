@@ -82,15 +82,20 @@ def _cmd_ledger(args) -> int:
         led[claims.LEDGER_COLUMNS].to_csv(sys.stdout, index=False)
         return 0
     counts = claims.verdict_counts(led)
+    import pandas as pd
+
+    shown = pd.DataFrame({  # the numbers as the book writes them; the CSV keeps them whole
+        "id": led["id"], "verdict": led["verdict"],
+        "measured [95% CI] (n)": [claims.measured_text({**r, "measured_unit": r["unit"]}) for r in led.to_dict("records")],
+        "claimed": led["claimed"].fillna(""), "chapter": led["chapter"],
+    })  # fmt: skip
     if args.format == "markdown":
         print(claims.markdown_table(counts.reset_index()))
         print()
-        print(claims.markdown_table(led[claims.LEDGER_COLUMNS]))
+        print(claims.markdown_table(shown.assign(evidence=led["evidence"])))
         return 0
-    import pandas as pd
-
     with pd.option_context("display.max_rows", None, "display.max_colwidth", 90, "display.width", 200):
-        print(led[["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_high", "n", "claimed"]].to_string(index=False))
+        print(shown.to_string(index=False, justify="left"))
         print()
         print(counts.to_string())
     return 0
