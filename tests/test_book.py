@@ -120,6 +120,9 @@ _PAGE_CHECKS = """() => {
     tables: tables,
     text: article.innerText,
     outputs: Array.from(article.querySelectorAll('.cell_output')).map((e) => e.innerText).join(' '),
+    empty: Array.from(article.querySelectorAll('section')).filter((s) => !Array.from(s.children).some((c) =>
+      !/^H[1-6]$/.test(c.tagName) && c.tagName !== 'SECTION' && c.innerText.trim() !== ''))
+      .map((s) => (s.querySelector('h1, h2, h3, h4') || s).innerText.slice(0, 60)),
   };
 }"""
 
@@ -188,6 +191,8 @@ def test_rendered_book_in_chromium(server, built_book):
                     if t["right"] > got["col_right"] + 2:
                         problems.append(f"{page_path}: a table runs {t['right'] - got['col_right']:.0f} px past the text "
                                         f"column and does not scroll inside it: {t['text']!r}")  # fmt: skip
+                if got["empty"]:
+                    problems.append(f"{page_path}: headings with nothing under them before the next: {got['empty']}")
                 if got["page_scrolls"]:
                     problems.append(f"{page_path}: the page scrolls sideways at 1280 px")
                 if page_path in FIT_PAGES:  # what a reviewer reads first: nothing cut off, nothing to scroll

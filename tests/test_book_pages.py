@@ -103,6 +103,9 @@ def test_ledger_counts_and_tables_cover_every_claim():
     t = book.counts_table(led)
     assert int(t.loc["all sources", "claims"]) == len(led)
     assert list(t.columns) == [*claims.VERDICTS, "claims"]
+    compact = book.counts_compact(led)  # the page's narrow form: the same counts, one column per chapter
+    assert list(compact.index) == [*claims.VERDICTS, "claims"] and compact.loc["claims", "all"] == len(led)
+    assert list(compact.columns) == [f"ch. {i}" for i in range(1, len(compact.columns))] + ["all"]
     for chapter in set(led["chapter"]):
         md = book.ledger_markdown(led, chapter)
         ids = led.loc[led["chapter"] == chapter, "id"]

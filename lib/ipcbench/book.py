@@ -77,6 +77,17 @@ def counts_table(led: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+def counts_compact(led: pd.DataFrame) -> pd.DataFrame:
+    """Return the verdict counts to fit a page: one row per verdict (and the claims), one column per chapter by its
+    number ("ch. 1") and one for all sources; the figure above the table names the chapters."""
+    t = counts_table(led)
+    t.index = [i.split(".")[0].strip() if i != "all sources" else i for i in t.index]
+    out = t.T
+    out.columns = [f"ch. {c}" if c != "all sources" else "all" for c in out.columns]
+    out.index.name = "verdict"
+    return out
+
+
 VERDICT_COLOURS = {
     claims.CONFIRMED: "#1b7837", claims.PARTLY: "#a6dba0", claims.INCONCLUSIVE: "#bababa",
     claims.REFUTED: "#c2282d", claims.NOT_TESTABLE: "#f1e3b5",
