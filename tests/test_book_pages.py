@@ -44,6 +44,13 @@ def test_a_finding_is_worded_by_its_verdict_not_by_its_text():
             in book.finding_sentence(f, _row("inconclusive")))  # fmt: skip
 
 
+def test_a_finding_says_beside_its_verdict_when_its_chapter_ran_on_a_noisy_machine():
+    f = {"claim": "fs-01", "section": "s", "topic": "T.", "says": {"confirmed": "It holds ({measured})"}}
+    for noisy, said in ((True, True), ("True", True), (False, False), (None, False), (float("nan"), False)):
+        text = book.finding_sentence(f, _row("confirmed", noisy=noisy))
+        assert ("**confirmed** (measured while the machine was noisy" in text) == said, (noisy, text)
+
+
 def test_a_finding_shows_the_measured_comparison_without_the_judges_reasoning():
     ev = ("End to end. Claimed: 5%. Measured: (1) end-to-end time, ZeroMQ, 10 000 records: 10.8 ms [10.5, 11.1] (n = 24) "
           "against end-to-end time, LMDB, 10 000 records: 11.2 ms [9.9, 12.7] (n = 24); the intervals overlap "

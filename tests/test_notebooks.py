@@ -18,6 +18,11 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_stored_without_outputs(path: Path):
+    import json
+
+    raw = json.loads(path.read_text(encoding="utf-8"))  # as stored: nbformat.read would fill in missing cell ids
+    ids = [c.get("id") for c in raw["cells"]]
+    assert all(ids) and len(set(ids)) == len(ids), "every cell has its own id (nbformat 4.5)"
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code, "a chapter notebook has code"

@@ -300,8 +300,10 @@ def finding_sentence(f: dict, row: dict) -> str:
     text = template.format(measured=measured, claimed=claimed_text(row), paraphrase=str(row["paraphrase"]).rstrip("."),
                            evidence=evidence_short(row.get("evidence")) or measured)  # fmt: skip
     text = text.rstrip(".")
+    noisy = str(row.get("noisy")).lower() == "true"
+    caveat = " (measured while the machine was noisy: a quieter build may not give it again)" if noisy else ""
     return (f"**{f['topic']}** {text}. Verdict on the source's claim ({{ref}}`{row['id']} <{f['section']}>`): "
-            f"**{verdict}**.")  # fmt: skip
+            f"**{verdict}**{caveat}.")  # fmt: skip
 
 
 def findings(led: pd.DataFrame | None = None, path: Path | str | None = None) -> list[str]:
