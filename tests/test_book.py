@@ -132,6 +132,19 @@ CHAPTER_CLAIM_PREFIX = {"01_fair_serialization": "fs-", "02_rpc_breakdown": "rpc
                         "04_pipeline": "pl-", "05_tensor_parallel": "tp-"}  # fmt: skip
 
 
+def _quote_fonts(page) -> dict[str, int]:
+    """Return the platform fonts Chromium used for the glyphs of the ledger's first quote (family -> glyphs drawn)."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    root = cdp.send("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": "article blockquote p"})["nodeId"]
+    if not node:
+        return {}
+    fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+    return {f["familyName"]: f["glyphCount"] for f in fonts}
+
+
 def _built_pages(html: Path) -> list[str]:
     """Every page of the built book (not Sphinx's own search and index pages, which hold no content of ours, nor the
     root index.html, a redirect to the introduction that Chromium asks a /favicon.ico for; it is opened on its own)."""
@@ -175,6 +188,10 @@ def test_rendered_book_in_chromium(server, built_book):
                 name = page_path.replace("/", "_")
                 page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
                 got = page.evaluate(_PAGE_CHECKS)
+                if page_path == "book/ledger":  # the source's quotes are Chinese: a CJK font draws them, not boxes
+                    fonts = _quote_fonts(page)
+                    if not any("CJK" in f for f in fonts):
+                        problems.append(f"{page_path}: the quotes are not drawn with a CJK font (fonts used: {fonts})")
                 if got["broken"]:
                     problems.append(f"{page_path}: images that did not load: {got['broken']}")
                 if errors:

@@ -233,3 +233,24 @@ def test_findings_on_rules_with_several_cases_are_worded_on_every_case():
         if len(rules[f["claim"]].get("cases") or []) > 1:
             for verdict, text in f["says"].items():
                 assert "{evidence}" in text and "{measured}" not in text, (f["claim"], verdict)
+
+
+def test_every_table_reads_as_a_table():
+    import numpy as np
+
+    from ipcbench import plots
+
+    df = pd.DataFrame({("size", "B"): [10.0, 10000.0], ("time", "ms"): [0.333333, np.nan], "name": ["a", None]})
+    html = plots.book_table(df).to_html()
+    assert "size / B" in html and "time / ms" in html and "('size'" not in html  # flat headers
+    assert ">10<" in html and ">10 000<" in html and ">0.333<" in html  # integers whole, 3 digits otherwise
+    assert "nan" not in html.lower() and "None" not in html
+    assert 'class="row_heading' not in html  # no bare row numbers
+    named = plots.book_table(pd.DataFrame({"v": [1.5]}, index=pd.Index(["x"], name="variant"))).to_html()
+    assert ">variant<" in named and ">x<" in named  # a named index is a column
+    clash = plots.book_table(pd.DataFrame({"v": [1.0]}, index=pd.Index(["x"], name="v"))).to_html()
+    assert ">x<" in clash
+    long = plots.book_table(pd.DataFrame({"i": range(plots.TABLE_ROWS + 5)})).to_html()
+    assert f"The first {plots.TABLE_SHOWN} of {plots.TABLE_ROWS + 5} rows" in long and ">24<" in long and ">25<" not in long
+    dup = pd.DataFrame([[1.0, 2.0]], columns=["a", "a"])
+    assert ">2<" in plots.book_table(dup).to_html()

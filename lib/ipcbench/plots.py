@@ -52,8 +52,9 @@ STYLE = {
 
 
 def use_style() -> None:
-    """Apply the book's matplotlib style globally."""
+    """Apply the book's matplotlib style globally, and in a notebook show every DataFrame as the book's tables."""
     mpl.rcParams.update(STYLE)
+    _register_table_format()
 
 
 # --------------------------------------------------------------------- formatting
@@ -206,6 +207,66 @@ def phase_breakdown(
     return ax
 
 
+TABLE_ROWS = 60
+"""A table longer than this shows its first :data:`TABLE_SHOWN` rows on a page and says how many it has."""
+TABLE_SHOWN = 25
+
+
+def _cell(v) -> str:
+    """One table cell as the book writes it: empty for a missing value, integers whole, other numbers at 3 significant
+    digits (:func:`ipcbench.numbers.num`), anything else as its text."""
+    from .numbers import num
+
+    if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return num(float(v))
+    return str(v)
+
+
+def book_table(df: pd.DataFrame):
+    """Return ``df`` styled as every table of the book: no bare row numbers (a named index becomes the first column),
+    flat headers (a tuple header is joined with " / "), numbers through one formatter, no "NaN", text left-aligned and
+    wrapped; a table longer than :data:`TABLE_ROWS` rows shows its first :data:`TABLE_SHOWN` and says so."""
+    out = df.copy()
+    if isinstance(out.columns, pd.MultiIndex) or any(isinstance(c, tuple) for c in out.columns):
+        out.columns = [" / ".join(str(x) for x in (c if isinstance(c, tuple) else (c,)) if str(x) != "") for c in out.columns]
+    else:
+        out.columns = [str(c) for c in out.columns]
+    keep_index = False
+    if any(n is not None for n in out.index.names) or not isinstance(out.index, pd.RangeIndex):
+        unnamed = all(n is None for n in out.index.names)
+        try:
+            out = out.reset_index()
+            out.columns = [str(c) for c in out.columns]
+            if unnamed:  # row labels without a name: a column without a header
+                out = out.rename(columns={"index": "", "level_0": ""})
+        except ValueError:  # the index's name is a column's too: show the index as it is
+            keep_index = True
+    caption = None
+    if len(out) > TABLE_ROWS:
+        caption = f"The first {TABLE_SHOWN} of {len(out)} rows."
+        out = out.head(TABLE_SHOWN)
+    styler = out.style.format(_cell)
+    if not keep_index:
+        styler = styler.hide(axis="index")
+    styler = styler.set_table_styles([{"selector": "td, th", "props": "text-align: left; white-space: normal;"}])
+    return styler.set_caption(caption) if caption else styler
+
+
 def wrap_table(df: pd.DataFrame):
-    """Return ``df`` styled for a page: text left-aligned and wrapped, so long quotes and evidence stay in the column."""
-    return df.style.set_properties(**{"text-align": "left", "white-space": "normal"})
+    """Return ``df`` styled for a page (:func:`book_table`): long quotes and evidence wrap inside the column."""
+    return book_table(df)
+
+
+def _register_table_format() -> None:
+    """Show every DataFrame a notebook displays as :func:`book_table` does (where IPython runs)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is not None:
+        ip.display_formatter.formatters["text/html"].for_type(pd.DataFrame, lambda df: book_table(df).to_html())
