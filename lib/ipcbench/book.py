@@ -29,7 +29,8 @@ CHAPTER_PAGES = {
 }  # fmt: skip
 
 # the packages that move or encode the bytes the book measures (their versions go into the environment appendix)
-BYTE_MOVERS = ("numpy", "mpi4py", "mpich", "pyzmq", "lmdb", "msgpack", "xxhash", "numba", "ipyparallel", "psutil")
+BYTE_MOVERS = ("numpy", "mpi4py", "mpich", "pyzmq", "lmdb", "msgpack", "msgspec", "grpcio", "protobuf", "iceoryx2",
+               "faster-fifo", "pynng", "ml_dtypes", "xxhash", "numba", "ipyparallel", "psutil")  # fmt: skip
 
 FINDINGS_FILE = REPO_ROOT / "data" / "seeds" / "findings.yaml"
 
