@@ -176,7 +176,7 @@ def forest_figure(led: pd.DataFrame, chapter: str | None = None):
         Patch(color=VERDICT_COLOURS[v], label=v) for v in claims.VERDICTS if v != claims.NOT_TESTABLE]
     fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 0.0))  # fmt: skip
-    fig.tight_layout(rect=(0, 0.06 * 4 / (3 + len(panels) + sum(heights) / 10), 1, 1))
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))  # 0.4 in at the bottom for the legend
     return fig
 
 

@@ -256,11 +256,6 @@ def book_table(df: pd.DataFrame):
     return styler.set_caption(caption) if caption else styler
 
 
-def wrap_table(df: pd.DataFrame):
-    """Return ``df`` styled for a page (:func:`book_table`): long quotes and evidence wrap inside the column."""
-    return book_table(df)
-
-
 def _register_table_format() -> None:
     """Show every DataFrame a notebook displays as :func:`book_table` does (where IPython runs)."""
     try:
