@@ -126,7 +126,7 @@ _PAGE_CHECKS = """() => {
   };
 }"""
 
-FIT_PAGES = ("book/ledger", "book/findings")
+FIT_PAGES = ("book/ledger", "book/findings", "book/decisions")
 """Pages that fit the text column at 1280 px with nothing to scroll sideways (the chapters' tables may scroll)."""
 CHAPTER_CLAIM_PREFIX = {"01_fair_serialization": "fs-", "02_rpc_breakdown": "rpc-", "03_broadcast": "bc-",
                         "04_pipeline": "pl-", "05_tensor_parallel": "tp-"}  # fmt: skip

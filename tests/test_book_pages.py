@@ -181,11 +181,12 @@ def _extension():
 
 def test_pages_built_from_results_are_read_last_and_again_when_a_chapter_is_read():
     ext = _extension()
-    docs = sorted(["book/findings", "book/intro", "book/ledger", "book/environment", "book/methodology",
-                   "book/reproducibility", "notebooks/00_machine_limits", "notebooks/05_tensor_parallel"])  # fmt: skip
+    docs = sorted(["book/findings", "book/decisions", "book/intro", "book/ledger", "book/environment",
+                   "book/methodology", "book/reproducibility", "notebooks/00_machine_limits",
+                   "notebooks/05_tensor_parallel"])  # fmt: skip
     order = list(docs)
     ext._order(None, None, order)
-    assert order[-4:] == ["book/findings", "book/ledger", "book/reproducibility", "book/environment"]
+    assert order[-5:] == ["book/findings", "book/decisions", "book/ledger", "book/reproducibility", "book/environment"]
     assert order[:4] == ["book/intro", "book/methodology", "notebooks/00_machine_limits", "notebooks/05_tensor_parallel"]
 
     class Env:
@@ -194,7 +195,7 @@ def test_pages_built_from_results_are_read_last_and_again_when_a_chapter_is_read
     assert ext._outdated(None, Env, set(), {"notebooks/05_tensor_parallel"}, set()) == list(ext.LAST)
     assert ext._outdated(None, Env, set(), {"book/intro"}, set()) == []
     assert ext._outdated(None, Env, set(), {"notebooks/00_machine_limits", "book/ledger"}, set()) == [
-        "book/findings", "book/reproducibility", "book/environment"]
+        "book/findings", "book/decisions", "book/reproducibility", "book/environment"]
     for page in ext.LAST:  # executed on every read, never from the cache; MyST roles in their Markdown outputs
         front = (REPO / f"{page}.md").read_text().split("---")[1]
         meta = yaml.safe_load(front)["mystnb"]

@@ -12,10 +12,11 @@ The extension also adds the book's style sheet (tables that scroll inside the te
 
 from pathlib import Path
 
-LAST = ("book/findings", "book/ledger", "book/reproducibility", "book/environment")
+LAST = ("book/findings", "book/decisions", "book/ledger", "book/reproducibility", "book/environment")
 CHAPTERS = "notebooks/"
 STATIC = Path(__file__).resolve().parent.parent / "_static"
 FINDINGS = Path(__file__).resolve().parents[2] / "data" / "seeds" / "findings.yaml"
+DECISIONS = Path(__file__).resolve().parents[2] / "data" / "seeds" / "decisions.yaml"
 
 
 def _outdated(app, env, added, changed, removed):
@@ -31,9 +32,11 @@ def _order(app, env, docnames):
 
 
 def _depends(app, docname, source):
-    # the findings page is worded from data/seeds/findings.yaml: a change there reads the page again
+    # the findings and decision pages are worded from data/seeds/: a change there reads the page again
     if docname == "book/findings":
         app.env.note_dependency(str(FINDINGS))
+    if docname == "book/decisions":
+        app.env.note_dependency(str(DECISIONS))
 
 
 def _static(app):
