@@ -27,6 +27,10 @@ def test_notebook_is_stored_without_outputs(path: Path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code, "a chapter notebook has code"
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "store notebooks without outputs"
+    hidden = ("hide-input", "remove-input", "remove-cell")
+    shown_glue = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "glue(" in c.source
+                  and not set(c.metadata.get("tags", [])) & set(hidden)]  # fmt: skip
+    assert not shown_glue, f"cells {shown_glue} put their glue() calls on the page: tag them hide-input or remove-input"
 
 
 @pytest.mark.slow
