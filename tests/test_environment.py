@@ -13,7 +13,8 @@ def test_environment_record_has_every_field():
     env = capture_environment("quick")
     for key in ("cpu_model", "logical_cores", "physical_cores", "usable_cores", "smt_active", "memory_bytes",
                 "kernel", "python", "numpy", "numpy_simd", "mpi4py", "mpi_library", "pyzmq", "libzmq", "lmdb",
-                "ipyparallel", "profile", "git_commit", "timer"):  # fmt: skip
+                "ipyparallel", "profile", "git_commit", "timer", "cpu_frequency", "cpu_caches", "virtualization",
+                "cpu_simd"):  # fmt: skip
         assert key in env, key
     assert env["profile"] == "quick"
     assert env["logical_cores"] >= 1 and env["memory_bytes"] > 2**28
@@ -22,6 +23,21 @@ def test_environment_record_has_every_field():
     assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", env["git_commit"])
     assert env["timer"]["overhead_ns"] > 0
     json.dumps(env)  # serialisable as the meta.json record
+    assert "MHz" in env["cpu_frequency"] or env["cpu_frequency"] == "unknown"
+    assert all(re.match(r"L\d ", c) for c in env["cpu_caches"])
+    assert "sse2" in env["cpu_simd"] or not env["cpu_simd"]
+
+
+def test_the_environment_page_writes_every_field_in_words_and_nested_lists_in_full(monkeypatch):
+    from ipcbench import book
+
+    env = capture_environment("quick")
+    monkeypatch.setattr(book, "_meta", lambda chapter: {"environment": env})
+    t = book.environment_table().set_index("field")["value"]
+    assert not [f for f in t.index if "_" in f], "plain words for every field"
+    simd = t["numpy's SIMD (baseline, dispatched, available)"]
+    assert all(f in simd for f in env["numpy_simd"]["baseline"]) and "available:" in simd
+    assert t["caches (CPU 0)"].startswith("L1")
 
 
 def test_profile_names():

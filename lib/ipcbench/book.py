@@ -384,18 +384,36 @@ def download_links(chapter: str, page_dir: Path | str | None = None) -> str:
     return "; ".join(links) if links else "none (the chapter wrote no tables)"
 
 
+ENVIRONMENT_WORDS = {
+    "cpu_model": "CPU", "cpu_frequency": "CPU clock", "cpu_caches": "caches (CPU 0)", "virtualization": "virtualisation",
+    "cpu_simd": "vector extensions the CPU reports", "logical_cores": "logical cores", "physical_cores": "physical cores",
+    "usable_cores": "cores this build may use", "smt_active": "simultaneous multithreading", "memory_bytes": "memory",
+    "kernel": "Linux kernel", "os": "operating system", "python": "Python", "python_implementation": "Python implementation",
+    "numpy": "numpy", "numpy_simd": "numpy's SIMD (baseline, dispatched, available)", "blas": "BLAS", "mpi4py": "mpi4py",
+    "mpi_library": "MPI library", "mpich_wheel": "mpich wheel", "pyzmq": "pyzmq", "libzmq": "libzmq", "lmdb": "lmdb",
+    "msgpack": "msgpack", "ipyparallel": "ipyparallel", "ipcbench": "ipcbench", "profile": "profile",
+    "git_commit": "commit", "clock_shared_by_processes": "clock", "timer": "timer",
+}  # fmt: skip
+"""Plain words for the environment record's fields (the record's own keys stay in meta.json)."""
+
+
+def _env_value(v) -> str:
+    if isinstance(v, dict):
+        return "; ".join(f"{a}: {_env_value(b) or 'none'}" for a, b in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
 def environment_table(chapter: str = "machine_limits") -> pd.DataFrame:
-    """Return the build's environment record (from a chapter's meta.json) as a two-column table."""
+    """Return the build's environment record (from a chapter's meta.json) as a two-column table in plain words; a
+    nested record (numpy's SIMD lists, the timer) is written out in full."""
     env = dict(_meta(chapter).get("environment") or {})
     rows = []
     for k, v in env.items():
-        if isinstance(v, dict):
-            v = ", ".join(f"{a}: {b}" for a, b in v.items() if not isinstance(b, (dict, list)))
-        elif isinstance(v, list):
-            v = ", ".join(map(str, v))
         if k == "memory_bytes" and v:
             v = f"{int(v) / 2**30:.1f} GiB ({int(v)} B)"
-        rows.append({"field": k, "value": str(v)})
+        rows.append({"field": ENVIRONMENT_WORDS.get(k, k.replace("_", " ")), "value": _env_value(v)})
     return pd.DataFrame(rows)
 
 

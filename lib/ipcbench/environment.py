@@ -6,6 +6,7 @@ import functools
 import importlib.metadata as md
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,81 @@ def numpy_simd() -> dict:
         "dispatch": list(__cpu_dispatch__),
         "available": sorted(k for k, v in __cpu_features__.items() if v),
     }
+
+
+SIMD_FLAGS = ("sse", "sse2", "sse3", "ssse3", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw",
+              "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")  # fmt: skip
+"""The vector extensions the environment record lists from the CPU's flags (what numpy and numba can use)."""
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip().lower() == name:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_frequency() -> str:
+    """Return the CPU clock as the kernel reports it: the current and the range the frequency driver allows, or the
+    clock /proc/cpuinfo gives where no driver is loaded (a virtual machine's fixed clock)."""
+    base = Path("/sys/devices/system/cpu/cpu0/cpufreq")
+    try:
+        cur, lo, hi = (int((base / f).read_text()) / 1e3 for f in ("scaling_cur_freq", "cpuinfo_min_freq", "cpuinfo_max_freq"))
+        gov = (base / "scaling_governor").read_text().strip()
+        return f"{cur:.0f} MHz now ({lo:.0f}-{hi:.0f} MHz, governor {gov})"
+    except (OSError, ValueError):
+        mhz = _cpuinfo_field("cpu mhz")
+        return f"{float(mhz):.0f} MHz (no frequency driver: the clock is not scaled by this kernel)" if mhz else "unknown"
+
+
+def cpu_caches() -> list[str]:
+    """Return the caches of CPU 0 as "L2 unified 512 KiB, used by CPU 0 alone" lines (from sysfs)."""
+    out = []
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size, shared = ((d / f).read_text().strip() for f in ("level", "type", "size", "shared_cpu_list"))
+        except OSError:
+            continue
+        kib = int(size.rstrip("K")) if size.endswith("K") and size[:-1].isdigit() else None
+        size = (f"{kib // 1024} MiB" if kib % 1024 == 0 else f"{kib} KiB") if kib else size
+        who = f"CPU {shared} alone" if shared.isdigit() else f"CPUs {shared}"
+        out.append(f"L{level} {kind.lower()} {size}, used by {who}")
+    return out
+
+
+def virtualization() -> str:
+    """Return what the machine runs on: bare metal, or a virtual machine (its hypervisor where lscpu names it) and a
+    container where systemd can tell."""
+    flags = (_cpuinfo_field("flags") or "").split()
+    parts = []
+    if "hypervisor" in flags:
+        vendor = None
+        if shutil.which("lscpu"):
+            try:
+                text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+                vendor = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Hypervisor vendor")), None)
+            except (OSError, subprocess.SubprocessError):
+                pass
+        parts.append(f"virtual machine ({vendor})" if vendor else "virtual machine (the CPU reports a hypervisor)")
+    else:
+        parts.append("no hypervisor reported by the CPU")
+    if shutil.which("systemd-detect-virt"):
+        try:
+            c = subprocess.run(["systemd-detect-virt", "--container"], capture_output=True, text=True, timeout=10).stdout.strip()
+            if c and c != "none":
+                parts.append(f"container ({c})")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return ", ".join(parts)
+
+
+def cpu_simd_flags() -> list[str]:
+    """Return the vector extensions (of :data:`SIMD_FLAGS`) the CPU reports."""
+    flags = set((_cpuinfo_field("flags") or "").split())
+    return [f for f in SIMD_FLAGS if f in flags]
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,6 +210,10 @@ def capture_environment(profile: str | None = None, timer: bool = True) -> dict:
 
     record = {
         "cpu_model": cpu_model(),
+        "cpu_frequency": cpu_frequency(),
+        "cpu_caches": cpu_caches(),
+        "virtualization": virtualization(),
+        "cpu_simd": cpu_simd_flags(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
