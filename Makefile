@@ -59,8 +59,9 @@ hosts-tools:
 test: $(STAMP) chromium hosts-tools
 	$(BIN)/python -m pytest -ra
 
+# JupyterLab with jupyterlab-myst (the markdown renders as in the book) and progress bars as widgets
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 clean:
 	rm -rf _build data/results/* .pytest_cache .ruff_cache

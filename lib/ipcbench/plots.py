@@ -93,7 +93,20 @@ def format_rate(r: float, _pos=None) -> str:
 _FORMATTERS = {"s": format_seconds, "B/s": format_rate, "B": format_bytes}
 
 
+class ReadableLogLocator(LogLocator):
+    """Decades where a log axis spans several; 1, 2 and 5 of each decade where it spans less than two, so that a short
+    log axis still carries three or more labelled ticks."""
+
+    def tick_values(self, vmin, vmax):
+        lo, hi = sorted((float(vmin), float(vmax)))
+        span = np.log10(hi / lo) if lo > 0 and hi > 0 else np.inf
+        self.set_params(subs=(1.0, 2.0, 5.0) if span < 2 else (1.0,))
+        return super().tick_values(vmin, vmax)
+
+
 def _yformat(ax, unit: str) -> None:
+    if ax.get_yscale() == "log":
+        ax.yaxis.set_major_locator(ReadableLogLocator(base=10))
     f = _FORMATTERS.get(unit)
     if f is not None:
         ax.yaxis.set_major_formatter(FuncFormatter(f))
@@ -118,7 +131,8 @@ def size_sweep(
     models: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
     title: str | None = None,
 ):
-    """Plot ``metric`` against size_bytes on log-log axes with 95% CI bands; return the Axes.
+    """Plot ``metric`` against size_bytes on log-log axes with 95% CI bands; return the Axes. A point whose row is
+    flagged unstable is drawn hollow, and the legend says so.
 
     ``limits`` are (label, sizes, values) drawn as dark dashed lines (machine limits);
     ``models`` are (label, sizes, values) drawn as thin dotted lines (fitted models).
@@ -128,10 +142,16 @@ def size_sweep(
     if rows.empty:
         raise ValueError(f"no rows with metric {metric!r} to plot")
     unit = rows["unit"].iloc[0]
+    any_flagged = False
     for i, (variant, sub) in enumerate(rows.groupby(hue, sort=False)):
         st = line_style(i)
         ax.plot(sub["size_bytes"], sub["median"], ms=3.5, label=_label(variant, sub), **st)
         ax.fill_between(sub["size_bytes"], sub["ci_low"], sub["ci_high"], color=st["color"], alpha=0.25, lw=0)
+        flagged = sub[sub["unstable"].astype(str).str.lower() == "true"] if "unstable" in sub else sub.iloc[:0]
+        if len(flagged):  # a point flagged unstable is drawn hollow
+            ax.plot(flagged["size_bytes"], flagged["median"], ls="none", marker=st["marker"], ms=6, mfc="white",
+                    mec=st["color"], mew=1.3, zorder=3)  # fmt: skip
+            any_flagged = True
     for j, (label, x, y) in enumerate(limits):
         ax.plot(x, y, ls=("--", "-.", ":")[j % 3], color="black", lw=1.2, label=label)
     for label, x, y in models:
@@ -146,6 +166,8 @@ def size_sweep(
     ax.set_ylabel(f"{metric.replace('_', ' ')} (median, 95% CI band)")
     if title:
         ax.set_title(title)
+    if any_flagged:
+        ax.plot([], [], ls="none", marker="o", ms=6, mfc="white", mec="gray", label="hollow: flagged unstable")
     ax.legend()
     return ax
 

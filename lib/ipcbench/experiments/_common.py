@@ -12,15 +12,18 @@ SECTION_TIMES: dict[str, float] = {}
 
 
 def progress(iterable, desc: str, total: int | None = None):
-    """Return ``iterable`` wrapped in a tqdm progress bar on stderr (a widget in Jupyter when ipywidgets is installed).
+    """Return ``iterable`` wrapped in a tqdm progress bar: a widget in JupyterLab, a text bar on stderr elsewhere.
 
     The time from the first item to the last is added to :data:`SECTION_TIMES` under ``desc``.
     """
     import importlib.util
+    import os
 
-    if importlib.util.find_spec("ipywidgets") is not None:
-        from tqdm.auto import tqdm
-    else:  # text bar: tqdm.auto would warn that IProgress is missing
+    # a widget where a person watches: a kernel a Jupyter server started for a notebook (it sets JPY_SESSION_NAME);
+    # a text bar in a book build or a test's kernel (a widget there would ask the page for widget scripts from the web)
+    if os.environ.get("JPY_SESSION_NAME") and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm
+    else:
         from tqdm.std import tqdm
 
     bar = tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=True, dynamic_ncols=True)

@@ -1,0 +1,38 @@
+"""The book's figures: a short log axis still has labelled ticks, and a point flagged unstable is drawn hollow."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd  # noqa: E402
+
+from ipcbench import plots  # noqa: E402
+
+
+def _sweep(medians, unstable):
+    sizes = [1024 * 4**i for i in range(len(medians))]
+    return pd.DataFrame({"metric": "bandwidth", "unit": "B/s", "variant": "copy", "size_bytes": sizes, "median": medians,
+                         "ci_low": [m * 0.9 for m in medians], "ci_high": [m * 1.1 for m in medians],
+                         "unstable": unstable})  # fmt: skip
+
+
+def test_a_log_axis_within_a_decade_or_two_labels_three_ticks_or_more():
+    ax = plots.size_sweep(_sweep([5e9, 9e9, 2.2e10, 1.5e10], [False] * 4), "bandwidth")
+    ax.figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    lo, hi = ax.get_ylim()
+    shown = [t for t in ax.get_yticks() if lo <= t <= hi]
+    assert len(shown) >= 3 and "10 GB/s" in labels and "20 GB/s" in labels
+    wide = plots.size_sweep(_sweep([1e6, 1e8, 1e10, 1e12], [False] * 4), "bandwidth")
+    wide.figure.canvas.draw()
+    lo, hi = wide.get_ylim()
+    assert [t for t in wide.get_yticks() if lo <= t <= hi] == [1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12]  # decades only
+
+
+def test_points_flagged_unstable_are_hollow_and_the_legend_says_so():
+    ax = plots.size_sweep(_sweep([1e9, 2e9, 3e9], [False, True, False]), "bandwidth")
+    hollow = [ln for ln in ax.get_lines() if ln.get_markerfacecolor() == "white" and len(ln.get_xdata())]
+    assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [4096]
+    assert "hollow: flagged unstable" in [t.get_text() for t in ax.get_legend().get_texts()]
+    calm = plots.size_sweep(_sweep([1e9, 2e9], [False, False]), "bandwidth")
+    assert "hollow: flagged unstable" not in [t.get_text() for t in calm.get_legend().get_texts()]
