@@ -252,6 +252,13 @@ def test_every_table_reads_as_a_table():
     clash = plots.book_table(pd.DataFrame({"v": [1.0]}, index=pd.Index(["x"], name="v"))).to_html()
     assert ">x<" in clash
     long = plots.book_table(pd.DataFrame({"i": range(plots.TABLE_ROWS + 5)})).to_html()
-    assert f"The first {plots.TABLE_SHOWN} of {plots.TABLE_ROWS + 5} rows" in long and ">24<" in long and ">25<" not in long
+    shown = plots.TABLE_SHOWN
+    assert f"The first {shown} of {plots.TABLE_ROWS + 5} rows" in long and f">{shown - 1}<" in long and f">{shown}<" not in long
+    import base64
+    import re
+
+    link = re.search(r'download="table.csv" href="data:text/csv;base64,([^"]+)">all (\d+) rows as CSV</a>', long)
+    assert link and int(link.group(2)) == plots.TABLE_ROWS + 5
+    assert base64.b64decode(link.group(1)).decode().splitlines() == ["i", *map(str, range(plots.TABLE_ROWS + 5))]
     dup = pd.DataFrame([[1.0, 2.0]], columns=["a", "a"])
     assert ">2<" in plots.book_table(dup).to_html()

@@ -36,3 +36,23 @@ def test_points_flagged_unstable_are_hollow_and_the_legend_says_so():
     assert "hollow: flagged unstable" in [t.get_text() for t in ax.get_legend().get_texts()]
     calm = plots.size_sweep(_sweep([1e9, 2e9], [False, False]), "bandwidth")
     assert "hollow: flagged unstable" not in [t.get_text() for t in calm.get_legend().get_texts()]
+
+
+def test_a_figure_wider_than_the_column_gets_text_that_stays_readable_when_scaled_down(tmp_path):
+    import matplotlib.pyplot as plt
+
+    plots.use_style()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))  # shown at half size in the column
+    for ax in axes:
+        ax.plot([1, 2, 3], [3, 1, 2], label="series")
+        ax.set_title("a panel", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.savefig(tmp_path / "wide.png")
+    need = plots.MIN_PT * 15 / plots.COLUMN_IN
+    sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+    assert sizes and min(sizes) >= need - 1e-9
+    narrow, ax = plt.subplots(figsize=(6, 3))
+    ax.set_title("small", fontsize=10)
+    narrow.savefig(tmp_path / "narrow.png")
+    assert ax.title.get_fontsize() == 10  # a figure within the column is left as drawn
+    plt.close("all")

@@ -51,9 +51,48 @@ STYLE = {
 }
 
 
+COLUMN_IN = 7.5
+"""The width (inches, at the style's dpi) a figure is shown at in the book's text column: a wider one is scaled down."""
+MIN_PT = 9.0
+"""The smallest text a figure shows, in points at the width it is shown at."""
+
+
+def readable_text(fig) -> None:
+    """Enlarge every text of ``fig`` that the page would show below :data:`MIN_PT` once the figure is scaled down to
+    the column (:data:`COLUMN_IN`): a figure twice the column's width gets text of at least 18 pt."""
+    need = MIN_PT * max(1.0, fig.get_figwidth() / COLUMN_IN)
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for which in ("major", "minor"):
+                ticks = axis.get_major_ticks() if which == "major" else axis.get_minor_ticks()
+                if ticks and ticks[0].label1.get_fontsize() < need:
+                    axis.set_tick_params(which=which, labelsize=need)
+    for t in fig.findobj(mpl.text.Text):
+        if t.get_text() and t.get_fontsize() < need:
+            t.set_fontsize(need)
+
+
+def _print_readable() -> None:
+    """Make every figure pass through :func:`readable_text` as it is drawn to a file or to a notebook's output."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if getattr(FigureCanvasBase.print_figure, "_readable", False):
+        return
+    original = FigureCanvasBase.print_figure
+
+    def print_figure(self, *args, **kwargs):
+        readable_text(self.figure)
+        return original(self, *args, **kwargs)
+
+    print_figure._readable = True
+    FigureCanvasBase.print_figure = print_figure
+
+
 def use_style() -> None:
-    """Apply the book's matplotlib style globally, and in a notebook show every DataFrame as the book's tables."""
+    """Apply the book's matplotlib style globally (every figure's text readable at the column's width), and in a
+    notebook show every DataFrame as the book's tables."""
     mpl.rcParams.update(STYLE)
+    _print_readable()
     _register_table_format()
 
 
@@ -229,9 +268,18 @@ def phase_breakdown(
     return ax
 
 
-TABLE_ROWS = 60
-"""A table longer than this shows its first :data:`TABLE_SHOWN` rows on a page and says how many it has."""
-TABLE_SHOWN = 25
+TABLE_ROWS = 40
+"""A table longer than this shows its first :data:`TABLE_SHOWN` rows on a page, says how many it has, and offers all of
+them as a CSV download (inside the page: it needs no file beside it)."""
+TABLE_SHOWN = 15
+
+
+def _csv_link(df: pd.DataFrame, name: str = "table.csv") -> str:
+    import base64
+    import html
+
+    data = base64.b64encode(df.to_csv(index=False).encode()).decode()
+    return f'<a download="{html.escape(name)}" href="data:text/csv;base64,{data}">all {len(df)} rows as CSV</a>'
 
 
 def _cell(v) -> str:
@@ -251,7 +299,8 @@ def _cell(v) -> str:
 def book_table(df: pd.DataFrame):
     """Return ``df`` styled as every table of the book: no bare row numbers (a named index becomes the first column),
     flat headers (a tuple header is joined with " / "), numbers through one formatter, no "NaN", text left-aligned and
-    wrapped; a table longer than :data:`TABLE_ROWS` rows shows its first :data:`TABLE_SHOWN` and says so."""
+    wrapped; a table longer than :data:`TABLE_ROWS` rows shows its first :data:`TABLE_SHOWN`, says so, and links all its
+    rows as a CSV download."""
     out = df.copy()
     if isinstance(out.columns, pd.MultiIndex) or any(isinstance(c, tuple) for c in out.columns):
         out.columns = [" / ".join(str(x) for x in (c if isinstance(c, tuple) else (c,)) if str(x) != "") for c in out.columns]
@@ -269,7 +318,7 @@ def book_table(df: pd.DataFrame):
             keep_index = True
     caption = None
     if len(out) > TABLE_ROWS:
-        caption = f"The first {TABLE_SHOWN} of {len(out)} rows."
+        caption = f"The first {TABLE_SHOWN} of {len(out)} rows; {_csv_link(out)}."
         out = out.head(TABLE_SHOWN)
     styler = out.style.format(_cell)
     if not keep_index:
