@@ -117,6 +117,12 @@ def _label(row: pd.Series | dict, selector: dict | None, voc: dict) -> tuple[str
     return ", ".join(p for p in parts if p), w.unknown
 
 
+def variant_words(variant, path: str | None = None) -> str:
+    """Return a variant's plain words (labels.yaml's ``variants``), or the variant itself where it has none: what a
+    figure's legend or tick label shows."""
+    return str(vocabulary(path)["variants"].get(str(variant), variant))
+
+
 def label(row: pd.Series | dict, selector: dict | None = None, path: str | None = None) -> str:
     """Return a summary row's plain-words label, with the qualifiers ``selector`` picks it by."""
     return _label(row, selector, vocabulary(path))[0]

@@ -282,11 +282,37 @@ def _csv_link(df: pd.DataFrame, name: str = "table.csv") -> str:
     return f'<a download="{html.escape(name)}" href="data:text/csv;base64,{data}">all {len(df)} rows as CSV</a>'
 
 
+WIDE_TABLE = 8
+"""A table with more columns than this is set in a smaller type, so that it fits the text column."""
+
+
+def _words(text: str) -> str:
+    """A variant's plain words (labels.yaml) where the text is a variant's name, else the text."""
+    from .labels import vocabulary
+
+    return str(vocabulary()["variants"].get(text, text))
+
+
+def _header(name: str) -> str:
+    """A column header in words: a variant's words, a generated index name ("level_1") blank, underscores as spaces."""
+    import re
+
+    if re.fullmatch(r"level_\d+|index", name):
+        return ""
+    parts = []
+    for part in name.split(" / "):
+        w = _words(part)
+        parts.append(w if w != part else part.replace("_", " "))
+    return " / ".join(parts)
+
+
 def _cell(v) -> str:
     """One table cell as the book writes it: empty for a missing value, integers whole, other numbers at 3 significant
-    digits (:func:`ipcbench.numbers.num`), anything else as its text."""
+    digits (:func:`ipcbench.numbers.num`), a variant's name in its words, anything else as its text."""
     from .numbers import num
 
+    if isinstance(v, str):
+        return _words(v)
     if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
         return ""
     if isinstance(v, (bool, np.bool_)):
@@ -308,14 +334,18 @@ def book_table(df: pd.DataFrame):
         out.columns = [str(c) for c in out.columns]
     keep_index = False
     if any(n is not None for n in out.index.names) or not isinstance(out.index, pd.RangeIndex):
-        unnamed = all(n is None for n in out.index.names)
         try:
             out = out.reset_index()
             out.columns = [str(c) for c in out.columns]
-            if unnamed:  # row labels without a name: a column without a header
-                out = out.rename(columns={"index": "", "level_0": ""})
         except ValueError:  # the index's name is a column's too: show the index as it is
             keep_index = True
+    heads, seen = [], set()
+    for c in out.columns:  # headers in words; a header that would repeat another keeps its own name
+        h = _header(c)
+        heads.append(h if h not in seen or not h else c)
+        seen.add(heads[-1])
+    blanks = iter(" " * k for k in range(len(heads)))  # blank headers stay distinct
+    out.columns = [h if h else next(blanks) for h in heads]
     caption = None
     if len(out) > TABLE_ROWS:
         caption = f"The first {TABLE_SHOWN} of {len(out)} rows; {_csv_link(out)}."
@@ -323,7 +353,9 @@ def book_table(df: pd.DataFrame):
     styler = out.style.format(_cell)
     if not keep_index:
         styler = styler.hide(axis="index")
-    styler = styler.set_table_styles([{"selector": "td, th", "props": "text-align: left; white-space: normal;"}])
+    props = "text-align: left; white-space: normal;" + (" font-size: 0.8em; padding: 0.2em 0.3em;" if out.shape[1] > WIDE_TABLE else "")
+    styler = styler.set_table_styles([{"selector": "td, th", "props": props},
+                                      {"selector": "th", "props": "overflow-wrap: anywhere;"}])  # fmt: skip
     return styler.set_caption(caption) if caption else styler
 
 
