@@ -56,3 +56,16 @@ def test_a_figure_wider_than_the_column_gets_text_that_stays_readable_when_scale
     narrow.savefig(tmp_path / "narrow.png")
     assert ax.title.get_fontsize() == 10  # a figure within the column is left as drawn
     plt.close("all")
+
+
+def test_a_hand_drawn_log_axis_gets_plain_labels_at_1_2_5():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [0.6, 1.0, 1.9])
+    ax.set_yscale("log")
+    plots.readable_log_axis(ax.yaxis)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert "1" in labels and ("2" in labels or "0.5" in labels) and not any("10^" in x or "times" in x for x in labels)
+    plt.close(fig)

@@ -143,6 +143,14 @@ class ReadableLogLocator(LogLocator):
         return super().tick_values(vmin, vmax)
 
 
+def readable_log_axis(axis) -> None:
+    """Give a log axis (``ax.yaxis`` or ``ax.xaxis``) the book's ticks: 1-2-5 within a short range, plain numbers
+    ("0.5", "2", not "2 x 10^0"), no minor labels."""
+    axis.set_major_locator(ReadableLogLocator(base=10))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _yformat(ax, unit: str) -> None:
     if ax.get_yscale() == "log":
         ax.yaxis.set_major_locator(ReadableLogLocator(base=10))
