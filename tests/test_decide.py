@@ -44,7 +44,7 @@ def test_the_fastest_is_apart_when_its_interval_and_the_runner_ups_do_not_overla
     assert cell.margin == pytest.approx(2.0) and (cell.case, cell.column) == ("64 B array", "1 reader")
     text = decide.cell_text(cell)
     assert text.startswith("**{ref}`channel A <sec>`** 10.0 µs [9.0, 11.0].")
-    assert "Next: channel B, 2x slower; apart." in text and "Unstable" not in text
+    assert "Next: channel B 20.0 µs [19.0, 21.0], 2x slower; apart." in text and "Unstable" not in text
 
 
 def test_overlapping_intervals_name_every_choice_not_told_apart():
@@ -53,7 +53,8 @@ def test_overlapping_intervals_name_every_choice_not_told_apart():
     [cell] = decide.cells(TABLE, Rows(df), WORDS)
     assert cell.apart is False and cell.tied == ["channel B"] and cell.unstable
     text = decide.cell_text(cell)
-    assert "Not told apart from: channel B." in text and "channel C" not in text and text.endswith("*Unstable.*")
+    assert "Not told apart from: channel B 12.0 µs [9.0, 16.0]." in text and "channel C" not in text
+    assert text.endswith("*Unstable.*")
 
 
 def test_a_rate_is_better_higher_and_one_choice_alone_is_said_so():
@@ -130,6 +131,8 @@ def test_every_choice_and_case_of_the_shipped_reference_build_reads_in_plain_wor
         for c in cells:
             for text in [c.case, c.column, *c.names]:
                 assert not re.search(r"\b[a-z0-9]+_[a-z0-9_]+\b", text), f"{t['id']}: internal name in {text!r}"
+                assert not re.search(r"\b(\w+) \1\b", text), f"{t['id']}: a word doubled in {text!r}"
             decide.cell_text(c)
     assert total >= 20
     assert "cases below" in decide.summary_sentence()
+    assert decide.show("channel").startswith("Each number: end to end per message")

@@ -389,7 +389,7 @@ ENVIRONMENT_WORDS = {
     "cpu_simd": "vector extensions the CPU reports", "logical_cores": "logical cores", "physical_cores": "physical cores",
     "usable_cores": "cores this build may use", "smt_active": "simultaneous multithreading", "memory_bytes": "memory",
     "kernel": "Linux kernel", "os": "operating system", "python": "Python", "python_implementation": "Python implementation",
-    "numpy": "numpy", "numpy_simd": "numpy's SIMD (baseline, dispatched, available)", "blas": "BLAS", "mpi4py": "mpi4py",
+    "numpy": "numpy", "numpy_simd": "numpy's SIMD", "blas": "BLAS", "mpi4py": "mpi4py",
     "mpi_library": "MPI library", "mpich_wheel": "mpich wheel", "pyzmq": "pyzmq", "libzmq": "libzmq", "lmdb": "lmdb",
     "msgpack": "msgpack", "ipyparallel": "ipyparallel", "ipcbench": "ipcbench", "profile": "profile",
     "git_commit": "commit", "clock_shared_by_processes": "clock", "timer": "timer",
@@ -399,10 +399,14 @@ ENVIRONMENT_WORDS = {
 
 def _env_value(v) -> str:
     if isinstance(v, dict):
-        return "; ".join(f"{a}: {_env_value(b) or 'none'}" for a, b in v.items())
+        return "; ".join(f"{a.replace('_', ' ')}: {_env_value(b) or 'none'}" for a, b in v.items())
     if isinstance(v, (list, tuple)):
         return ", ".join(map(str, v))
-    return str(v)
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return numbers.num(v)
+    return " ".join(str(v).split())
 
 
 def environment_table(chapter: str = "machine_limits") -> pd.DataFrame:
@@ -413,6 +417,10 @@ def environment_table(chapter: str = "machine_limits") -> pd.DataFrame:
     for k, v in env.items():
         if k == "memory_bytes" and v:
             v = f"{int(v) / 2**30:.1f} GiB ({int(v)} B)"
+        if k == "numpy_simd" and isinstance(v, dict):  # what numpy was built for against what this CPU has
+            v = {"built for every CPU": v.get("baseline", []),
+                 "also built for, used where the CPU has it": v.get("dispatch", []),
+                 "this CPU has": v.get("available", [])}  # fmt: skip
         rows.append({"field": ENVIRONMENT_WORDS.get(k, k.replace("_", " ")), "value": _env_value(v)})
     return pd.DataFrame(rows)
 

@@ -69,14 +69,16 @@ def _key(v) -> str:
 
 
 def value_words(column: str, v, words: dict) -> str:
-    """Return the words for one value of a column: the table's words, else a byte size, the qualifier's words of
-    labels.yaml ("3 readers"), a number, or the value."""
+    """Return the words for one value of a column: the table's words, else a byte size, a variant's or the qualifier's
+    words of labels.yaml ("3 readers"), a number, or the value."""
     mine = (words.get(column) or {}).get(_key(v))
     if mine is not None:
         return str(mine)
     if column in BYTE_COLUMNS:
         return _bytes(v)
     voc = labels.vocabulary()
+    if column == "variant" and _key(v) in voc["variants"]:  # the book's one name for a variant
+        return str(voc["variants"][_key(v)])
     if column in voc["qualifiers"] and column not in ("payload", "codec"):  # "{value} reader{s}"
         return labels._Words(voc).qualifier(column, v)
     try:
@@ -222,9 +224,11 @@ def cell_text(c: Cell) -> str:
     m = c.margin
     ahead = f"{numbers.num(m, 2)}x" if m is not None else "n/a"
     if c.apart:
-        text = f"{head} Next: {c.names[1]}, {ahead} {'slower' if c.better == 'lower' else 'lower'}; apart."
+        text = (f"{head} Next: {c.names[1]} {measured(r)}, {ahead} {'slower' if c.better == 'lower' else 'lower'}; "
+                "apart.")  # fmt: skip
     else:
-        tied = c.tied
+        by_name = dict(zip(c.names, c.ranked, strict=True))
+        tied = [f"{n} {measured(by_name[n])}" for n in c.tied]
         shown = "; ".join(tied[:3]) + (f"; and {len(tied) - 3} more" if len(tied) > 3 else "")
         text = f"{head} Not told apart from: {shown}."
     return text + marks
@@ -275,7 +279,8 @@ def show(table_id: str, path: str | None = None, res: claims.Results | None = No
     if table_id not in by_id:
         raise DecisionError(f"no decision table {table_id!r}; the tables are {', '.join(by_id)}")
     t = by_id[table_id]
-    return table_markdown(t, cells(t, res or claims.Results(), data["words"]))
+    table = table_markdown(t, cells(t, res or claims.Results(), data["words"]))
+    return f"Each number: {t['measures']}; median and 95% interval.\n\n{table}" if t.get("measures") else table
 
 
 def summary_sentence(path: str | None = None, res: claims.Results | None = None) -> str:

@@ -161,9 +161,10 @@ def _yformat(ax, unit: str) -> None:
 
 
 def _label(variant: str, sub: pd.DataFrame) -> str:
+    words = _words(str(variant))
     if "oversubscribed" in sub and sub["oversubscribed"].fillna(False).astype(bool).any():
-        return f"{variant} (oversubscribed)"
-    return str(variant)
+        return f"{words} (oversubscribed)"
+    return words
 
 
 # --------------------------------------------------------------------- plot kinds
@@ -250,7 +251,7 @@ def phase_breakdown(
 ):
     """Plot stacked bars: one bar per ``category`` row, one segment per phase column; return the Axes."""
     ax = ax or plt.subplots()[1]
-    labels = table[category].astype(str).tolist()
+    labels = [_words_of_parts(x) for x in table[category].astype(str)]
     pos = np.arange(len(labels))
     left = np.zeros(len(labels))
     for i, phase in enumerate(phases):
@@ -292,13 +293,23 @@ def _csv_link(df: pd.DataFrame, name: str = "table.csv") -> str:
 
 WIDE_TABLE = 8
 """A table with more columns than this is set in a smaller type, so that it fits the text column."""
+WORD_COLUMNS = ("variant", "config", "strategy", "backend", "path", "processor")
+"""Columns whose cells are variants' names: a table shows them in labels.yaml's words."""
 
 
 def _words(text: str) -> str:
-    """A variant's plain words (labels.yaml) where the text is a variant's name, else the text."""
+    """A variant's (or a value's) plain words (labels.yaml) where the text is its name, else the text."""
     from .labels import vocabulary
 
-    return str(vocabulary()["variants"].get(text, text))
+    voc = vocabulary()
+    return str(voc["variants"].get(text, voc["values"].get(text, text)))
+
+
+def _words_of_parts(text: str) -> str:
+    """A label made of names joined by " + " or " · " ("mpi_Bcast + pickle5_oob"), each name in its words."""
+    import re
+
+    return "".join(p if p in (" + ", " · ") else _words(p) for p in re.split(r"( \+ | · )", text))
 
 
 def _header(name: str) -> str:
@@ -316,11 +327,9 @@ def _header(name: str) -> str:
 
 def _cell(v) -> str:
     """One table cell as the book writes it: empty for a missing value, integers whole, other numbers at 3 significant
-    digits (:func:`ipcbench.numbers.num`), a variant's name in its words, anything else as its text."""
+    digits (:func:`ipcbench.numbers.num`), anything else as its text."""
     from .numbers import num
 
-    if isinstance(v, str):
-        return _words(v)
     if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
         return ""
     if isinstance(v, (bool, np.bool_)):
@@ -359,6 +368,9 @@ def book_table(df: pd.DataFrame):
         caption = f"The first {TABLE_SHOWN} of {len(out)} rows; {_csv_link(out)}."
         out = out.head(TABLE_SHOWN)
     styler = out.style.format(_cell)
+    named = [c for c in out.columns if c in WORD_COLUMNS]  # a column of variants' names: each in its words
+    if named:
+        styler = styler.format(lambda v: _words(v) if isinstance(v, str) else _cell(v), subset=named)
     if not keep_index:
         styler = styler.hide(axis="index")
     props = "text-align: left; white-space: normal;" + (" font-size: 0.8em; padding: 0.2em 0.3em;" if out.shape[1] > WIDE_TABLE else "")
