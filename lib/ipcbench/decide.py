@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from . import claims, labels, numbers, results
-from .labels import _bytes
+from .labels import byte_words
 
 DECISIONS_FILE = Path(__file__).resolve().parents[2] / "data" / "seeds" / "decisions.yaml"
 BYTE_COLUMNS = ("array_bytes", "size_bytes", "nominal_bytes")
@@ -75,7 +75,7 @@ def value_words(column: str, v, words: dict) -> str:
     if mine is not None:
         return str(mine)
     if column in BYTE_COLUMNS:
-        return _bytes(v)
+        return byte_words(v)
     voc = labels.vocabulary()
     if column == "variant" and _key(v) in voc["variants"]:  # the book's one name for a variant
         return str(voc["variants"][_key(v)])

@@ -35,7 +35,8 @@ def _present(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v)) and str(v) != ""
 
 
-def _bytes(v) -> str:
+def byte_words(v) -> str:
+    """Write a byte count in words: binary units where it is a whole number of them ("64 KiB"), else decimal ("2 MB")."""
     n = float(v)
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale and (n / scale).is_integer():
@@ -81,7 +82,7 @@ class _Words:
             return f"{key} {self.value(v)}"
         fields = {"value": self.value(v), "s": "" if str(v) in ("1", "1.0") else "s"}
         if "{bytes}" in tmpl:
-            fields["bytes"] = _bytes(v)
+            fields["bytes"] = byte_words(v)
         return tmpl.format(**fields)
 
 
