@@ -22,17 +22,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipcbench)" >/dev/null
 	@touch $(STAMP)
 
-# Jupyter Book's cache keys on notebook text only: when the library, the claim rules or the profile change,
-# drop the cached outputs so every published number is measured by the code that is here. Sphinx's own
-# environment (.doctrees) goes too: with it, Sphinx would not read (so not execute) an unchanged notebook again.
-EXEC_STAMP := _build/.executed-with-$(PROFILE)
-LIBSRC := $(shell find lib -name '*.py' 2>/dev/null) data/seeds/claims.csv data/seeds/claim_rules.yaml pyproject.toml _config.yml
-
-$(EXEC_STAMP): $(LIBSRC)
-	rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.doctrees _build/.executed-with-*
-	@mkdir -p _build && touch $@
-
-book: $(STAMP) $(EXEC_STAMP) hosts-tools
+# Jupyter Book's cache keys on a notebook's code only: the book's Sphinx extension (book/_ext/book_pages.py) also
+# executes again every chapter whose library modules, seed files, profile or required chapters changed since it last
+# ran (ipcbench.rebuild), and the pages built from every chapter's results after them; the rest comes from the cache.
+book: $(STAMP) hosts-tools
 	@echo "Building the book with IPCBENCH_PROFILE=$(PROFILE) (quick|standard|full)"
 	IPCBENCH_PROFILE=$(PROFILE) IPCBENCH_ON_BUSY=$(or $(IPCBENCH_ON_BUSY),wait) $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "Book: file://$(abspath _build/html/index.html)"

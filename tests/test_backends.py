@@ -1,5 +1,6 @@
 """Backends: clear errors for absent or dead readers, oversized payloads and full maps; nothing left behind."""
 
+import os
 import time
 
 import numpy as np
@@ -187,3 +188,39 @@ def test_shm_fast_path_round_trip_and_clear_errors():
     finally:
         r.close()
         w.close()
+
+
+def test_every_channel_declares_what_it_is():
+    """A channel's facts sit on its class: whether it is a library, its Python framing, whether it crosses a host and
+    what replaces it there, and the prefix the reaper knows its names by; the side tables derive from them."""
+    from ipcbench.experiments import fair_serialization as fs
+
+    for name, cls in backends.BACKENDS.items():
+        assert cls.name == name
+        assert cls.framing in (None, "pack_unpack", "pickle_frame_list"), name
+        assert cls.host_scope, f"{name} does not say what it rests on"
+        assert bool(cls.across_hosts_instead) == (not cls.crosses_hosts), name
+        assert cls.library == (name in backends.LIBRARY_BACKENDS)
+    assert set(backends.OWN_BACKENDS) == set(backends.BACKENDS) - set(backends.LIBRARY_BACKENDS)
+    assert fs.FRAMING_OF == {b: backends.BACKENDS[b].framing for b in backends.BROADCAST_BACKENDS}
+    table = backends.host_table()
+    assert len(table) == len(backends.BACKENDS) and not table.index.str.contains("_").any(), "channels in words"
+    assert set(table["crosses real hosts"]) == {"yes", "no"}
+
+
+def test_the_reaper_removes_a_dead_creators_names_by_the_prefix_its_channel_declares(tmp_path, monkeypatch):
+    import tempfile
+
+    import psutil
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = max(psutil.pids()) + 100_000
+    while psutil.pid_exists(dead):
+        dead += 1
+    for cls in (backends.BACKENDS["zmq"], backends.BACKENDS["lmdb"]):
+        (tmp_path / f"{cls.leftover_prefix}{dead}-x").mkdir()
+        (tmp_path / f"{cls.leftover_prefix}{os.getpid()}-x").mkdir()  # a live creator: kept
+    removed = backends.reap_stale()
+    assert sorted(os.path.basename(p) for p in removed if str(tmp_path) in p) == sorted(
+        f"{p}{dead}-x" for p in ("ipcbench-lmdb-", "ipcbench-zmq-"))  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{p}{os.getpid()}-x" for p in ("ipcbench-lmdb-", "ipcbench-zmq-"))

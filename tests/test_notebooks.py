@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import QUICK_BUILD, REPO
+from ipcbench import chapters
 from ipcbench.measure import ci_coverage
 
-NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = [REPO / c.notebook_path for c in chapters.CHAPTERS.values()]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -432,7 +433,7 @@ def test_every_rule_selects_rows_in_the_quick_build_and_the_cli_rejudges_what_th
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chapter", ["fair_serialization", "rpc_breakdown", "broadcast", "pipeline", "tensor_parallel"])
+@pytest.mark.parametrize("chapter", [c.id for c in chapters.judging()])
 def test_analyze_recomputes_the_derived_rows_and_verdicts_of_the_build_and_a_second_run_changes_nothing(
         chapter, quick_book, session_results, tmp_path):  # fmt: skip
     import shutil
@@ -464,7 +465,7 @@ def test_analyze_recomputes_the_derived_rows_and_verdicts_of_the_build_and_a_sec
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chapter", ["machine_limits", "scale_out"])
+@pytest.mark.parametrize("chapter", [c for c in chapters.IDS if c not in {j.id for j in chapters.judging()}])
 def test_analyze_runs_on_a_chapter_without_derived_rows_and_changes_nothing(chapter, quick_book, session_results,
                                                                            tmp_path):  # fmt: skip
     import shutil
@@ -480,8 +481,7 @@ def test_analyze_runs_on_a_chapter_without_derived_rows_and_changes_nothing(chap
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chapter", ["machine_limits", "fair_serialization", "rpc_breakdown", "broadcast", "pipeline",
-                                     "tensor_parallel", "scale_out"])  # fmt: skip
+@pytest.mark.parametrize("chapter", chapters.IDS)
 def test_headless_run_and_notebook_run_the_same_experiment(chapter, quick_book, session_results):
     """The notebook ran the experiment `ipcbench run <chapter>` plans: the same profile, engines and sweep parameters
     (both go through ``experiments.drive``; the plan is read without running anything)."""

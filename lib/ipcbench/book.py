@@ -14,19 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import claims, numbers, results
+from . import chapters, claims, numbers, results
 from .environment import REPO_ROOT
-
-# chapter id -> (document, label of the chapter, title)
-CHAPTER_PAGES = {
-    "machine_limits": ("notebooks/00_machine_limits", "machine-limits", "0. Limits of this machine"),
-    "fair_serialization": ("notebooks/01_fair_serialization", "fair-serialization", "1. Fair serialization across IPC backends"),
-    "rpc_breakdown": ("notebooks/02_rpc_breakdown", "rpc-breakdown", "2. ZeroMQ RPC breakdown for split inference"),
-    "broadcast": ("notebooks/03_broadcast", "broadcast", "3. Broadcast serialization across tensor-parallel ranks"),
-    "pipeline": ("notebooks/04_pipeline", "pipeline", "4. Pipeline parallelism"),
-    "tensor_parallel": ("notebooks/05_tensor_parallel", "tensor-parallel", "5. MPI tensor parallelism and SIMD"),
-    "scale_out": ("notebooks/06_scale_out", "scale-out", "6. Beyond one machine: the experiments across emulated hosts"),
-}  # fmt: skip
 
 # the packages that move or encode the bytes the book measures (their versions go into the environment appendix)
 BYTE_MOVERS = ("numpy", "mpi4py", "mpich", "pyzmq", "lmdb", "msgpack", "msgspec", "grpcio", "protobuf", "iceoryx2",
@@ -68,10 +57,10 @@ def full_ledger() -> pd.DataFrame:
 
 def counts_table(led: pd.DataFrame) -> pd.DataFrame:
     """Return verdict counts per source analysis (rows, in chapter order, plus 'all') and verdict (columns)."""
-    order = [c for c in CHAPTER_PAGES if c in set(led["chapter"])]
+    order = [c for c in chapters.IDS if c in set(led["chapter"])]
     t = pd.crosstab(led["chapter"], led["verdict"]).reindex(index=order, columns=list(claims.VERDICTS), fill_value=0)
     src = {c: s for s, c in chapter_of_source(led).items()}
-    t.index = [f"{CHAPTER_PAGES[c][2]} ({src[c]})" for c in t.index]
+    t.index = [f"{chapters.get(c).heading} ({src[c]})" for c in t.index]
     t.loc["all sources"] = t.sum()
     t["claims"] = t.sum(axis=1)
     t.index.name = "source analysis (chapter)"
@@ -133,8 +122,8 @@ def forest_figure(led: pd.DataFrame, chapter: str | None = None):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    chapters = [c for c in CHAPTER_PAGES if c in set(led["chapter"]) and (chapter is None or c == chapter)]
-    panels = [(c, forest_rows(led, c)[0]) for c in chapters]
+    shown = [c for c in chapters.IDS if c in set(led["chapter"]) and (chapter is None or c == chapter)]
+    panels = [(c, forest_rows(led, c)[0]) for c in shown]
     panels = [(c, r) for c, r in panels if len(r)]
     if not panels:
         raise BookError(f"no judged claims to draw{f' for {chapter}' if chapter else ''}")
@@ -167,7 +156,7 @@ def forest_figure(led: pd.DataFrame, chapter: str | None = None):
         ax.set_ylim(len(ids) - 0.5, -0.5)
         ax.set_xscale("log")
         ax.set_xlim(lo_x, hi_x)
-        ax.set_title(CHAPTER_PAGES[c][2], fontsize=10, loc="left")
+        ax.set_title(chapters.get(c).heading, fontsize=10, loc="left")
         ax.grid(axis="x", which="major", linewidth=0.4, alpha=0.6)
         ax.tick_params(axis="x", labelsize=9)
     axes[-1, 0].set_xlabel("measured / claimed (log scale; an ordering: first / second)", fontsize=9)
@@ -216,7 +205,8 @@ def ledger_markdown(led: pd.DataFrame, chapter: str) -> str:
     """Return one source analysis's claims as MyST, one compact block per claim (it wraps at any page width): the id
     (a link to the chapter's verdicts) with the verdict, the claimed and the measured value; the source's quote; what
     is tested; the judge's evidence."""
-    doc, label, title = CHAPTER_PAGES[chapter]
+    ch = chapters.get(chapter)
+    label = ch.label
     rows = led[led["chapter"] == chapter]
     blocks = []
     for r in rows.to_dict("records"):
@@ -440,7 +430,7 @@ def packages_table() -> pd.DataFrame:
 def run_times_table() -> pd.DataFrame:
     """Return each chapter's run time from its meta.json: total, cluster start, experiments, and the longest section."""
     rows = []
-    for ch, (_doc, _label, title) in CHAPTER_PAGES.items():
+    for ch, title in ((c.id, c.heading) for c in chapters.CHAPTERS.values()):
         try:
             meta = _meta(ch)
         except BookError:
@@ -500,7 +490,7 @@ def reproducibility_markdown(cmp, reference_note: dict | None = None) -> str:
         "* - chapter\n  - claims\n  - same verdict\n  - different\n  - confirmed against refuted",
     ]
     def title(chapter: str) -> str:
-        return CHAPTER_PAGES[chapter][2] if chapter in CHAPTER_PAGES else "all chapters" if chapter == "all" else chapter
+        return chapters.get(chapter).heading if chapter in chapters.CHAPTERS else "all chapters" if chapter == "all" else chapter
 
     for r in counts.to_dict("records"):
         lines.append(f"* - {title(r['chapter'])}\n  - {int(r['claims'])}\n  - {int(r['agree'])}\n  - {int(r['differ'])}\n"

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import labels, numbers, results
+from . import chapters, labels, numbers, results
 
 CONFIRMED, REFUTED, PARTLY, INCONCLUSIVE, NOT_TESTABLE = (
     "confirmed", "refuted", "partly", "inconclusive", "not testable here")  # fmt: skip
@@ -81,6 +81,11 @@ def load_claims() -> pd.DataFrame:
     bad = set(df["chapter"]) - set(results.CHAPTERS)
     if bad:
         raise ClaimsError(f"unknown chapter(s) {sorted(bad)} in {p}")
+    prefix = {c.id: c.claim_prefix for c in chapters.CHAPTERS.values()}
+    wrong = [f"{i} ({ch})" for i, ch in zip(df["id"], df["chapter"], strict=True)
+             if not prefix[ch] or not str(i).startswith(prefix[ch] + "-")]  # fmt: skip
+    if wrong:
+        raise ClaimsError(f"claim ids in {p} that do not start with their chapter's prefix (ipcbench.chapters): {wrong}")
     return df
 
 
@@ -684,7 +689,7 @@ def noisy_state(chapter: str) -> str:
     return "; ".join(state.get("flags") or ["flagged noisy"])
 
 
-ACROSS_HOSTS_CHAPTER = "scale_out"
+ACROSS_HOSTS_CHAPTER = next(c.id for c in chapters.CHAPTERS.values() if c.across_hosts)
 """The chapter whose results the ``across_hosts`` rules read (the emulated hosts of chapter 6)."""
 
 

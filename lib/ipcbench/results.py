@@ -19,17 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import chapters
 from .environment import REPO_ROOT
 
-CHAPTERS = (
-    "machine_limits",
-    "fair_serialization",
-    "rpc_breakdown",
-    "broadcast",
-    "pipeline",
-    "tensor_parallel",
-    "scale_out",
-)
+CHAPTERS = chapters.IDS
+"""The chapter ids, in the book's order (from :mod:`ipcbench.chapters`)."""
 
 SUMMARY_COLUMNS = [
     "chapter", "experiment", "variant", "payload", "size_bytes", "ranks", "oversubscribed",

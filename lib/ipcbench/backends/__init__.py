@@ -35,8 +35,23 @@ LIBRARY_BACKENDS = list(LIBRARY_CHANNELS)
 """Production libraries a user would pick instead (``backends.libraries``): chapter 1 measures them beside the best of
 the book's own channels, raw arrays, one and three readers."""
 BACKENDS.update(LIBRARY_CHANNELS)
+OWN_BACKENDS = [k for k, v in BACKENDS.items() if not v.library]
+"""The book's own channels (every channel that is not a production library)."""
 
-__all__ = ["BACKENDS", "BROADCAST_BACKENDS", "WAIT_STRATEGIES", "BackendError", "Channel", "LIBRARY_BACKENDS", "PayloadTooLarge", "PeerTimeout",
+
+def host_table():
+    """Return, per channel, whether it crosses a real host as the book opens it, what decides that, and what replaces
+    it across hosts (from the channels' own declarations)."""
+    import pandas as pd
+
+    from .. import labels
+
+    return pd.DataFrame([{
+        "channel": labels.variant_words(k), "crosses real hosts": "yes" if c.crosses_hosts else "no",
+        "because it rests on": c.host_scope, "across hosts, use instead": c.across_hosts_instead or "-",
+    } for k, c in BACKENDS.items()]).set_index("channel")  # fmt: skip
+
+__all__ = ["BACKENDS", "BROADCAST_BACKENDS", "OWN_BACKENDS", "host_table", "WAIT_STRATEGIES", "BackendError", "Channel", "LIBRARY_BACKENDS", "PayloadTooLarge", "PeerTimeout",
            "SoloComm", "open_channel", "leftovers", "reap_stale"]  # fmt: skip
 
 
@@ -63,15 +78,18 @@ def reap_stale() -> list[str]:
     import psutil
 
     from ..cluster import reap_mpich_segments
+    from ..rpc.wire import SHM_PREFIX as RPC_PREFIX
+    from .base import FIFO_PREFIX
     from .libraries import reap_iceoryx2
 
+    prefixes = {c.leftover_prefix for c in BACKENDS.values() if c.leftover_prefix} | {FIFO_PREFIX, RPC_PREFIX}
+    owner = re.compile("(?:" + "|".join(re.escape(p) for p in sorted(prefixes, key=len, reverse=True)) + r")(\d+)[-_]")
     removed = reap_mpich_segments() + reap_iceoryx2()
     for kind, paths in leftovers().items():
         if kind == "iceoryx2":
             continue  # (reaped by iceoryx2's own dead-node clean-up above)
         for path in paths:
-            m = re.search(r"(?:ipcbench_(?:rpc_)?|ipcbench-zmq-|ipcbench-lmdb-|ipcbench-fifo-)(\d+)[-_]",
-                          os.path.basename(path))  # fmt: skip
+            m = owner.match(os.path.basename(path))
             if not m or psutil.pid_exists(int(m.group(1))):
                 continue
             if kind == "shm":

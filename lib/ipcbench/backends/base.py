@@ -31,6 +31,21 @@ class Channel:
 
     name = "base"
     delivers_to_all = True
+    library = False
+    """A production library a user would pick instead of the book's own channels (measured beside them)."""
+    framing: str | None = None
+    """The Python framing the channel adds to every message: ``"pack_unpack"`` (the frames packed into one buffer, and
+    unpacked by each reader), ``"pickle_frame_list"`` (the list of frames pickled), None (the frames travel as they
+    are)."""
+    crosses_hosts = False
+    """Whether the channel, as the book opens it, reaches a process on another host."""
+    host_scope = ""
+    """What the channel rests on that decides whether it crosses a real host ("a Unix socket: one kernel")."""
+    across_hosts_instead = ""
+    """What replaces the channel across hosts ("" where it crosses them itself)."""
+    leftover_prefix: str | None = None
+    """The prefix of the names the channel creates under /tmp or /dev/shm, followed by the creator's pid: the reaper
+    removes a name whose creator is dead."""
 
     def __init__(self, is_writer: bool, readers: int):
         self.is_writer = is_writer

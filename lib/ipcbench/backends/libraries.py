@@ -84,6 +84,9 @@ class Iceoryx2Channel(Channel):
 
     name = "iceoryx2"
     dist = "iceoryx2"
+    library = True
+    host_scope = "one machine's memory"
+    across_hosts_instead = "MPI or ZeroMQ over tcp:// between hosts; shared memory within each host"
 
     def __init__(self, comm, max_bytes: int = 1 << 20, buffer: int = 4, timeout_s: float = 10.0, readers=None):
         iox2 = _require("iceoryx2")
@@ -198,6 +201,9 @@ def _share_authkey(comm) -> None:
 
 
 class _QueueChannel(Channel):
+    library = True
+    host_scope = "pipes and shared memory of one machine"
+    across_hosts_instead = "ZeroMQ or NNG over tcp://"
     """One queue per reader, created by the writer and handed to each reader; flags in shared memory say who attached."""
 
     def __init__(self, comm, timeout_s: float = 10.0, slots: int = 4, max_bytes: int = 1 << 20, readers=None):
@@ -311,6 +317,10 @@ class PynngChannel(Channel):
 
     name = "pynng"
     dist = "pynng"
+    library = True
+    host_scope = "an ipc:// endpoint is a Unix socket: one kernel"
+    across_hosts_instead = "the same sockets over tcp://"
+    leftover_prefix = "ipcbench-zmq-"
 
     def __init__(self, comm, timeout_s: float = 10.0, buffer: int = 16, readers=None, max_bytes: int = 0):
         pynng = _require("pynng")

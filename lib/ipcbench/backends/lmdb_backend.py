@@ -36,6 +36,10 @@ class LmdbChannel(Channel):
     """One key per message in an LMDB environment; readers copy each value out of the map."""
 
     name = "lmdb"
+    framing = "pack_unpack"
+    host_scope = "a memory-mapped file: network file systems break its locking"
+    across_hosts_instead = "a network store, or a broadcast over MPI"
+    leftover_prefix = PREFIX
 
     def __init__(self, comm, map_bytes: int = 1 << 30, timeout_s: float = 10.0, readers=None,
                  wait: str = "spin_then_sleep", buffers: bool = False, writemap: bool = True, sync: bool = False):  # fmt: skip

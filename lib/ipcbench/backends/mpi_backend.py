@@ -26,6 +26,9 @@ def _picklable(frames) -> list:
 
 
 class _MpiChannel(Channel):
+    crosses_hosts = True
+    host_scope = "MPI's own transports (this machine's MPICH: shared memory within a host, TCP between hosts)"
+
     def __init__(self, comm, readers=None, **_):
         super().__init__(comm.rank == 0, comm.size - 1)
         self.comm = comm
@@ -35,6 +38,7 @@ class MpiBcastChannel(_MpiChannel):
     """Lowercase ``bcast``: mpi4py pickles the frames (protocol 5, in-band)."""
 
     name = "mpi_bcast"
+    framing = "pickle_frame_list"
 
     def __init__(self, comm, readers=None, **_):
         super().__init__(comm)
@@ -57,6 +61,7 @@ class MpiPkl5Channel(MpiBcastChannel):
     """``mpi4py.util.pkl5`` ``bcast``: the same call, with large buffers sent out of band."""
 
     name = "mpi_pkl5"
+    framing = "pickle_frame_list"
 
     @staticmethod
     def _bcast_comm(comm):
@@ -104,6 +109,7 @@ class MpiP2PChannel(_MpiChannel):
     """Lowercase ``send`` from the root to each reader in turn (the source's option 3)."""
 
     name = "mpi_p2p"
+    framing = "pickle_frame_list"
 
     def send(self, frames: list) -> None:
         """Send the frames to every reader, one after another."""

@@ -69,6 +69,10 @@ class ShmChannel(Channel):
     """Shared-memory ring of slots with per-reader read flags."""
 
     name = "shm"
+    framing = "pack_unpack"
+    host_scope = "one machine's memory"
+    across_hosts_instead = "MPI or ZeroMQ over tcp:// between hosts; shared memory within each host"
+    leftover_prefix = PREFIX
 
     def __init__(self, comm, slot_bytes: int = 1 << 20, slots: int = 4, timeout_s: float = 10.0, readers=None,
                  wait: str = "spin_then_sleep"):  # fmt: skip

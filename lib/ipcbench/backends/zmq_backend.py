@@ -32,6 +32,9 @@ class ZmqChannel(Channel):
     """One PUSH socket per reader (writer binds N ipc endpoints; reader i connects to endpoint i)."""
 
     name = "zmq"
+    host_scope = "an ipc:// endpoint is a Unix socket: one kernel"
+    across_hosts_instead = "the same sockets over tcp://, measured in chapters 2 and 6"
+    leftover_prefix = "ipcbench-zmq-"
 
     def __init__(self, comm, readers: int | None = None, timeout_s: float = 10.0, hwm: int = 8):
         super().__init__(comm.rank == 0, comm.size - 1)
@@ -114,6 +117,9 @@ class ZmqPubSubChannel(Channel):
     """One PUB socket bound, one SUB per reader; a hello handshake (over MPI) removes the slow-joiner loss."""
 
     name = "zmq_pubsub"
+    host_scope = "an ipc:// endpoint is a Unix socket: one kernel"
+    across_hosts_instead = "the same sockets over tcp://, measured in chapters 2 and 6"
+    leftover_prefix = "ipcbench-zmq-"
     HELLO_EVERY_S = 0.002
 
     def __init__(self, comm, readers: int | None = None, timeout_s: float = 10.0, join_delay_s: float = 0.0):
@@ -200,6 +206,9 @@ class ZmqPushPullChannel(Channel):
 
     name = "zmq_pushpull"
     delivers_to_all = False
+    host_scope = "an ipc:// endpoint is a Unix socket: one kernel"
+    across_hosts_instead = "the same sockets over tcp://, measured in chapters 2 and 6"
+    leftover_prefix = "ipcbench-zmq-"
 
     def __init__(self, comm, readers: int | None = None, timeout_s: float = 10.0):
         super().__init__(comm.rank == 0, comm.size - 1)

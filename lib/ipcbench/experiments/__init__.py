@@ -8,26 +8,16 @@ from __future__ import annotations
 
 import importlib
 
+from .. import chapters
 from ._common import EnginesError, compare, pick_row  # noqa: F401 - for the notebooks: prose built on comparisons
 
-# chapter id -> module; only chapters that exist are listed
-CHAPTERS = {
-    "machine_limits": "ipcbench.experiments.machine_limits",
-    "fair_serialization": "ipcbench.experiments.fair_serialization",
-    "rpc_breakdown": "ipcbench.experiments.rpc_breakdown",
-    "broadcast": "ipcbench.experiments.broadcast",
-    "pipeline": "ipcbench.experiments.pipeline",
-    "tensor_parallel": "ipcbench.experiments.tensor_parallel",
-    "scale_out": "ipcbench.experiments.scale_out",
-}
+CHAPTERS = {c.id: c.module for c in chapters.CHAPTERS.values()}
+"""Chapter id -> its experiment module's name (from :mod:`ipcbench.chapters`)."""
 
 
 def get(chapter: str):
     """Return the experiment module of a chapter id."""
-    try:
-        return importlib.import_module(CHAPTERS[chapter])
-    except KeyError:
-        raise KeyError(f"unknown chapter {chapter!r}; available: {', '.join(CHAPTERS)}") from None
+    return importlib.import_module(chapters.get(chapter).module)
 
 
 def engines(chapter: str, profile: str | None = None) -> int:
@@ -46,6 +36,26 @@ def plan(chapter: str, profile: str | None = None) -> dict:
             "parameters": results._jsonable(module.parameters(profile))}  # fmt: skip
 
 
+class RequirementsError(EnginesError):
+    """A chapter reads the results of chapters that have not run in this results tree (it would measure for nothing)."""
+
+
+def check_requirements(chapter: str) -> None:
+    """Raise :class:`RequirementsError` unless every chapter that ``chapter`` reads (its descriptor's ``requires``)
+    has readable results in the current results tree. Cheap: it starts nothing."""
+    from .. import results
+
+    missing = []
+    for req in chapters.get(chapter).requires:
+        try:
+            results.read(req)
+        except results.ResultsError as exc:
+            missing.append(str(exc))
+    if missing:
+        raise RequirementsError(f"chapter {chapter} reads the results of the chapters it builds on, and nothing was "
+                                f"started: {'; '.join(missing)}")
+
+
 def drive(chapter: str, profile: str | None = None, engines_n: int | None = None, cluster_profile: str | None = None):
     """Run one chapter on a cluster of the engines it needs (started here, or an existing ipyparallel profile, or the
     chapter's own ``make_cluster(profile)``); return its summary.
@@ -62,6 +72,7 @@ def drive(chapter: str, profile: str | None = None, engines_n: int | None = None
 
     module = get(chapter)
     profile = profiles.profile_name(profile)
+    check_requirements(chapter)  # before any engine starts: a sweep whose analysis cannot run is not started
     need = int(module.engines(profile))
     if engines_n is not None and engines_n < need:
         raise EnginesError(f"chapter {chapter} needs {need} MPI engines in the {profile} profile; --engines {engines_n} is too few")

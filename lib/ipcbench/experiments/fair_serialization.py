@@ -26,7 +26,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from .. import backends, claims, profiles, results
+from .. import backends, claims, labels, profiles, results
 from .. import serialization as ser
 from ..backends.base import framed_size
 from ..measure import gc_paused, now_ns, summarize
@@ -483,7 +483,7 @@ def parameters(profile: str | None = None) -> dict:
             "lmdb_points": [("records", 10_000, "pickle5"), ("array", 64 * KiB, "raw"), ("array", 16 * MiB, "raw")],
             "stream_sizes": {64 * KiB: 16, 16 * MiB: 4}, "stream_rounds": 6 if name == "quick" else 10,
             # production libraries beside the book's own channels (raw arrays), and the small-message paths
-            "library_backends": list(backends.LIBRARY_BACKENDS), "library_own": ["shm", "zmq", "mpi_Bcast"],
+            "library_backends": list(backends.LIBRARY_BACKENDS), "library_own": LIBRARY_OWN,
             "library_sizes": [64, 64 * KiB, 16 * MiB] + ([64 * MiB] if name == "full" else []),
             "library_sizes_many_readers": [64, 64 * KiB] + ([] if name == "quick" else [16 * MiB]),
             "small_sizes": [0, 64], "small_samples": 8 if name == "quick" else 12, "small_inner": 200,
@@ -854,11 +854,10 @@ def _fast_path(summary: pd.DataFrame) -> dict:
             "fast_iceoryx2_latency": float(at.get("iceoryx2", np.nan))}  # fmt: skip
 
 
-FRAMING_OF = {"shm": "pack_unpack", "lmdb": "pack_unpack", "mpi_bcast": "pickle_frame_list", "zmq_pubsub": None,
-              "mpi_pkl5": "pickle_frame_list", "mpi_p2p": "pickle_frame_list", "zmq": None, "mpi_Bcast": None}
-"""Which Python framing each backend adds to a message: shared memory and LMDB pack the frames into one buffer, the
-lowercase MPI paths pickle the frame list; ZeroMQ sends the frames as a multipart message and uppercase Bcast sends
-buffers, so neither frames in Python."""
+FRAMING_OF = {b: backends.BACKENDS[b].framing for b in backends.BROADCAST_BACKENDS}
+"""Which Python framing each broadcast channel adds to a message, as the channel declares it (``Channel.framing``):
+shared memory and LMDB pack the frames into one buffer, the lowercase MPI paths pickle the frame list; ZeroMQ sends the
+frames as a multipart message and uppercase Bcast sends buffers, so neither frames in Python."""
 
 
 def _framing_share(summary: pd.DataFrame, best_lat: pd.Series, pingpong_s: float) -> dict:
@@ -874,8 +873,11 @@ def _framing_share(summary: pd.DataFrame, best_lat: pd.Series, pingpong_s: float
             "framing_share_of_gap": float(framing[kind]) / gap if gap > 0 else float("nan")}  # fmt: skip
 
 
-LIBRARY_LABELS = {"shm": "shm (book)", "zmq": "zmq (book)", "mpi_Bcast": "MPI Bcast (book)", "iceoryx2": "iceoryx2",
-                  "faster_fifo": "faster-fifo", "mp_queue": "multiprocessing.Queue", "pynng": "NNG pub/sub"}  # fmt: skip
+LIBRARY_OWN = ["shm", "zmq", "mpi_Bcast"]
+"""The book's channels that the libraries experiment runs beside the libraries (its fastest for raw arrays)."""
+LIBRARY_LABELS = {b: ("" if backends.BACKENDS[b].library else "the book's ") + labels.variant_words(b)
+                  for b in LIBRARY_OWN + backends.LIBRARY_BACKENDS}  # fmt: skip
+"""The libraries experiment's channels in words, the book's own marked so, in the order its tables show them."""
 
 
 def library_table(summary: pd.DataFrame, readers: int = 1, metric: str = "transfer") -> pd.DataFrame:
@@ -902,7 +904,7 @@ def best_per_size(summary: pd.DataFrame, readers: int = 1, metric: str = "transf
     rows = []
     for size, g in q.groupby("array_bytes"):
         g = g.sort_values("median")
-        own = g[g["variant"].isin(["shm", "zmq", "mpi_Bcast", "lmdb"])]
+        own = g[g["variant"].isin(backends.OWN_BACKENDS)]
         lib = g[~g["variant"].isin(own["variant"])]
         if own.empty or lib.empty:
             continue
