@@ -62,6 +62,38 @@ def session_results(tmp_path_factory):
 
 QUICK_BUILD = REPO / "_build" / "test-quick"
 """Where the tests build the quick book (its HTML under _build/html, its executed notebooks under _build/jupyter_execute)."""
+QUICK_SOURCE = QUICK_BUILD / "src"
+"""The copy of the book's source tree the quick book is built from (a rebuild test edits the copy, never the repository;
+the kernels import the installed package)."""
+
+
+def copy_source(dest: Path) -> Path:
+    """Copy the repository's source files (what git tracks, or would) to ``dest``; return it."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()  # fmt: skip
+    for rel in files:
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def build_quick_book(results_dir: Path, timeout: int = 1500):
+    """Build the quick book from :data:`QUICK_SOURCE` into :data:`QUICK_BUILD` (warnings as errors) with its results in
+    ``results_dir``; return the completed process."""
+    import subprocess
+
+    env = dict(os.environ, IPCBENCH_PROFILE="quick", IPCBENCH_RESULTS_DIR=str(results_dir), IPCBENCH_ON_BUSY="wait")
+    env.pop("MPLBACKEND", None)
+    jb = Path(sys.executable).with_name("jupyter-book")
+    return subprocess.run(
+        [str(jb), "build", str(QUICK_SOURCE), "--path-output", str(QUICK_BUILD), "--warningiserror", "--nitpick",
+         "--keep-going"], capture_output=True, text=True, env=env, timeout=timeout,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -70,15 +102,9 @@ def quick_book(session_results):
     ``session_results``; every check of a chapter's results and of the rendered pages reads this one build. Return
     the HTML directory."""
     import shutil
-    import subprocess
 
-    shutil.rmtree(QUICK_BUILD, ignore_errors=True)  # the execution cache keys on notebook text, not on lib/
-    env = dict(os.environ, IPCBENCH_PROFILE="quick", IPCBENCH_RESULTS_DIR=str(session_results), IPCBENCH_ON_BUSY="wait")
-    env.pop("MPLBACKEND", None)
-    jb = Path(sys.executable).with_name("jupyter-book")
-    out = subprocess.run(
-        [str(jb), "build", str(REPO), "--path-output", str(QUICK_BUILD), "--warningiserror", "--nitpick", "--keep-going"],
-        capture_output=True, text=True, env=env, timeout=1500,
-    )  # fmt: skip
+    shutil.rmtree(QUICK_BUILD, ignore_errors=True)  # a fresh build: every chapter executes
+    copy_source(QUICK_SOURCE)
+    out = build_quick_book(session_results)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-4000:]
     return QUICK_BUILD / "_build" / "html"

@@ -149,7 +149,7 @@ def test_the_forest_plot_draws_every_judged_claim_once_and_lists_the_rest():
     assert all(ax.get_xscale() == "log" for ax in fig.axes)
 
 
-def test_chapter_header_run_times_and_downloads(results_tmp, tmp_path):
+def test_chapter_header_run_times_and_downloads(results_tmp, tmp_path, monkeypatch):
     row = {c: None for c in results.SUMMARY_COLUMNS}
     row.update({"chapter": "pipeline", "experiment": "etl", "variant": "serial", "metric": "wall", "unit": "s", "n": 6,
                 "median": 1.0, "ci_low": 0.9, "ci_high": 1.1, "ci_level": 0.97, "unstable": False})  # fmt: skip
@@ -161,6 +161,7 @@ def test_chapter_header_run_times_and_downloads(results_tmp, tmp_path):
     results.update_meta("pipeline", run_time_s={"total": 12.0, "cluster_start": 2.0, "experiments": 9.0,
                                                 "sections": {"ETL": 7.5, "memory": 1.5}})  # fmt: skip
     results.write_table("pipeline", "claims", pd.DataFrame({"claim_id": ["pl-01"]}))
+    monkeypatch.chdir(REPO / "notebooks")  # a page executes in its own directory
     h = book.chapter_header("pipeline")
     assert h["profile"] == "quick" and h["run_time"] == "12 s"
     assert h["machine"] == "Test CPU, 2 usable cores (2 logical), 24 GiB memory"

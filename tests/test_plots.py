@@ -69,3 +69,17 @@ def test_a_hand_drawn_log_axis_gets_plain_labels_at_1_2_5():
     labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
     assert "1" in labels and ("2" in labels or "0.5" in labels) and not any("10^" in x or "times" in x for x in labels)
     plt.close(fig)
+
+
+def test_errorbars_draw_each_interval_around_its_value_and_refuse_one_that_does_not_hold_it():
+    import matplotlib.pyplot as plt
+    import pytest
+
+    rows = pd.DataFrame({"median": [1.0, 2.0], "ci_low": [0.5, 1.5], "ci_high": [1.5, 3.0]})
+    fig, ax = plt.subplots()
+    c = plots.errorbars(ax, [1, 2], rows, scale=1e3, label="x")
+    seg = c.lines[2][0].get_segments()
+    assert [tuple(s[:, 1]) for s in seg] == [(500.0, 1500.0), (1500.0, 3000.0)]
+    with pytest.raises(ValueError, match="does not hold its median"):
+        plots.errorbars(ax, [1, 2], rows.assign(ci_low=[1.2, 1.5]))
+    plt.close(fig)

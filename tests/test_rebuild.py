@@ -1,29 +1,22 @@
 """A rebuild executes only the chapters whose inputs changed: the digests follow the modules a chapter imports, the seed
 files they read, the profile and the chapters it builds on, and nothing else."""
 
+import json
 import shutil
-import subprocess
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import REPO
+from conftest import QUICK_BUILD, QUICK_SOURCE, build_quick_book, copy_source
 from ipcbench import chapters, rebuild
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """A copy of the repository's source files (what git tracks or would track)."""
-    out = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"], capture_output=True,
-                         text=True, check=True).stdout.split()  # fmt: skip
-    root = tmp_path_factory.mktemp("src")
-    for rel in out:
-        src = REPO / rel
-        if src.is_file():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, root / rel)
-    return root
+    return copy_source(tmp_path_factory.mktemp("src"))
 
 
 def _changed(root: Path, edit) -> set[str]:
@@ -90,3 +83,52 @@ def test_the_recorded_digests_and_the_execution_cache(tmp_path):
     assert rebuild.drop_cached(tmp_path / "cache", nb_path) == 1
     assert cache.list_cache_records() == []
     assert rebuild.drop_cached(tmp_path / "nothing", nb_path) == 0
+
+
+@pytest.mark.slow
+def test_a_rebuild_executes_nothing_unchanged_and_after_a_one_line_change_only_that_chapter(quick_book, session_results,
+                                                                                          tmp_path):  # fmt: skip
+    """The quick book built again from the same source executes nothing; after one more line in chapter 6's module it
+    executes chapter 6 (its cached outputs dropped, the others kept) and the pages built from every chapter."""
+    from jupyter_cache import get_cache
+
+    from conftest import REPO
+
+    last = len(_extension_last())
+    results_copy = shutil.copytree(session_results, tmp_path / "results")
+    cache = get_cache(str(QUICK_BUILD / "_build" / ".jupyter_cache"))
+    before = {(r.pk, r.created): Path(r.uri).name for r in cache.list_cache_records()}  # a new record may reuse a pk
+    assert sorted(before.values()) == sorted(c.notebook_path.name for c in chapters.CHAPTERS.values())
+    times = {}
+
+    t0 = time.perf_counter()
+    out = build_quick_book(results_copy, timeout=600)
+    times["unchanged_s"] = time.perf_counter() - t0
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-6000:]
+    assert log.count("Executing notebook") == 0, "an unchanged source executed a page again"
+
+    target = QUICK_SOURCE / "lib" / "ipcbench" / "experiments" / "scale_out.py"
+    target.write_text(target.read_text(encoding="utf-8") + "\n# one more line\n", encoding="utf-8")
+    t0 = time.perf_counter()
+    out = build_quick_book(results_copy, timeout=900)
+    times["one_chapter_changed_s"] = time.perf_counter() - t0
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-6000:]
+    after = {(r.pk, r.created): Path(r.uri).name for r in cache.list_cache_records()}
+    assert sorted(v for k, v in after.items() if k not in before) == ["06_scale_out.ipynb"]
+    assert sorted(v for k, v in before.items() if k not in after) == ["06_scale_out.ipynb"]
+    assert log.count("Executing notebook") == 1 + last, "chapter 6 and the pages built from every chapter's results"
+    (QUICK_BUILD / "rebuild-times.json").write_text(json.dumps(times, indent=1))
+    assert not (REPO / "lib" / "ipcbench" / "experiments" / "scale_out.py").read_text().endswith("# one more line\n")
+
+
+def _extension_last() -> tuple[str, ...]:
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("book_pages", REPO / "book" / "_ext" / "book_pages.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.LAST

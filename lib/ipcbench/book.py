@@ -359,12 +359,40 @@ def stability_line(chapter: str, meta: dict | None = None) -> str:
     return text
 
 
+def open_chapter(chapter: str, profile: str | None = None):
+    """Run a chapter on its page as ``ipcbench run <chapter>`` does (:func:`ipcbench.experiments.drive`), read its
+    results, and glue what every chapter page shows near its top: the profile, the cores, the machine's state during
+    the run and the header (``build_*``: profile, machine, run time, downloads). Return the summary, the results and
+    the machine facts the prose cites."""
+    import logging
+
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    from . import experiments, profiles
+    from .environment import machine_facts, state_line
+
+    profile = profiles.profile_name(profile)
+    summary = experiments.drive(chapter, profile)
+    res = results.read(chapter)
+    facts = machine_facts(res.meta["environment"])
+    glue("profile", profile, display=False)
+    glue("cores", facts["cores"], display=False)
+    glue("machine_state", Markdown(state_line(res.meta.get("machine_state"))), display=False)
+    for key, value in chapter_header(chapter).items():
+        glue(f"build_{key}", Markdown(value) if key == "downloads" else value, display=False)
+    engines = res.meta.get("cluster", {}).get("engines")
+    logging.getLogger("ipcbench").info(f"{chapter}, profile {profile}: {len(summary)} summary rows from {engines} engines")
+    return summary, res, facts
+
+
 def download_links(chapter: str, page_dir: Path | str | None = None) -> str:
-    """Return MyST download roles for a chapter's summary.csv and claims.csv, relative to the page's directory.
+    """Return MyST download roles for a chapter's summary.csv and claims.csv, relative to the page's directory (by
+    default the working directory: a page executes in its own directory).
 
     The results may live anywhere (``IPCBENCH_RESULTS_DIR``); Sphinx copies each file into the built book.
     """
-    page_dir = Path(page_dir or REPO_ROOT / "notebooks")
+    page_dir = Path(page_dir) if page_dir else Path.cwd()
     d = results.results_root() / chapter
     links = []
     for name, what in (("summary.csv", "every measured point"), ("claims.csv", "every claim's verdict and evidence")):

@@ -283,6 +283,19 @@ them as a CSV download (inside the page: it needs no file beside it)."""
 TABLE_SHOWN = 15
 
 
+def errorbars(ax, x, rows: pd.DataFrame, value: str = "median", low: str = "ci_low", high: str = "ci_high",
+              scale: float = 1.0, **kw):
+    """Draw ``rows[value]`` at ``x`` with its interval (``rows[low]`` to ``rows[high]``) as error bars, every value
+    multiplied by ``scale``; matplotlib's ``errorbar`` keywords pass through (caps of 3 points unless given). Return
+    the container."""
+    mid = rows[value].to_numpy(dtype=float) * scale
+    lo, hi = rows[low].to_numpy(dtype=float) * scale, rows[high].to_numpy(dtype=float) * scale
+    if ((lo > mid + 1e-12 * abs(mid)) | (hi < mid - 1e-12 * abs(mid))).any():
+        raise ValueError(f"an interval that does not hold its {value}: every row needs {low} <= {value} <= {high}")
+    kw.setdefault("capsize", 3)
+    return ax.errorbar(x, mid, yerr=[np.clip(mid - lo, 0, None), np.clip(hi - mid, 0, None)], **kw)  # rounding only
+
+
 def _csv_link(df: pd.DataFrame, name: str = "table.csv") -> str:
     import base64
     import html

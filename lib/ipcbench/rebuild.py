@@ -89,8 +89,20 @@ def closure(roots: set[str], root: Path) -> dict[str, Path]:
             if path is None:
                 continue
             seen[sub] = path
-            todo += imports_of(path.read_text(encoding="utf-8"), sub, path.name == "__init__.py", root)
+            todo += _file_imports(path, sub, root)
     return seen
+
+
+_PARSED: dict[tuple, set[str]] = {}
+
+
+def _file_imports(path: Path, module: str, root: Path) -> set[str]:
+    """Return :func:`imports_of` a module's file, parsed once per version of the file (its mtime and size)."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size, module, str(root))
+    if key not in _PARSED:
+        _PARSED[key] = imports_of(path.read_text(encoding="utf-8"), module, path.name == "__init__.py", root)
+    return _PARSED[key]
 
 
 def notebook_imports(path: Path, root: Path) -> set[str]:

@@ -42,12 +42,12 @@ from .. import claims, measure, profiles, results
 from .. import multimodal as mm
 from ..measure import StoppingRule, now_ns
 from ._common import (
-    REPLICATES,
     Replicates,
     add_time,
     machine_state,
     per_message,
     progress,
+    replicates,
     require_engines,
     run_meta,
     run_point,
@@ -84,10 +84,10 @@ def parameters(profile: str | None = None) -> dict:
         "requests": 8, "max_requests": 300, "load_duration_s": 0.2,
         "pool_bytes": 64_000_000,
         "tp_oversubscribed": 4,
-        "replicates": REPLICATES,
+        "replicates": replicates(name),
         # the strategies timed at the oversubscribed TP (None: every one): the old path, the source's change and its
         # baseline, which the page's TP = 4 ratios, option D's thresholds and the projection's check read (four ranks on
-        # 2 cores, read by no claim: the hashing alternatives are timed at TP = 2)
+        # 2 cores are oversubscribed: the hashing alternatives are timed at TP = 2)
         "tp_oversubscribed_strategies": ["replicated", "raw_bcast", "object_bcast"],
         "seed": 3,
     }
@@ -98,7 +98,7 @@ def parameters(profile: str | None = None) -> dict:
                 # the classes' sizes and a decade apart between them (the phase curves are straight on log axes)
                 "phase_sizes": [10_000, 100_000, 1_000_000, 2_000_000, 10_000_000, 20_000_000, 40_000_000],
                 # below capacity and saturated (capacity is what a saturated run serves); 6 runs: a 95% interval
-                # a load run lasts ~0.2 s (as quick; 0.3 s made the load rounds 167 of the chapter's 270 s): its
+                # a load run lasts ~0.2 s (as quick): its
                 # capacity is one sample, and the 6 runs per point give the interval. The floor of requests binds
                 # only the video class (40 MB: 0.03-0.3 s a request). A saturated run of n requests serves
                 # n / ((n - 1) b + L) per second (b: the busiest rank's time per request, L: a request's latency):
@@ -373,7 +373,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                 for metric, values in pt["samples"].items():
                     phase_samples.setdefault((size, metric), []).append((rep, values))
             # 2. no-load latency per strategy and class (TP = 2, and the oversubscribed TP): a class's strategies
-            # together; the oversubscribed TP, which the page reads and no claim, in the first replicate only
+            # together; the oversubscribed TP (shown on the page, never judged) in the first replicate only
             for tp in tps if rep == 0 else [2]:
                 for cls in params["classes"]:
                     next(ticks, None)

@@ -31,13 +31,13 @@ from .. import serialization as ser
 from ..backends.base import framed_size
 from ..measure import gc_paused, now_ns, summarize
 from ._common import (
-    REPLICATES,
     Replicates,
     add_time,
     machine_state,
     pattern_bytes,
     per_message,
     progress,
+    replicates,
     require_engines,
     run_meta,
     run_point,
@@ -452,8 +452,8 @@ def framing_costs(rule, nbytes: int = 64) -> dict:
 def parameters(profile: str | None = None) -> dict:
     """Return the sweeps of a profile."""
     name = profiles.profile_name(profile)
-    # the source's sizes; 100 000 records, the book's own extension beyond them, only in full: every record rule reads
-    # N <= 10 000, and its messages are the sweep's largest by ten times (8 backends x 11 of them)
+    # the source's sizes; 100 000 records, the book's own extension beyond them, only in full: its messages are the
+    # sweep's largest by ten times (8 backends x 11 of them)
     records_n = [10, 100, 1000, 10_000] + ([100_000] if name == "full" else [])
     if name == "quick":
         arrays = [64, 4 * KiB, 256 * KiB, 16 * MiB]
@@ -465,8 +465,8 @@ def parameters(profile: str | None = None) -> dict:
         # a point the claims do not read gets 16 (6 of several ms) in one replicate, a point they read 8 (2) in each of
         # three
         arrays = [64, 4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB]
-        # with three readers (oversubscribed, read by no claim) up to 16 MiB: the largest messages cost the most and
-        # the claims read the largest size with one reader
+        # with three readers (oversubscribed on 2 cores) up to 16 MiB: the largest messages cost the most, and the
+        # largest size runs with one reader
         arrays_many = [4 * KiB, 256 * KiB, 4 * MiB, 16 * MiB]
         messages, big_messages, warmup = 16, 6, 3
         readers = [1, 3] + ([7] if name == "full" else [])
@@ -487,14 +487,14 @@ def parameters(profile: str | None = None) -> dict:
             "library_sizes": [64, 64 * KiB, 16 * MiB] + ([64 * MiB] if name == "full" else []),
             "library_sizes_many_readers": [64, 64 * KiB] + ([] if name == "quick" else [16 * MiB]),
             "small_sizes": [0, 64], "small_samples": 8 if name == "quick" else 12, "small_inner": 200,
-            "replicates": REPLICATES}  # fmt: skip
+            "replicates": replicates(name)}  # fmt: skip
 
 
 def _points(p: dict) -> list[dict]:
     pts = []
     for r in p["readers"]:
-        # with several readers, the source's sizes only (100 000 records, the full profile's extension, is one reader
-        # only: oversubscribed, its messages are the sweep's largest, and no claim reads it)
+        # with several readers, the source's sizes only: 100 000 records (the full profile's extension) runs with one
+        # reader, since its messages are the sweep's largest and three readers oversubscribe a 2-core machine
         for n in (p["records_n"] if r == 1 else [x for x in p["records_n"] if x <= 10_000]):
             for b in p["backends"]:
                 pts.append({"experiment": "records", "backend": b, "codec": p["source_codec"], "kind": "records", "size": n, "readers": r})

@@ -83,7 +83,7 @@ def parameters(profile: str | None = None) -> dict:
             "bench_modes": ["buffer", "pickle", "outband"],
             # the buffer path is the required cross-check; the pickle paths are shown for information
             "bench_repeats": {"buffer": 3, "pickle": 1, "outband": 1},
-            # the pickle modes' round trips from 32 KiB to 1 MiB (bench default 1000; 7 s of a quick run)
+            # the pickle modes' round trips from 32 KiB to 1 MiB (the bench's default is 1000)
             "bench_loop_large": 200,
             "latency_rounds": 8,
             "allocations": 3,
@@ -96,8 +96,8 @@ def parameters(profile: str | None = None) -> dict:
             "message_sizes": sorted({*_pow4(1, 64 * MiB), CROSSCHECK_LATENCY_SIZE}),
             "bench_loop": 10000,
             "bench_modes": ["buffer", "pickle", "outband"],
-            # the pickle modes are shown for information (no claim or check reads them): one run each, labelled so;
-            # at three runs each they took 95 of the chapter's 210 s
+            # the pickle modes are shown for information, beside the required buffer cross-check: one run each,
+            # labelled so
             "bench_repeats": {"buffer": 5, "pickle": 1, "outband": 1},
             # and their round trips: 200 from 32 KiB up (as quick), 300 below (the bench's default is 1000; 10 000 is
             # the buffer cross-check's), for a curve shown for information

@@ -45,11 +45,11 @@ from .. import claims, model, profiles, results
 from ..measure import Replicated, gc_paused, summarize
 from ..rpc import RpcClient, RpcServer, SplitDecoder, analyze, perflog
 from ._common import (
-    REPLICATES,
     Replicates,
     machine_state,
     pick_row,
     progress,
+    replicates,
     require_engines,
     run_meta,
     run_point,
@@ -95,12 +95,12 @@ TARGET_BARE_RATIO = 1.5
 def parameters(profile: str | None = None) -> dict:
     """Return a profile's model cut and sweep."""
     name = profiles.profile_name(profile)
-    base = {"preset": "qwen3-0.6b", "seed": 0, "ladder": list(LADDER), "replicates": REPLICATES}
+    base = {"preset": "qwen3-0.6b", "seed": 0, "ladder": list(LADDER), "replicates": replicates(name)}
     if name == "quick":
         return {**base, "layers": 2, "vocab": 8192, "prompt": 16, "decode": 8, "samples": 6, "clients": [1, 4]}
     if name == "standard":
-        # every claim reads decode calls and tokens; the prompt only starts the generation, and each timed generation
-        # pays two prefills (its warm-up's and its own) that no claim reads: 16 tokens, as chapter 6 and quick
+        # the chapter shows decode calls and tokens; the prompt only starts each generation (a timed generation and its
+        # warm-up each pay one prefill): 16 tokens, as chapter 6 and quick
         return {**base, "layers": 4, "vocab": 16384, "prompt": 16, "decode": 16, "samples": 6, "clients": [1, 2, 8]}
     return {**base, "layers": 8, "vocab": 32768, "prompt": 64, "decode": 32, "samples": 15, "clients": [1, 2, 4, 8, 16]}
 

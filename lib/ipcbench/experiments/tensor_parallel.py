@@ -48,13 +48,13 @@ from ..measure import (
     summarize,
 )
 from ._common import (
-    REPLICATES,
     Replicates,
     add_time,
     machine_state,
     per_message,
     pick_row,
     progress,
+    replicates,
     require_engines,
     run_meta,
     run_point,
@@ -92,16 +92,15 @@ def parameters(profile: str | None = None) -> dict:
         "oversubscribed_strategies": list(tp.STRATEGIES),  # at TP = 4, oversubscribed on 2 cores (the full profile)
         "source_pair_prompt": 32,  # the source's pair decodes after a shorter prompt: its scalar kernel is slow
         "threads_per_rank": THREADS_PER_RANK,
-        "replicates": REPLICATES,
+        "replicates": replicates(name),
     }
     if name == "quick":
         return {**base, "collective_sizes": [8, 4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB],
                 "slow_kernel_tokens": 16, "layers": 2, "vocab": 4096, "decode_steps": 8,
                 "decoder_samples": 6, "oversubscribed_strategies": ["s3"], "source_pair_prompt": 16}  # fmt: skip
     if name == "standard":
-        # 6 samples per decoder point: the fewest with a 95% median interval (the decoder is 70% of the chapter's time)
-        # TP = 4 oversubscribes 2 cores and no claim reads it: S3 only there, as in quick (all layouts took a fifth of
-        # the chapter's time)
+        # 6 samples per decoder point: the fewest that give a 95% interval of the median
+        # TP = 4 oversubscribes 2 cores: the S3 layout only there, labelled oversubscribed, as in quick
         return {**base, "slow_kernel_tokens": 128, "layers": 4, "vocab": 16384, "decode_steps": 16,
                 "decoder_samples": 6, "oversubscribed_strategies": ["s3"]}  # fmt: skip
     return {**base, "slow_kernel_tokens": 128, "layers": 28, "vocab": 151_936, "decode_steps": 32,
