@@ -121,14 +121,6 @@ REPLICATES = 3
 """Independent replicates of every point a claim or a figure compares: spread over the chapter's run, the last in
 fresh engine processes (a restarted cluster), so an interval holds what changes between two builds, not only the
 scatter within one run of one process."""
-
-
-def replicates(profile: str) -> int:
-    """Return how many replicates a profile runs: :data:`REPLICATES`, or 2 in quick (the tests' profile, which checks
-    that the machinery works, its last replicate still in fresh engines)."""
-    return 2 if profile == "quick" else REPLICATES
-
-
 ORDER_SEED = 20261207
 """Seed of the per-round order of the configurations a comparison runs together (recorded in meta.json)."""
 

@@ -42,12 +42,12 @@ from .. import claims, measure, profiles, results
 from .. import multimodal as mm
 from ..measure import StoppingRule, now_ns
 from ._common import (
+    REPLICATES,
     Replicates,
     add_time,
     machine_state,
     per_message,
     progress,
-    replicates,
     require_engines,
     run_meta,
     run_point,
@@ -84,7 +84,7 @@ def parameters(profile: str | None = None) -> dict:
         "requests": 8, "max_requests": 300, "load_duration_s": 0.2,
         "pool_bytes": 64_000_000,
         "tp_oversubscribed": 4,
-        "replicates": replicates(name),
+        "replicates": REPLICATES,
         # the strategies timed at the oversubscribed TP (None: every one): the old path, the source's change and its
         # baseline, which the page's TP = 4 ratios, option D's thresholds and the projection's check read (four ranks on
         # 2 cores are oversubscribed: the hashing alternatives are timed at TP = 2)

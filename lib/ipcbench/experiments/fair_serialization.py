@@ -31,13 +31,13 @@ from .. import serialization as ser
 from ..backends.base import framed_size
 from ..measure import gc_paused, now_ns, summarize
 from ._common import (
+    REPLICATES,
     Replicates,
     add_time,
     machine_state,
     pattern_bytes,
     per_message,
     progress,
-    replicates,
     require_engines,
     run_meta,
     run_point,
@@ -487,7 +487,7 @@ def parameters(profile: str | None = None) -> dict:
             "library_sizes": [64, 64 * KiB, 16 * MiB] + ([64 * MiB] if name == "full" else []),
             "library_sizes_many_readers": [64, 64 * KiB] + ([] if name == "quick" else [16 * MiB]),
             "small_sizes": [0, 64], "small_samples": 8 if name == "quick" else 12, "small_inner": 200,
-            "replicates": replicates(name)}  # fmt: skip
+            "replicates": REPLICATES}  # fmt: skip
 
 
 def _points(p: dict) -> list[dict]:

@@ -44,11 +44,11 @@ from .. import pipeline as pl
 from ..cluster import usable_cores
 from ..measure import Replicated, summarize
 from ._common import (
+    REPLICATES,
     Replicates,
     machine_state,
     pick_row,
     progress,
-    replicates,
     require_engines,
     round_order,
     run_meta,
@@ -114,7 +114,7 @@ def parameters(profile: str | None = None) -> dict:
         # the wait kind (the book's hypothesis for the source's constant serial time) is read by claims through the
         # thread pipeline only (pl-01, pl-03..05, pl-12, pl-14): serial and the pipeline run it (None: every processor)
         "wait_processors": ["serial", "thread_pipeline"],
-        "replicates": replicates(name),
+        "replicates": REPLICATES,
     }
     if name == "quick":
         return {**base, "samples": 3, "wait_s": 0.005, "sweep_samples": 3, "sweep_size": 50_000, "start_method_samples": 3,

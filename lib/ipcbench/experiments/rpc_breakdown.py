@@ -45,11 +45,11 @@ from .. import claims, model, profiles, results
 from ..measure import Replicated, gc_paused, summarize
 from ..rpc import RpcClient, RpcServer, SplitDecoder, analyze, perflog
 from ._common import (
+    REPLICATES,
     Replicates,
     machine_state,
     pick_row,
     progress,
-    replicates,
     require_engines,
     run_meta,
     run_point,
@@ -95,7 +95,7 @@ TARGET_BARE_RATIO = 1.5
 def parameters(profile: str | None = None) -> dict:
     """Return a profile's model cut and sweep."""
     name = profiles.profile_name(profile)
-    base = {"preset": "qwen3-0.6b", "seed": 0, "ladder": list(LADDER), "replicates": replicates(name)}
+    base = {"preset": "qwen3-0.6b", "seed": 0, "ladder": list(LADDER), "replicates": REPLICATES}
     if name == "quick":
         return {**base, "layers": 2, "vocab": 8192, "prompt": 16, "decode": 8, "samples": 6, "clients": [1, 4]}
     if name == "standard":

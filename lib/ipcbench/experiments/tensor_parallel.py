@@ -48,13 +48,13 @@ from ..measure import (
     summarize,
 )
 from ._common import (
+    REPLICATES,
     Replicates,
     add_time,
     machine_state,
     per_message,
     pick_row,
     progress,
-    replicates,
     require_engines,
     run_meta,
     run_point,
@@ -92,7 +92,7 @@ def parameters(profile: str | None = None) -> dict:
         "oversubscribed_strategies": list(tp.STRATEGIES),  # at TP = 4, oversubscribed on 2 cores (the full profile)
         "source_pair_prompt": 32,  # the source's pair decodes after a shorter prompt: its scalar kernel is slow
         "threads_per_rank": THREADS_PER_RANK,
-        "replicates": replicates(name),
+        "replicates": REPLICATES,
     }
     if name == "quick":
         return {**base, "collective_sizes": [8, 4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB],
