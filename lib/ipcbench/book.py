@@ -205,8 +205,7 @@ def ledger_markdown(led: pd.DataFrame, chapter: str) -> str:
     """Return one source analysis's claims as MyST, one compact block per claim (it wraps at any page width): the id
     (a link to the chapter's verdicts) with the verdict, the claimed and the measured value; the source's quote; what
     is tested; the judge's evidence."""
-    ch = chapters.get(chapter)
-    label = ch.label
+    label = chapters.get(chapter).label
     rows = led[led["chapter"] == chapter]
     blocks = []
     for r in rows.to_dict("records"):

@@ -201,10 +201,11 @@ def _share_authkey(comm) -> None:
 
 
 class _QueueChannel(Channel):
+    """One queue per reader, created by the writer and handed to each reader; flags in shared memory say who attached."""
+
     library = True
     host_scope = "pipes and shared memory of one machine"
     across_hosts_instead = "ZeroMQ or NNG over tcp://"
-    """One queue per reader, created by the writer and handed to each reader; flags in shared memory say who attached."""
 
     def __init__(self, comm, timeout_s: float = 10.0, slots: int = 4, max_bytes: int = 1 << 20, readers=None):
         super().__init__(comm.rank == 0, comm.size - 1)
