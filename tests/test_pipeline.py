@@ -9,7 +9,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from ipcbench import pipeline as pl
+from ipcbench import etl as pl
 
 N, BS = 6_000, 1_000  # 6 batches
 LOCAL = [pl.SerialProcessor, pl.ThreadPipelineProcessor, pl.ProcessPoolProcessor]
@@ -196,7 +196,7 @@ def test_pool_phases_and_peak_memory_are_measured(tmp_path):
 
 def test_an_mpi_stage_never_waits_for_ever_for_a_dead_peer():
     """A rank that died outside a stage sends no END: the next rank's probe gives up with a clear error."""
-    from ipcbench.pipeline import MpiStagePipeline, PeerTimeout
+    from ipcbench.etl import MpiStagePipeline, PeerTimeout
 
     class SilentComm:  # rank 1 of 2 whose rank 0 never sends anything
         rank, size = 1, 2

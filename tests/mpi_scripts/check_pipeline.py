@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from ipcbench import pipeline as pl
+from ipcbench import etl as pl
 from ipcbench.experiments import pipeline as plx
 
 comm = MPI.COMM_WORLD

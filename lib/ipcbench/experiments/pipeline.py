@@ -1,6 +1,6 @@
 """Chapter 4, "Pipeline parallelism": serial vs thread pipeline vs process pool vs MPI processes as stages.
 
-One ETL workload (:mod:`ipcbench.pipeline`) in three kinds (GIL-bound Python,
+One ETL workload (:mod:`ipcbench.etl`) in three kinds (GIL-bound Python,
 GIL-releasing numpy, and fixed waits per batch: the hypothesis behind seed 003's
 constant serial time) run by four processors:
 
@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .. import claims, profiles, results
-from .. import pipeline as pl
+from .. import etl as pl
 from ..cluster import usable_cores
 from ..measure import Replicated, summarize
 from ._common import (
@@ -446,7 +446,7 @@ def _point_rows(runs: dict, base: dict, kind: str, n: int, bs: int, q: int, core
 def _memory_rows(cluster, runner: _Runner, params: dict, n: int, base: dict, cores: int) -> list[dict]:
     """Return peak-PSS rows for every processor and the python/numpy kinds at ``n`` records (one untimed run each).
 
-    Local processors run in a fresh interpreter each (:func:`ipcbench.pipeline.measure_peak_memory`);
+    Local processors run in a fresh interpreter each (:func:`ipcbench.etl.measure_peak_memory`);
     the MPI stages are sampled on their two engines.
     """
     rows = []

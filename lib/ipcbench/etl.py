@@ -350,7 +350,7 @@ class _Output:
             raise PipelineError(why, None, None)
         shutil.rmtree(self.partial, ignore_errors=True)
         self.partial.mkdir(parents=True)
-        (self.partial / OUTPUT_MARKER).write_text("written by ipcbench.pipeline; a later run may replace this directory\n")
+        (self.partial / OUTPUT_MARKER).write_text("written by ipcbench.etl; a later run may replace this directory\n")
         return self.partial
 
     def __exit__(self, exc_type, exc, tb):
@@ -1085,7 +1085,7 @@ def measure_peak_memory(processor: str, w: Workload, n_records: int, batch_size:
     spec = {"processor": processor, "kind": w.kind, "seed": w.seed, "wait_s": w.wait_s, "n_records": n_records,
             "batch_size": batch_size, "out_dir": str(out_dir), "queue_size": queue_size,
             "workers": workers or len(os.sched_getaffinity(0))}  # fmt: skip
-    code = f"from ipcbench.pipeline import _memory_child; _memory_child({json.dumps(spec)!r})"
+    code = f"from ipcbench.etl import _memory_child; _memory_child({json.dumps(spec)!r})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)
     if out.returncode != 0:
         raise PipelineError(f"the memory run of {processor} failed: {out.stderr[-2000:]}", None, None, processor)
