@@ -45,7 +45,9 @@ def test_the_ledger_has_one_section_per_judging_chapter_and_every_claim_id_carri
     assert sections == [c.heading for c in chapters.judging()]
     for c in chapters.judging():
         assert f'book.ledger_markdown(led, "{c.id}")' in page
-    seeds = claims.load_claims()  # load_claims checks every id's prefix against its chapter
+    seeds = claims.load_claims()  # load_claims checks every id's prefix and source against its chapter
+    for c in chapters.judging():
+        assert set(seeds[seeds["chapter"] == c.id]["source"].str[:4]) == {f"{c.seed}_"}
     assert set(seeds["chapter"]) == {c.id for c in chapters.judging()}
     assert chapters.dependents("machine_limits") == [c.id for c in chapters.CHAPTERS.values() if c.requires]
     assert chapters.dependents("scale_out") == []

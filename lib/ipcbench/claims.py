@@ -81,11 +81,15 @@ def load_claims() -> pd.DataFrame:
     bad = set(df["chapter"]) - set(results.CHAPTERS)
     if bad:
         raise ClaimsError(f"unknown chapter(s) {sorted(bad)} in {p}")
-    prefix = {c.id: c.claim_prefix for c in chapters.CHAPTERS.values()}
+    desc = {c.id: c for c in chapters.CHAPTERS.values()}
     wrong = [f"{i} ({ch})" for i, ch in zip(df["id"], df["chapter"], strict=True)
-             if not prefix[ch] or not str(i).startswith(prefix[ch] + "-")]  # fmt: skip
+             if not desc[ch].claim_prefix or not str(i).startswith(desc[ch].claim_prefix + "-")]  # fmt: skip
     if wrong:
         raise ClaimsError(f"claim ids in {p} that do not start with their chapter's prefix (ipcbench.chapters): {wrong}")
+    elsewhere = [f"{i} ({src})" for i, src, ch in zip(df["id"], df["source"], df["chapter"], strict=True)
+                 if not str(src).startswith(f"{desc[ch].seed}_")]  # fmt: skip
+    if elsewhere:
+        raise ClaimsError(f"claims in {p} whose source is not their chapter's source analysis (its seed): {elsewhere}")
     return df
 
 

@@ -306,7 +306,7 @@ def _csv_link(df: pd.DataFrame, name: str = "table.csv") -> str:
 
 WIDE_TABLE = 8
 """A table with more columns than this is set in a smaller type, so that it fits the text column."""
-WORD_COLUMNS = ("variant", "config", "strategy", "backend", "path", "processor")
+WORD_COLUMNS = ("variant", "config", "strategy", "backend", "path", "processor", "channel")
 """Columns whose cells are variants' names: a table shows them in labels.yaml's words."""
 
 

@@ -46,10 +46,13 @@ def host_table():
 
     from .. import labels
 
-    return pd.DataFrame([{
-        "channel": labels.variant_words(k), "crosses real hosts": "yes" if c.crosses_hosts else "no",
-        "because it rests on": c.host_scope, "across hosts, use instead": c.across_hosts_instead or "-",
-    } for k, c in BACKENDS.items()]).set_index("channel")  # fmt: skip
+    rows = [{
+        "channel": labels.variant_words(k), "provided by": "a library" if c.library else "this book",
+        "crosses real hosts": "yes" if c.crosses_hosts else "no", "because it rests on": c.host_scope,
+        "across hosts, use instead": c.across_hosts_instead or "-",
+    } for k, c in BACKENDS.items()]  # fmt: skip
+    rows.sort(key=lambda r: (r["provided by"] != "this book", r["channel"].casefold()))  # the book's, then libraries
+    return pd.DataFrame(rows).set_index("channel")
 
 __all__ = ["BACKENDS", "BROADCAST_BACKENDS", "OWN_BACKENDS", "host_table", "WAIT_STRATEGIES", "BackendError", "Channel", "LIBRARY_BACKENDS", "PayloadTooLarge", "PeerTimeout",
            "SoloComm", "open_channel", "leftovers", "reap_stale"]  # fmt: skip

@@ -33,7 +33,7 @@ class ZmqChannel(Channel):
 
     name = "zmq"
     host_scope = "an ipc:// endpoint is a Unix socket: one kernel"
-    across_hosts_instead = "the same sockets over tcp://, measured in chapters 2 and 6"
+    across_hosts_instead = "ZeroMQ over tcp:// (chapters 2 and 6 measure its RPC sockets there)"
     leftover_prefix = "ipcbench-zmq-"
 
     def __init__(self, comm, readers: int | None = None, timeout_s: float = 10.0, hwm: int = 8):
@@ -118,7 +118,7 @@ class ZmqPubSubChannel(Channel):
 
     name = "zmq_pubsub"
     host_scope = "an ipc:// endpoint is a Unix socket: one kernel"
-    across_hosts_instead = "the same sockets over tcp://, measured in chapters 2 and 6"
+    across_hosts_instead = "ZeroMQ over tcp:// (chapters 2 and 6 measure its RPC sockets there)"
     leftover_prefix = "ipcbench-zmq-"
     HELLO_EVERY_S = 0.002
 
@@ -207,7 +207,7 @@ class ZmqPushPullChannel(Channel):
     name = "zmq_pushpull"
     delivers_to_all = False
     host_scope = "an ipc:// endpoint is a Unix socket: one kernel"
-    across_hosts_instead = "the same sockets over tcp://, measured in chapters 2 and 6"
+    across_hosts_instead = "ZeroMQ over tcp:// (chapters 2 and 6 measure its RPC sockets there)"
     leftover_prefix = "ipcbench-zmq-"
 
     def __init__(self, comm, readers: int | None = None, timeout_s: float = 10.0):
