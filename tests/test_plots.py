@@ -83,3 +83,18 @@ def test_errorbars_draw_each_interval_around_its_value_and_refuse_one_that_does_
     with pytest.raises(ValueError, match="does not hold its median"):
         plots.errorbars(ax, [1, 2], rows.assign(ci_low=[1.2, 1.5]))
     plt.close(fig)
+
+
+def test_interval_bars_draw_each_value_with_its_interval_either_way():
+    import matplotlib.pyplot as plt
+
+    rows = pd.DataFrame({"tokens/s": [10.0, 20.0], "low": [9.0, 18.0], "high": [12.0, 21.0]})
+    fig, ax = plt.subplots()
+    bars = plots.interval_bars(ax, ["a", "b"], rows, value="tokens/s", low="low", high="high", horizontal=True)
+    assert [b.get_width() for b in bars.patches] == [10.0, 20.0]
+    seg = bars.errorbar.lines[2][0].get_segments()
+    assert [tuple(s[:, 0]) for s in seg] == [(9.0, 12.0), (18.0, 21.0)]
+    up = plots.interval_bars(ax, [0, 1], rows.rename(columns={"tokens/s": "median", "low": "ci_low", "high": "ci_high"}),
+                             scale=2.0, width=0.4)  # fmt: skip
+    assert [b.get_height() for b in up.patches] == [20.0, 40.0]
+    plt.close(fig)

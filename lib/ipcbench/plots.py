@@ -283,17 +283,34 @@ them as a CSV download (inside the page: it needs no file beside it)."""
 TABLE_SHOWN = 15
 
 
+def _interval(rows: pd.DataFrame, value: str, low: str, high: str, scale: float):
+    """Return ``rows[value]`` times ``scale`` and its distances to the interval's ends (the error bars' two sides);
+    raise ValueError for an interval that does not hold its value."""
+    mid = rows[value].to_numpy(dtype=float) * scale
+    lo, hi = rows[low].to_numpy(dtype=float) * scale, rows[high].to_numpy(dtype=float) * scale
+    if ((lo > mid + 1e-12 * abs(mid)) | (hi < mid - 1e-12 * abs(mid))).any():
+        raise ValueError(f"an interval that does not hold its {value}: every row needs {low} <= {value} <= {high}")
+    return mid, [np.clip(mid - lo, 0, None), np.clip(hi - mid, 0, None)]  # (clip: rounding only)
+
+
 def errorbars(ax, x, rows: pd.DataFrame, value: str = "median", low: str = "ci_low", high: str = "ci_high",
               scale: float = 1.0, **kw):
     """Draw ``rows[value]`` at ``x`` with its interval (``rows[low]`` to ``rows[high]``) as error bars, every value
     multiplied by ``scale``; matplotlib's ``errorbar`` keywords pass through (caps of 3 points unless given). Return
     the container."""
-    mid = rows[value].to_numpy(dtype=float) * scale
-    lo, hi = rows[low].to_numpy(dtype=float) * scale, rows[high].to_numpy(dtype=float) * scale
-    if ((lo > mid + 1e-12 * abs(mid)) | (hi < mid - 1e-12 * abs(mid))).any():
-        raise ValueError(f"an interval that does not hold its {value}: every row needs {low} <= {value} <= {high}")
+    mid, err = _interval(rows, value, low, high, scale)
     kw.setdefault("capsize", 3)
-    return ax.errorbar(x, mid, yerr=[np.clip(mid - lo, 0, None), np.clip(hi - mid, 0, None)], **kw)  # rounding only
+    return ax.errorbar(x, mid, yerr=err, **kw)
+
+
+def interval_bars(ax, pos, rows: pd.DataFrame, value: str = "median", low: str = "ci_low", high: str = "ci_high",
+                  scale: float = 1.0, horizontal: bool = False, **kw):
+    """Draw ``rows[value]`` as bars at ``pos`` (horizontal bars: ``barh``) with their intervals as error bars, every
+    value multiplied by ``scale``; matplotlib's ``bar``/``barh`` keywords pass through (caps of 2 points unless given).
+    Return the container."""
+    mid, err = _interval(rows, value, low, high, scale)
+    kw.setdefault("capsize", 2)
+    return ax.barh(pos, mid, xerr=err, **kw) if horizontal else ax.bar(pos, mid, yerr=err, **kw)
 
 
 def _csv_link(df: pd.DataFrame, name: str = "table.csv") -> str:
