@@ -60,6 +60,16 @@ def session_results(tmp_path_factory):
     return tmp_path_factory.mktemp("results")
 
 
+def book_extension():
+    """Return the book's Sphinx extension module (book/_ext/book_pages.py), loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("book_pages", REPO / "book" / "_ext" / "book_pages.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 QUICK_BUILD = REPO / "_build" / "test-quick"
 """Where the tests build the quick book (its HTML under _build/html, its executed notebooks under _build/jupyter_execute)."""
 QUICK_SOURCE = QUICK_BUILD / "src"

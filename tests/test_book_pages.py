@@ -1,14 +1,13 @@
 """The book's own pages: findings worded by the judge's verdicts, the ledger complete or the build stops, the
 environment appendix, the chapters' headers, and the order in which Sphinx reads the pages."""
 
-import importlib.util
 import json
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, book_extension
 from ipcbench import book, chapters, claims, results
 
 
@@ -173,17 +172,10 @@ def test_chapter_header_run_times_and_downloads(results_tmp, tmp_path, monkeypat
     assert rt["longest section"].iloc[0] == "ETL (8 s)" and rt["total (s)"].iloc[-1] == 12.0
 
 
-def _extension():
-    spec = importlib.util.spec_from_file_location("book_pages", REPO / "book" / "_ext" / "book_pages.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_pages_built_from_results_are_read_last_and_again_when_a_chapter_is_read(tmp_path):
     from types import SimpleNamespace
 
-    ext = _extension()
+    ext = book_extension()
     docs = sorted(["book/findings", "book/decisions", "book/intro", "book/ledger", "book/environment",
                    "book/methodology", "book/reproducibility", "notebooks/00_machine_limits",
                    "notebooks/05_tensor_parallel"])  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import QUICK_BUILD, QUICK_SOURCE, build_quick_book, copy_source
+from conftest import QUICK_BUILD, QUICK_SOURCE, REPO, book_extension, build_quick_book, copy_source
 from ipcbench import chapters, rebuild
 
 
@@ -92,9 +92,7 @@ def test_a_rebuild_executes_nothing_unchanged_and_after_a_one_line_change_only_t
     executes chapter 6 (its cached outputs dropped, the others kept) and the pages built from every chapter."""
     from jupyter_cache import get_cache
 
-    from conftest import REPO
-
-    last = len(_extension_last())
+    last = len(book_extension().LAST)
     results_copy = shutil.copytree(session_results, tmp_path / "results")
     cache = get_cache(str(QUICK_BUILD / "_build" / ".jupyter_cache"))
     before = {(r.pk, r.created): Path(r.uri).name for r in cache.list_cache_records()}  # a new record may reuse a pk
@@ -122,13 +120,3 @@ def test_a_rebuild_executes_nothing_unchanged_and_after_a_one_line_change_only_t
     (QUICK_BUILD / "rebuild-times.json").write_text(json.dumps(times, indent=1))
     assert not (REPO / "lib" / "ipcbench" / "experiments" / "scale_out.py").read_text().endswith("# one more line\n")
 
-
-def _extension_last() -> tuple[str, ...]:
-    import importlib.util
-
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("book_pages", REPO / "book" / "_ext" / "book_pages.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.LAST
