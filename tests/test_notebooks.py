@@ -110,6 +110,17 @@ def test_chapter1_gives_every_seed_000_claim_a_verdict(quick_book, session_resul
     cores = _cores_seen(session_results, "fair_serialization")
     assert (summary["oversubscribed"] == (summary["ranks"] > cores)).all()  # ranks: busy engines (derived rows: none)
     assert (summary.query("readers == 3 and experiment != 'derived'")["oversubscribed"] == (4 > cores)).all()
+    # the small-message paths: every one ran at every size it can carry, and the results say how each ran (the
+    # production libraries both through the channel interface and at their documented best)
+    from ipcbench.experiments import _small_paths as sps
+    from ipcbench.experiments import fair_serialization as fs
+
+    small = summary.query("experiment == 'small_path'")
+    settings = results.read("fair_serialization").meta["small_paths"]
+    assert set(small["variant"]) == set(settings) == set(sps.available_paths(fs.SMALL_PATHS))
+    assert all(isinstance(v, str) and len(v) > 20 for v in settings.values()), settings
+    for lib in sps.available_paths(sps.LIBRARY_PATHS):
+        assert {lib, f"{lib}_best"} <= set(settings)
     assert not any(new_leftovers().values())  # nothing left by this session's notebooks
 
 
@@ -235,7 +246,12 @@ def test_chapter2_checks_every_configuration_splits_every_token_and_gives_every_
         assert analyze.analyze(parsed).calls == params["decode"] * per_step  # one generation: D forward steps
     # each transport's own bare round trip, in every timed round, at both sizes; every call has a ratio against it
     bare = s.query("experiment == 'bare_round_trip'")
-    assert set(bare["variant"]) == {"ZeroMQ ipc", "gRPC unary"} and (bare["n"] == params["samples"]).all()
+    assert set(bare["variant"]) == set(rb.BARE_VARIANTS.values()) and (bare["n"] == params["samples"]).all()
+    # the cold floor ran after the compute of a fused decode call, both sides, and every ZeroMQ ipc rung is set against it
+    cold = bare[bare["variant"] == rb.BARE_VARIANTS["ipc_cold"]]
+    assert (cold["client_compute_s"] > 0).all() and (cold["server_compute_s"] > 0).all()
+    cold_ratio = s.query("experiment == 'per_call' and metric == 'overhead_vs_bare_cold'")
+    assert set(cold_ratio["variant"]) == {c for c, v in rb.LADDER.items() if v[0] == "ipc"}
     own = s.query("experiment == 'per_call' and metric == 'overhead_vs_bare_own'")
     assert set(own["variant"]) == set(rb.LADDER)
     assert (own["ci_level"] == own["n"].map(ci_coverage)).all() and own.eval("ci_low <= median <= ci_high").all()
@@ -247,6 +263,8 @@ def test_chapter2_checks_every_configuration_splits_every_token_and_gives_every_
     # recorded as the ratio it names; whether the best beats the baseline is a result shown on the page
     assert tg["overhead_cut_x"] == pytest.approx(tg["baseline_overhead_s"] / tg["best_overhead_s"])
     assert tg["own_ratio_ci"][0] <= tg["own_ratio_x"] <= tg["own_ratio_ci"][1]
+    assert tg["cold_ratio_ci"][0] <= tg["cold_ratio_x"] <= tg["cold_ratio_ci"][1]
+    assert tg["wake_up_s"] == pytest.approx(tg["cold_empty_s"] - tg["hot_empty_s"])
     # only the several-clients runs may put more processes than cores on the host, and they say so
     clients = s["experiment"] == "clients"
     assert not s.loc[~clients, "oversubscribed"].any()

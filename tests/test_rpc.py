@@ -448,3 +448,47 @@ def test_grpc_client_fails_clearly_when_the_server_is_gone(weights, tmp_path, mo
     with pytest.raises(RpcError, match="closed"):
         c.lm_head(np.zeros((1, 64), np.float32))
     c.close()
+
+
+# ------------------------------------------------------------------ the bare round trip after compute
+
+
+def test_cold_bare_round_trip_runs_after_the_stated_compute(tmp_path):
+    """The cold bare round trip computes on both sides for at least the stated time before each call, reports the
+    compute as it ran, and leaves a round trip that excludes the echo's compute; the echo still answers plain
+    (hot) calls, and a cold call's echo carries the payload back."""
+    from ipcbench.experiments import rpc_breakdown as rb
+
+    cfg = model.preset("tiny")
+    echo = rb._BareEcho(f"ipc://{tmp_path}/bare.ipc", cfg)  # noqa: SLF001 - the chapter's own echo
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(echo.endpoint)
+        sock.send(b"x" * 64)
+        assert sock.poll(5000) and sock.recv() == b"x" * 64
+        cold = {"client_compute_s": 2e-3, "server_compute_s": 3e-3}
+        t0 = time.perf_counter()
+        rows = rb.cold_round_trips(sock, 7, [0, 256], cold, cfg, calls=5)
+        took = time.perf_counter() - t0
+    finally:
+        sock.close(linger=0)
+        echo.close()
+    assert [(r["round"], r["transport"], r["bytes"]) for r in rows] == [(7, "ipc_cold", 0), (7, "ipc_cold", 256)]
+    for r in rows:
+        assert r["client_compute_s"] >= 2e-3 and r["server_compute_s"] >= 3e-3
+        assert 0 < r["round_trip"] < 3e-3  # the echo's compute is not in it
+    assert took >= 2 * 2 * 5 * (2e-3 + 3e-3)  # every call (untimed pass included) paid both computes
+
+
+def test_compute_between_calls_reads_the_fused_layers_of_one_configuration():
+    steps = [{"config": "fused", "phase": "decode", "rpcs": 4, "client_compute": 4e-3},
+             {"config": "fused", "phase": "prefill", "rpcs": 4, "client_compute": 40e-3},
+             {"config": "baseline", "phase": "decode", "rpcs": 20, "client_compute": 9e-3}]
+    calls = [{"config": "fused", "phase": "decode", "method": m, "server_compute_s": s}
+             for m, s in (("Embedding", 1e-6), ("FusedLayer", 2e-3), ("FusedLayer", 4e-3), ("FusedLayer", 3e-3))]
+    from ipcbench.experiments import rpc_breakdown as rb
+
+    got = rb.compute_between_calls(steps, calls)
+    assert got == pytest.approx({"client_compute_s": 1e-3, "server_compute_s": 3e-3})
+    assert rb.compute_between_calls(steps, calls, config="shm") is None

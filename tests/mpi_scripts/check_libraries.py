@@ -38,8 +38,9 @@ for backend in backends.LIBRARY_BACKENDS:
 # the small-message paths: every echo checked before timing (ranks above 1 take part in the collectives only)
 sp = fs.small_path_point(comm, [0, 64, 1000], samples=2, inner=5)
 if comm.rank == 0:
-    assert {k[0] for k in sp["samples"]} == set(fs.SMALL_PATHS), sp["samples"].keys()
+    assert {k[0] for k in sp["samples"]} == set(fs.SMALL_PATHS) == set(sp["settings"]), sp["samples"].keys()
     assert all(len(v) == 2 and min(v) > 0 for v in sp["samples"].values()), sp
+    assert ("pynng_best", 0) not in sp["samples"] and len(sp["samples"]) == 3 * len(fs.SMALL_PATHS) - 1
 comm.Barrier()
 assert not any(backends.leftovers().values()), backends.leftovers()
 if comm.rank == 0:

@@ -78,13 +78,32 @@ _COUNT = struct.Struct("<I")
 _LEN = struct.Struct("<Q")
 
 
+_ONE_FRAME = struct.Struct("<IQ")
+"""The header of a message of one frame (count and length in one call: most small messages have one frame)."""
+
+
+def _nbytes(f) -> int:
+    if type(f) in (bytes, bytearray):
+        return len(f)
+    n = getattr(f, "nbytes", None)  # numpy arrays and memoryviews know their size in bytes
+    return memoryview(f).nbytes if n is None else n  # anything else with the buffer protocol (a PickleBuffer)
+
+
 def framed_size(frames) -> int:
     """Return the bytes :func:`pack_into` needs for these frames."""
-    return _COUNT.size + _LEN.size * len(frames) + sum(memoryview(f).nbytes for f in frames)
+    if len(frames) == 1:
+        return _ONE_FRAME.size + _nbytes(frames[0])
+    return _COUNT.size + _LEN.size * len(frames) + sum(_nbytes(f) for f in frames)
 
 
 def pack_into(dst: memoryview, frames) -> int:
     """Write frames (count, lengths, bytes) into ``dst``; return the bytes written."""
+    if len(frames) == 1:
+        v = memoryview(frames[0]).cast("B")
+        end = _ONE_FRAME.size + v.nbytes
+        _ONE_FRAME.pack_into(dst, 0, 1, v.nbytes)
+        dst[_ONE_FRAME.size : end] = v
+        return end
     views = [memoryview(f).cast("B") for f in frames]
     _COUNT.pack_into(dst, 0, len(views))
     off = _COUNT.size
@@ -100,6 +119,9 @@ def pack_into(dst: memoryview, frames) -> int:
 def unpack_from(src: memoryview) -> list[memoryview]:
     """Return the frames packed in ``src`` as views into it (no copy)."""
     (count,) = _COUNT.unpack_from(src, 0)
+    if count == 1:
+        n = _ONE_FRAME.unpack_from(src, 0)[1]
+        return [src[_ONE_FRAME.size : _ONE_FRAME.size + n]]
     off = _COUNT.size
     lens = []
     for _ in range(count):

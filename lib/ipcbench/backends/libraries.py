@@ -105,9 +105,13 @@ class Iceoryx2Channel(Channel):
                    .subscriber_max_buffer_size(self.buffer).enable_safe_overflow(False))  # fmt: skip
         if self.is_writer:
             self.service = builder.create()
+            # static allocation: the data segment is sized once for max_bytes and never moves, which is what lets
+            # the views of its samples be kept (see _view)
             self.publisher = (self.service.publisher_builder().initial_max_slice_len(int(max_bytes))
-                              .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
+                              .allocation_strategy(iox2.AllocationStrategy.Static)
                               .backpressure_strategy(iox2.BackpressureStrategy.DiscardData).create())  # fmt: skip
+        self.max_bytes = int(max_bytes)
+        self._views: dict = {}
         comm.Barrier()
         if not self.is_writer:
             self.service = builder.open()
@@ -123,11 +127,26 @@ class Iceoryx2Channel(Channel):
                 raise PeerTimeout(f"iceoryx2: {self.readers - n} of {self.readers} reader(s) never subscribed within {t:g} s")
             time.sleep(1e-3)
 
+    def _view(self, address: int, nbytes: int, writable: bool) -> memoryview:
+        """Return a view of ``nbytes`` at ``address`` in a data segment, made once per (address, size): a sample's
+        address recurs as the publisher reuses its samples, and a segment of static allocation stays mapped as
+        long as its port lives (the ports close after every view is dropped)."""
+        key = (address, nbytes, writable)
+        v = self._views.get(key)
+        if v is None:
+            if len(self._views) >= 256:  # many sizes (a sweep): keep the cache small
+                self._views.clear()
+            v = self._views[key] = memory_view(address, nbytes, writable=writable)
+        return v
+
     def send(self, frames: list) -> None:
         """Loan a sample of the message's size, pack the frames into it, publish it to every subscriber."""
         need = framed_size(frames)
+        if need > self.max_bytes:
+            raise PayloadTooLarge(f"iceoryx2: message of {need} B is larger than the {self.max_bytes} B the channel "
+                                  "was opened for; open it with a larger max_bytes")  # fmt: skip
         sample = self.publisher.loan_slice_uninit(need)
-        pack_into(memory_view(sample.payload_ptr, need, writable=True), frames)
+        pack_into(self._view(sample.payload_ptr, need, True), frames)
         delivered = sample.assume_init().send()
         if delivered < self.readers:
             raise PeerTimeout(f"iceoryx2: the message reached {delivered} of {self.readers} reader(s): a reader's buffer "
@@ -137,14 +156,16 @@ class Iceoryx2Channel(Channel):
         """Return views of the next sample's frames (valid until the next recv or release); polls without pause."""
         self.release()
         sub = self.subscriber
-        deadline = time.monotonic() + self.timeout_s
-        i = 0
-        while (sample := sub.receive()) is None:
-            i += 1
-            if not i & 0xFFF and time.monotonic() > deadline:
-                raise PeerTimeout(f"iceoryx2: no message from the writer within {self.timeout_s:g} s")
+        if (sample := sub.receive()) is None:
+            deadline = time.monotonic() + self.timeout_s
+            i = 0
+            while (sample := sub.receive()) is None:
+                i += 1
+                if not i & 0xFFF and time.monotonic() > deadline:
+                    raise PeerTimeout(f"iceoryx2: no message from the writer within {self.timeout_s:g} s")
         self.sample = sample
-        return unpack_from(memory_view(sample.payload_ptr, sample.payload().len()))
+        # the header's element count is the slice's length in bytes (the binding's payload() builds a Slice object)
+        return unpack_from(self._view(sample.payload_ptr, sample.header.number_of_elements, False))
 
     def release(self) -> None:
         """Return the held sample to the publisher."""
@@ -153,8 +174,14 @@ class Iceoryx2Channel(Channel):
             self.sample = None
 
     def close(self) -> None:
-        """Release the sample, the ports, the service and the node."""
+        """Release the sample, the views, the ports, the service and the node."""
         self.release()
+        for v in getattr(self, "_views", {}).values():
+            try:
+                v.release()
+            except BufferError:  # a caller still holds a buffer taken from it; it goes with its last reference
+                pass
+        self._views = {}
         for attr in ("subscriber", "publisher"):
             port = getattr(self, attr, None)
             if port is not None:
@@ -415,9 +442,9 @@ LIBRARY_CHANNELS: dict[str, type[Channel]] = {
 
 SETTINGS = {
     "iceoryx2": "publish-subscribe of u8 slices over shared memory; writer loans a sample of the message's size "
-                "(allocation strategy PowerOfTwo) and packs the frames into it; subscriber buffer = messages in "
-                "flight, history 0, safe overflow off; readers poll receive() without pause and hold the sample "
-                "until release (zero-copy)",
+                "(static allocation, sized for the largest message) and packs the frames into it; subscriber buffer "
+                "= messages in flight, history 0, safe overflow off; readers poll receive() without pause and hold "
+                "the sample until release (zero-copy)",
     "faster_fifo": "one faster_fifo.Queue per reader (circular buffer of 4 x the message, at least 1 MiB); frames put "
                    "as uint8 arrays (pickled by the library); blocking get",
     "mp_queue": "one multiprocessing.Queue (spawn context, maxsize 4) per reader; frames put as uint8 arrays "

@@ -113,6 +113,15 @@ class ShmChannel(Channel):
         # numpy's indexing machinery on every access; chapter 1's small-path experiment measures the path as a whole)
         self._q = self.shm.buf[: self.data_offset].cast("Q")
         self._slots_mv = [self._slot(i) for i in range(n)]
+        # the fast path's per-slot views, made once: the payload area, and the one-frame header's count and length
+        # read as integers (no struct call, no tuple); the length of the header the writer last put in each slot
+        # (-1: unknown, after send()); the control indices of every reader's read flag for each slot
+        self._data_mv = [m[_ONE.size :] for m in self._slots_mv]
+        self._count_of = [m[0:4].cast("I") for m in self._slots_mv]
+        self._len_of = [m[4:12].cast("Q") for m in self._slots_mv]
+        self._header_len = [-1] * n
+        self._read_flags = [tuple(n + i * n + s for i in range(r)) for s in range(n)]
+        self._read_base = n * self.rank  # this reader's read flags: read[rank - 1, :]
         if not self.is_writer:
             self.attached[self.rank - 1] = 1
         comm.Barrier()
@@ -149,6 +158,7 @@ class ShmChannel(Channel):
                     slow = [int(j) + 1 for j in np.flatnonzero(read < prev)]
                     raise PeerTimeout(f"shm: reader(s) {slow} did not read message {prev - 1} within {self.timeout_s:g} s")
         pack_into(self._slots_mv[s], frames)
+        self._header_len[s] = -1
         self.seq += 1
         q[s] = self.seq  # published after the data (x86-64 TSO keeps the order)
         if self.wakeup is not None:
@@ -176,31 +186,30 @@ class ShmChannel(Channel):
     # ------------------------------------------------------------ the small-message fast path
 
     def send_one(self, buf) -> None:
-        """Fast path for one raw buffer: one ``struct.pack_into`` for a fixed header, one slice copy, one counter store.
+        """Fast path for one raw buffer: one slice copy and one counter store.
 
-        No frame list and no Python framing loop; readers may use :meth:`recv_one` or :meth:`recv`. A slot still
-        held by a reader is waited for with a tight poll (then :meth:`send`'s clear timeout); ``buf`` must be a
-        contiguous bytes-like object of at most ``slot_bytes - 12`` bytes.
+        The header (one frame, its length) is written only when the slot last held another length; readers may use
+        :meth:`recv_one` or :meth:`recv`. A slot still held by a reader is waited for (then :meth:`send`'s clear
+        timeout); ``buf`` must be a contiguous bytes-like object of at most ``slot_bytes - 12`` bytes.
         """
         s = self.seq % self.slots
         q = self._q
         prev = q[s]
         if prev:
-            r, n = self.readers, self.slots
-            base = n + s
-            for i in range(r):
-                if q[base + i * n] < prev and not self._wait_freed(i, s, prev):
+            for idx in self._read_flags[s]:
+                if q[idx] < prev and not self._wait_freed((idx - self.slots) // self.slots, s, prev):
                     read = self.read[:, s]
                     slow = [int(j) + 1 for j in np.flatnonzero(read < prev)]
                     raise PeerTimeout(f"shm: reader(s) {slow} did not read message {prev - 1} within {self.timeout_s:g} s")
-        slot = self._slots_mv[s]
         nbytes = len(buf)
-        if nbytes + 12 > self.slot_bytes:
-            raise PayloadTooLarge(f"shm: message of {nbytes + 12} B does not fit a slot of {self.slot_bytes} B")
-        _ONE.pack_into(slot, 0, 1, nbytes)
-        slot[12 : 12 + nbytes] = buf
-        self.seq += 1
-        q[s] = self.seq  # published after the data (x86-64 TSO keeps the order)
+        if nbytes != self._header_len[s]:
+            if nbytes + _ONE.size > self.slot_bytes:
+                raise PayloadTooLarge(f"shm: message of {nbytes + _ONE.size} B does not fit a slot of {self.slot_bytes} B")
+            _ONE.pack_into(self._slots_mv[s], 0, 1, nbytes)
+            self._header_len[s] = nbytes
+        self._data_mv[s][:nbytes] = buf
+        self.seq = seq = self.seq + 1
+        q[s] = seq  # published after the data (x86-64 TSO keeps the order)
         if self.wakeup is not None:
             self.wakeup.notify()
 
@@ -221,30 +230,42 @@ class ShmChannel(Channel):
         """Fast path: return a view of the next message's single frame (valid until the next recv or release).
 
         Waits by polling the slot's counter without pause (``spin``) whatever the channel's wait strategy, or,
-        with ``fifo``, as :meth:`recv` does.
+        with ``fifo``, as :meth:`recv` does. The slot held since the last call is released first, inline.
         """
-        self.release()
-        s = self.seq % self.slots
-        want = self.seq + 1
         q = self._q
-        if q[s] != want:
-            if self.wait == "fifo":
-                wait_until(lambda: q[s] == want, self.timeout_s, f"shm message {self.seq} from the writer",
-                           strategy="fifo", wakeup=self.wakeup)  # fmt: skip
-            else:
-                deadline = time.monotonic() + self.timeout_s
-                i = 0
-                while q[s] != want:
-                    i += 1
-                    if not i & 0xFFF and time.monotonic() > deadline:
-                        raise PeerTimeout(f"timed out after {self.timeout_s:g} s waiting for shm message {self.seq} "
-                                          "from the writer")  # fmt: skip
-        slot = self._slots_mv[s]
-        count, nbytes = _ONE.unpack_from(slot, 0)
-        if count != 1:
-            raise BackendError(f"shm: recv_one found a message of {count} frames; the writer used send(), not send_one()")
+        held = self._holding
+        if held is not None:
+            self.seq += 1
+            q[self._read_base + held] = self.seq
+            self._holding = None
+        s = self.seq % self.slots
+        if q[s] != self.seq + 1:
+            self._wait_message(s)
+        if self._count_of[s][0] != 1:
+            raise BackendError(f"shm: recv_one found a message of {self._count_of[s][0]} frames; the writer used "
+                               "send(), not send_one()")  # fmt: skip
         self._holding = s
-        return slot[12 : 12 + nbytes]
+        return self._data_mv[s][: self._len_of[s][0]]
+
+    def _wait_message(self, s: int) -> None:
+        """Poll slot ``s`` until it holds message ``seq``: 1024 checks between two looks at the clock (the loop the
+        message's arrival ends is a bare index and compare); raise PeerTimeout after ``timeout_s``."""
+        q, want = self._q, self.seq + 1
+        if self.wait == "fifo":
+            wait_until(lambda: q[s] == want, self.timeout_s, f"shm message {self.seq} from the writer",
+                       strategy="fifo", wakeup=self.wakeup)  # fmt: skip
+            return
+        deadline = None
+        while True:
+            for _ in range(1024):
+                if q[s] == want:
+                    return
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.timeout_s
+            elif now > deadline:
+                raise PeerTimeout(f"timed out after {self.timeout_s:g} s waiting for shm message {self.seq} from the "
+                                  "writer")  # fmt: skip
 
     def close(self) -> None:
         """Detach (readers) or detach and unlink (writer) the segment."""
@@ -255,9 +276,10 @@ class ShmChannel(Channel):
         if shm is None:
             return
         self.written = self.read = self.attached = self._ctrl = None
-        for v in getattr(self, "_slots_mv", []):
-            v.release()
-        self._slots_mv = []
+        for attr in ("_data_mv", "_count_of", "_len_of", "_slots_mv"):  # views of a slot before the slot itself
+            for v in getattr(self, attr, []):
+                v.release()
+            setattr(self, attr, [])
         q, self._q = getattr(self, "_q", None), None
         if q is not None:
             q.release()

@@ -42,6 +42,7 @@ from ._common import (
     run_meta,
     run_point,
 )
+from ._small_paths import LIBRARY_PATHS
 
 CHAPTER = "fair_serialization"
 KiB, MiB = 2**10, 2**20
@@ -227,10 +228,12 @@ def stream_point(comm, backend: str, nbytes: int, window: int, rounds: int, warm
     return {"bandwidth": bw, "payload_bytes": payload_bytes} if comm.rank == 0 else None
 
 
-SMALL_PATHS = ("shm_fast", "shm", "iceoryx2", "mpi_buffer")
-"""The small-message paths timed side by side: the ring's single-frame fast path, the same ring through the channel
-interface (frame list, Python framing), iceoryx2 (a C-implemented peer over shared memory) and MPI's buffer
-Send/Recv (chapter 0's floor)."""
+SMALL_PATHS = ("bare_spin", "shm_fast", "shm", "iceoryx2", "iceoryx2_best", "faster_fifo", "faster_fifo_best",
+               "mp_queue", "mp_queue_best", "pynng", "pynng_best", "mpi_buffer")
+"""The small-message paths timed side by side (:mod:`._small_paths`): a bare shared-memory spin (the floor of any
+Python ring), the ring's single-frame fast path, the same ring through the channel interface (frame list, Python
+framing), each production library through the channel interface and as its documentation shows it for latency
+(``_best``), and MPI's buffer Send/Recv (chapter 0's floor)."""
 
 
 def small_path_point(comm, sizes: list[int], samples: int, inner: int, paths=SMALL_PATHS) -> dict | None:
@@ -238,102 +241,63 @@ def small_path_point(comm, sizes: list[int], samples: int, inner: int, paths=SMA
 
     One sample is ``inner`` round trips timed on rank 0. Per round, every (path, size) is timed once, in an order
     rotated from round to round, so slow phases of the machine fall on every path alike. Every echo is checked
-    (size and content) once before timing. Returns on rank 0 the one-way samples per (path, size).
+    (size and content) once before timing, and every message of the bare spin's own check pass. Returns on rank 0
+    the one-way samples per (path, size) and each path's configuration in words.
     """
     from mpi4py import MPI
 
-    from ..backends.libraries import available
+    from . import _small_paths as sps
 
-    paths = [p for p in paths if p != "iceoryx2" or available()["iceoryx2"]]
+    paths = sps.available_paths(paths)
     rev = comm.Split(0, key=comm.size - comm.rank)  # rank 1 writes on the return channels
     active = comm.rank in (0, 1)
     sub = comm.Split(0 if active else MPI.UNDEFINED, key=comm.rank)
     subrev = rev.Split(0 if active else MPI.UNDEFINED, key=rev.rank)
     out: dict = {}
-    chans = []
+    opened: dict = {}
     try:
         if active:
-            big = max(sizes) + 64
-            there = {"shm": backends.open_channel("shm", sub, slot_bytes=max(4096, big), slots=4, wait="spin")}
-            back = {"shm": backends.open_channel("shm", subrev, slot_bytes=max(4096, big), slots=4, wait="spin")}
-            chans += [there["shm"], back["shm"]]
-            if "iceoryx2" in paths:
-                there["iceoryx2"] = backends.open_channel("iceoryx2", sub, max_bytes=big)
-                back["iceoryx2"] = backends.open_channel("iceoryx2", subrev, max_bytes=big)
-                chans += [there["iceoryx2"], back["iceoryx2"]]
-                for c in (there["iceoryx2"], back["iceoryx2"]):
-                    if c.is_writer:
-                        c.wait_for_readers()
+            for name in paths:
+                opened[name] = sps.open_path(name, sub, subrev, max(sizes))
             payloads = {n: pattern_bytes(n) for n in sizes}
-            rbuf = {n: np.empty(n, dtype=np.uint8) for n in sizes}
             me = comm.rank
-
-            def trip(path, n, k):
-                """k round trips of ``n`` bytes over ``path``; return what rank ``me`` last received."""
-                pay = payloads[n]
-                got = None
-                if path == "mpi_buffer":
-                    r = rbuf[n]
-                    for _ in range(k):
-                        if me == 0:
-                            sub.Send([pay, MPI.BYTE], dest=1, tag=1)
-                            sub.Recv([r, MPI.BYTE], source=1, tag=2)
-                        else:
-                            sub.Recv([r, MPI.BYTE], source=0, tag=1)
-                            sub.Send([pay, MPI.BYTE], dest=0, tag=2)
-                    return r
-                if path == "shm_fast":
-                    a, b = there["shm"], back["shm"]
-                    for _ in range(k):
-                        if me == 0:
-                            a.send_one(pay)
-                            got = b.recv_one()
-                        else:
-                            got = a.recv_one()
-                            b.send_one(pay)
-                    return got
-                a, b = there[path], back[path]
-                for _ in range(k):
-                    if me == 0:
-                        a.send([pay])
-                        got = b.recv()[0]
-                    else:
-                        got = a.recv()[0]
-                        b.send([pay])
-                return got
-
-            for path in paths:  # correctness first: each path's echo is the payload
-                for n in sizes:
-                    got = trip(path, n, 1)
+            if "bare_spin" in opened:
+                for n in sizes:  # every message of a check pass compared: two alternating contents per size
+                    opened["bare_spin"].check([payloads[n], payloads[n][::-1].copy()], 64)
+            for name, path in opened.items():  # correctness first: each path's echo is the payload
+                for n in [n for n in sizes if n >= path.min_bytes]:
+                    got = path.trip(payloads[n], 1)
                     if len(got) != n or bytes(got) != payloads[n].tobytes():
-                        raise AssertionError(f"{path}: rank {me} received a {len(got)} B payload that differs from "
+                        raise AssertionError(f"{name}: rank {me} received a {len(got)} B payload that differs from "
                                              f"the {n} B sent")  # fmt: skip
                     del got
-                    for c in chans:
-                        c.release()
-            cells = [(p, n) for p in paths for n in sizes]
-            for c in cells:  # warm-up
-                trip(*c, max(1, inner // 4))
+                    path.release()
+            cells = [(p, n) for p in opened for n in sizes if n >= opened[p].min_bytes]
+            for p, n in cells:  # warm-up
+                opened[p].trip(payloads[n], max(1, inner // 4))
+                opened[p].release()
             for rnd in range(samples):
                 k = rnd % len(cells)
-                for path, n in cells[k:] + cells[:k]:
+                for p, n in cells[k:] + cells[:k]:
+                    path, pay = opened[p], payloads[n]
                     sub.Barrier()
                     t0 = now_ns()
-                    trip(path, n, inner)
+                    path.trip(pay, inner)
                     dt = (now_ns() - t0) * 1e-9 / inner / 2
+                    path.release()
                     if me == 0:
-                        out.setdefault((path, n), []).append(dt)
-            for c in chans:
-                c.release()
+                        out.setdefault((p, n), []).append(dt)
     finally:
-        for c in chans:
-            c.close()
+        for path in opened.values():
+            path.close()
         for c in (sub, subrev):
             if c != MPI.COMM_NULL:
                 c.Free()
         rev.Free()
         comm.Barrier()
-    return {"samples": out, "paths": list(paths)} if comm.rank == 0 else None
+    if comm.rank != 0:
+        return None
+    return {"samples": out, "paths": list(opened), "settings": {name: path.config for name, path in opened.items()}}
 
 
 def read_time_point(comm, backend: str, codec: str, size: int, messages: int) -> dict | None:
@@ -656,7 +620,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                             stop_reason=f"fixed: {p['stream_rounds']} rounds"))  # fmt: skip
             samples += results.sample_rows(out["bandwidth"], **lab, metric="bandwidth", unit="B/s")
 
-    # small messages: the ring's fast path, the channel interface, iceoryx2 and MPI's floor, ping-pong, interleaved
+    # small messages: the bare spin, the ring's fast path and interface, the libraries both ways and MPI, ping-pong
     t0 = time.perf_counter()
     sp = run_point(cluster, small_path_point, p["small_sizes"], p["small_samples"], p["small_inner"], ranks=2, timeout=300)[0]
     add_time("fair serialization: small-message paths", time.perf_counter() - t0)
@@ -716,6 +680,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     meta["replicates"] = plan.record()
     meta["libraries"] = {"versions": libraries.versions(), "settings": libraries.SETTINGS,
                          "not_available": [k for k, ok in have.items() if not ok]}  # fmt: skip
+    meta["small_paths"] = sp["settings"]  # how each small-message path ran, the libraries' best ways included
     results.write(CHAPTER, summary, samples_df, meta,
                   extra={"phases": pd.DataFrame(phases), "pushpull_delivery": delivery})  # fmt: skip
     claims.record(CHAPTER)
@@ -845,13 +810,24 @@ def _fast_path(summary: pd.DataFrame) -> dict:
     n = 64 if 64 in set(sp["size_bytes"]) else int(sp["size_bytes"].max())
     at = sp[sp["size_bytes"] == n].set_index("variant")["median"]
     ratio = _pick(summary, experiment="derived", metric="shm_fast_over_mpi", size_bytes=n)
+    floor = _pick(summary, experiment="derived", metric="shm_fast_over_spin", size_bytes=n)
     empty = sp[(sp["size_bytes"] == 0) & (sp["variant"] == "shm_fast")]["median"]
+    spin = {}
+    if not floor.empty:
+        f = floor.iloc[0]
+        spin = {"fast_spin_latency": float(at.get("bare_spin", np.nan)), "fast_over_spin": float(f["median"]),
+                "fast_over_spin_low": float(f["ci_low"]), "fast_over_spin_high": float(f["ci_high"]),
+                "fast_over_spin_met": bool(f["median"] <= TARGET_FAST_OVER_SPIN)}  # fmt: skip
     return {"fast_size": n, "fast_latency": float(at.get("shm_fast", np.nan)), "fast_mpi_latency": float(at.get("mpi_buffer", np.nan)),
             "fast_ratio": float(ratio["median"].iloc[0]) if not ratio.empty else float("nan"),
             "fast_ratio_low": float(ratio["ci_low"].iloc[0]) if not ratio.empty else float("nan"),
             "fast_ratio_high": float(ratio["ci_high"].iloc[0]) if not ratio.empty else float("nan"),
             "fast_empty_latency": float(empty.iloc[0]) if not empty.empty else float("nan"),
-            "fast_iceoryx2_latency": float(at.get("iceoryx2", np.nan))}  # fmt: skip
+            "fast_iceoryx2_latency": float(at.get("iceoryx2", np.nan)), **spin}  # fmt: skip
+
+
+TARGET_FAST_OVER_SPIN = 1.5
+"""The fast path's one-way time at 64 B within this factor of the bare shared-memory spin's, in the same rounds."""
 
 
 FRAMING_OF = {b: backends.BACKENDS[b].framing for b in backends.BROADCAST_BACKENDS}
@@ -1019,6 +995,23 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
                 out.append(derived_row(lambda a, b: a / b, [lat(path), lat("mpi_buffer")], f"{path}_over_mpi", "x",
                                        CHAPTER, paired=True, inputs=f"ping-pong one-way, {path} over MPI buffer "
                                        "Send/Recv, same rounds", payload="array:raw", size_bytes=n, readers=1))  # fmt: skip
+        for lib in LIBRARY_PATHS:
+            if {lib, f"{lib}_best"} <= have:
+                out.append(derived_row(lambda a, b: a / b, [lat(lib), lat(f"{lib}_best")], f"{lib}_interface_over_best",
+                                       "x", CHAPTER, paired=True, inputs=f"ping-pong one-way, {lib} through the channel "
+                                       "interface over the library at its documented best, same rounds",
+                                       payload="array:raw", size_bytes=n, readers=1))  # fmt: skip
+        if {"shm_fast", "iceoryx2_best"} <= have:
+            out.append(derived_row(lambda a, b: a / b, [lat("shm_fast"), lat("iceoryx2_best")],
+                                   "shm_fast_over_iceoryx2_best", "x", CHAPTER, paired=True,
+                                   inputs="ping-pong one-way, the ring's fast path over iceoryx2 at its documented best, "
+                                   "same rounds", payload="array:raw", size_bytes=n, readers=1))  # fmt: skip
+        for path in ("shm_fast", "iceoryx2", "iceoryx2_best", "mpi_buffer"):
+            if {path, "bare_spin"} <= have:
+                out.append(derived_row(lambda a, b: a / b, [lat(path), lat("bare_spin")], f"{path}_over_spin", "x",
+                                       CHAPTER, paired=True, inputs=f"ping-pong one-way, {path} over the bare "
+                                       "shared-memory spin, same rounds", payload="array:raw", size_bytes=n,
+                                       readers=1))  # fmt: skip
         if {"shm", "shm_fast"} <= have:
             out.append(derived_row(lambda a, b: a / b, [lat("shm"), lat("shm_fast")], "interface_over_fast_path", "x",
                                    CHAPTER, paired=True, inputs="ping-pong one-way, the ring through the channel "

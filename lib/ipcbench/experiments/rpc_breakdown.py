@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import tempfile
 
 import numpy as np
@@ -179,9 +180,53 @@ def bare_sizes(cfg: model.Config) -> list[int]:
     return [0, cfg.hidden * 4]
 
 
-def _bare_round_trips(endpoints: dict, rnd: int, sizes: list[int]) -> list[dict]:
+BARE_VARIANTS = {"ipc": "ZeroMQ ipc", "ipc_cold": "ZeroMQ ipc, after compute", "grpc": "gRPC unary"}
+"""The bare round trips' names on the page: back to back (hot), and each after a decode call's compute (cold)."""
+COLD_CONFIG = "fused"
+"""The configuration whose per-call compute the cold bare round trip repeats: ZeroMQ ipc, one fused call per layer."""
+
+
+def compute_between_calls(steps: list[dict], calls: list[dict], config: str = COLD_CONFIG) -> dict | None:
+    """Return the compute on each side of one decode call of ``config`` in a round: the client's (its decode steps'
+    compute per call) and the server's (its median fused layer's), in seconds; None where the round has none."""
+    st = [s for s in steps if s["config"] == config and s["phase"] == "decode" and s["rpcs"]]
+    cs = [c["server_compute_s"] for c in calls
+          if c["config"] == config and c["phase"] == "decode" and c["method"] == "FusedLayer"]
+    if not st or not cs:
+        return None
+    return {"client_compute_s": float(np.median([s["client_compute"] / s["rpcs"] for s in st])),
+            "server_compute_s": float(np.median(cs))}  # fmt: skip
+
+
+def busy_compute(seconds: float, work: np.ndarray, x: np.ndarray) -> float:
+    """Multiply ``x`` by ``work`` (a layer-sized matrix: the caches end as a layer's compute leaves them) until
+    ``seconds`` have passed; return the time it took."""
+    from ..measure import now_s
+
+    t0 = now_s()
+    while True:
+        x @ work
+        t = now_s() - t0
+        if t >= seconds:
+            return t
+
+
+def layer_matrix(cfg: model.Config) -> np.ndarray:
+    """A matrix of one layer's up projection (hidden x intermediate, float32) for :func:`busy_compute`."""
+    return np.full((cfg.hidden, cfg.intermediate), 1e-3, np.float32)
+
+
+_COLD = struct.Struct("<d")
+
+
+def _bare_round_trips(endpoints: dict, rnd: int, sizes: list[int], cold: dict | None = None,
+                      cfg: model.Config | None = None) -> list[dict]:  # fmt: skip
     """Time bare round trips of each transport's own (ZeroMQ DEALER to a ROUTER echo; gRPC Empty / Echo), one sample
-    per transport and size: the mean of :data:`BARE_CALLS`, after as many untimed."""
+    per transport and size: the mean of :data:`BARE_CALLS`, after as many untimed.
+
+    With ``cold`` (:func:`compute_between_calls`) ZeroMQ's round trip is also timed as a decode call meets it
+    (``ipc_cold``): the client computes for the client's time per call before each send, and the echo computes for the
+    server's time before it answers; the sample is the mean round trip minus the echo's compute, which it reports."""
     import zmq
 
     from ..measure import now_s
@@ -206,8 +251,42 @@ def _bare_round_trips(endpoints: dict, rnd: int, sizes: list[int]) -> list[dict]
                         rows.append({"round": rnd, "transport": "ipc", "bytes": n, "round_trip": (now_s() - t0) / BARE_CALLS})
                 g.bare(n, BARE_CALLS)
                 rows.append({"round": rnd, "transport": "grpc", "bytes": n, "round_trip": g.bare(n, BARE_CALLS)})
+            if cold is not None:
+                rows += cold_round_trips(sock, rnd, sizes, cold, cfg)
     finally:
         sock.close(linger=0)
+    return rows
+
+
+def cold_round_trips(sock, rnd: int, sizes: list[int], cold: dict, cfg: model.Config, calls: int = BARE_CALLS) -> list[dict]:
+    """Time ZeroMQ round trips through ``sock`` (a DEALER connected to the bare echo) as a decode call meets them: the
+    client computes for ``cold["client_compute_s"]`` before each send, the echo for ``cold["server_compute_s"]``
+    before it answers. One row per size (after an untimed pass of as many calls): the mean round trip minus the echo's
+    compute, and both computes as they ran."""
+    from ..measure import now_s
+
+    work = layer_matrix(cfg)
+    x = np.ones((1, cfg.hidden), np.float32)
+    spec = _COLD.pack(cold["server_compute_s"])
+    rows = []
+    for n in sizes:
+        payload = bytes(n)
+        for timed in (False, True):
+            total, client_c, server_c = 0.0, 0.0, 0.0
+            for _ in range(calls):
+                client_c += busy_compute(cold["client_compute_s"], work, x)
+                t0 = now_s()
+                sock.send_multipart([spec, payload], copy=n < 65536)
+                if not sock.poll(30_000):
+                    raise TimeoutError("the bare ZeroMQ echo did not answer within 30 s")
+                reply = sock.recv_multipart(copy=False)
+                total += now_s() - t0
+                if len(reply) != 2 or len(reply[0]) != _COLD.size or len(reply[1]) != n:
+                    raise AssertionError(f"the bare ZeroMQ echo answered {[len(f) for f in reply]} B to a cold call of {n} B")
+                server_c += _COLD.unpack(reply[0].bytes)[0]
+            if timed:
+                rows.append({"round": rnd, "transport": "ipc_cold", "bytes": n, "round_trip": (total - server_c) / calls,
+                             "client_compute_s": client_c / calls, "server_compute_s": server_c / calls})  # fmt: skip
     return rows
 
 
@@ -300,7 +379,8 @@ def _drive(params: dict, weights: model.Weights, endpoints: dict, rnd: int, chec
             with open(os.path.join(logdir, f"{name}.log"), encoding="utf-8") as f:
                 out["logs"][name] = f.read()
     out["monitor"] = [] if check else _monitor_cost(params, endpoints, prompt, rnd, logdir_base=tempfile.gettempdir())
-    out["bare"] = [] if check else _bare_round_trips(endpoints, rnd, bare_sizes(weights.config))
+    cold = None if check else compute_between_calls(out["steps"], out["calls"])
+    out["bare"] = [] if check else _bare_round_trips(endpoints, rnd, bare_sizes(weights.config), cold, weights.config)
     out["warm"] = [] if check else _warm_codec(weights.config, rnd)
     return out
 
@@ -389,7 +469,7 @@ def _with_server(comm, params: dict, drive, bind: list[str] | None = None) -> di
             server = RpcServer(weights, bind or [f"ipc://{tmpdir}/rpc.ipc", "tcp://127.0.0.1:*"])
             if bind is None:
                 gserver = GrpcServer(weights, f"unix:{tmpdir}/grpc.sock")
-                echo = _BareEcho(f"ipc://{tmpdir}/bare.ipc")
+                echo = _BareEcho(f"ipc://{tmpdir}/bare.ipc", weights.config)
         except Exception as exc:
             comm.bcast(f"the server could not bind: {exc}", root=1)
             for x in (server, gserver, echo):
@@ -430,9 +510,12 @@ def _with_server(comm, params: dict, drive, bind: list[str] | None = None) -> di
 
 class _BareEcho:
     """A ZeroMQ ROUTER on its own thread that sends every message straight back: the bare round trip of the RPC's own
-    transport, served by the server's process (its poll, like the server's, sleeps in the kernel)."""
+    transport, served by the server's process (its poll, like the server's, sleeps in the kernel).
 
-    def __init__(self, endpoint: str):
+    A message of two frames (a float64 of seconds, the payload) is answered after computing that long on a layer-sized
+    matrix (:func:`busy_compute`), with the compute's own time in place of the seconds."""
+
+    def __init__(self, endpoint: str, cfg: model.Config | None = None):
         import threading
 
         import zmq
@@ -441,6 +524,8 @@ class _BareEcho:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._work = layer_matrix(cfg) if cfg is not None else None
+        self._x = np.ones((1, cfg.hidden), np.float32) if cfg is not None else None
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="bare-zmq-echo", daemon=True)
         self._thread.start()
@@ -448,7 +533,11 @@ class _BareEcho:
     def _run(self) -> None:
         while not self._stop:
             if self.sock.poll(50):
-                self.sock.send_multipart(self.sock.recv_multipart(copy=False), copy=False)
+                frames = self.sock.recv_multipart(copy=False)
+                if len(frames) == 3 and self._work is not None and len(frames[1]) == _COLD.size:
+                    took = busy_compute(_COLD.unpack(frames[1].bytes)[0], self._work, self._x)
+                    frames[1] = _COLD.pack(took)
+                self.sock.send_multipart(frames, copy=False)
 
     def close(self) -> None:
         self._stop = True
@@ -600,23 +689,31 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         per_call = pd.DataFrame({"round": c["round"].to_numpy(), "call_overhead": over, "bare_zmq_round_trip": bare,
                                  "overhead_vs_bare_zmq": over / bare, "bare_own_round_trip": own,
                                  "overhead_vs_bare_own": over / own})  # fmt: skip
+        cold_metrics = ()
+        if transport == "ipc" and not bare_df.empty and "ipc_cold" in set(bare_df["transport"]):
+            cold = own_bare_s(bare_df, "ipc_cold", c, curves)
+            per_call["bare_cold_round_trip"], per_call["overhead_vs_bare_cold"] = cold, over / cold
+            cold_metrics = (("bare_cold_round_trip", "s"), ("overhead_vs_bare_cold", "x"))
         # one sample per round (its median call): the calls of one round share its conditions, so pooling them
         # would make an interval far narrower than the rounds justify
         per_round_call = per_call.groupby("round").median()
         lab = {**base, "experiment": "per_call", "variant": conf}
         for metric, unit in (("call_overhead", "s"), ("bare_zmq_round_trip", "s"), ("overhead_vs_bare_zmq", "x"),
-                             ("bare_own_round_trip", "s"), ("overhead_vs_bare_own", "x")):  # fmt: skip
+                             ("bare_own_round_trip", "s"), ("overhead_vs_bare_own", "x"), *cold_metrics):  # fmt: skip
             r, s = _summ(per_round_call[metric].to_numpy(), lab, metric, unit, rounds=per_round_call.index,
                          replicate_of=round_rep, **extra, calls=len(per_call))  # fmt: skip
             rows.append(r)
             samples += s
     # the bare round trips of the RPC's own transports, measured in every timed round beside the ladder
     for (transport, n), g in bare_df.groupby(["transport", "bytes"]):
-        lab = {**base, "experiment": "bare_round_trip", "variant": "ZeroMQ ipc" if transport == "ipc" else "gRPC unary",
-               "size_bytes": int(n)}  # fmt: skip
+        lab = {**base, "experiment": "bare_round_trip", "variant": BARE_VARIANTS[transport], "size_bytes": int(n)}
         g = g.sort_values("round")
+        extra = {}
+        if transport == "ipc_cold":  # the compute each call sat between, as measured (means over the round's calls)
+            extra = {"client_compute_s": float(g["client_compute_s"].median()),
+                     "server_compute_s": float(g["server_compute_s"].median()), "compute_of": COLD_CONFIG}  # fmt: skip
         r, s = _summ(g["round_trip"].to_numpy(), lab, "round_trip", "s", rounds=g["round"], replicate_of=round_rep,
-                     transport=transport, calls=BARE_CALLS)  # fmt: skip
+                     transport=transport, calls=BARE_CALLS, **extra)  # fmt: skip
         rows.append(r)
         samples += s
     # the client's encode and decode of a fused call, warm (back to back), one sample per round
@@ -672,7 +769,12 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                 "same round (ZeroMQ ipc: a ROUTER echo in the server's process; gRPC: Empty / Echo "
                                 "unary calls; tcp: chapter 0), at the mean of the bytes sent and received",
         "round_trip": "experiment bare_round_trip: mean of 100 bare round trips of the given bytes each way, one sample "
-                      "per timed round",
+                      "per timed round; 'after compute' (cold): each call sent after the client computed for the "
+                      f"client's compute per decode call of '{COLD_CONFIG}' in that round, and answered after the echo "
+                      "computed for that configuration's median server compute per call (a layer-sized matrix "
+                      "product, repeated), the echo's compute subtracted",
+        "overhead_vs_bare_cold": "(call total - server compute) / the cold bare ZeroMQ round trip of the same round, at "
+                                 "the mean of the bytes sent and received (ZeroMQ ipc configurations)",
         "warm_codec": "the client's encode of a fused decode call's request and decode of its reply, 200 back to back "
                       "in the client's process (warm), mean per call, one sample per timed round",
         "bytes": "bytes the calls moved by any path (socket frames + shared memory); wire_bytes: socket frames only",
@@ -723,6 +825,16 @@ def targets(summary: pd.DataFrame, steps: pd.DataFrame) -> dict:
     b, base = over.loc[best], over.loc[BASELINE]
     ratio = pick_row(summary, experiment="per_call", variant=best, metric="overhead_vs_bare_zmq")
     own = pick_row(summary, experiment="per_call", variant=best, metric="overhead_vs_bare_own")
+    cold = summary.query("experiment == 'per_call' and variant == @best and metric == 'overhead_vs_bare_cold'")
+    hot_rt = summary.query("experiment == 'bare_round_trip' and variant == @BARE_VARIANTS['ipc'] and size_bytes == 0")
+    cold_rt = summary.query("experiment == 'bare_round_trip' and variant == @BARE_VARIANTS['ipc_cold'] and size_bytes == 0")
+    cold_out = {}
+    if not cold.empty and not hot_rt.empty and not cold_rt.empty:
+        c = cold.iloc[0]
+        cold_out = {"cold_ratio_x": float(c["median"]), "cold_ratio_ci": [float(c["ci_low"]), float(c["ci_high"])],
+                    "cold_ratio_met": bool(c["median"] <= TARGET_BARE_RATIO),
+                    "hot_empty_s": float(hot_rt["median"].iloc[0]), "cold_empty_s": float(cold_rt["median"].iloc[0]),
+                    "wake_up_s": float(cold_rt["median"].iloc[0] - hot_rt["median"].iloc[0])}  # fmt: skip
     return {
         "best": best,
         "best_tokens_identical": bool(tok[best]),
@@ -737,6 +849,7 @@ def targets(summary: pd.DataFrame, steps: pd.DataFrame) -> dict:
         "own_ratio_x": float(own["median"]),
         "own_ratio_ci": [float(own["ci_low"]), float(own["ci_high"])],
         "own_ratio_met": bool(own["median"] <= TARGET_BARE_RATIO),
+        **cold_out,
     }
 
 
