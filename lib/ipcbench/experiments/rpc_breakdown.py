@@ -199,21 +199,27 @@ def compute_between_calls(steps: list[dict], calls: list[dict], config: str = CO
 
 
 def busy_compute(seconds: float, work: np.ndarray, x: np.ndarray) -> float:
-    """Multiply ``x`` by ``work`` (a layer-sized matrix: the caches end as a layer's compute leaves them) until
-    ``seconds`` have passed; return the time it took."""
+    """Multiply ``x`` by ``work`` until ``seconds`` have passed (none at 0); return the time it took."""
     from ..measure import now_s
 
     t0 = now_s()
-    while True:
+    t = 0.0
+    while t < seconds:
         x @ work
         t = now_s() - t0
-        if t >= seconds:
-            return t
+    return t
 
 
 def layer_matrix(cfg: model.Config) -> np.ndarray:
-    """A matrix of one layer's up projection (hidden x intermediate, float32) for :func:`busy_compute`."""
+    """The server's work for :func:`busy_compute`: a matrix of one layer's up projection (hidden x intermediate,
+    float32), streamed from memory as a layer's weights are."""
     return np.full((cfg.hidden, cfg.intermediate), 1e-3, np.float32)
+
+
+def client_matrix(cfg: model.Config) -> np.ndarray:
+    """The client's work for :func:`busy_compute`: a hidden x head_dim matrix (float32), a working set that stays in
+    the caches as the client's attention over a short KV cache does."""
+    return np.full((cfg.hidden, cfg.head_dim), 1e-3, np.float32)
 
 
 _COLD = struct.Struct("<d")
@@ -236,6 +242,8 @@ def _bare_round_trips(endpoints: dict, rnd: int, sizes: list[int], cold: dict | 
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoints["bare_ipc"])
+    poller = zmq.Poller()  # one for every call, as the RPC client's
+    poller.register(sock, zmq.POLLIN)
     try:
         with GrpcClient(endpoints["grpc"], timeout_s=30) as g:
             for n in sizes:
@@ -244,7 +252,7 @@ def _bare_round_trips(endpoints: dict, rnd: int, sizes: list[int], cold: dict | 
                     t0 = now_s()
                     for _ in range(BARE_CALLS):
                         sock.send(payload, copy=n < 65536)
-                        if not sock.poll(30_000):
+                        if not poller.poll(30_000):
                             raise TimeoutError("the bare ZeroMQ echo did not answer within 30 s")
                         sock.recv(copy=False)
                     if timed:
@@ -263,11 +271,15 @@ def cold_round_trips(sock, rnd: int, sizes: list[int], cold: dict, cfg: model.Co
     client computes for ``cold["client_compute_s"]`` before each send, the echo for ``cold["server_compute_s"]``
     before it answers. One row per size (after an untimed pass of as many calls): the mean round trip minus the echo's
     compute, and both computes as they ran."""
+    import zmq
+
     from ..measure import now_s
 
-    work = layer_matrix(cfg)
+    work = client_matrix(cfg)
     x = np.ones((1, cfg.hidden), np.float32)
     spec = _COLD.pack(cold["server_compute_s"])
+    poller = zmq.Poller()  # one for every call, as the RPC client's
+    poller.register(sock, zmq.POLLIN)
     rows = []
     for n in sizes:
         payload = bytes(n)
@@ -277,7 +289,7 @@ def cold_round_trips(sock, rnd: int, sizes: list[int], cold: dict, cfg: model.Co
                 client_c += busy_compute(cold["client_compute_s"], work, x)
                 t0 = now_s()
                 sock.send_multipart([spec, payload], copy=n < 65536)
-                if not sock.poll(30_000):
+                if not poller.poll(30_000):
                     raise TimeoutError("the bare ZeroMQ echo did not answer within 30 s")
                 reply = sock.recv_multipart(copy=False)
                 total += now_s() - t0
@@ -531,8 +543,12 @@ class _BareEcho:
         self._thread.start()
 
     def _run(self) -> None:
+        import zmq
+
+        poller = zmq.Poller()  # one for the loop, as the server's (Socket.poll builds a new Poller on every call)
+        poller.register(self.sock, zmq.POLLIN)
         while not self._stop:
-            if self.sock.poll(50):
+            if poller.poll(50):
                 frames = self.sock.recv_multipart(copy=False)
                 if len(frames) == 3 and self._work is not None and len(frames[1]) == _COLD.size:
                     took = busy_compute(_COLD.unpack(frames[1].bytes)[0], self._work, self._x)
@@ -770,9 +786,10 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                 "unary calls; tcp: chapter 0), at the mean of the bytes sent and received",
         "round_trip": "experiment bare_round_trip: mean of 100 bare round trips of the given bytes each way, one sample "
                       "per timed round; 'after compute' (cold): each call sent after the client computed for the "
-                      f"client's compute per decode call of '{COLD_CONFIG}' in that round, and answered after the echo "
-                      "computed for that configuration's median server compute per call (a layer-sized matrix "
-                      "product, repeated), the echo's compute subtracted",
+                      f"client's compute per decode call of '{COLD_CONFIG}' in that round (a hidden x head_dim matrix "
+                      "product, repeated: a working set in the caches), and answered after the echo computed for that "
+                      "configuration's median fused-layer compute (a hidden x intermediate matrix product, repeated: "
+                      "streamed from memory), the echo's compute subtracted",
         "overhead_vs_bare_cold": "(call total - server compute) / the cold bare ZeroMQ round trip of the same round, at "
                                  "the mean of the bytes sent and received (ZeroMQ ipc configurations)",
         "warm_codec": "the client's encode of a fused decode call's request and decode of its reply, 200 back to back "
