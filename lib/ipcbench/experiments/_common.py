@@ -229,6 +229,14 @@ def pattern_bytes(size: int):
     return np.resize(np.arange(256, dtype=np.uint8), size)
 
 
+def within_target(row, target: float) -> bool | None:
+    """Whether a ratio is within ``target``: True where its whole interval is at or below it, False where its whole
+    interval is above it, None where the interval holds the target (not shown either way)."""
+    if row["ci_high"] <= target:
+        return True
+    return False if row["ci_low"] > target else None
+
+
 def pick_row(summary, **where):
     """Return the first summary row whose columns equal ``where``; raise ResultsError when none does."""
     q = summary

@@ -2,12 +2,12 @@
 
 Every path is a :class:`PingPong` opened on the two ranks of ``comm`` (rank 0 sends first) and on ``rev`` (the same
 ranks, rank 1 writing: the return direction). ``trip(payload, k)`` runs ``k`` round trips and returns what this rank
-received last (rank 1 echoes what it received, or sends the payload back through the channel interface); ``release``
-lets go of it; ``close`` frees everything. ``config`` says in words how the path runs: the results record it.
+received last; on every path rank 1 sends back what it received. ``release`` lets go of it; ``close`` frees
+everything. ``config`` says in words how the path runs: the results record it.
 
 Beside the book's channels through their interface, each production library also runs the way its documentation
 shows for latency (``<library>_best``): its own calls on one ``bytes`` payload, without the channel interface's list of
-frames. The bare spin is the floor of any ring written in Python.
+frames. The bare spin is the least a ring written in Python does per message.
 """
 
 from __future__ import annotations
@@ -147,9 +147,12 @@ class _Pair(PingPong):
 class ChannelPath(_Pair):
     """A channel through the book's interface: ``send([payload])`` and ``recv()[0]``."""
 
-    def __init__(self, backend: str, comm, rev, **options):
+    def __init__(self, backend: str, comm, rev, settings: str = "", **options):
+        from .. import labels
+
         super().__init__(backend, comm, rev, **options)
-        self.config = f"the channel interface (a list of one frame) over {backend}"
+        self.config = f"{labels.variant_words(backend)} through the channel interface (a list of one frame)" + (
+            f"; {settings}" if settings else "")  # fmt: skip
 
     def trip(self, payload, k: int):
         a, b, got = self.there, self.back, None
@@ -159,14 +162,15 @@ class ChannelPath(_Pair):
                 got = b.recv()[0]
             else:
                 got = a.recv()[0]
-                b.send([payload])
+                b.send([got])
         return got
 
 
 class RingFastPath(_Pair):
     """The shared-memory ring's single-frame fast path (``send_one`` / ``recv_one``)."""
 
-    config = "the ring's fast path: send_one (one slice copy, one counter store) and recv_one (polls without pause)"
+    config = ("the shared-memory ring's one-frame fast path: 4 slots, one slice copy and one counter store per message, "
+              "the reader polls without pause and gets a view")  # fmt: skip
 
     def __init__(self, comm, rev, nbytes: int):
         super().__init__("shm", comm, rev, slot_bytes=max(4096, nbytes + 64), slots=4, wait="spin")
@@ -179,7 +183,7 @@ class RingFastPath(_Pair):
                 got = b.recv_one()
             else:
                 got = a.recv_one()
-                b.send_one(payload)
+                b.send_one(got)
         return got
 
 
@@ -187,8 +191,8 @@ class Iceoryx2Best(_Pair):
     """iceoryx2 as its own latency benchmark runs it: loan a slice of the payload's size, copy into it, send;
     busy-poll ``receive``; rank 1 echoes the received sample into a new loan (shared memory to shared memory)."""
 
-    config = ("loan_slice_uninit of the payload's size, one memmove into it, send; receive() polled without pause; "
-              "the echo copies the received sample into a new loan; static allocation")  # fmt: skip
+    config = ("as its own latency benchmark: a sample of the payload's size loaned, one copy into it, sent; the reader "
+              "polls for a sample without pause; the echo copies the received sample into a new loan; static allocation")  # fmt: skip
 
     def __init__(self, comm, rev, nbytes: int):
         super().__init__("iceoryx2", comm, rev, max_bytes=max(64, nbytes))
@@ -271,7 +275,7 @@ class BytesBest(_Pair):
 class MpiBuffer(PingPong):
     """MPI's buffer ``Send`` / ``Recv`` (chapter 0's floor)."""
 
-    config = "MPI Send/Recv of a uint8 buffer (mpich), receive into a preallocated array"
+    config = "MPI Send and Recv of a byte buffer (MPICH), received into a preallocated array"
 
     def __init__(self, comm, nbytes: int):
         self.comm, self.me = comm, comm.rank
@@ -288,12 +292,12 @@ class MpiBuffer(PingPong):
                 c.Recv([r, MPI.BYTE], source=1, tag=2)
             else:
                 c.Recv([r, MPI.BYTE], source=0, tag=1)
-                c.Send([payload, MPI.BYTE], dest=0, tag=2)
+                c.Send([r, MPI.BYTE], dest=0, tag=2)
         return r
 
 
 LIBRARY_PATHS = ("iceoryx2", "faster_fifo", "mp_queue", "pynng")
-"""The production libraries timed both ways: through the channel interface and at their documented best."""
+"""The production libraries timed both ways: through the channel interface and as their documentation shows them."""
 
 
 def available_paths(paths) -> list[str]:
@@ -317,11 +321,12 @@ def open_path(name: str, comm, rev, nbytes: int) -> PingPong:
     if name in ("faster_fifo_best", "mp_queue_best", "pynng_best"):
         return BytesBest(name.removesuffix("_best"), comm, rev, nbytes)
     if name == "shm":
-        return ChannelPath("shm", comm, rev, slot_bytes=max(4096, nbytes + 64), slots=4, wait="spin")
-    if name == "iceoryx2":
-        return ChannelPath("iceoryx2", comm, rev, max_bytes=max(64, nbytes + 64))
-    if name == "faster_fifo":
-        return ChannelPath("faster_fifo", comm, rev, max_bytes=max(4096, nbytes + 4096))
-    if name in ("mp_queue", "pynng"):
-        return ChannelPath(name, comm, rev)
+        slot = max(4096, nbytes + 64)
+        return ChannelPath("shm", comm, rev, f"4 slots of {slot} B, the reader polls without pause", slot_bytes=slot,
+                           slots=4, wait="spin")  # fmt: skip
+    if name in backends.LIBRARY_BACKENDS:
+        from ..backends.libraries import SETTINGS
+
+        opts = {"max_bytes": max(4096, nbytes + 4096)} if name in ("iceoryx2", "faster_fifo") else {}
+        return ChannelPath(name, comm, rev, SETTINGS[name], **opts)
     raise KeyError(f"unknown small-message path {name!r}")
