@@ -254,6 +254,8 @@ class BytesBest(_Pair):
         self.min_bytes = 1 if backend == "pynng" else 0
         mine, theirs = (self.there, self.back) if self.me == 0 else (self.back, self.there)
         if backend == "pynng":
+            comm.Barrier()
+            _drop_hellos(theirs)
             self._send, self._recv = mine.sock.send, theirs.sock.recv
         else:
             self._send, self._recv = mine.queues[0].put, theirs.queues[0].get
@@ -270,6 +272,21 @@ class BytesBest(_Pair):
                 got = recv()
                 send(got)
         return got
+
+
+def _drop_hellos(chan, settle_s: float = 0.02) -> None:
+    """Drop the hellos (``H``) the NNG channel's handshake may still have in flight to this reader, so that the raw
+    ``recv`` of the documented way gets payloads only: every hello was sent before the barrier that preceded this."""
+    import time
+
+    time.sleep(settle_s)
+    while True:
+        try:
+            msg = chan.sock.recv(block=False)
+        except chan.pynng.TryAgain:
+            return
+        if msg != b"H":
+            raise AssertionError(f"pynng: an unexpected {len(msg)} B message before the first payload")
 
 
 class MpiBuffer(PingPong):
