@@ -794,7 +794,9 @@ def targets(summary: pd.DataFrame, limits: pd.DataFrame) -> dict:
         "large_bandwidth": float(best_bw["median"]), "memcpy_bandwidth": float(mem_at["median"].iloc[0]),
         "memcpy_size": int(mem_at["size_bytes"].iloc[0]),
         "large_ratio": float(best_bw["median"] / mem_at["median"].iloc[0]),
-        "small_size": small, "small_best": f"{best_lat['variant']} + {best_lat['codec']}",
+        "small_size": small,
+        "small_best": f"{labels.variant_words(best_lat['variant'])} with "
+                      f"{labels.vocabulary()['values'].get(best_lat['codec'], best_lat['codec'])}",
         "small_latency": float(best_lat["median"]), "pingpong_latency": float(pp_at["median"].iloc[0]),
         "pingpong_size": int(pp_at["size_bytes"].iloc[0]),
         "small_ratio": float(best_lat["median"] / pp_at["median"].iloc[0]),
