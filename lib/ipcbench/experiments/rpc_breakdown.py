@@ -730,7 +730,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         lab = {**base, "experiment": "bare_round_trip", "variant": BARE_VARIANTS[transport], "size_bytes": int(n)}
         g = g.sort_values("round")
         extra = {}
-        if transport == "ipc_cold":  # the compute each call sat between, as measured (means over the round's calls)
+        if transport == "ipc_cold":  # the compute each call sat between, as it ran (each round's median call, then over rounds)
             extra = {"client_compute_s": float(g["client_compute_s"].median()),
                      "server_compute_s": float(g["server_compute_s"].median()), "compute_of": COLD_CONFIG}  # fmt: skip
         r, s = _summ(g["round_trip"].to_numpy(), lab, "round_trip", "s", rounds=g["round"], replicate_of=round_rep,
