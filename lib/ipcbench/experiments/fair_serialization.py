@@ -231,8 +231,8 @@ def stream_point(comm, backend: str, nbytes: int, window: int, rounds: int, warm
 
 SMALL_PATHS = ("bare_spin", "shm_fast", "shm", "iceoryx2", "iceoryx2_best", "faster_fifo", "faster_fifo_best",
                "mp_queue", "mp_queue_best", "pynng", "pynng_best", "mpi_buffer")
-"""The small-message paths timed side by side (:mod:`._small_paths`): a bare shared-memory spin (the floor of any
-Python ring), the ring's single-frame fast path, the same ring through the channel interface (frame list, Python
+"""The small-message paths timed side by side (:mod:`._small_paths`): a bare shared-memory spin (the least a ring in
+Python does per message), the ring's single-frame fast path, the same ring through the channel interface (frame list, Python
 framing), each production library through the channel interface and as its documentation shows it for latency
 (``_best``), and MPI's buffer Send/Recv (chapter 0's floor)."""
 
@@ -681,7 +681,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     meta["replicates"] = plan.record()
     meta["libraries"] = {"versions": libraries.versions(), "settings": libraries.SETTINGS,
                          "not_available": [k for k, ok in have.items() if not ok]}  # fmt: skip
-    meta["small_paths"] = sp["settings"]  # how each small-message path ran, the libraries' best ways included
+    meta["small_paths"] = sp["settings"]  # how each small-message path ran, the libraries' documented ways included
     results.write(CHAPTER, summary, samples_df, meta,
                   extra={"phases": pd.DataFrame(phases), "pushpull_delivery": delivery})  # fmt: skip
     claims.record(CHAPTER)
