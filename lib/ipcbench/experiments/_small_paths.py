@@ -6,8 +6,8 @@ received last; on every path rank 1 sends back what it received. ``release`` let
 everything. ``config`` says in words how the path runs: the results record it.
 
 Beside the book's channels through their interface, each production library also runs the way its documentation
-shows for latency (``<library>_best``): its own calls on one ``bytes`` payload, without the channel interface's list of
-frames. The bare spin is the least a ring written in Python does per message.
+shows for latency (``<library>_best``): its own calls on one payload, without the channel interface's list of frames.
+The bare spin is the least a ring written in Python does per message.
 """
 
 from __future__ import annotations
