@@ -111,7 +111,7 @@ def test_chapter1_gives_every_seed_000_claim_a_verdict(quick_book, session_resul
     assert (summary["oversubscribed"] == (summary["ranks"] > cores)).all()  # ranks: busy engines (derived rows: none)
     assert (summary.query("readers == 3 and experiment != 'derived'")["oversubscribed"] == (4 > cores)).all()
     # the small-message paths: every one ran at every size it can carry, and the results say how each ran (the
-    # production libraries both through the channel interface and at their documented best)
+    # production libraries both through the channel interface and as their documentation shows them)
     from ipcbench.experiments import _small_paths as sps
     from ipcbench.experiments import fair_serialization as fs
 

@@ -492,3 +492,11 @@ def test_compute_between_calls_reads_the_fused_layers_of_one_configuration():
     got = rb.compute_between_calls(steps, calls)
     assert got == pytest.approx({"client_compute_s": 1e-3, "server_compute_s": 3e-3})
     assert rb.compute_between_calls(steps, calls, config="shm") is None
+
+
+def test_a_target_is_met_only_where_its_whole_interval_is_within_it():
+    from ipcbench.experiments._common import within_target
+
+    assert within_target({"ci_low": 0.6, "ci_high": 1.4}, 1.5) is True
+    assert within_target({"ci_low": 1.6, "ci_high": 2.9}, 1.5) is False
+    assert within_target({"ci_low": 1.2, "ci_high": 1.9}, 1.5) is None

@@ -204,7 +204,8 @@ class Iceoryx2Best(_Pair):
         pub = (self.there if self.me == 0 else self.back).publisher
         sub = (self.back if self.me == 0 else self.there).subscriber
         n = len(payload)
-        src = np.ascontiguousarray(payload).ctypes.data if n else 0
+        data = np.ascontiguousarray(payload)  # held for the loop: its address is copied from on every send
+        src = data.ctypes.data if n else 0
         self.release()
         got = None
         for _ in range(k):
