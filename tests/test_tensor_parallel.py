@@ -43,6 +43,34 @@ def test_lse_merge_equals_full_attention():
     assert np.allclose(got, model.attention_core(q, k, v, qpos), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", ["numba_simd", "numba_scalar"])
+def test_compiled_attention_matches_the_reference(kernel):
+    """The online-softmax loops against numpy's attention, with GQA, a query that sees no key of the block (its output
+    0 and its lse -inf, as merge_lse expects), a decode step and an empty block."""
+    rng = np.random.default_rng(2)
+    block = tp.attention_kernel(kernel)
+    assert block is not tp.attention_block
+    for heads, kvh, d, qpos, kpos in ((4, 2, 8, np.array([0, 4, 8]), np.arange(2, 7)),
+                                      (16, 8, 128, np.array([47]), np.arange(48)),
+                                      (4, 2, 8, np.arange(3), np.arange(0))):  # fmt: skip
+        q = rng.standard_normal((heads, qpos.size, d), dtype=np.float32)
+        k = rng.standard_normal((kvh, kpos.size, d), dtype=np.float32)
+        v = rng.standard_normal((kvh, kpos.size, d), dtype=np.float32)
+        want_out, want_lse = tp.attention_block(q, k, v, qpos, kpos)
+        got_out, got_lse = block(q[:, ::-1][:, ::-1], k, v, qpos, kpos)  # (a non-contiguous q is copied, not misread)
+        assert got_out.dtype == np.float32 and got_out.shape == want_out.shape
+        seen = np.isfinite(want_lse)
+        assert np.array_equal(np.isfinite(got_lse), seen)
+        scale = max(float(np.abs(want_out).max()), 1e-30)
+        assert float(np.abs(got_out - want_out).max()) <= 1e-3 * scale
+        assert np.allclose(got_lse[seen], want_lse[seen], rtol=1e-3, atol=1e-4)
+        assert not got_out[~seen].any()
+
+
+def test_attention_kernel_of_a_matmul_only_kernel_is_numpys():
+    assert tp.attention_kernel("numpy") is tp.attention_block and tp.attention_kernel("python") is tp.attention_block
+
+
 @pytest.mark.parametrize("kernel", tp.KERNELS)
 def test_kernels_compute_the_product(kernel):
     rng = np.random.default_rng(1)
@@ -57,8 +85,9 @@ def test_unknown_kernel_is_refused():
         tp.matmul("avx9")
 
 
-def test_fastmath_kernel_is_vectorised_and_strict_one_is_not():
-    simd, scalar = tp.simd_report("numba_simd"), tp.simd_report("numba_scalar")
+@pytest.mark.parametrize("loop", ["matmul", "attention"])
+def test_fastmath_kernel_is_vectorised_and_strict_one_is_not(loop):
+    simd, scalar = tp.simd_report("numba_simd", loop), tp.simd_report("numba_scalar", loop)
     assert simd["packed_fma_ymm"] + simd["packed_fma_zmm"] > 0
     assert scalar["packed_fma_ymm"] + scalar["packed_fma_zmm"] == 0 and scalar["scalar_float_ops"] > 0
 

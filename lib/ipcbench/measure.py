@@ -557,21 +557,28 @@ def repeat_collective(comm, sample: Callable[[], float], rule: StoppingRule, red
     return point
 
 
-def repeat_split(comm, step: Callable[[], tuple[float, float]], rule: StoppingRule,
-                 warmup: int | None = None) -> dict | None:  # fmt: skip
+def repeat_split(comm, step: Callable[[], tuple], rule: StoppingRule, warmup: int | None = None,
+                 parts: Sequence[str] = ()) -> dict | None:  # fmt: skip
     """Time a step that mixes compute and collectives on every rank; rank 0 returns the split samples (s).
 
-    ``step()`` returns (wall seconds, seconds inside collectives) on each rank. Per
-    sample: ``total`` = the slowest rank's wall time; ``compute`` = the largest
+    ``step()`` returns (wall seconds, seconds inside collectives) on each rank, and
+    with ``parts`` a third item: that rank's seconds in each named part of the step.
+    Per sample: ``total`` = the slowest rank's wall time; ``compute`` = the largest
     time any rank spent outside collectives; ``communication`` = total - compute
-    (time in collectives, waiting for a slower rank included); ``in_collectives_min``
+    (time in collectives, waiting for the slower rank included); ``in_collectives_min``
     = the least time any rank spent inside collectives (the rank that arrives last
-    waits least: close to the pure transfer time). Other ranks return None.
+    waits least: close to the pure transfer time); each part = the largest time any
+    rank spent in it. Other ranks return None.
     """
+    n_parts = len(parts)
 
     def vec():
-        wall, inside = step()
-        return [wall, wall - inside, -inside]  # max over ranks of each; the last gives -min(inside)
+        got = step()
+        wall, inside = got[0], got[1]
+        extra = list(got[2]) if n_parts else []
+        if len(extra) != n_parts:
+            raise ValueError(f"the step returned {len(extra)} part times for the parts {list(parts)}")
+        return [wall, wall - inside, -inside, *extra]  # max over ranks of each; the third gives -min(inside)
 
     with gc_paused():
         _, cross, reason = _collective_rounds(comm, vec, rule, "max", warmup)
@@ -579,8 +586,11 @@ def repeat_split(comm, step: Callable[[], tuple[float, float]], rule: StoppingRu
         return None
     total = [float(c[0]) for c in cross]
     compute = [float(c[1]) for c in cross]
-    return {"total": total, "compute": compute, "communication": [t - c for t, c in zip(total, compute, strict=True)],
-            "in_collectives_min": [float(-c[2]) for c in cross], "stop_reason": reason}  # fmt: skip
+    out = {"total": total, "compute": compute, "communication": [t - c for t, c in zip(total, compute, strict=True)],
+           "in_collectives_min": [float(-c[2]) for c in cross], "stop_reason": reason}  # fmt: skip
+    for j, name in enumerate(parts):
+        out[name] = [float(c[3 + j]) for c in cross]
+    return out
 
 
 def calibrate_inner_collective(comm, run_once: Callable[[], None], min_sample_s: float = 100e-6, cap: int = 10_000) -> int:

@@ -19,8 +19,10 @@ each call really hands to MPI, so volumes are counted, not worked out by hand.
 Also here: sequence-parallel attention with online softmax (each rank holds a
 block of keys/values; partial results are merged with the log-sum-exp rule),
 head-parallel attention, a whole decoder forward across ranks
-(:class:`TPDecoder`), and the matrix-product kernels the chapter compares
-(numpy/BLAS, numba with and without ``fastmath``, a pure-Python loop).
+(:class:`TPDecoder`), the matrix-product kernels the chapter compares
+(numpy/BLAS, numba with and without ``fastmath``, a pure-Python loop), and the
+attention kernels (numpy, and a compiled online-softmax loop with and without
+``fastmath``).
 """
 
 from __future__ import annotations
@@ -230,15 +232,19 @@ def matmul(kernel: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.nda
     raise ValueError(f"unknown kernel {kernel!r}; kernels are {', '.join(KERNELS)}")
 
 
-def simd_report(kernel: str = "numba_simd") -> dict:
-    """Return the packed-FMA instructions in a compiled numba kernel's assembly (ymm = AVX2, zmm = AVX-512)."""
+def simd_report(kernel: str = "numba_simd", loop: str = "matmul") -> dict:
+    """Return the packed-FMA instructions in a compiled numba kernel's assembly (ymm = AVX2, zmm = AVX-512);
+    ``loop`` is ``matmul`` (the dot-product kernel) or ``attention`` (the online-softmax loop)."""
     import re
 
-    fn = _numba_kernels()[kernel]
+    if loop not in ("matmul", "attention"):
+        raise ValueError(f"loop must be 'matmul' or 'attention', got {loop!r}")
+    fn = (_numba_kernels() if loop == "matmul" else _numba_attention())[kernel]
     asm = "\n".join(fn.inspect_asm().values())
     packed = [ln for ln in asm.splitlines() if re.search(r"\bvfmadd\w*ps\b", ln)]
     return {
         "kernel": kernel,
+        "loop": loop,
         "packed_fma_zmm": sum("zmm" in ln for ln in packed),
         "packed_fma_ymm": sum("ymm" in ln and "zmm" not in ln for ln in packed),
         "packed_fma_xmm": sum("xmm" in ln and "mm" not in ln.replace("xmm", "") for ln in packed),
@@ -388,6 +394,99 @@ def attention_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_positions, k_
     return out.astype(DTYPE), lse[..., 0].astype(np.float32)
 
 
+def _numba_attention():
+    """Compile (once per process) the online-softmax attention loops, vectorised and strict IEEE."""
+    global _NUMBA_ATTENTION
+    if _NUMBA_ATTENTION is None:
+        import math
+
+        import numba
+
+        def online_softmax(q, k, v, q_pos, k_pos, out, lse):
+            # one pass over the keys per (head, query): running maximum, running denominator, running weighted sum
+            heads, t, d = q.shape
+            kv_heads, s = k.shape[0], k.shape[1]
+            group = heads // kv_heads
+            scale = np.float32(1.0) / np.float32(math.sqrt(d))
+            acc = np.empty(d, dtype=np.float32)
+            for hd in range(heads):
+                kh = hd // group
+                for r in range(t):
+                    seen = False
+                    m = np.float32(0.0)
+                    den = np.float32(0.0)
+                    for c in range(d):
+                        acc[c] = np.float32(0.0)
+                    for j in range(s):
+                        if k_pos[j] > q_pos[r]:
+                            continue
+                        sc = np.float32(0.0)
+                        for c in range(d):
+                            sc += q[hd, r, c] * k[kh, j, c]
+                        sc *= scale
+                        if not seen:
+                            m, seen = sc, True
+                        elif sc > m:
+                            corr = np.float32(math.exp(m - sc))
+                            den *= corr
+                            for c in range(d):
+                                acc[c] *= corr
+                            m = sc
+                        w = np.float32(math.exp(sc - m))
+                        den += w
+                        for c in range(d):
+                            acc[c] += w * v[kh, j, c]
+                    if seen:
+                        for c in range(d):
+                            out[hd, r, c] = acc[c] / den
+                        lse[hd, r] = m + np.float32(math.log(den))
+                    else:  # no visible key in this block: a zero output that merge_lse weighs 0
+                        for c in range(d):
+                            out[hd, r, c] = np.float32(0.0)
+                        lse[hd, r] = -np.inf
+
+        sig = ("void(float32[:, :, ::1], float32[:, :, ::1], float32[:, :, ::1], int64[::1], int64[::1], "
+               "float32[:, :, ::1], float32[:, ::1])")  # fmt: skip
+        _NUMBA_ATTENTION = {
+            # reassociation and contraction let LLVM vectorise the dot products and the weighted sum over head_dim;
+            # no 'nnan'/'ninf': the loop writes -inf for a query that sees no key of the block
+            "numba_simd": numba.njit(sig, fastmath={"reassoc", "contract", "nsz", "arcp"}, cache=False)(online_softmax),
+            "numba_scalar": numba.njit(sig, fastmath=False, cache=False)(online_softmax),
+        }
+    return _NUMBA_ATTENTION
+
+
+_NUMBA_ATTENTION = None
+ATTENTION_KERNEL_LABELS = {
+    "numpy": "numpy: scores, softmax and weighted sum as whole-array operations",
+    "numba_simd": "numba online-softmax loop, fastmath (vectorised over head_dim)",
+    "numba_scalar": "numba online-softmax loop, strict IEEE (scalar)",
+}
+
+
+def attention_kernel(kernel: str) -> Callable:
+    """Return ``block(q, k, v, q_positions, k_positions) -> (out, lse)`` for an attention kernel.
+
+    ``numba_simd`` and ``numba_scalar`` are the compiled online-softmax loop (one
+    pass over the keys, as the seed's attention); any other kernel name gives the
+    numpy :func:`attention_block` (the matrix-product kernels ``numpy`` and
+    ``python`` have no attention of their own).
+    """
+    if kernel not in ("numba_simd", "numba_scalar"):
+        return attention_block
+    fn = _numba_attention()[kernel]
+
+    def block(q, k, v, q_positions, k_positions):
+        heads, t, d = q.shape
+        out = np.empty((heads, t, d), dtype=DTYPE)
+        lse = np.empty((heads, t), dtype=np.float32)
+        fn(np.ascontiguousarray(q, dtype=DTYPE), np.ascontiguousarray(k, dtype=DTYPE), np.ascontiguousarray(v, dtype=DTYPE),
+           np.ascontiguousarray(q_positions, dtype=np.int64), np.ascontiguousarray(k_positions, dtype=np.int64), out, lse)  # fmt: skip
+        return out, lse
+
+    return block
+
+
 def merge_lse(outs: np.ndarray, lses: np.ndarray) -> np.ndarray:
     """Merge per-block attention results with the log-sum-exp rule: outs (b, heads, t, d), lses (b, heads, t)."""
     m = np.max(lses, axis=0)
@@ -398,14 +497,15 @@ def merge_lse(outs: np.ndarray, lses: np.ndarray) -> np.ndarray:
 
 
 def attention_sequence_parallel(comm: CountingComm, q: np.ndarray, k_local: np.ndarray, v_local: np.ndarray,
-                                q_positions, k_positions_local) -> np.ndarray:  # fmt: skip
+                                q_positions, k_positions_local, block: Callable = attention_block) -> np.ndarray:  # fmt: skip
     """Sequence-parallel causal GQA: each rank holds a block of keys/values; return the full output on every rank.
 
     Every rank computes its block's normalised output and log-sum-exp for all
-    queries (online softmax), one ``Allgather`` exchanges them (``heads * t * (d + 1)``
-    floats per rank), and each rank merges them with :func:`merge_lse`.
+    queries (online softmax, with ``block``: see :func:`attention_kernel`), one
+    ``Allgather`` exchanges them (``heads * t * (d + 1)`` floats per rank), and each
+    rank merges them with :func:`merge_lse`.
     """
-    out, lse = attention_block(q, k_local, v_local, q_positions, k_positions_local)
+    out, lse = block(q, k_local, v_local, q_positions, k_positions_local)
     heads, t, d = out.shape
     send = np.empty((heads, t, d + 1), dtype=DTYPE)
     send[..., :d], send[..., d] = out, lse
@@ -426,9 +526,17 @@ class TPDecoder:
       rank keeps the keys/values of the positions it owns (prompt in contiguous
       blocks, decoded tokens round-robin), :func:`attention_sequence_parallel`.
 
-    The MLP uses :class:`ShardedMLP` with ``mlp`` (s1, s2 or s3). Embedding, norms
-    and the LM head are replicated (no communication).
+    The MLP uses :class:`ShardedMLP` with ``mlp`` (s1, s2 or s3). ``kernel`` is the
+    MLP's matrix-product kernel and the attention's kernel (:func:`attention_kernel`:
+    the compiled online-softmax loop for the numba kernels, numpy otherwise).
+    Embedding, norms and the LM head are replicated (no communication).
+
+    ``part_s`` holds this rank's wall seconds in attention (projections, the
+    kernel and its collective), in the attention kernel alone (scores, softmax and
+    weighted sum) and in the MLP since the last :meth:`reset_parts`.
     """
+
+    PARTS = ("attention", "attention_kernel", "mlp")
 
     def __init__(self, comm: CountingComm, weights: model.Weights, mlp: str = "s3", attention: str = "heads",
                  kernel: str = "numpy"):  # fmt: skip
@@ -440,6 +548,17 @@ class TPDecoder:
         if attention == "heads":
             _split(cfg.kv_heads, p, "KV heads", uneven=False)
         self.comm, self.w, self.cfg, self.attention = comm, weights, cfg, attention
+        self._kernel_ns = 0
+        inner = attention_kernel(kernel)
+
+        def block(*args):
+            t0 = now_ns()
+            got = inner(*args)
+            self._kernel_ns += now_ns() - t0
+            return got
+
+        self.block = block
+        self.reset_parts()
         self.mlps = [ShardedMLP(comm, L.gate_proj, L.up_proj, L.down_proj, mlp, kernel) for L in weights.layers]
         self.kv_local = cfg.kv_heads // p if attention == "heads" else cfg.kv_heads
         self.heads_local = self.kv_local * (cfg.heads // cfg.kv_heads)
@@ -454,6 +573,10 @@ class TPDecoder:
                 for L in weights.layers
             ]  # fmt: skip
         self.reset()
+
+    def reset_parts(self) -> None:
+        """Start counting the attention, attention-kernel and MLP seconds afresh."""
+        self.part_s = dict.fromkeys(self.PARTS, 0.0)
 
     def reset(self) -> None:
         """Drop the KV cache."""
@@ -504,7 +627,7 @@ class TPDecoder:
             q = model.apply_rope(model.rms_norm(q, L.q_norm, cfg.eps), cos, sin)
             k = model.apply_rope(model.rms_norm(k, L.k_norm, cfg.eps), cos, sin)
             self._append(li, k, v.astype(DTYPE), positions)
-            o, _ = attention_block(q, self.k[li], self.v[li], positions, self.kpos[li])
+            o, _ = self.block(q, self.k[li], self.v[li], positions, self.kpos[li])
             part = np.ascontiguousarray(o.transpose(1, 0, 2).reshape(t, -1) @ wo)
             self.comm.Allreduce(part, tag="o_proj")
             return part
@@ -518,7 +641,7 @@ class TPDecoder:
         self._append(li, k, v.astype(DTYPE), positions[own])
         kl = self.k[li] if self.k[li] is not None else np.zeros((cfg.kv_heads, 0, d), DTYPE)
         vl = self.v[li] if self.v[li] is not None else np.zeros((cfg.kv_heads, 0, d), DTYPE)
-        o = attention_sequence_parallel(self.comm, q, kl, vl, positions, self.kpos[li])
+        o = attention_sequence_parallel(self.comm, q, kl, vl, positions, self.kpos[li], self.block)
         return o.transpose(1, 0, 2).reshape(t, -1) @ L.o_proj
 
     def forward(self, tokens, last_only: bool = False) -> np.ndarray:
@@ -529,11 +652,22 @@ class TPDecoder:
             raise ValueError(f"tokens must be a non-empty 1-D sequence of ids in [0, {cfg.vocab})")
         positions = np.arange(self.length, self.length + tokens.size)
         x = self.w.embed[tokens]
+        attn_ns = mlp_ns = 0
+        self._kernel_ns = 0
         for li, L in enumerate(self.w.layers):
             h = model.rms_norm(x, L.input_norm, cfg.eps)
-            x = x + self._attention(li, h, positions)
+            t0 = now_ns()
+            a = self._attention(li, h, positions)
+            t1 = now_ns()
+            x = x + a
             h = model.rms_norm(x, L.post_norm, cfg.eps)
-            x = (x + self.mlps[li](h)).astype(DTYPE, copy=False)
+            t2 = now_ns()
+            f = self.mlps[li](h)
+            attn_ns, mlp_ns = attn_ns + t1 - t0, mlp_ns + now_ns() - t2
+            x = (x + f).astype(DTYPE, copy=False)
+        self.part_s["attention"] += attn_ns * 1e-9
+        self.part_s["mlp"] += mlp_ns * 1e-9
+        self.part_s["attention_kernel"] += self._kernel_ns * 1e-9
         self.length += tokens.size
         if last_only:
             x = x[-1:]

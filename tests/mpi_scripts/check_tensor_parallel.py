@@ -70,6 +70,9 @@ block = np.array_split(np.arange(s_len), p)[comm.rank]
 got = tp.attention_sequence_parallel(comm, q, k[:, block], v[:, block], qpos, block)
 want = model.attention_core(q, k, v, qpos)
 assert np.allclose(got, want, rtol=1e-5, atol=1e-5), float(np.abs(got - want).max())
+for kern in ("numba_simd", "numba_scalar"):  # the compiled online-softmax loops in the same merge
+    got = tp.attention_sequence_parallel(comm, q, k[:, block], v[:, block], qpos, block, tp.attention_kernel(kern))
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-4), (kern, float(np.abs(got - want).max()))
 
 # 4. the whole decoder, both attention layouts, against greedy generation of the reference
 cfg = model.preset("tiny")
@@ -83,6 +86,10 @@ for att in ("heads", "sequence"):
         assert got_tokens == want_tokens, (att, s)
         err = max(float(np.abs(a - b).max()) for a, b in zip(want_logits, got_logits, strict=True))
         assert err < 1e-4, (att, s, err)
+        # the forward counted its attention and MLP time; reset_parts starts the count afresh
+        assert 0 < dec.part_s["attention_kernel"] < dec.part_s["attention"] and dec.part_s["mlp"] > 0, dec.part_s
+        dec.reset_parts()
+        assert dec.part_s == {"attention": 0.0, "attention_kernel": 0.0, "mlp": 0.0}
         if s == "s3":  # rewinding to the prompt leaves the cache a prefill makes: the next step is the same, bit for bit
             dec.reset()
             dec.forward(prompt, last_only=True)
@@ -97,6 +104,14 @@ for att in ("heads", "sequence"):
             except ValueError:
                 pass
 
+# the source's pair: the compiled kernels in the MLP and in the attention give the reference's tokens
+for s, kern in tpx.SOURCE_PAIR:
+    dec = tp.TPDecoder(comm, w, mlp=s, attention="sequence", kernel=kern)
+    got_tokens, got_logits = dec.generate(prompt, 5)
+    assert got_tokens == want_tokens, (s, kern)
+    err = max(float(np.abs(a - b).max()) for a, b in zip(want_logits, got_logits, strict=True))
+    assert err < 1e-3 * max(float(np.abs(a).max()) for a in want_logits), (s, kern, err)
+
 # 5. the experiment's SPMD points run and check themselves
 rule = StoppingRule(rel_ci=0.5, min_samples=3, max_samples=3, time_budget_s=0.0, warmup=1)
 pt = tpx.collective_point(world, "Allreduce", 4096, rule)
@@ -106,4 +121,9 @@ if comm.rank == 0:
     assert len(pt["total"]) == 3 and all(x > 0 for x in pt["total"])
     assert len(pt2["calls"]) == 3 and pt2["max_rel_error"] < tpx.MLP_TOL
     assert len(pt3["prefill"]["total"]) == 2 and len(pt3["decode"]["total"]) == 4
+    for phase in ("prefill", "decode"):  # each sample's attention and MLP time: positive, within the step's time
+        got = pt3[phase]
+        assert len(got["attention"]) == len(got["attention_kernel"]) == len(got["mlp"]) == len(got["total"])
+        assert all(0 < k <= a <= t and 0 < m <= t for a, k, m, t in
+                   zip(got["attention"], got["attention_kernel"], got["mlp"], got["total"], strict=True))
     print(f"tensor parallel OK on {p} ranks")

@@ -66,8 +66,9 @@ SEED_SHAPE = {"t": 128, "h": 1024, "i": 2048}  # seed 004's volume table
 QWEN_I = 3072  # Qwen3-0.6B's intermediate size
 MLP_TOL = 1e-4  # max |out - ref| <= MLP_TOL * max |ref|
 SOURCE_PAIR = (("s1", "numba_scalar"), ("s2", "numba_simd"))
-"""The source's decoder pair: the plain MPI version (S1 layout, a loop the compiler cannot vectorise) against the
-MPI + AVX2 version (S2 layout, the vectorised loop)."""
+"""The source's decoder pair: the plain MPI version (S1 layout, loops the compiler cannot vectorise, in the MLP and in
+the online-softmax attention) against the MPI + AVX2 version (S2 layout, the same loops vectorised)."""
+DECODER_PARTS = tp.TPDecoder.PARTS  # the decoder's time split (rows of every decoder point)
 THREADS_PER_RANK = 2
 """BLAS threads of the one-rank decoder set against two single-threaded ranks."""
 LOGIT_TOL = 1e-3  # the same, for the decoder's logits (several layers of float32 in a different order)
@@ -258,7 +259,8 @@ def simd_info(comm) -> dict | None:
     if comm.rank != 0:
         return None
     return {"cpu": tp.cpu_simd_features(),
-            "kernels": [tp.simd_report("numba_simd"), tp.simd_report("numba_scalar")]}  # fmt: skip
+            "kernels": [tp.simd_report("numba_simd"), tp.simd_report("numba_scalar")],
+            "attention_kernels": [tp.simd_report("numba_simd", "attention"), tp.simd_report("numba_scalar", "attention")]}  # fmt: skip
 
 
 def _weights(cfg, seed: int):
@@ -290,14 +292,17 @@ def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, promp
                   threads: int = 1) -> dict | None:  # fmt: skip
     """Check a TP decoder's greedy generation against the reference, then time prefill and decode steps.
 
-    Rank 0 returns per-sample (total, compute, communication) for prefill (one
-    forward of the prompt, logits of the last row; None when ``prefill`` is False) and
-    for decode steps. ``kernel`` is the MLP's matrix-product kernel on every rank;
+    Rank 0 returns per-sample (total, compute, communication and the decoder's parts:
+    attention, attention_kernel, mlp) for prefill (one forward of the prompt, logits of
+    the last row; None when ``prefill`` is False) and for decode steps; each part is the
+    largest time any rank spent in it, its collectives included. ``kernel`` is the MLP's matrix-product
+    kernel and the attention's kernel on every rank (:func:`ipcbench.tensor_parallel.attention_kernel`);
     ``threads`` the BLAS threads per rank.
     """
     _pin_blas(threads)
     if kernel != "numpy":
-        tp.matmul(kernel)  # compile the numba kernel before anything is checked or timed
+        tp.matmul(kernel)  # compile the numba kernels before anything is checked or timed
+        tp.attention_kernel(kernel)
     cfg = model.preset("qwen3-0.6b", layers=layers, vocab=vocab)
     w = _weights(cfg, seed)
     prompt = np.random.default_rng(seed + 1).integers(0, cfg.vocab, prompt_len).tolist()
@@ -314,29 +319,31 @@ def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, promp
     def prefill_once():
         dec.reset()
         cc.reset()
+        dec.reset_parts()
         t0 = now_ns()
         dec.forward(prompt, last_only=True)
-        return (now_ns() - t0) * 1e-9, cc.seconds()
+        return (now_ns() - t0) * 1e-9, cc.seconds(), [dec.part_s[x] for x in DECODER_PARTS]
 
     # exactly ``samples`` samples (a budget of 0 s would stop at 5: StoppingRule's floor for budget stops)
     rule = StoppingRule(rel_ci=0.05, min_samples=samples, max_samples=samples, time_budget_s=math.inf, warmup=1)
-    pre = repeat_split(comm, prefill_once, rule) if prefill else None
+    pre = repeat_split(comm, prefill_once, rule, parts=DECODER_PARTS) if prefill else None
     tok = [0]
 
     def decode():
         if dec.length >= prompt_len + decode_steps:
             dec.rewind(prompt_len)  # back to the prompt's cache (the same entries a prefill makes; untimed)
         cc.reset()
+        dec.reset_parts()
         t0 = now_ns()
         dec.forward([tok[0]], last_only=True)
         tok[0] = (tok[0] + 1) % cfg.vocab
-        return (now_ns() - t0) * 1e-9, cc.seconds()
+        return (now_ns() - t0) * 1e-9, cc.seconds(), [dec.part_s[x] for x in DECODER_PARTS]
 
     dec.reset()
     dec.forward(prompt, last_only=True)
     drule = StoppingRule(rel_ci=0.05, min_samples=samples * decode_steps, max_samples=samples * decode_steps,
                          time_budget_s=math.inf, warmup=2)  # fmt: skip
-    dcd = repeat_split(comm, decode, drule)
+    dcd = repeat_split(comm, decode, drule, parts=DECODER_PARTS)
     if comm.rank != 0:
         return None
     return {"prefill": pre, "decode": dcd, "max_rel_error": max(e for e, _ in errs), "tokens_identical": True,
@@ -518,7 +525,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                       "tokens": prompt_len if phase == "prefill" else 1}  # fmt: skip
             extra = {"max_rel_error": max(x["max_rel_error"] for _, x in got), "kernel": kern, "threads": threads,
                      "prompt": prompt_len}  # fmt: skip
-            r, smp = _rows(pt, labels)
+            r, smp = _rows(pt, labels, parts=("total", "compute", "communication", "in_collectives_min", *DECODER_PARTS))
             for row in r:
                 row.update(extra)
             rows += r
@@ -540,6 +547,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "result_bytes": "bytes of the result buffers handed to the collectives (counted by CountingComm)",
         "ring_bytes": "bytes one rank receives under ring algorithms: Allgather (p-1)/p n, Allreduce 2(p-1)/p n",
         "tokens_per_s": "prefill: prompt tokens / prefill time; decode: 1 / time per decode step",
+        "attention": "decoder: the largest time any rank spent in attention (projections, kernel, its collective) (s)",
+        "attention_kernel": "decoder: the largest time any rank spent in the attention kernel alone (scores, softmax, weighted sum) (s)",
+        "mlp": "decoder: the largest time any rank spent in the MLP, its collectives included (s)",
         "mlp tolerance": f"max |out - ref| <= {MLP_TOL} x max |ref|",
         "decoder tolerance": f"max |logits - ref| <= {LOGIT_TOL} x max |ref| and the same greedy tokens",
     })  # fmt: skip
@@ -801,6 +811,20 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, calls: pd.DataFra
     add(lambda a, b: (a / b - 1) * 100, [simd_, plain], "source_pair_decoder_slower", "%",
         f"decode step at TP = 2, the source's pair: {m2.upper()} with the vectorised kernel ({k2}) over {m1.upper()} with "
         f"the plain kernel ({k1}), time over time minus 1", ranks=2)  # fmt: skip
+    split = summary[(summary["experiment"] == "decoder_decode") & (summary["metric"] == "mlp")]
+    if not split.empty:  # (results from before the decoder timed its parts have no split)
+
+        def part(m_, k_, metric):
+            return sample_values(summary, samples, experiment="decoder_decode", variant=f"sequence/{m_}/{k_}", ranks=2,
+                                 metric=metric)  # fmt: skip
+
+        for metric, words in (("mlp", "MLP"), ("attention", "attention")):
+            add(lambda a, b: np.abs(a - b), [part(m2, k2, metric), part(m1, k1, metric)], f"source_pair_{metric}_change",
+                "s", f"decode step at TP = 2, the source's pair: how much the {words} time differs between the two "
+                f"versions (either way), |{m2.upper()} + {k2} - {m1.upper()} + {k1}|", ranks=2)  # fmt: skip
+        add(lambda a, b: a / b, [part(m1, k1, "attention_kernel"), part(m2, k2, "attention_kernel")],
+            "source_pair_attention_kernel_speedup", "x", f"decode step at TP = 2, the source's pair: time in the "
+            f"attention kernel of the plain version ({k1} loop) over the AVX2 version's ({k2} loop)", ranks=2)  # fmt: skip
     one = sample_values(summary, samples, experiment="decoder_decode", variant="heads/s3", ranks=2, metric="total")
     thr = sample_values(summary, samples, experiment="decoder_decode", variant=f"tp1/{THREADS_PER_RANK}threads", ranks=1,
                         metric="total")  # fmt: skip
