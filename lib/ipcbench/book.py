@@ -505,9 +505,15 @@ def reproducibility_markdown(cmp, reference_note: dict | None = None) -> str:
     note = reference_note or compare.describe_reference(cmp.a)
     counts = cmp.claim_counts()
     allc = counts[counts["chapter"] == "all"].iloc[0]
+
+    def title(chapter: str) -> str:
+        return chapters.get(chapter).heading if chapter in chapters.CHAPTERS else "all chapters" if chapter == "all" else chapter
+
+    again = "".join(f" Its chapter “{title(r['chapter'])}” was measured again on {r['built']}, with commit `{r['commit']}`: "
+                    f"{r['why']}." for r in note.get("remeasured", []))  # fmt: skip
     lines = [
         f"The reference is a {note.get('profile', 'standard')} build of commit `{note.get('commit', 'unknown')}` on "
-        f"{note.get('machine', 'a machine of this kind')}, made {note.get('built', 'before this build')}. "
+        f"{note.get('machine', 'a machine of this kind')}, made {note.get('built', 'before this build')}.{again} "
         f"Of the {int(allc['claims'])} claims both judge, **{int(allc['agree'])} have the same verdict** "
         f"({allc['agreement']:.0%}); {int(allc['flips'])} are confirmed in one and refuted in the other.",
         "",
@@ -516,8 +522,6 @@ def reproducibility_markdown(cmp, reference_note: dict | None = None) -> str:
         "",
         "* - chapter\n  - claims\n  - same verdict\n  - different\n  - confirmed against refuted",
     ]
-    def title(chapter: str) -> str:
-        return chapters.get(chapter).heading if chapter in chapters.CHAPTERS else "all chapters" if chapter == "all" else chapter
 
     for r in counts.to_dict("records"):
         lines.append(f"* - {title(r['chapter'])}\n  - {int(r['claims'])}\n  - {int(r['agree'])}\n  - {int(r['differ'])}\n"

@@ -721,6 +721,27 @@ def tokens_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def decode_split(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return a decode step's time split per decoder layout (ms, medians with their intervals): the step, attention (its
+    projections, kernel and collective), the attention kernel alone, the MLP, and the rest (norms, embedding, LM head:
+    the step's median minus the two parts' medians). Empty for results without the split."""
+    d = summary[summary["experiment"] == "decoder_decode"]
+    out = []
+    for (var, p), sub in d.groupby(["variant", "ranks"], sort=False):
+        got = {m: sub[sub["metric"] == m] for m in ("total", *DECODER_PARTS)}
+        if any(g.empty for g in got.values()):
+            continue
+        row = {"variant": var, "TP": int(p), "oversubscribed": bool(got["total"].iloc[0]["oversubscribed"])}
+        for m, g in got.items():
+            r = g.iloc[0]
+            row[m], row[f"{m} low"], row[f"{m} high"] = (float(r[c]) * 1e3 for c in ("median", "ci_low", "ci_high"))
+        row["rest"] = max(row["total"] - row["attention"] - row["mlp"], 0.0)
+        row["attention share"] = row["attention"] / row["total"]
+        row["kernel share of attention"] = row["attention_kernel"] / row["attention"]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def targets(summary: pd.DataFrame, model_tab: pd.DataFrame) -> dict:
     """Return the chapter's targets: S3 least data and fastest at TP = 2 (seed's shapes), model within 25% at >= 64 KiB."""
     t, i = SEED_SHAPE["t"], SEED_SHAPE["i"]
