@@ -9,7 +9,8 @@ decodes from them without another copy where the format allows it.
 * ``pickle5_oob``: pickle protocol 5 with out-of-band buffers: a small stream plus
   one frame per contiguous array, which is never copied into the stream;
 * ``msgpack``: the record payload only (lists of dicts of scalars and short lists);
-* ``raw``: numpy arrays only: a small header (dtype, shape) and the array's memory.
+* ``raw``: numpy arrays only (structured arrays included): a small header (dtype,
+  shape) and the array's memory.
 """
 
 from __future__ import annotations
@@ -70,15 +71,27 @@ def _msgpack_decode(frames) -> object:
 def _raw_encode(obj) -> list:
     if not isinstance(obj, np.ndarray):
         raise CodecError(f"raw carries numpy arrays only, not {type(obj).__name__}")
+    if obj.dtype.hasobject:
+        raise CodecError("raw cannot carry an array of Python objects (its memory holds pointers)")
     arr = np.ascontiguousarray(obj)
-    header = f"{arr.dtype.str};{','.join(map(str, arr.shape))}".encode()
+    # a plain dtype as its short string ('<f4'); a structured one as its field list, which the short string ('|V48') loses
+    dtype = repr(np.lib.format.dtype_to_descr(arr.dtype)) if arr.dtype.names else arr.dtype.str
+    header = f"{dtype};{','.join(map(str, arr.shape))}".encode()
     return [header, memoryview(arr).cast("B")]
 
 
+def _raw_dtype(text: str) -> np.dtype:
+    if not text.startswith("["):
+        return np.dtype(text)
+    import ast
+
+    return np.lib.format.descr_to_dtype(ast.literal_eval(text))
+
+
 def _raw_decode(frames) -> np.ndarray:
-    dtype, shape = bytes(frames[0]).decode().split(";")
+    dtype, shape = bytes(frames[0]).decode().rsplit(";", 1)
     dims = tuple(int(d) for d in shape.split(",") if d)
-    return np.frombuffer(frames[1], dtype=np.dtype(dtype)).reshape(dims)
+    return np.frombuffer(frames[1], dtype=_raw_dtype(dtype)).reshape(dims)
 
 
 CODECS: dict[str, Codec] = {
@@ -104,9 +117,10 @@ def frames_nbytes(frames) -> int:
 
 
 def supports(codec: str, payload_kind: str) -> bool:
-    """Return whether a codec can carry a payload kind ('records' or 'array')."""
+    """Return whether a codec can carry a payload kind ('records', 'array' or 'structured': records as one numpy
+    structured array)."""
     if codec == "msgpack":
         return payload_kind == "records"
     if codec == "raw":
-        return payload_kind == "array"
+        return payload_kind in ("array", "structured")
     return True

@@ -70,10 +70,37 @@ def make_array(nbytes: int) -> np.ndarray:
     return a
 
 
+RECORD_DTYPE = np.dtype([("id", "<i8"), ("name", "S11"), ("value", "<f8"), ("score", "<f8"), ("active", "?"),
+                         ("tags", "<i4", (3,))])  # fmt: skip
+"""The records of :func:`make_records` as fixed-size fields: the name as 11 ASCII bytes, the three tags as int32."""
+
+
+def make_structured(n: int) -> np.ndarray:
+    """Return the same N records as :func:`make_records`, as one numpy structured array (one row per record)."""
+    i = np.arange(n, dtype=np.int64)
+    a = np.empty(n, dtype=RECORD_DTYPE)
+    a["id"] = i
+    a["name"] = np.char.add(b"item_", np.char.zfill(i.astype("S6"), 6))
+    a["value"] = i * 0.5
+    a["score"] = (i % 97) / 97.0
+    a["active"] = i % 3 == 0
+    a["tags"] = np.stack([i % 7, i % 11, i % 13], axis=1)
+    return a
+
+
+def structured_to_records(a: np.ndarray) -> list[dict]:
+    """Return a structured array of :data:`RECORD_DTYPE` as the list of dicts :func:`make_records` makes."""
+    return [{"id": int(r["id"]), "name": r["name"].decode(), "value": float(r["value"]), "score": float(r["score"]),
+             "active": bool(r["active"]), "tags": [int(t) for t in r["tags"]]} for r in a]  # fmt: skip
+
+
 def make_payload(kind: str, size: int):
-    """Return the payload of a kind ('records' with N records, 'array' of size bytes)."""
+    """Return the payload of a kind ('records' with N records, 'structured': the same N records as one structured
+    array, 'array' of size bytes)."""
     if kind == "records":
         return make_records(size)
+    if kind == "structured":
+        return make_structured(size)
     if kind == "array":
         return make_array(size)
     raise ValueError(f"unknown payload kind {kind!r}")
@@ -441,6 +468,7 @@ def parameters(profile: str | None = None) -> dict:
             "record_codecs": ["pickle4", "pickle5", "pickle5_oob", "msgpack"],
             "array_codecs": ["pickle5", "pickle5_oob", "raw"], "backends": list(backends.BROADCAST_BACKENDS),
             "source_codec": "pickle5", "read_time_n": [10, 100, 1000, 10_000], "pushpull_messages": 30,
+            "structured_n": 10_000,
             "reader_wait": READER_WAIT, "wait_strategies": list(backends.WAIT_STRATEGIES),
             "wait_points": [("records", 1000), ("records", 10_000), ("array", 64)],
             "lmdb_settings": {"default": {}, "zero_copy_reads": {"buffers": True}, "no_writemap": {"writemap": False},
@@ -463,6 +491,10 @@ def _points(p: dict) -> list[dict]:
         for n in (p["records_n"] if r == 1 else [x for x in p["records_n"] if x <= 10_000]):
             for b in p["backends"]:
                 pts.append({"experiment": "records", "backend": b, "codec": p["source_codec"], "kind": "records", "size": n, "readers": r})
+    # the same records as one structured array in a raw buffer, in the rounds of the records at that size
+    for b in p["backends"]:
+        pts.append({"experiment": "structured", "backend": b, "codec": "raw", "kind": "structured",
+                    "size": p["structured_n"], "readers": 1})  # fmt: skip
     for codec in p["record_codecs"]:
         for b in ("shm", "zmq", "mpi_Bcast"):
             pts.append({"experiment": "record_codecs", "backend": b, "codec": codec, "kind": "records", "size": 10_000, "readers": 1})
@@ -495,16 +527,21 @@ def _points(p: dict) -> list[dict]:
 
 def _group_of(pt: dict) -> str:
     """Return the comparison a point belongs to (its configurations run together, in rotated order): the experiment at
-    one payload size, reader count and, for the settings experiments, payload kind."""
+    one payload size, reader count and, for the settings experiments, payload kind. The structured arrays run in the
+    rounds of the pickled records they stand for."""
+    if pt["experiment"] == "structured":
+        return f"records/records/{pt['size']}/{pt['readers']}"
     return f"{pt['experiment']}/{pt['kind']}/{pt['size']}/{pt['readers']}"
 
 
 def _claims_read(pt: dict, p: dict) -> bool:
     """Return whether the claims of seed 000 read this point (directly or through a derived row): the records at every
     size with one reader (the source's five backends, uppercase Bcast and point-to-point), at 10 000 with three
-    (point-to-point against lowercase bcast), and the arrays at the largest size with one reader in raw buffers, and
+    (point-to-point against lowercase bcast), the arrays at the largest size with one reader in raw buffers, and
     pickled for lowercase bcast (Bcast's saving, zero-copy reads, the fraction of the best path: the best is raw
-    buffers on this harness)."""
+    buffers on this harness), and the records as a structured array over shared memory and uppercase Bcast."""
+    if pt["experiment"] == "structured":
+        return pt["backend"] in ("shm", "mpi_Bcast")
     if pt["experiment"] == "records":
         if pt["readers"] == 1:
             return pt["backend"] in (*SOURCE_FIVE, "mpi_Bcast", "mpi_p2p")
@@ -596,7 +633,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                   "payload": f"{pt['kind']}:{pt['codec']}", "size_bytes": nbytes_of[i], "ranks": ranks,
                   "oversubscribed": cluster.oversubscribed_at(ranks)}  # fmt: skip
         extra = {"backend": pt["backend"], "codec": pt["codec"], "kind": pt["kind"], "readers": pt["readers"],
-                 "n_records": pt["size"] if pt["kind"] == "records" else None,
+                 "n_records": pt["size"] if pt["kind"] in ("records", "structured") else None,
                  "array_bytes": pt["size"] if pt["kind"] == "array" else None,
                  "stop_reason": f"fixed: {len(per_msg['end_to_end'])} messages in {plan.n} replicates",
                  "reader_wait_strategy": options_of[i].get("wait"), "wait": pt.get("wait"),
@@ -962,6 +999,17 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
     add(lambda up, lo: (1 - up / lo) * 100, [e2e("mpi_Bcast", n_max), e2e("mpi_bcast", n_max)], "Bcast_saving", "%",
         "end to end, 1 - uppercase Bcast / lowercase bcast of the pickled records", payload="records:pickle5",
         n_records=n_max, readers=1)  # fmt: skip
+    structured = summary.query("experiment == 'structured' and metric == 'end_to_end'")
+    for b in structured["variant"]:  # the records as one structured array in a raw buffer, against dicts + pickle
+        n = int(structured[structured["variant"] == b]["n_records"].iloc[0])
+        st_b = sample_values(summary, samples, experiment="structured", variant=b, n_records=n, readers=1, metric="end_to_end")
+        add(lambda rec, arr_: rec / arr_, [e2e(b, n), st_b], "structured_speedup", "x",
+            "end to end, the records as dicts + pickle 5 over the same records as one structured array (raw buffer)",
+            backend=b, payload="structured:raw", n_records=n, readers=1)  # fmt: skip
+        if b == "mpi_Bcast" and "mpi_bcast" in set(summary.query("experiment == 'records'")["variant"]):
+            add(lambda up, lo: (1 - up / lo) * 100, [st_b, e2e("mpi_bcast", n)], "Bcast_saving", "%",
+                "end to end, 1 - uppercase Bcast of the records as one structured array / lowercase bcast of the "
+                "pickled records", payload="structured:raw", n_records=n, readers=1)  # fmt: skip
     for r in sorted(summary.query("experiment == 'records'")["readers"].unique()):
         add(lambda p2p, bc: (1 - p2p / bc) * 100, [e2e("mpi_p2p", n_max, int(r)), e2e("mpi_bcast", n_max, int(r))],
             "p2p_saving", "%", "end to end, 1 - root-to-each-reader send / lowercase bcast", payload="records:pickle5",
