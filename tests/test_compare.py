@@ -127,9 +127,12 @@ def test_the_reproducibility_page_builds_with_and_without_a_reference(tmp_path, 
     ref = _tree(tmp_path / "ref", monkeypatch, speed=2.5)
     _tree(tmp_path / "build", monkeypatch, speed=0.5)  # (IPCBENCH_RESULTS_DIR now points here: this build)
     (ref / "reference.json").write_text(json.dumps({"commit": "abc1234", "profile": "standard", "built": "today",
-                                                    "machine": "a test machine"}))  # fmt: skip
+                                                    "machine": "a test machine",
+                                                    "remeasured": [{"chapter": "pipeline", "commit": "def5678",
+                                                                    "built": "later", "why": "it measures more"}]}))  # fmt: skip
     text = book.reproducibility_markdown(book.reproducibility(ref))
     assert "abc1234" in text and "pl-01" in text and "confirmed" in text and "refuted" in text
+    assert "“4. Pipeline parallelism” was measured again on later, with commit `def5678`: it measures more." in text
     assert str(tmp_path) not in text, "the page names no path of this machine"
     assert book.reproducibility(None) is None
     empty = tmp_path / "empty_reference_dir"
