@@ -192,3 +192,33 @@ def test_the_model_check_uses_no_in_run_phase_time_of_the_runs_it_is_compared_wi
     import inspect
 
     assert "phases" not in " ".join(inspect.signature(bx.derived_rows).parameters)
+
+
+@pytest.mark.parametrize("hit_rate", [0.0, 0.5, 0.9])
+def test_the_scheduler_loads_repeats_are_what_it_asks_for(hit_rate):
+    """A request repeats a feature seen before with the asked probability (the hash cache's hit rate follows it), and
+    the arrivals are a Poisson stream at the asked rate, the same for every configuration at that rate and repeat."""
+    arrivals, keys = bx.request_schedule(4000, 200.0, hit_rate, seed=3, repeat=1)
+    assert np.all(np.diff(arrivals) >= 0) and arrivals[0] == pytest.approx(0.005)
+    assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) == pytest.approx(200.0, rel=0.08)
+    repeats = [k != i for i, k in enumerate(keys)]
+    assert np.mean(repeats) == pytest.approx(hit_rate, abs=0.03)
+    assert all(keys[k] == k for k in keys)  # a repeat names a request that was itself new
+    # every hit rate at one rate and repeat sees the same arrivals; another repeat, other arrivals
+    assert np.array_equal(bx.request_schedule(4000, 200.0, 0.0, seed=3, repeat=1)[0], arrivals)
+    assert not np.array_equal(bx.request_schedule(4000, 200.0, hit_rate, seed=3, repeat=2)[0], arrivals)
+
+
+def test_the_scheduler_plan_runs_every_configuration_at_the_same_absolute_rates():
+    sp = bx.parameters("standard")["scheduler"]
+    plan = bx.scheduler_plan(sp, from_dict_s=0.01)
+    rates = sorted({x[1] for x in plan})
+    assert rates == pytest.approx([f / (0.01 + sp["step_s"]) for f in sorted(sp["rate_fractions"])])
+    for rate in rates:
+        here = {(st, step, hit) for st, r, _n, step, hit, _f in plan if r == rate}
+        assert here == ({(s, sp["step_s"], 0.0) for s in ("replicated", "object_bcast", "object_bcast_async")}
+                        | {(s, 0.0, 0.0) for s in ("replicated", "object_bcast")}
+                        | {("hash_cache", sp["step_s"], h) for h in sp["hit_rates"]})  # fmt: skip
+    assert {bx.scheduler_variant(x[0], x[4]) for x in plan} >= {"replicated", "hash_cache/0", "hash_cache/50", "hash_cache/90"}
+    with pytest.raises(ValueError, match="unknown scheduler strategy"):
+        bx.scheduler_point(None, "hashes", 1, 1.0, 1, 0.0, 0, 1)

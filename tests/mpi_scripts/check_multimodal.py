@@ -92,6 +92,11 @@ ph = bx.phase_point(comm, 200_000, rule)
 lat = bx.latency_point(comm, "hashes_oob", 200_000, rule, 1, 1_000_000)
 load = bx.load_point(comm, "object_bcast", 200_000, 400.0, 6, 1, 1_000_000)
 rnd = bx.load_round(comm, 200_000, [("object_bcast", 400.0, 6), ("hashes_xxh3", 800.0, 6)], 1, 1_000_000, 2)
+# the scheduler: a step between batches (its cost recorded), the helper thread's broadcast overlapping the step, the
+# hash cache's hits as the load asked for them
+sched = bx.scheduler_round(comm, 200_000, [("replicated", 300.0, 12, 0.004, 0.0), ("object_bcast", 300.0, 12, 0.0, 0.0),
+                                           ("object_bcast_async", 2000.0, 12, 0.004, 0.0),
+                                           ("hash_cache", 300.0, 40, 0.002, 0.5)], 1, 1_000_000, 3)  # fmt: skip
 bx.drop_pools(comm)
 if comm.rank == 0:
     assert len(rnd) == 2 and all(len(r["latency"]) == 6 and r["throughput"] > 0 for r in rnd)
@@ -102,8 +107,17 @@ if comm.rank == 0:
     assert {"pickle", "bcast", "from_dict"} <= set(lat["phases"][0]) and "unpickle" in lat["phases"][-1]
     assert len(load["latency"]) == 6 and min(load["latency"]) > 0 and load["throughput"] > 0
     assert len(load["cpu_util"]) == comm.size
+    rep, obj, asy, hc = sched
+    assert all(len(x["latency"]) == x["requests"] and min(x["latency"]) > 0 and x["throughput"] > 0 for x in sched)
+    assert 0.004 <= rep["step_s"] < 0.05 and obj["step_s"] < 0.004  # the step ran between batches, and only when asked
+    assert min(rep["latency"]) >= 0.004  # a request is done only when the step that includes it has ended
+    assert asy["overlap"] > 0 and asy["mean_batch"] >= 1  # the broadcast of batch k started before step k - 1 ended
+    _, keys = bx.request_schedule(40, 300.0, 0.5, 1, 3)
+    assert hc["hits"] == sum(1 for i, k in enumerate(keys) if k != i) > 0  # every repeat, and only a repeat, is a hit
+    assert hc["hit_rate"] == hc["asked_repeats"]
+    assert rep["hit_rate"] != rep["hit_rate"]  # (no cache: no hit rate)
 else:
-    assert ph is None and lat is None and load is None
+    assert ph is None and lat is None and load is None and sched is None
 comm.Barrier()
 if comm.rank == 0:
     print("OK")

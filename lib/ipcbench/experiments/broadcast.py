@@ -20,6 +20,13 @@ Experiments (TP ranks are MPI engines; :mod:`ipcbench.multimodal` is the data pa
   completion; p99 only from 100 requests or more), per-rank CPU utilisation (CPU seconds / wall
   seconds of the run), each with an interval over the runs; capacity per run (the highest
   throughput over the rates) and its interval over the runs;
+* **scheduler**: a scheduler loop on every rank, as SGLang's: the root takes the requests that have arrived (a
+  batch), every rank builds their inputs, then a step of fixed time (a forward during which the CPU is free) for the
+  batch. 10 MB requests as Poisson arrivals at the same absolute rates for every configuration, with and without the
+  step: building on every rank, broadcasting the built object (blocking), the same broadcast from a helper thread
+  overlapped with the previous batch's step (the source's option B), and a hash cache keyed by the feature's identity
+  that hashes only on a miss (its option C) with 0, 50 and 90% of the requests repeating a feature. Throughput and
+  median latency per run, the latency of every request, the cache's hit rate and the steps the broadcast overlapped;
 * **models**: the source's latency model (before: T_from_dict; the change: T_from_dict + T_pickle +
   T_bcast + T_unpickle) and the full model (every phase a strategy runs on its critical path) with the
   measured phase costs, against the measured no-load latency; a TP = 8 projection with chapter
@@ -90,6 +97,12 @@ def parameters(profile: str | None = None) -> dict:
         # 2 cores are oversubscribed: the hashing alternatives are timed at TP = 2)
         "tp_oversubscribed_strategies": ["replicated", "raw_bcast", "object_bcast"],
         "seed": 3,
+        # the scheduler loop: requests of the source's 10 MB, a step of 10 ms (a forward during which the CPU is free),
+        # offered rates as fractions of 1 / (from_dict + step) measured in this run (3: past what batching lets any
+        # strategy serve), one round per replicate
+        "scheduler": {"feature_bytes": int(SOURCE_SIZE), "step_s": 0.01, "rate_fractions": [0.5, 3.0],
+                      "hit_rates": [0.0, 0.5, 0.9], "requests": 8, "max_requests": 40, "duration_s": 0.15,
+                      "max_batch": 8},
     }
     if name == "quick":
         return base
@@ -312,6 +325,154 @@ def load_round(comm, feature_bytes: int, points: list, seed: int, pool_bytes: in
     return out if comm.rank == 0 else None
 
 
+# -------------------------------------------------------------------------- SPMD: the scheduler
+
+
+SCHEDULER_STRATEGIES = ("replicated", "object_bcast", "object_bcast_async", "hash_cache")
+"""What the scheduler experiment runs: every rank builds the inputs (the source's before); the root builds and
+broadcasts them, blocking (the change); the same broadcast in a helper thread overlapped with the scheduler's step (the
+source's option B); and every rank builds them with a hash cache keyed by the feature's identity, hashing only on a miss
+(the source's option C: cached and lazy hashing)."""
+
+
+def request_schedule(requests: int, rate: float, hit_rate: float, seed: int, repeat: int) -> tuple[np.ndarray, list[int]]:
+    """Return Poisson arrival times (s, the first at 5 ms) and each request's identity: a new one, or with probability
+    ``hit_rate`` one seen before (a feature sent again). The arrivals depend on the rate and the repeat only, so every
+    configuration offered one rate in one round sees the same arrival times."""
+    gaps = np.random.default_rng([seed, int(rate * 1000), repeat]).exponential(1.0 / rate, requests)
+    arrivals = np.cumsum(gaps) - gaps[0] + 0.005
+    rng = np.random.default_rng([seed, int(rate * 1000), repeat, int(round(hit_rate * 100)), 1])
+    keys: list[int] = []
+    for i in range(requests):
+        keys.append(keys[int(rng.integers(len(keys)))] if keys and rng.random() < hit_rate else i)
+    return arrivals, keys
+
+
+def scheduler_point(comm, strategy: str, feature_bytes: int, rate: float, requests: int, step_s: float, seed: int,
+                    pool_bytes: int, repeat: int = 0, hit_rate: float = 0.0, max_batch: int = 8) -> dict | None:  # fmt: skip
+    """Serve Poisson arrivals through a scheduler loop on every rank; rank 0 returns latencies, throughput and counts.
+
+    Each iteration, as a TP scheduler's event loop: the root takes the requests that have arrived (at most
+    ``max_batch``) and broadcasts how many (every rank follows); the batch's inputs are built under ``strategy``; then
+    every rank runs the step: a forward of ``step_s`` seconds during which the scheduler's CPU is free (a GPU's
+    forward; 0: no step). A request is done when the step that includes it ends on every rank. With
+    ``object_bcast_async`` a helper thread builds and broadcasts batch k (on a duplicate communicator) while the
+    main thread runs the step of batch k - 1; its requests are done one step later.
+    """
+    import threading
+
+    if strategy not in SCHEDULER_STRATEGIES:
+        raise ValueError(f"unknown scheduler strategy {strategy!r}: use one of {SCHEDULER_STRATEGIES}")
+    pool = _pool(feature_bytes, seed, pool_bytes)
+    sync = {"object_bcast_async": "object_bcast", "hash_cache": "replicated"}.get(strategy, strategy)
+    key = (sync, feature_bytes, seed, pool_bytes)
+    if key not in _CHECKED:
+        _check(comm, sync, pool[0])
+        _CHECKED.add(key)
+    arrivals, keys = request_schedule(requests, rate, hit_rate, seed, repeat)
+    holds = comm.rank == 0 or sync == "replicated"
+    cache: dict[int, list[int]] = {}
+    counts = {"hits": 0, "lookups": 0}
+    starts: list[int] = []
+
+    def build(c, batch):
+        starts.append(now_ns())
+        for i in batch:
+            raw = pool[keys[i] % len(pool)] if holds else None
+            if strategy != "hash_cache":
+                mm.process_request(c, sync, raw, 0)
+                continue
+            counts["lookups"] += 1
+            known = cache.get(keys[i])
+            if known is None:  # a miss: hash now, and keep the hashes under the feature's identity
+                cache[keys[i]] = mm.MultimodalInputs.from_dict(raw).hashes()
+            else:  # a hit: the inputs are built from the kept hashes, nothing is hashed
+                mm.MultimodalInputs.from_dict(raw, hashes=known)
+                counts["hits"] += 1
+
+    async_ = strategy == "object_bcast_async"
+    helper_comm = comm.Dup() if async_ else None
+    finish = np.full(requests, np.nan)
+    steps_ns: list[int] = []
+    overlapped: list[bool] = []
+    batches: list[int] = []
+    nxt, pending = 0, []
+    comm.Barrier()
+    try:
+        with measure.gc_paused():
+            t0 = now_ns()
+            while True:
+                if comm.rank == 0:
+                    if not pending and nxt < requests:
+                        _wait_until(t0 + int(arrivals[nxt] * 1e9))
+                    now = (now_ns() - t0) * 1e-9
+                    k = 0
+                    while nxt + k < requests and k < max_batch and arrivals[nxt + k] <= now:
+                        k += 1
+                else:
+                    k = None
+                k = comm.bcast(k, root=0)  # the scheduler's receive: every rank learns the batch
+                batch = list(range(nxt, nxt + k))
+                nxt += k
+                if batch:
+                    batches.append(k)
+                if not batch and not pending:
+                    if nxt >= requests:
+                        break
+                    continue
+                if async_:
+                    helper, n_starts = None, len(starts)
+                    if batch:
+                        helper = threading.Thread(target=build, args=(helper_comm, batch))
+                        helper.start()
+                    if pending:
+                        s0 = now_ns()
+                        if step_s > 0:
+                            time.sleep(step_s)
+                        s1 = now_ns()
+                        steps_ns.append(s1 - s0)
+                        finish[pending] = (s1 - t0) * 1e-9
+                    if helper is not None:
+                        helper.join()
+                        if pending:
+                            overlapped.append(starts[n_starts] < s1)
+                    pending = batch
+                    continue
+                build(comm, batch)
+                s0 = now_ns()
+                if step_s > 0:
+                    time.sleep(step_s)
+                s1 = now_ns()
+                steps_ns.append(s1 - s0)
+                finish[batch] = (s1 - t0) * 1e-9
+    finally:
+        if helper_comm is not None:
+            helper_comm.Free()
+    gathered = comm.gather((finish, counts, steps_ns), root=0)
+    if comm.rank != 0:
+        return None
+    done = np.max(np.stack([g[0] for g in gathered]), axis=0)
+    if np.isnan(done).any():
+        raise AssertionError(f"scheduler {strategy}: {int(np.isnan(done).sum())} requests never completed")
+    latency = done - arrivals
+    repeats = sum(1 for i, k_ in enumerate(keys) if k_ != i)
+    return {"latency": latency.tolist(), "throughput": requests / (done.max() - arrivals[0]),
+            "hit_rate": counts["hits"] / counts["lookups"] if counts["lookups"] else float("nan"),
+            "asked_repeats": repeats / requests, "hits": counts["hits"],
+            "step_s": float(np.mean(steps_ns)) * 1e-9 if steps_ns else 0.0,
+            "overlap": float(np.mean(overlapped)) if overlapped else float("nan"),
+            "mean_batch": float(np.mean(batches)), "requests": requests}  # fmt: skip
+
+
+def scheduler_round(comm, feature_bytes: int, points: list, seed: int, pool_bytes: int, repeat: int,
+                    max_batch: int = 8) -> list | None:  # fmt: skip
+    """Run one round of scheduler points back to back (``points``: (strategy, rate, requests, step_s, hit_rate, ...)
+    in order); rank 0 returns their results."""
+    out = [scheduler_point(comm, st, feature_bytes, rate, n, step, seed, pool_bytes, repeat, hit, max_batch)
+           for st, rate, n, step, hit, *_ in points]  # fmt: skip
+    return out if comm.rank == 0 else None
+
+
 # ------------------------------------------------------------------------------- the chapter
 
 
@@ -357,8 +518,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         rates: dict[str, list] = {}
         reps = params["load_repeats"]
         per_pass = [reps // plan.n + (1 if r < reps % plan.n else 0) for r in range(plan.n)]  # load rounds per pass
-        steps = (plan.n * (len(params["phase_sizes"]) + len(params["classes"])) + (len(tps) - 1) * len(params["classes"])
-                 + reps * len(params["classes"]))  # fmt: skip
+        steps = (plan.n * (len(params["phase_sizes"]) + len(params["classes"]) + 1)
+                 + (len(tps) - 1) * len(params["classes"]) + reps * len(params["classes"]))  # fmt: skip
+        sched_plan, sched_got = None, {}
         ticks = iter(progress(range(steps), "broadcast (every replicate)"))
         repeat = 0
         for rep in plan.passes():
@@ -417,6 +579,22 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                           "latency_p99": float(np.quantile(lat, 0.99)) if n >= P99_MIN_REQUESTS else float("nan"),
                                           **{f"cpu_rank{k}": u for k, u in enumerate(pt["cpu_util"])}})  # fmt: skip
                 repeat += 1
+            # 4. the scheduler loop: the same absolute rates for every configuration, with and without the step,
+            # one round per replicate (its configurations in a rotated order)
+            # the highest rate (what the claims read) runs twice per replicate, so that its runs give a 95% interval
+            next(ticks, None)
+            sp = params["scheduler"]
+            if sched_plan is None:
+                sched_plan = scheduler_plan(sp, float(np.median(phase_samples[(int(SOURCE_SIZE), "from_dict")][0][1])))
+            top = max(sp["rate_fractions"])
+            for k, members in enumerate((sched_plan, [x for x in sched_plan if x[5] == top])):
+                pts = plan.order("scheduler", members, 2 * rep + k, label=lambda x: f"{x[0]}@{x[1]:g}/{x[3]:g}/{x[4]:g}")
+                t0 = time.perf_counter()
+                got = run_point(cluster, scheduler_round, sp["feature_bytes"], pts, seed, pool_bytes, 2 * rep + k,
+                                sp["max_batch"], ranks=2, timeout=900)[0]  # fmt: skip
+                add_time("broadcast: scheduler loop", time.perf_counter() - t0)
+                for pt_, out in zip(pts, got, strict=True):
+                    sched_got.setdefault(pt_, []).append((rep, out))
         for _ in ticks:
             pass
         for (size, metric), per_rep in phase_samples.items():
@@ -456,6 +634,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                    labels, metric, unit, **extra)  # fmt: skip
                 rows.append(r)
                 samples += s_
+        rows_s, samples_s = scheduler_rows(sched_got, {**base, "oversubscribed": over2}, params["scheduler"])
+        rows += rows_s
+        samples += samples_s
     finally:
         try:  # best effort: after a failure the engines may have been restarted already
             cluster.run(drop_pools, timeout=60)
@@ -479,6 +660,12 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "latency_p99 (load)": f"the 99th percentile of one run's latencies, only from {P99_MIN_REQUESTS} requests or more",
         "cpu utilisation": "a rank's CPU seconds / wall seconds over a load run (1 = one core busy)",
         "phases": "rank 0 alone for local phases; bcast phases: the slowest rank, Barrier before each sample",
+        "scheduler": "a scheduler loop on every rank: the root takes the requests that have arrived (a batch), every "
+                     "rank builds the batch's inputs under the strategy, then a step of a fixed time (a forward during "
+                     "which the CPU is free); latency: arrival to the end of the step that includes the request",
+        "hit_rate": "scheduler, hash cache: the share of requests whose feature was found in the cache (not hashed)",
+        "overlap": "scheduler, asynchronous broadcast: the share of steps during which the next batch's broadcast had "
+                   "already started",
     })
     meta["replicates"] = meta_replicates
     results.write(CHAPTER, summary, samples_df, meta,
@@ -486,6 +673,54 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                          "projection": proj})  # fmt: skip
     claims.record(CHAPTER)
     return summary
+
+
+def scheduler_plan(sp: dict, from_dict_s: float) -> list[tuple]:
+    """Return the scheduler round's configurations, (strategy, rate, requests, step_s, hit_rate, rate_fraction) each,
+    at absolute rates that are fractions of 1 / (from_dict + step) (``from_dict_s``: this run's median at the requests'
+    size): every strategy with the step, the two blocking ones without it, and the hash cache at each hit rate with the
+    step."""
+    base = 1.0 / (from_dict_s + sp["step_s"])
+    out = []
+    for frac in sp["rate_fractions"]:
+        rate = frac * base
+        n = int(min(sp["max_requests"], max(sp["requests"], round(rate * sp["duration_s"]))))
+        out += [(st, rate, n, sp["step_s"], 0.0, frac) for st in ("replicated", "object_bcast", "object_bcast_async")]
+        out += [(st, rate, n, 0.0, 0.0, frac) for st in ("replicated", "object_bcast")]  # (no step: nothing to overlap)
+        out += [("hash_cache", rate, n, sp["step_s"], h, frac) for h in sp["hit_rates"]]
+    return out
+
+
+def scheduler_variant(strategy: str, hit_rate: float) -> str:
+    """Return a scheduler configuration's variant name: the strategy, and the hash cache's asked hit rate in %."""
+    return f"hash_cache/{round(hit_rate * 100)}" if strategy == "hash_cache" else strategy
+
+
+def scheduler_rows(got: dict, labels: dict, sp: dict) -> tuple[list[dict], list[dict]]:
+    """Return the scheduler's summary and sample rows from its rounds ({configuration: [(replicate, result), ...]}):
+    per configuration the latency of every request, and per run its throughput, median latency, mean step and, where
+    they apply, the hash cache's hit rate and the asynchronous broadcast's overlap (intervals over the runs)."""
+    rows, samples = [], []
+    for (strategy, rate, n, step, hit, frac), per_rep in got.items():
+        lab = {**labels, "experiment": "scheduler", "variant": scheduler_variant(strategy, hit),
+               "size_bytes": sp["feature_bytes"], "ranks": 2}  # fmt: skip
+        extra = {"offered_rate": rate, "rate_fraction": frac, "step_ms": step * 1e3, "hit_rate_asked": hit,
+                 "requests": n * len(per_rep), "stop_reason": f"fixed: {len(per_rep)} runs"}  # fmt: skip
+        r, s_ = stats_rows(per_message([(rp, x["latency"]) for rp, x in per_rep]), lab, "latency", "s", **extra)
+        rows.append(r)
+        samples += s_
+        per_run = [("throughput", "1/s", lambda x: x["throughput"]),
+                   ("latency_p50", "s", lambda x: float(np.median(x["latency"]))),
+                   ("step", "s", lambda x: x["step_s"])]  # fmt: skip
+        if strategy == "hash_cache":
+            per_run.append(("hit_rate", "1", lambda x: x["hit_rate"]))
+        if strategy == "object_bcast_async" and step > 0:
+            per_run.append(("overlap", "1", lambda x: x["overlap"]))
+        for metric, unit, fn in per_run:
+            r, s_ = stats_rows(per_message([(rp, [fn(x)]) for rp, x in per_rep]), lab, metric, unit, **extra)
+            rows.append(r)
+            samples += s_
+    return rows, samples
 
 
 def requests_at(rate: float, params: dict, capacity: float | None = None) -> int:
