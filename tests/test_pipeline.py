@@ -1,5 +1,6 @@
 """The ETL processors give identical output, and every failure ends cleanly with its stage and batch named."""
 
+import os
 import pickle
 import threading
 import time
@@ -236,3 +237,33 @@ def test_the_source_thread_layout_runs_four_threads_and_writes_serials_output(tm
     assert r.phases["threads"] == 4 and "cpu_metrics+save_s" in r.phases
     with pytest.raises(ValueError, match="in order"):
         pl.ThreadPipelineProcessor(5, [["generate", "transform"], ["preprocess", "metrics", "save"]])
+
+
+def test_the_io_kind_writes_fsyncs_and_reads_back_real_files_and_leaves_none(tmp_path, monkeypatch):
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(pl.os, "fsync", lambda fd: calls.append(fd) or real_fsync(fd))
+    w = pl.Workload(kind="io", io_bytes=70_000, io_dir=str(tmp_path))
+    ref = pl.SerialProcessor().run(pl.Workload(kind="numpy"), N, BS, tmp_path / "numpy")
+    got = pl.SerialProcessor().run(w, N, BS, tmp_path / "io")
+    assert got.checksum == ref.checksum  # the same records and files: the I/O is beside the work, not in it
+    assert len(calls) == (N // BS) * (len(pl.STAGES) - 1)  # every stage after generate, every batch
+    assert not list(tmp_path.glob("ipcbench-io-*"))
+    with pytest.raises(ValueError, match="not a directory"):
+        pl.Workload(kind="io", io_dir=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="io_bytes"):
+        pl.Workload(kind="io", io_bytes=0)
+
+
+def test_the_tuning_groups_are_the_sources_rules():
+    from ipcbench.experiments import pipeline as plx
+
+    params = plx.parameters("standard")
+    groups = plx.tuning_configs(params, cores=2)
+    pool = {name: (proc, kw, bs) for name, proc, kw, bs in groups["pool_settings"]}
+    n = params["tuning_size"]
+    assert {k: v[1].get("workers") for k, v in pool.items() if k.startswith("pool_workers")} == {
+        "pool_workers_1": 1, "pool_workers_2": 2, "pool_workers_8": 8}  # fmt: skip
+    assert pool["pool_chunk_n/p"][2] == n // 2 and pool["pool_chunk_n/2p"][2] == n // 4
+    threads = [kw["threads"] for name, proc, kw, _ in groups["stage_threads"] if proc == "thread_pipeline"]
+    assert threads == [1, 2, 3, 4, 5] and groups["stage_threads"][0][0] == "serial"

@@ -8,7 +8,7 @@ identical: :attr:`RunResult.checksum` is the SHA-256 of the saved files' content
 in batch order, and :attr:`RunResult.metrics` sums the per-batch metrics in batch
 order.
 
-Three kinds of work on the same records (:data:`KINDS`):
+Four kinds of work on the same records (:data:`KINDS`):
 
 * ``python``: every stage loops over records in Python (holds the GIL);
 * ``numpy``: the same formulas vectorised (numpy releases the GIL inside its loops),
@@ -16,7 +16,11 @@ Three kinds of work on the same records (:data:`KINDS`):
 * ``wait``: the numpy work plus a fixed wait per batch in each stage after
   ``generate`` (``time.sleep``: the GIL is released, no core is used). This is the
   hypothesis that seed 003's serial time (0.69-0.71 s whatever the data size)
-  came from fixed per-batch waits, not from processing records.
+  came from fixed per-batch waits, not from processing records;
+* ``io``: the numpy work plus real file I/O per batch in each stage after
+  ``generate``: write the stage's scratch file (``io_bytes``) under ``io_dir``,
+  ``fsync`` it, read it back and check it (Python releases the GIL in each system
+  call; the disk, not a core, is the wait).
 
 A failing stage, an invalid record or a dead worker ends a run with
 :class:`PipelineError` naming the stage and the batch; threads are joined,
@@ -43,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 STAGES = ("generate", "preprocess", "transform", "metrics", "save")
-KINDS = ("python", "numpy", "wait")
+KINDS = ("python", "numpy", "wait", "io")
 N_CATEGORIES = 16
 N_BUCKETS = 32
 WEIGHTS = tuple(0.5 + 0.1 * c for c in range(N_CATEGORIES))  # per-category weight of the score
@@ -114,18 +118,25 @@ class Faults:
 
 @dataclass(frozen=True)
 class Workload:
-    """What to run: ``kind`` of work (see :data:`KINDS`), the data seed, the per-stage wait of ``wait`` (s), faults."""
+    """What to run: ``kind`` of work (see :data:`KINDS`), the data seed, the per-stage wait of ``wait`` (s), the
+    per-stage file of ``io`` (``io_bytes`` under ``io_dir``, default the system's temporary directory), faults."""
 
     kind: str = "numpy"
     seed: int = 0
     wait_s: float = 0.015
     faults: Faults = field(default_factory=Faults)
+    io_bytes: int = 256 * 1024
+    io_dir: str = ""
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown workload kind {self.kind!r}; kinds are {', '.join(KINDS)}")
         if self.wait_s < 0:
             raise ValueError("wait_s must be >= 0")
+        if self.io_bytes < 1:
+            raise ValueError("io_bytes must be >= 1")
+        if self.io_dir and not Path(self.io_dir).is_dir():
+            raise ValueError(f"io_dir {self.io_dir!r} is not a directory")
 
 
 def batch_ranges(n_records: int, batch_size: int) -> list[tuple[int, int]]:
@@ -169,6 +180,36 @@ def generate(w: Workload, index: int, first: int, count: int) -> Batch:
 def _wait(w: Workload) -> None:
     if w.kind == "wait" and w.wait_s > 0:
         time.sleep(w.wait_s)
+    elif w.kind == "io":
+        _file_io(w)
+
+
+_IO_BLOCK = np.frombuffer(hashlib.sha256(b"ipcbench io").digest() * 2048, dtype=np.uint8)  # 64 KiB, not all zeros
+
+
+def _file_io(w: Workload) -> None:
+    """Write ``io_bytes`` to a file of this thread's own under ``io_dir``, fsync it, read it back, check it, remove it."""
+    import tempfile
+
+    data = np.resize(_IO_BLOCK, w.io_bytes).tobytes()
+    fd, path = tempfile.mkstemp(prefix="ipcbench-io-", dir=w.io_dir or None)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+        got = bytearray()
+        while len(got) < len(data):
+            chunk = os.read(fd, len(data) - len(got))
+            if not chunk:
+                break
+            got += chunk
+        if got != data:
+            raise PipelineError(f"the stage's scratch file {path} read back {len(got)} B, not the {len(data)} B written")
+    finally:
+        os.close(fd)
+        os.unlink(path)
 
 
 def preprocess(w: Workload, b: Batch) -> Batch:

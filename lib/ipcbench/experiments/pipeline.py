@@ -2,7 +2,7 @@
 
 One ETL workload (:mod:`ipcbench.etl`) in three kinds (GIL-bound Python,
 GIL-releasing numpy, and fixed waits per batch: the hypothesis behind seed 003's
-constant serial time) run by four processors:
+constant serial time), and a fourth (file I/O) for the stage-count rule, run by four processors:
 
 * **etl**: every processor x kind x dataset size (seed 003's 25 000, 50 000 and
   100 000 records, smaller sizes to find where processes pay, 1 000 000 in
@@ -15,6 +15,10 @@ constant serial time) run by four processors:
 * **start_method**: process-pool start-up (until every worker is up) with fork,
   forkserver and spawn, and the whole pool run with each at the smallest source size;
 * **batch_size** and **queue_size**: the source's tuning guide, on the thread pipeline;
+* **pool_settings** and **stage_threads**: the source's other rules, in every replicate, each configuration in the
+  rounds of serial: the process pool with ``cpu_count // 2``, ``cpu_count`` and the source's 8 workers and with one
+  and two chunks per worker (per-record Python work); the thread pipeline with 1 to 5 stage threads on file I/O work
+  (the ``io`` kind: each stage writes, fsyncs and reads back a scratch file);
 * **memory**: peak proportional set size (PSS, shared pages split among sharers) of
   every process of a run, sampled every 10 ms in a separate, untimed run;
 * **mpi one stage per rank**: five ranks on this machine's two cores, labelled
@@ -97,7 +101,7 @@ def parameters(profile: str | None = None) -> dict:
     name = profiles.profile_name(profile)
     base = {
         "sizes": [2_500, 10_000, *SOURCE_SIZES],
-        "kinds": list(pl.KINDS),
+        "kinds": ["python", "numpy", "wait"],  # the main sweep's kinds; the io kind runs in the stage-count sweep
         "wait_sizes": list(SOURCE_SIZES),  # the wait kind is the source's hypothesis: its sizes
         "batches": 10,  # batch_size = n // 10: 10 batches, as the source's example (100 000 / 10 000)
         "queue_size": 5,
@@ -115,9 +119,14 @@ def parameters(profile: str | None = None) -> dict:
         # thread pipeline only (pl-01, pl-03..05, pl-12, pl-14): serial and the pipeline run it (None: every processor)
         "wait_processors": ["serial", "thread_pipeline"],
         "replicates": REPLICATES,
+        # the source's tuning rules, in every replicate: pool workers (cpu_count // 2, cpu_count, the source's 8) and
+        # chunk sizes (n // (2 p), n // p, beside n // 10) on Python work; stage threads 1-5 on file I/O work
+        "tuning_size": 50_000, "pool_workers": [max(1, usable_cores() // 2), usable_cores(), 8],
+        "chunk_divisors": ["2p", "p"], "stage_threads": [1, 2, 3, 4, 5], "io_bytes": 256 * 1024,
     }
     if name == "quick":
         return {**base, "samples": 3, "wait_s": 0.005, "sweep_samples": 3, "sweep_size": 50_000, "start_method_samples": 3,
+                "tuning_size": 20_000,
                 "batch_fractions": [20, 10, 5], "queue_sizes": [1, 5, 10],
                 "source_layout_sizes": [min(SOURCE_SIZES), max(SOURCE_SIZES)]}  # fmt: skip
     if name == "standard":
@@ -164,7 +173,8 @@ class _Runner:
             self.run("serial", w, n, batch_size)
 
     def run(self, proc: str, w: pl.Workload, n: int, batch_size: int, groups=None, ranks: int = 2,
-            queue_size: int | None = None, start_method: str | None = None, reference_batch: int | None = None) -> dict:  # fmt: skip
+            queue_size: int | None = None, start_method: str | None = None, reference_batch: int | None = None,
+            workers: int | None = None) -> dict:  # fmt: skip
         """Run one processor; ``groups`` are its stage groups (MPI ranks, or threads for the thread pipeline); the output
         is checked against serial's at ``reference_batch`` (default: the same batch size; per-category counts only
         when the batch sizes differ, since the files then differ)."""
@@ -175,7 +185,7 @@ class _Runner:
         elif proc == "thread_pipeline":
             r = _as_dict(pl.ThreadPipelineProcessor(q, groups).run(w, n, batch_size, out))
         elif proc == "process_pool":
-            r = _as_dict(pl.ProcessPoolProcessor(usable_cores(), start_method).run(w, n, batch_size, out))
+            r = _as_dict(pl.ProcessPoolProcessor(workers or usable_cores(), start_method).run(w, n, batch_size, out))
         elif proc == "mpi_stages":
             r = run_point(self.cluster, mpi_stage_point, w, n, batch_size, str(out), groups, q, ranks=ranks,
                           timeout=600)[-1]  # fmt: skip
@@ -236,10 +246,11 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         points = [(k, n) for k in params["kinds"] for n in params["sizes"] if k != "wait" or n in params["wait_sizes"]]
         lpoints = [(k, n) for k in ("python", "numpy", "wait") for n in params["source_layout_sizes"]]
         main_runs: dict[tuple, dict] = {}
+        tuning_runs: dict[str, dict] = {}
         layout_runs: dict[tuple, dict] = {}
         groups_at: dict[tuple, list | None] = {}
         workers = usable_cores()
-        steps = plan.n * (len(points) + len(lpoints))
+        steps = plan.n * (len(points) + len(lpoints) + 2)
         ticks = iter(progress(range(steps), "ETL and the source's layout (every replicate)"))
         for rep in plan.passes():
             for kind, n in points:
@@ -276,6 +287,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                         else:
                             r = runner.run("process_pool", w, n, chunk, reference_batch=chunk)
                         runs[proc].append({**r, "replicate": rep})
+            _tuning(runner, params, scratch, plan, rep, per_rep, tuning_runs)
             if rep == 0:
                 _unreplicated(cluster, runner, params, base, cores, rows, samples)
         for _ in ticks:
@@ -300,6 +312,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
             rows += r_
             samples += s_
 
+        r_, s_ = _tuning_rows(tuning_runs, params, base, cores)
+        rows += r_
+        samples += s_
         # 6. peak memory, one untimed run each, at the largest size
         n = max(params["sizes"])
         rows += _memory_rows(cluster, runner, params, n, base, cores)
@@ -333,6 +348,87 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     results.write_json(CHAPTER, "final_performance_report", report)
     claims.record(CHAPTER)
     return summary
+
+
+def tuning_configs(params: dict, cores: int) -> dict[str, list[tuple]]:
+    """Return the tuning groups, each a list of (variant, processor, keyword arguments of :meth:`_Runner.run`, batch
+    size) run together: the pool's workers and chunk sizes (one group: the pool with cpu_count workers and n // 10
+    chunks stands in both series), and the thread pipeline's stage threads on I/O work; serial first in each."""
+    n = params["tuning_size"]
+    bs = n // params["batches"]
+    pool = [("serial", "serial", {}, bs)]
+    for wk in dict.fromkeys(params["pool_workers"]):
+        pool.append((f"pool_workers_{wk}", "process_pool", {"workers": wk}, bs))
+    for div in params["chunk_divisors"]:
+        parts = cores * (2 if div == "2p" else 1)
+        chunk = -(-n // parts)
+        if chunk != bs:
+            pool.append((f"pool_chunk_n/{div}", "process_pool", {"workers": cores, "reference_batch": chunk}, chunk))
+    stages = [("serial", "serial", {}, bs)]
+    for k in params["stage_threads"]:
+        stages.append((f"stage_threads_{k}", "thread_pipeline", {"threads": k}, bs))
+    return {"pool_settings": pool, "stage_threads": stages}
+
+
+def _tuning(runner: _Runner, params: dict, scratch: Path, plan, rep: int, per_rep: int, got: dict) -> None:
+    """Run the tuning groups' rounds of one replicate (each round every configuration once, in a rotated order, serial
+    checked first); append each run to ``got[group][variant]``."""
+    cores = usable_cores()
+    n = params["tuning_size"]
+    io_dir = scratch / "io"
+    io_dir.mkdir(exist_ok=True)
+    kinds = {"pool_settings": pl.Workload(kind="python", seed=params["seed"]),
+             "stage_threads": pl.Workload(kind="io", seed=params["seed"], io_bytes=params["io_bytes"], io_dir=str(io_dir))}
+    costs = {}
+    for group, configs in tuning_configs(params, cores).items():
+        w = kinds[group]
+        by_name = {c[0]: c for c in configs}
+        runs = got.setdefault(group, {c[0]: [] for c in configs})
+        for c in configs:
+            if c[1] == "process_pool" and "reference_batch" in c[2]:
+                runner.ensure_reference(w, n, c[3])
+        for k in range(per_rep):
+            order = plan.order(f"tuning/{group}", list(by_name), rep * per_rep + k)
+            for name in _serial_first(order, runner, w, n, by_name["serial"][3]):
+                _variant, proc, kw, bs = by_name[name]
+                kw = dict(kw)
+                threads = kw.pop("threads", None)
+                if threads is not None:
+                    if "calib" not in costs:
+                        costs["calib"] = runner.run("serial", w, n, bs)["busy"]
+                    kw["groups"] = pl.balanced_groups(costs["calib"], threads)
+                runs[name].append({**runner.run(proc, w, n, bs, **kw), "replicate": rep})
+
+
+def _tuning_rows(got: dict, params: dict, base: dict, cores: int) -> tuple[list[dict], list[dict]]:
+    """Return the tuning groups' summary and sample rows: each configuration against serial from the same rounds
+    (experiment = the group, variant = the configuration)."""
+    rows, samples = [], []
+    n = params["tuning_size"]
+    for group, configs in tuning_configs(params, cores).items():
+        runs = got.get(group)
+        if not runs:
+            continue
+        kind = "python" if group == "pool_settings" else "io"
+        for name, proc, kw, bs in configs:
+            if name == "serial":
+                continue
+            r_, s_ = _point_rows({"serial": runs["serial"], proc: runs[name]}, {**base, "experiment": group}, kind, n,
+                                 n // params["batches"], params["queue_size"], cores, None,
+                                 batch_of={proc: bs}, threads_of={proc: kw.get("threads")} if "threads" in kw else None)  # fmt: skip
+            keep = [r for r in r_ if r["variant"] != "serial"]
+            for r in keep:
+                r["variant"] = name
+            rows += keep
+            for smp in s_:
+                if smp["variant"] != "serial":
+                    smp["variant"] = name
+                    samples.append(smp)
+        r_, s_ = _point_rows({"serial": runs["serial"]}, {**base, "experiment": group}, kind, n, n // params["batches"],
+                             params["queue_size"], cores, None)  # fmt: skip
+        rows += r_
+        samples += s_
+    return rows, samples
 
 
 def _serial_first(order: list[str], runner: _Runner, w: pl.Workload, n: int, batch_size: int) -> list[str]:
