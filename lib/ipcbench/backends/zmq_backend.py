@@ -1,4 +1,4 @@
-"""ZeroMQ channels over ipc:// (Unix domain sockets).
+"""ZeroMQ channels over ipc:// (Unix domain sockets), and ``zmq`` over tcp:// across hosts.
 
 * ``zmq``: a real broadcast: one PUSH socket per reader, so every reader gets every
   message. Frames of 64 KiB and more are sent without copying (pyzmq's threshold).
@@ -29,14 +29,18 @@ _DATA = b"D"
 
 
 class ZmqChannel(Channel):
-    """One PUSH socket per reader (writer binds N ipc endpoints; reader i connects to endpoint i)."""
+    """One PUSH socket per reader (writer binds N endpoints; reader i connects to endpoint i): ipc:// by default, or
+    tcp:// on the writer's ``address`` (a random port per reader), which crosses hosts."""
 
     name = "zmq"
     host_scope = "an ipc:// endpoint is a Unix socket: one kernel"
-    across_hosts_instead = "ZeroMQ over tcp:// (chapters 2 and 6 measure its RPC sockets there)"
+    across_hosts_instead = "the same channel over tcp:// (transport='tcp'; chapter 6 runs it across emulated hosts)"
     leftover_prefix = "ipcbench-zmq-"
 
-    def __init__(self, comm, readers: int | None = None, timeout_s: float = 10.0, hwm: int = 8):
+    def __init__(self, comm, readers: int | None = None, timeout_s: float = 10.0, hwm: int = 8, transport: str = "ipc",
+                 address: str = "127.0.0.1"):  # fmt: skip
+        if transport not in ("ipc", "tcp"):
+            raise ValueError(f"zmq transport must be 'ipc' or 'tcp', not {transport!r}")
         super().__init__(comm.rank == 0, comm.size - 1)
         self.timeout_s = timeout_s
         self.ctx = zmq.Context.instance()
@@ -44,17 +48,21 @@ class ZmqChannel(Channel):
         self.socks: list = []
         endpoints = None
         if self.is_writer:
-            self.tmpdir = tempfile.mkdtemp(prefix=f"ipcbench-zmq-{os.getpid()}-")
+            if transport == "ipc":
+                self.tmpdir = tempfile.mkdtemp(prefix=f"ipcbench-zmq-{os.getpid()}-")
             endpoints = []
             for r in range(self.readers):
                 s = self.ctx.socket(zmq.PUSH)
                 s.setsockopt(zmq.LINGER, 0)
                 s.setsockopt(zmq.SNDHWM, hwm)
                 s.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
-                ep = f"ipc://{self.tmpdir}/r{r}.ipc"
-                s.bind(ep)
-                endpoints.append(ep)
                 self.socks.append(s)
+                if transport == "ipc":
+                    ep = f"ipc://{self.tmpdir}/r{r}.ipc"
+                    s.bind(ep)
+                else:
+                    ep = f"tcp://{address}:{s.bind_to_random_port(f'tcp://{address}')}"
+                endpoints.append(ep)
         endpoints = comm.bcast(endpoints, root=0)
         if not self.is_writer:
             s = self.ctx.socket(zmq.PULL)

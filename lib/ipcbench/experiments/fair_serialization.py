@@ -120,7 +120,8 @@ without pause adds no delay, as MPICH's receivers do; the ``wait_strategy`` expe
 
 def channel_options(backend: str, frame_bytes: int, messages: int, options: dict | None = None) -> dict:
     """Return the backend options that fit ``messages`` of ``frame_bytes`` (slot and map sizes), plus ``options``
-    (``wait``: the reader's wait strategy; LMDB's ``buffers``, ``writemap``, ``sync``) for the backends that take them."""
+    (``wait``: the reader's wait strategy; LMDB's ``buffers``, ``writemap``, ``sync``; ZeroMQ's ``transport`` and
+    ``address``) for the backends that take them."""
     options = dict(options or {})
     if backend == "shm":
         options.pop("buffers", None), options.pop("writemap", None), options.pop("sync", None)
@@ -130,6 +131,8 @@ def channel_options(backend: str, frame_bytes: int, messages: int, options: dict
                 **options}  # fmt: skip
     if backend in ("iceoryx2", "faster_fifo"):
         return {"max_bytes": int(frame_bytes) + 4096}
+    if backend == "zmq":  # (transport='tcp' and the writer's address: across hosts)
+        return {k: v for k, v in options.items() if k in ("transport", "address")}
     return {}
 
 
@@ -328,6 +331,100 @@ def small_path_point(comm, sizes: list[int], samples: int, inner: int, paths=SMA
     return {"samples": out, "paths": list(opened), "settings": {name: path.config for name, path in opened.items()}}
 
 
+def batching_round(comm, configs: list, n_records: int, rounds: int, warmup: int = 1) -> dict | None:
+    """Send ``n_records`` records from rank 0 to every reader in messages of ``per_msg`` records (pickle 5 each),
+    for each (backend, per_msg) of ``configs`` in order; rank 0 returns, per configuration, each round's seconds
+    per record: the writer's first encode to the last reader's last decode, divided by the records.
+
+    Every message is checked by sequence number, and its decoded records against what was sent, after the round's
+    end time is taken."""
+    c = ser.get("pickle5")
+    records = make_records(n_records)
+    out = {}
+    for backend, per_msg in configs:
+        chunks = [records[i : i + per_msg] for i in range(0, n_records, per_msg)]
+        biggest = max(framed_size([SEQ.pack(0), *c.encode(ch)]) for ch in chunks[:1] + chunks[-1:])
+        chan = backends.open_channel(backend, comm, **channel_options(backend, biggest + 64, len(chunks) + 1))
+        times = []
+        try:
+            if chan.is_writer and hasattr(chan, "wait_for_readers"):
+                chan.wait_for_readers()
+            with gc_paused():
+                for r in range(warmup + rounds):
+                    comm.Barrier()
+                    got = []
+                    t0 = now_ns()
+                    if chan.is_writer:
+                        for k, ch in enumerate(chunks):
+                            chan.send([SEQ.pack(k), *c.encode(ch)])
+                    else:
+                        for _ in chunks:
+                            frames = chan.recv()
+                            got.append((SEQ.unpack(bytes(frames[0]))[0], c.decode(frames[1:])))
+                            del frames
+                            chan.release()
+                    t1 = now_ns()
+                    for k, (seq, obj) in enumerate(got):  # (after the round's end time)
+                        if seq != k or obj != chunks[k]:
+                            raise AssertionError(f"{backend}, {per_msg} records a message: reader {comm.rank} got "
+                                                 f"message {seq} with other records than message {k}")  # fmt: skip
+                    span = comm.gather((t0, t1), root=0)
+                    if comm.rank == 0 and r >= warmup:
+                        times.append((max(e for _, e in span) - span[0][0]) * 1e-9 / n_records)
+            comm.Barrier()
+        finally:
+            chan.close()
+        out[(backend, per_msg)] = times
+    return out if comm.rank == 0 else None
+
+
+def reread_point(comm, backend: str, n_records: int, messages: int, warmup: int = 1) -> dict | None:
+    """Read each of ``messages`` messages of ``n_records`` pickled records twice on every reader: once decoded, then
+    again decoded from the same received frames (no cache), and again from a cache of decoded results keyed by the
+    message's sequence number; rank 0 returns each reader's seconds of the three (the source's "cache deserialized
+    results when the same data is read again")."""
+    c = ser.get("pickle5")
+    obj = make_records(n_records)
+    frames0 = c.encode(obj)
+    chan = backends.open_channel(backend, comm, **channel_options(backend, framed_size(frames0) + 64, warmup + messages))
+    rows = []
+    cache: dict[int, object] = {}
+    try:
+        if chan.is_writer and hasattr(chan, "wait_for_readers"):
+            chan.wait_for_readers()
+        with gc_paused():
+            for k in range(warmup + messages):
+                comm.Barrier()
+                if chan.is_writer:
+                    chan.send([SEQ.pack(k), *c.encode(obj)])
+                    continue
+                frames = chan.recv()
+                seq = SEQ.unpack(bytes(frames[0]))[0]
+                t0 = now_ns()
+                first = c.decode(frames[1:])
+                cache[seq] = first
+                t1 = now_ns()
+                again = c.decode(frames[1:])  # the same data read again, decoded again
+                t2 = now_ns()
+                cached = cache[seq]  # the same data read again, from the cache
+                t3 = now_ns()
+                if seq != k or first != obj or again != obj or cached is not first:
+                    raise AssertionError(f"{backend}: reader {comm.rank} read other records in message {k}")
+                del frames, first, again, cached
+                chan.release()
+                cache.clear()
+                if k >= warmup:
+                    rows.append(((t1 - t0) * 1e-9, (t2 - t1) * 1e-9, (t3 - t2) * 1e-9))
+        comm.Barrier()
+    finally:
+        chan.close()
+    got = comm.gather(rows, root=0)
+    if comm.rank != 0:
+        return None
+    per = [x for r in got[1:] for x in r]
+    return {"first_read": [x[0] for x in per], "reread_decoded": [x[1] for x in per], "reread_cached": [x[2] for x in per]}
+
+
 def read_time_point(comm, backend: str, codec: str, size: int, messages: int) -> dict | None:
     """The source's metric: each reader times its receive + decode calls only; return them on rank 0.
 
@@ -469,6 +566,11 @@ def parameters(profile: str | None = None) -> dict:
             "array_codecs": ["pickle5", "pickle5_oob", "raw"], "backends": list(backends.BROADCAST_BACKENDS),
             "source_codec": "pickle5", "read_time_n": [10, 100, 1000, 10_000], "pushpull_messages": 30,
             "structured_n": 10_000,
+            # the source's other advice: batching records into messages, and a cache of decoded results for data read
+            # again (two rounds of each batching configuration and two reads per replicate)
+            "batching": {"n_records": 1000, "per_message": [1, 10, 100, 1000], "backends": ["zmq", "shm", "mpi_bcast"],
+                         "rounds": 2},
+            "reread": {"backend": "shm", "n_records": 10_000, "messages": 2},
             "reader_wait": READER_WAIT, "wait_strategies": list(backends.WAIT_STRATEGIES),
             "wait_points": [("records", 1000), ("records", 10_000), ("array", 64)],
             "lmdb_settings": {"default": {}, "zero_copy_reads": {"buffers": True}, "no_writemap": {"writemap": False},
@@ -590,7 +692,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     options_of: dict[int, dict] = {}
     src_readers = 3 if 3 in p["readers"] else max(p["readers"])
     read_times: dict[tuple, list] = {}
-    steps = len(groups) + len(p["read_time_n"]) + (plan.n - 1) * (len(claimed) + len(p["read_time_n"]))
+    steps = len(groups) + len(p["read_time_n"]) + (plan.n - 1) * (len(claimed) + len(p["read_time_n"])) + plan.n
+    batch_got: dict[tuple, list] = {}
+    reread_got: list = []
     ticks = iter(progress(range(steps), "fair serialization (every replicate)"))
     for rep in plan.passes():
         for g, members in groups.items():
@@ -624,6 +728,19 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                 out = run_point(cluster, read_time_point, b, p["source_codec"], n, msgs, ranks=1 + src_readers,
                                 timeout=600)[0]  # fmt: skip
                 read_times.setdefault((n, b), []).append((rep, out["read_time"]))
+        # batching and re-reading, their configurations in a rotated order, one reader
+        next(ticks, None)
+        bp = p["batching"]
+        cfgs = plan.order("batching", [(b, m) for b in bp["backends"] for m in bp["per_message"]], rep,
+                          label=lambda x: f"{x[0]}/{x[1]}")  # fmt: skip
+        t0 = time.perf_counter()
+        out = run_point(cluster, batching_round, cfgs, bp["n_records"], bp["rounds"], ranks=2, timeout=600)[0]
+        for cfg, ts in out.items():
+            batch_got.setdefault(cfg, []).append((rep, ts))
+        rr = p["reread"]
+        reread_got.append((rep, run_point(cluster, reread_point, rr["backend"], rr["n_records"], rr["messages"], ranks=2,
+                                          timeout=600)[0]))  # fmt: skip
+        add_time("fair serialization: batching and re-reading", time.perf_counter() - t0)
     for _ in ticks:
         pass
     for i, pt in enumerate(pts):
@@ -670,6 +787,23 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                         stop_reason=f"fixed: {p['small_samples']} samples of {p['small_inner']} round trips"))  # fmt: skip
         samples += results.sample_rows(vals, **lab, metric="one_way_latency", unit="s")
 
+    bp, rr = p["batching"], p["reread"]
+    for (b, m), per_rep in batch_got.items():
+        lab = {"chapter": CHAPTER, "experiment": "batching", "variant": b, "payload": "records:pickle5", "size_bytes": None,
+               "ranks": 2, "oversubscribed": cluster.oversubscribed_at(2)}  # fmt: skip
+        vals = per_message(per_rep)
+        rows.append(results.summary_row(summarize(vals), **lab, metric="time_per_record", unit="s", backend=b,
+                                        codec="pickle5", kind="records", readers=1, n_records=bp["n_records"],
+                                        records_per_message=m, stop_reason=f"fixed: {len(vals)} rounds"))  # fmt: skip
+        samples += results.sample_rows(vals, **lab, metric="time_per_record", unit="s")
+    for metric in ("first_read", "reread_decoded", "reread_cached"):
+        vals = per_message([(rep, x[metric]) for rep, x in reread_got])
+        lab = {"chapter": CHAPTER, "experiment": "reread", "variant": rr["backend"], "payload": "records:pickle5",
+               "size_bytes": None, "ranks": 2, "oversubscribed": cluster.oversubscribed_at(2)}  # fmt: skip
+        rows.append(results.summary_row(summarize(vals), **lab, metric=metric, unit="s", backend=rr["backend"],
+                                        codec="pickle5", kind="records", readers=1, n_records=rr["n_records"],
+                                        stop_reason=f"fixed: {len(vals)} messages"))  # fmt: skip
+        samples += results.sample_rows(vals, **lab, metric=metric, unit="s")
     # the source's metric, measured in the replicates above
     for (n, b), per_rep in read_times.items():
         values = per_message(per_rep)
@@ -714,6 +848,10 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         "pacing": "one message in flight: a barrier before every message",
         "one_way_latency": "experiment small_path: ping-pong between 2 ranks, round-trip time / 2, every path and size "
                            "timed once per round in a rotated order",
+        "time_per_record": "experiment batching: the writer's first encode to the reader's last decode of all the "
+                           "records, in messages of records_per_message records, divided by the records",
+        "first_read / reread_decoded / reread_cached": "experiment reread: the reader's decode of a message, the same "
+                                                      "frames decoded again, and the decoded result taken from a cache",
     })
     meta["replicates"] = plan.record()
     meta["libraries"] = {"versions": libraries.versions(), "settings": libraries.SETTINGS,

@@ -16,7 +16,9 @@ Per link model (``link`` column; ``hosts`` = hosts the run spans):
 - ``mlp``: chapter 5's S1/S2/S3 MLP at TP = 2 (and 4) across as many hosts (prefill shape);
 - ``broadcast``: chapter 3's old path, the source's change and its best alternative, one request at a time across 2
   (and 4) hosts;
-- ``rpc``: chapter 2's split-inference RPC with the client on one host and the server on another over ``tcp://``.
+- ``rpc``: chapter 2's split-inference RPC with the client on one host and the server on another over ``tcp://``;
+- ``fs_transfer``: chapter 1's channels that can cross a host (ZeroMQ PUSH over ``tcp://``, MPI ``bcast`` and
+  ``Bcast``), the writer on h0: the 10 000 records and raw arrays of chapter 1's sizes, on the 1GbE link model.
 
 Projections (analysis, from results on disk): the ring model with this link's own ping-pong fit, and with chapter 5's
 stated network parameters (alpha = 25 µs, beta = 0.9 x the configured rate), against the measured collectives and the
@@ -72,6 +74,9 @@ def parameters(profile: str | None = None) -> dict:
         "bcast_ranks": [2], "pool_bytes": 32_000_000, "seed": 3,
         "rpc": {"preset": "qwen3-0.6b", "seed": 0, "layers": 2, "vocab": 8192, "prompt": 16, "decode": 8},
         "rpc_rounds": 3,
+        # chapter 1's channels that cross a host (ZeroMQ over tcp://, MPI), on the 1GbE link model: the 10 000 records
+        # (pickle 5; with 3 readers too where 4 hosts run) and raw arrays, rounds of 2 messages in a rotated order
+        "fs_link": "1GbE", "fs_array_sizes": [64, 64 * KiB, 1 * MiB, 16 * MiB], "fs_records": 10_000, "fs_rounds": 3,
         # a link model faster than a slower one this machine already could not reach is probed, not swept: its
         # sweeps would measure the same machine ceiling again (None: sweep every link model)
         "unreachable_swept": 1,
@@ -322,6 +327,16 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
         r, s = _rpc_rows(pd.DataFrame(steps), link)
         rows += r
         samples += s
+        # 7. chapter 1's channels that cross a host, the writer on h0 (on one link model)
+        if link == params["fs_link"]:
+            before = h.counters()
+            r, s = _fs_transfer(cl, params, h)
+            rows += r
+            samples += s
+            after = h.counters()
+            crossed.append({"link": link, "experiment": "fs_transfer",
+                            **{f"{k}_tx_bytes": after[k]["tx_bytes"] - before[k]["tx_bytes"] for k in h.names}})  # fmt: skip
+            _require_crossed(crossed[-1], ["h0"], params["fs_records"] * 40 + sum(params["fs_array_sizes"]))
     run_point(cl, release_rpc, ranks=2)
 
     summary = results.frame(rows)
@@ -342,6 +357,50 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     # source claims judged again on these runs (rules: ``across_hosts`` in the rules file; the same judge)
     results.write_table(CHAPTER, "claims_across_hosts", claims.judge_across_hosts())
     return summary
+
+
+def fs_configs(params: dict, hosts_n: int) -> list[tuple]:
+    """Return chapter 1's configurations across hosts: (backend, codec, kind, size, readers), ZeroMQ over tcp:// and
+    MPI for the records (pickle 5) and the arrays (raw buffers; pickled for lowercase bcast, as in chapter 1)."""
+    out = [(b, "pickle5", "records", params["fs_records"], 1) for b in ("zmq", "mpi_bcast", "mpi_Bcast")]
+    if hosts_n >= 4:  # the source's topology: 1 writer + 3 readers
+        out += [(b, "pickle5", "records", params["fs_records"], 3) for b in ("zmq", "mpi_bcast", "mpi_Bcast")]
+    for size in params["fs_array_sizes"]:
+        out += [("zmq", "raw", "array", size, 1), ("mpi_Bcast", "raw", "array", size, 1),
+                ("mpi_bcast", "pickle5", "array", size, 1)]  # fmt: skip
+    return out
+
+
+def _fs_transfer(cl, params: dict, h) -> tuple[list[dict], list[dict]]:
+    """Run chapter 1's transfer points across hosts: per round, every configuration once in a rotated order (two
+    messages each, one warm-up); return summary and sample rows (end to end and transfer per message, the slowest
+    reader)."""
+    from . import fair_serialization as fs
+    from ._common import per_message, round_order
+
+    cfgs = fs_configs(params, h.n)
+    got: dict[tuple, list] = {c: [] for c in cfgs}
+    link = params["fs_link"]
+    for rnd in progress(range(params["fs_rounds"]), f"chapter 1's channels ({link})"):
+        for i in round_order(len(cfgs), rnd):
+            backend, codec, kind, size, readers = cfgs[i]
+            opts = {"transport": "tcp", "address": h.addresses[0]} if backend == "zmq" else None
+            out = run_point(cl, fs.transfer_point, backend, codec, kind, size, 2, 1, opts, ranks=1 + readers,
+                            timeout=600)[0]  # fmt: skip
+            df = pd.DataFrame(out["per_reader"]).groupby("message")[["end_to_end", "transfer"]].max()
+            got[cfgs[i]].append((rnd, df, out["nbytes"]))
+    rows, samples = [], []
+    for (backend, codec, kind, size, readers), per in got.items():
+        lab = _labels(link, 1 + readers, experiment="fs_transfer", variant=backend, payload=f"{kind}:{codec}",
+                      ranks=1 + readers, oversubscribed=cl.oversubscribed_at(1 + readers), size_bytes=per[0][2],
+                      kind=kind, codec=codec, readers=readers, transport="tcp" if backend == "zmq" else "mpi",
+                      n_records=size if kind == "records" else None, array_bytes=size if kind == "array" else None)  # fmt: skip
+        for metric in ("end_to_end", "transfer"):
+            r, s = _stat(per_message([(rnd, df[metric].to_numpy()) for rnd, df, _ in per]), lab, metric, "s",
+                         f"fixed: {2 * len(per)} messages in {len(per)} rounds")  # fmt: skip
+            rows.append(r)
+            samples += s
+    return rows, samples
 
 
 def _require_crossed(row: dict, names: list[str], at_least: int) -> None:
