@@ -363,6 +363,22 @@ def test_a_rules_own_tolerance_changes_a_verdict(synthetic):
     assert synthetic(rows, rule, "10").verdict == CONFIRMED
 
 
+def test_a_band_stops_at_what_a_measurement_can_reach(synthetic):
+    """A saving claimed at 80-90% is widened to 60-112.5%; with limits [null, 100] the band stops at 100%, so a
+    measurement above 100% (which no saving can be) lies outside it: the right direction, not the claimed size."""
+    rows = [_row("s", 105.0, 103.0, 107.0, unit="%")]
+    loose = synthetic(rows, {"kind": "ratio", "select": _sel("s")}, "80-90", unit="%")
+    capped = synthetic(rows, {"kind": "ratio", "select": _sel("s"), "limits": [None, 100]}, "80-90", unit="%")
+    assert loose.verdict == CONFIRMED and "60 to 112" in loose.evidence
+    assert capped.verdict == PARTLY and "60 to 100" in capped.evidence
+    inside = synthetic([_row("s", 95.0, 94.0, 96.0, unit="%")], {"kind": "ratio", "select": _sel("s"), "limits": [None, 100]},
+                       "80-90", unit="%")  # fmt: skip
+    assert inside.verdict == CONFIRMED
+    for bad in ([100], [None, None], [100, 0], "100"):
+        with pytest.raises(claims.ClaimsError, match="limits"):
+            claims.check_rule("pl-99", {"kind": "ratio", "select": _sel("s"), "limits": bad}, "80-90")
+
+
 def _rules_copy(tmp_path, tolerance: float) -> Path:
     """Write the shipped rules file with another policy tolerance; return its path."""
     import yaml

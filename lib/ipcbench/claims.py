@@ -57,7 +57,7 @@ EVIDENCE_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence", "ci_l
                     "replicates", "claimed", "noisy", *PLOT_COLUMNS]  # fmt: skip
 _RULE_KEYS = {"kind", "select", "cases", "lower", "higher", "than", "bound", "neutral", "scale", "unit", "tolerance",
               "tolerance_abs", "why", "note", "value_part", "reason", "show", "headline", "claimed_from", "partly_within",
-              "absolute"}  # fmt: skip
+              "absolute", "limits"}  # fmt: skip
 
 
 class ClaimsError(ValueError):
@@ -203,6 +203,12 @@ def check_rule(cid: str, rule: dict, claimed_value: str | float | None = None) -
                 raise ClaimsError(f"rule {cid}: an order case needs one of 'lower'/'higher' and 'than' (selectors)")
         elif "select" not in case:
             raise ClaimsError(f"rule {cid}: a {ck} case needs 'select'")
+        if "limits" in case:
+            lim = case["limits"]
+            if (not isinstance(lim, list) or len(lim) != 2 or all(x is None for x in lim)
+                    or (None not in lim and not float(lim[0]) < float(lim[1]))):  # fmt: skip
+                raise ClaimsError(f"rule {cid}: limits must be [low, high] (either may be null, low < high): "
+                                  f"the values the measured quantity can take")  # fmt: skip
         if ck == "bound" and case.get("bound") not in ("at_least", "at_most"):
             raise ClaimsError(f"rule {cid}: a bound case needs bound: at_least | at_most")
         if ck not in ("bound", "same") and "bound" in case:
@@ -428,15 +434,22 @@ def _band(claimed: Claimed, case: dict, tol: float, tol_abs: float, factor: floa
     """Return the claimed value's band: the claimed value or range widened by the tolerance (relative, or absolute),
     or, for an absolute time or rate from the source's machine (``factor``), divided and multiplied by that factor."""
     if factor is not None and claimed.low > 0:
-        return claimed.low / factor, claimed.high * factor
+        return _within_limits(case, claimed.low / factor, claimed.high * factor)
     lo = claimed.low - max(tol * abs(claimed.low), tol_abs)
     hi = claimed.high + max(tol * abs(claimed.high), tol_abs)
     if case.get("bound"):
         neutral = case.get("neutral")
         if case["bound"] == "at_least":
-            return (lo, math.inf)
-        return (-math.inf if neutral is None else float(neutral), hi)
-    return lo, hi
+            return _within_limits(case, lo, math.inf)
+        return _within_limits(case, -math.inf if neutral is None else float(neutral), hi)
+    return _within_limits(case, lo, hi)
+
+
+def _within_limits(case: dict, lo: float, hi: float) -> tuple[float, float]:
+    """Return a band clipped to the values the measured quantity can take (the rule's ``limits``: a saving in % cannot
+    pass 100), so that a band never promises what no measurement can reach."""
+    low, high = case.get("limits") or (None, None)
+    return (lo if low is None else max(lo, float(low)), hi if high is None else min(hi, float(high)))
 
 
 def _neutral(case: dict, unit: str) -> float | None:
