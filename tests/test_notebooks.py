@@ -330,7 +330,12 @@ def test_chapter6_ran_across_emulated_hosts_and_the_bytes_crossed(quick_book, se
     s = res.summary
     params = so.parameters("quick")
     assert {"hosts", "link"} <= set(s.columns) and s["link"].notna().all() and (s["hosts"] >= 2).all()
-    assert set(s["experiment"]) == {"link_probe", "pingpong", "collective", "mlp", "broadcast", "rpc"}
+    assert set(s["experiment"]) == {"link_probe", "pingpong", "collective", "mlp", "broadcast", "rpc", "fs_transfer"}
+    # chapter 1's channels across hosts: ZeroMQ over tcp:// and MPI, every configuration, the writer's bytes on the link
+    fs_rows = s.query("experiment == 'fs_transfer' and metric == 'end_to_end'")
+    got = set(zip(fs_rows["variant"], fs_rows["payload"], fs_rows["readers"].astype(int), strict=True))
+    assert got == {(b, f"{kind}:{codec}", r) for b, codec, kind, _size, r in so.fs_configs(params, params["hosts"])}
+    assert (fs_rows.query("variant == 'zmq'")["transport"] == "tcp").all() and (fs_rows["n"] == 2 * params["fs_rounds"]).all()
     assert res.meta["cluster"]["hosts"] == [f"h{i}" for i in range(params["hosts"])]  # MPICH's names: one per host
     link = res.meta["links"][params["links"][0]]
     assert {k: link[k] for k in hosts.LINKS[params["links"][0]].describe()} == hosts.LINKS[params["links"][0]].describe()
@@ -339,6 +344,7 @@ def test_chapter6_ran_across_emulated_hosts_and_the_bytes_crossed(quick_book, se
     pp = crossed.query("experiment == 'pingpong'").iloc[0]
     assert pp["h0_tx_bytes"] >= sum(params["pingpong_sizes"]) and pp["h1_tx_bytes"] >= sum(params["pingpong_sizes"])
     assert (crossed.query("experiment == 'rpc'")[["h0_tx_bytes", "h1_tx_bytes"]] > 100_000).all().all()
+    assert crossed.query("experiment == 'fs_transfer'")["h0_tx_bytes"].iloc[0] > sum(params["fs_array_sizes"])
     rpc = s.query("experiment == 'rpc' and metric == 'calls_per_token'").set_index("variant")["median"]
     assert rpc["baseline"] > rpc["fused"]
     assert len(so.projection_errors(s, res.extra("mlp_calls"))) > 0

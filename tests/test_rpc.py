@@ -467,7 +467,7 @@ def test_cold_bare_round_trip_runs_after_the_stated_compute(tmp_path):
         sock.connect(echo.endpoint)
         sock.send(b"x" * 64)
         assert sock.poll(5000) and sock.recv() == b"x" * 64
-        cold = {"client_compute_s": 2e-3, "server_compute_s": 3e-3}
+        cold = {"client_compute_s": 2e-3, "server_compute_s": 30e-3}  # (the echo's compute far above a round trip)
         t0 = time.perf_counter()
         rows = rb.cold_round_trips(sock, 7, [0, 256], cold, cfg, calls=5)
         took = time.perf_counter() - t0
@@ -476,9 +476,9 @@ def test_cold_bare_round_trip_runs_after_the_stated_compute(tmp_path):
         echo.close()
     assert [(r["round"], r["transport"], r["bytes"]) for r in rows] == [(7, "ipc_cold", 0), (7, "ipc_cold", 256)]
     for r in rows:
-        assert r["client_compute_s"] >= 2e-3 and r["server_compute_s"] >= 3e-3
-        assert 0 < r["round_trip"] < 3e-3  # the echo's compute is not in it
-    assert took >= 2 * 2 * 5 * (2e-3 + 3e-3)  # every call (untimed pass included) paid both computes
+        assert r["client_compute_s"] >= 2e-3 and r["server_compute_s"] >= 30e-3
+        assert 0 < r["round_trip"] < 30e-3  # the echo's compute is not in it
+    assert took >= 2 * 2 * 5 * (2e-3 + 30e-3)  # every call (untimed pass included) paid both computes
 
 
 def test_compute_between_calls_reads_the_fused_layers_of_one_configuration():
