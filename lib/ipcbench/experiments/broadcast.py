@@ -421,9 +421,16 @@ def scheduler_point(comm, strategy: str, feature_bytes: int, rate: float, reques
                         break
                     continue
                 if async_:
-                    helper, n_starts = None, len(starts)
+                    helper, n_starts, failed = None, len(starts), []
+
+                    def build_in_helper(batch=batch, failed=failed):
+                        try:
+                            build(helper_comm, batch)
+                        except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread after the join
+                            failed.append(exc)
+
                     if batch:
-                        helper = threading.Thread(target=build, args=(helper_comm, batch))
+                        helper = threading.Thread(target=build_in_helper)
                         helper.start()
                     if pending:
                         s0 = now_ns()
@@ -434,6 +441,8 @@ def scheduler_point(comm, strategy: str, feature_bytes: int, rate: float, reques
                         finish[pending] = (s1 - t0) * 1e-9
                     if helper is not None:
                         helper.join()
+                        if failed:
+                            raise failed[0]
                         if pending:
                             overlapped.append(starts[n_starts] < s1)
                     pending = batch
