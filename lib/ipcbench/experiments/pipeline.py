@@ -372,14 +372,15 @@ def tuning_configs(params: dict, cores: int) -> dict[str, list[tuple]]:
 
 def _tuning(runner: _Runner, params: dict, scratch: Path, plan, rep: int, per_rep: int, got: dict) -> None:
     """Run the tuning groups' rounds of one replicate (each round every configuration once, in a rotated order, serial
-    checked first); append each run to ``got[group][variant]``."""
+    checked first); append each run to ``got[group][variant]``. The stage threads group the stages by serial's stage
+    costs from the first replicate's untimed calibration run (kept in ``got["_stage_costs"]``)."""
     cores = usable_cores()
     n = params["tuning_size"]
     io_dir = scratch / "io"
     io_dir.mkdir(exist_ok=True)
     kinds = {"pool_settings": pl.Workload(kind="python", seed=params["seed"]),
              "stage_threads": pl.Workload(kind="io", seed=params["seed"], io_bytes=params["io_bytes"], io_dir=str(io_dir))}
-    costs = {}
+    costs = got.setdefault("_stage_costs", {})  # serial's stage costs, measured once: every replicate groups alike
     for group, configs in tuning_configs(params, cores).items():
         w = kinds[group]
         by_name = {c[0]: c for c in configs}
