@@ -397,6 +397,18 @@ def scheduler_point(comm, strategy: str, feature_bytes: int, rate: float, reques
     overlapped: list[bool] = []
     batches: list[int] = []
     nxt, pending = 0, []
+
+    def step(done: list) -> int:
+        """Run the step (the CPU free for ``step_s``), record its time, and mark ``done``'s requests finished at its
+        end; return the end (ns)."""
+        s0 = now_ns()
+        if step_s > 0:
+            time.sleep(step_s)
+        s1 = now_ns()
+        steps_ns.append(s1 - s0)
+        finish[done] = (s1 - t0) * 1e-9
+        return s1
+
     comm.Barrier()
     try:
         with measure.gc_paused():
@@ -433,12 +445,7 @@ def scheduler_point(comm, strategy: str, feature_bytes: int, rate: float, reques
                         helper = threading.Thread(target=build_in_helper)
                         helper.start()
                     if pending:
-                        s0 = now_ns()
-                        if step_s > 0:
-                            time.sleep(step_s)
-                        s1 = now_ns()
-                        steps_ns.append(s1 - s0)
-                        finish[pending] = (s1 - t0) * 1e-9
+                        s1 = step(pending)
                     if helper is not None:
                         helper.join()
                         if failed:
@@ -448,12 +455,7 @@ def scheduler_point(comm, strategy: str, feature_bytes: int, rate: float, reques
                     pending = batch
                     continue
                 build(comm, batch)
-                s0 = now_ns()
-                if step_s > 0:
-                    time.sleep(step_s)
-                s1 = now_ns()
-                steps_ns.append(s1 - s0)
-                finish[batch] = (s1 - t0) * 1e-9
+                step(batch)
     finally:
         if helper_comm is not None:
             helper_comm.Free()
