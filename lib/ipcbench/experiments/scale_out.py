@@ -374,7 +374,7 @@ def fs_configs(params: dict, hosts_n: int) -> list[tuple]:
 def _fs_transfer(cl, params: dict, h) -> tuple[list[dict], list[dict]]:
     """Run chapter 1's transfer points across hosts: per round, every configuration once in a rotated order (two
     messages each, one warm-up); return summary and sample rows (end to end and transfer per message, the slowest
-    reader)."""
+    reader). One-way times are read on one clock, as chapter 1 reads them: the emulated hosts share this machine's."""
     from . import fair_serialization as fs
     from ._common import per_message, round_order
 
