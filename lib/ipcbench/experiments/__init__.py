@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from .. import chapters
-from ._common import EnginesError, compare, pick_row  # noqa: F401 - for the notebooks: prose built on comparisons
+from ._common import EnginesError, compare, pick_row, relation_words  # noqa: F401 - for the notebooks: prose built on comparisons
 
 CHAPTERS = {c.id: c.module for c in chapters.CHAPTERS.values()}
 """Chapter id -> its experiment module's name (from :mod:`ipcbench.chapters`)."""

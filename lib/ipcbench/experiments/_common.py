@@ -394,3 +394,10 @@ def compare(a, b) -> dict:
     else:
         rel = "no different from" if enough else "not shown different from"
     return {"ratio": ratio, "relation": rel, "clear": rel in ("below", "above")}
+
+
+def relation_words(a, b, below: str, above: str, neither: str = "not shown different from") -> str:
+    """Return the words for how summary row ``a`` stands to row ``b`` (:func:`compare`): ``below`` or ``above`` only
+    where the 95% intervals are apart, else ``neither``. Prose reads "<a> {words} <b>"."""
+    rel = compare(a, b)["relation"]
+    return below if rel == "below" else above if rel == "above" else neither

@@ -20,6 +20,7 @@ only, measured after the writer has already queued everything it can.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import time
 
@@ -139,6 +140,19 @@ def channel_options(backend: str, frame_bytes: int, messages: int, options: dict
 # ------------------------------------------------------------- SPMD: on the engines
 
 
+@contextlib.contextmanager
+def ready_channel(backend: str, comm, **opts):
+    """Open a channel on every rank and, on the writer, wait until every reader is attached; close it on the way out,
+    after an error too."""
+    chan = backends.open_channel(backend, comm, **opts)
+    try:
+        if chan.is_writer and hasattr(chan, "wait_for_readers"):
+            chan.wait_for_readers()
+        yield chan
+    finally:
+        chan.close()
+
+
 def transfer_point(comm, backend: str, codec: str, kind: str, size: int, messages: int, warmup: int,
                    options: dict | None = None) -> dict | None:  # fmt: skip
     """Send ``warmup + messages`` paced messages from rank 0 to every other rank; return phase times on rank 0.
@@ -152,45 +166,40 @@ def transfer_point(comm, backend: str, codec: str, kind: str, size: int, message
     nbytes = ser.frames_nbytes(frames0)
     opts = channel_options(backend, framed_size(frames0) + 64, warmup + messages, options)
     del frames0
-    chan = backends.open_channel(backend, comm, **opts)
     rows = []
     cpu_ns = time.process_time_ns
-    with gc_paused():  # no collection triggered by one message's garbage is charged to another
-        try:
-            if chan.is_writer and hasattr(chan, "wait_for_readers"):
-                chan.wait_for_readers()
-            for k in range(warmup + messages):
-                comm.Barrier()
-                if chan.is_writer:
-                    t0 = now_ns()
-                    frames = c.encode(obj)
-                    t1 = now_ns()
-                    chan.send([SEQ.pack(k), *frames])
-                    t2 = now_ns()
-                    del frames
-                    rows.append((k, t0, t1, t2))
-                else:
-                    c0 = cpu_ns()
-                    r0 = now_ns()
-                    frames = chan.recv()
-                    r1 = now_ns()
-                    c1 = cpu_ns()
-                    out = c.decode(frames[1:])
-                    r2 = now_ns()
-                    seq = SEQ.unpack(bytes(frames[0]))[0]
-                    got = ser.frames_nbytes(frames[1:])
-                    if seq != k or got != nbytes:
-                        raise AssertionError(f"{backend}/{codec}: reader {comm.rank} got message {seq} ({got} B), "
-                                             f"expected {k} ({nbytes} B)")  # fmt: skip
-                    if not same(obj, out):  # every message, after its times are taken (outside the timed region)
-                        raise AssertionError(f"{backend}/{codec}: reader {comm.rank} decoded different content in "
-                                             f"message {k}")  # fmt: skip
-                    del out, frames
-                    chan.release()
-                    rows.append((k, r0, r1, r2, c1 - c0))
+    # no collection triggered by one message's garbage is charged to another
+    with gc_paused(), ready_channel(backend, comm, **opts) as chan:
+        for k in range(warmup + messages):
             comm.Barrier()
-        finally:
-            chan.close()
+            if chan.is_writer:
+                t0 = now_ns()
+                frames = c.encode(obj)
+                t1 = now_ns()
+                chan.send([SEQ.pack(k), *frames])
+                t2 = now_ns()
+                del frames
+                rows.append((k, t0, t1, t2))
+            else:
+                c0 = cpu_ns()
+                r0 = now_ns()
+                frames = chan.recv()
+                r1 = now_ns()
+                c1 = cpu_ns()
+                out = c.decode(frames[1:])
+                r2 = now_ns()
+                seq = SEQ.unpack(bytes(frames[0]))[0]
+                got = ser.frames_nbytes(frames[1:])
+                if seq != k or got != nbytes:
+                    raise AssertionError(f"{backend}/{codec}: reader {comm.rank} got message {seq} ({got} B), "
+                                         f"expected {k} ({nbytes} B)")  # fmt: skip
+                if not same(obj, out):  # every message, after its times are taken (outside the timed region)
+                    raise AssertionError(f"{backend}/{codec}: reader {comm.rank} decoded different content in "
+                                         f"message {k}")  # fmt: skip
+                del out, frames
+                chan.release()
+                rows.append((k, r0, r1, r2, c1 - c0))
+        comm.Barrier()
     gathered = comm.gather(rows, root=0)
     if comm.rank != 0:
         return None
@@ -228,11 +237,8 @@ def stream_point(comm, backend: str, nbytes: int, window: int, rounds: int, warm
         opts["hwm"] = window + 4
     payload_bytes = ser.frames_nbytes(frames0)
     del frames0
-    chan = backends.open_channel(backend, comm, **opts)
     bw = []
-    try:
-        if chan.is_writer and hasattr(chan, "wait_for_readers"):
-            chan.wait_for_readers()
+    with ready_channel(backend, comm, **opts) as chan:
         with gc_paused():
             for rnd in range(warmup + rounds):
                 comm.Barrier()
@@ -254,8 +260,6 @@ def stream_point(comm, backend: str, nbytes: int, window: int, rounds: int, warm
                 if chan.is_writer and rnd >= warmup:
                     bw.append(window * payload_bytes / ((now_ns() - t0) * 1e-9))
         comm.Barrier()
-    finally:
-        chan.close()
     return {"bandwidth": bw, "payload_bytes": payload_bytes} if comm.rank == 0 else None
 
 
@@ -344,11 +348,8 @@ def batching_round(comm, configs: list, n_records: int, rounds: int, warmup: int
     for backend, per_msg in configs:
         chunks = [records[i : i + per_msg] for i in range(0, n_records, per_msg)]
         biggest = max(framed_size([SEQ.pack(0), *c.encode(ch)]) for ch in chunks[:1] + chunks[-1:])
-        chan = backends.open_channel(backend, comm, **channel_options(backend, biggest + 64, len(chunks) + 1))
         times = []
-        try:
-            if chan.is_writer and hasattr(chan, "wait_for_readers"):
-                chan.wait_for_readers()
+        with ready_channel(backend, comm, **channel_options(backend, biggest + 64, len(chunks) + 1)) as chan:
             with gc_paused():
                 for r in range(warmup + rounds):
                     comm.Barrier()
@@ -372,8 +373,6 @@ def batching_round(comm, configs: list, n_records: int, rounds: int, warmup: int
                     if comm.rank == 0 and r >= warmup:
                         times.append((max(e for _, e in span) - span[0][0]) * 1e-9 / n_records)
             comm.Barrier()
-        finally:
-            chan.close()
         out[(backend, per_msg)] = times
     return out if comm.rank == 0 else None
 
@@ -386,12 +385,10 @@ def reread_point(comm, backend: str, n_records: int, messages: int, warmup: int 
     c = ser.get("pickle5")
     obj = make_records(n_records)
     frames0 = c.encode(obj)
-    chan = backends.open_channel(backend, comm, **channel_options(backend, framed_size(frames0) + 64, warmup + messages))
     rows = []
     cache: dict[int, object] = {}
-    try:
-        if chan.is_writer and hasattr(chan, "wait_for_readers"):
-            chan.wait_for_readers()
+    opts = channel_options(backend, framed_size(frames0) + 64, warmup + messages)
+    with ready_channel(backend, comm, **opts) as chan:
         with gc_paused():
             for k in range(warmup + messages):
                 comm.Barrier()
@@ -416,8 +413,6 @@ def reread_point(comm, backend: str, n_records: int, messages: int, warmup: int 
                 if k >= warmup:
                     rows.append(((t1 - t0) * 1e-9, (t2 - t1) * 1e-9, (t3 - t2) * 1e-9))
         comm.Barrier()
-    finally:
-        chan.close()
     got = comm.gather(rows, root=0)
     if comm.rank != 0:
         return None
@@ -441,35 +436,30 @@ def read_time_point(comm, backend: str, codec: str, size: int, messages: int) ->
     if backend == "zmq":
         opts["hwm"] = messages + 4
     del frames0
-    chan = backends.open_channel(backend, comm, **opts)
     queued = backend in ("zmq", "shm", "lmdb")
     times = []
-    with gc_paused():  # no collection triggered by one message's garbage is charged to another
-        try:
-            if chan.is_writer and hasattr(chan, "wait_for_readers"):
-                chan.wait_for_readers()
-            comm.Barrier()
-            if chan.is_writer:
-                for k in range(messages):
-                    chan.send([SEQ.pack(k), *c.encode(obj)])
-                if queued:
-                    comm.Barrier()
-            else:
-                if queued:
-                    comm.Barrier()
-                for k in range(messages):
-                    r0 = now_ns()
-                    frames = chan.recv()
-                    out = c.decode(frames[1:])
-                    r1 = now_ns()
-                    if SEQ.unpack(bytes(frames[0]))[0] != k or (k == 0 and not same(obj, out)):
-                        raise AssertionError(f"{backend}: reader {comm.rank} got a wrong message at {k}")
-                    del out, frames
-                    chan.release()
-                    times.append((r1 - r0) * 1e-9)
-            comm.Barrier()
-        finally:
-            chan.close()
+    # no collection triggered by one message's garbage is charged to another
+    with gc_paused(), ready_channel(backend, comm, **opts) as chan:
+        comm.Barrier()
+        if chan.is_writer:
+            for k in range(messages):
+                chan.send([SEQ.pack(k), *c.encode(obj)])
+            if queued:
+                comm.Barrier()
+        else:
+            if queued:
+                comm.Barrier()
+            for k in range(messages):
+                r0 = now_ns()
+                frames = chan.recv()
+                out = c.decode(frames[1:])
+                r1 = now_ns()
+                if SEQ.unpack(bytes(frames[0]))[0] != k or (k == 0 and not same(obj, out)):
+                    raise AssertionError(f"{backend}: reader {comm.rank} got a wrong message at {k}")
+                del out, frames
+                chan.release()
+                times.append((r1 - r0) * 1e-9)
+        comm.Barrier()
     gathered = comm.gather(times, root=0)
     return {"read_time": [t for g in gathered[1:] for t in g]} if comm.rank == 0 else None
 

@@ -38,6 +38,7 @@ import multiprocessing as mp
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ from ..measure import Replicated, summarize
 from ._common import (
     REPLICATES,
     Replicates,
+    add_time,
     machine_state,
     pick_row,
     progress,
@@ -287,7 +289,9 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                         else:
                             r = runner.run("process_pool", w, n, chunk, reference_batch=chunk)
                         runs[proc].append({**r, "replicate": rep})
+            t0 = time.perf_counter()
             _tuning(runner, params, scratch, plan, rep, per_rep, tuning_runs)
+            add_time("workers, chunks and stage threads (every replicate)", time.perf_counter() - t0)
             if rep == 0:
                 _unreplicated(cluster, runner, params, base, cores, rows, samples)
         for _ in ticks:
