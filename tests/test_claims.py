@@ -605,3 +605,83 @@ def test_every_rule_case_reads_in_plain_words_on_the_shipped_reference_build(mon
             text = labels.label(row, sel)
             assert text and "_" not in text.replace("from_dict", ""), (cid, text)
     assert seen > 150 and gaps == {}, gaps
+
+
+# ------------------------------------------------------------- scope: strength words, oversubscription, hypotheses
+
+
+@pytest.mark.parametrize(
+    "strength, a, b, expected",
+    [
+        # "far": the first at least 2x the second (the policy's far)
+        ("far", (5.0, 4.8, 5.2), (1.0, 0.95, 1.05), CONFIRMED),
+        ("far", (1.3, 1.25, 1.35), (1.0, 0.95, 1.05), PARTLY),  # higher, not by far
+        ("far", (0.5, 0.45, 0.55), (1.0, 0.95, 1.05), REFUTED),  # the other way
+        ("far", (1.9, 1.6, 2.4), (1.0, 0.95, 1.05), INCONCLUSIVE),  # straddles 2x
+        ("far", (1.0, 0.8, 1.2), (1.0, 0.95, 1.05), INCONCLUSIVE),  # straddles 1
+        # "slight": within a factor 1.25 either way
+        ("slight", (1.1, 1.08, 1.12), (1.0, 0.98, 1.02), CONFIRMED),
+        ("slight", (2.0, 1.9, 2.1), (1.0, 0.95, 1.05), PARTLY),  # higher, by more than slightly
+        ("slight", (0.14, 0.13, 0.15), (1.0, 0.95, 1.05), REFUTED),  # 7x the other way
+        ("slight", (1.2, 1.1, 1.4), (1.0, 0.98, 1.02), INCONCLUSIVE),  # straddles 1.25
+    ],
+)  # fmt: skip
+def test_an_ordering_with_a_strength_word_reaches_every_outcome(synthetic, strength, a, b, expected):
+    rows = [_row("a", *a), _row("b", *b)]
+    j = synthetic(rows, {"kind": "order", "higher": _sel("a"), "than": _sel("b"), "strength": strength})
+    assert j.verdict == expected, j.evidence
+    assert f'"{strength}"' in j.evidence
+    # the same claim written from the other side ("b lower than a, by far") gives the same verdict
+    j2 = synthetic(rows, {"kind": "order", "lower": _sel("b"), "than": _sel("a"), "strength": strength})
+    assert j2.verdict == expected, j2.evidence
+
+
+def test_a_strength_word_is_only_for_orderings_and_known_words():
+    with pytest.raises(claims.ClaimsError, match="strength"):
+        claims.check_rule("x-1", {"kind": "order", "lower": {}, "than": {}, "strength": "vast"})
+    with pytest.raises(claims.ClaimsError, match="strength"):
+        claims.check_rule("x-1", {"kind": "value", "select": {}, "strength": "far"})
+
+
+def test_an_oversubscribed_run_never_decides_a_verdict_alone(synthetic):
+    rows = [_row("a", 1.0, 0.8, 1.2), _row("b", 1.0, 0.9, 1.1), _row("c", 2.0, 1.9, 2.1)]
+    rule = {"kind": "order", "lower": _sel("a"), "than": _sel("b"),
+            "cases": [{}, {"than": {"variant": "c"}, "oversubscribed": True}]}  # fmt: skip
+    j = synthetic(rows, rule)
+    assert j.verdict == INCONCLUSIVE and j.cases == [INCONCLUSIVE, CONFIRMED]
+    assert "never decides a verdict alone" in j.evidence and "oversubscribed, confirmed" in j.evidence
+    rows[0] = _row("a", 0.5, 0.45, 0.55)  # once the own case decides, the oversubscribed one counts beside it
+    assert synthetic(rows, rule).verdict == CONFIRMED
+    rows[2] = _row("c", 0.2, 0.15, 0.25)
+    assert synthetic(rows, rule).verdict == PARTLY
+    with pytest.raises(claims.ClaimsError, match="neither beside"):
+        claims.check_rule("x-1", {"kind": "order", "lower": {}, "than": {}, "oversubscribed": True})
+
+
+def test_a_case_beside_the_verdict_is_shown_never_counted(synthetic):
+    rows = [_row("a", 1.0, 0.9, 1.1), _row("b", 2.0, 1.9, 2.1), _row("c", 0.5, 0.4, 0.6)]
+    rule = {"kind": "order", "lower": _sel("a"), "than": _sel("b"),
+            "cases": [{}, {"than": {"variant": "c"}, "beside": True}]}  # fmt: skip
+    j = synthetic(rows, rule)
+    assert j.verdict == CONFIRMED and j.cases == [CONFIRMED, REFUTED]  # without "beside" it would be partly
+    assert "beside the verdict, a hypothesis of ours: refuted" in j.evidence
+    rule["headline"] = 1  # a headline never points at a hypothesis
+    assert synthetic(rows, rule).measured == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "share, expected",
+    [
+        ((40.0, 35.0, 45.0), CONFIRMED),  # the condition holds: judged
+        ((2.5, 2.1, 2.9), NOT_TESTABLE),  # wholly outside the condition: not judged
+        ((31.0, 25.0, 36.0), INCONCLUSIVE),  # the condition itself is undecided
+    ],
+)  # fmt: skip
+def test_a_claim_is_judged_only_where_the_sources_condition_holds(synthetic, share, expected):
+    rows = [_row("a", 1.0, 0.9, 1.1), _row("b", 2.0, 1.9, 2.1), _row("share", *share, unit="%")]
+    pre = {"select": _sel("share"), "bound": "at_least", "value": 30, "unit": "%", "says": "serialization over 30%"}
+    j = synthetic(rows, {"kind": "order", "lower": _sel("a"), "than": _sel("b"), "precondition": pre})
+    assert j.verdict == expected, j.evidence
+    assert "serialization over 30%" in j.evidence
+    with pytest.raises(claims.ClaimsError, match="precondition"):
+        claims.check_rule("x-1", {"kind": "order", "lower": {}, "than": {}, "precondition": {"select": {}}})

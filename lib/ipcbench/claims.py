@@ -57,7 +57,12 @@ EVIDENCE_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence", "ci_l
                     "replicates", "claimed", "noisy", *PLOT_COLUMNS]  # fmt: skip
 _RULE_KEYS = {"kind", "select", "cases", "lower", "higher", "than", "bound", "neutral", "scale", "unit", "tolerance",
               "tolerance_abs", "why", "note", "value_part", "reason", "show", "headline", "claimed_from", "partly_within",
-              "absolute", "limits"}  # fmt: skip
+              "absolute", "limits", "strength", "oversubscribed", "beside", "precondition"}  # fmt: skip
+STRENGTHS = ("far", "slight")
+"""Strength words an ordering may carry (``strength``), with one numeric meaning each in the policy: "far" (far
+exceeds, much faster) needs the first at least :attr:`Policy.far` times the second; "slight" (a slight, negligible
+disadvantage) needs the two within a factor 1 + :attr:`Policy.slight` of each other. "Comparable", "close" and
+"similar" are the ``same`` kind: a ratio within the policy's tolerance of 1."""
 
 
 class ClaimsError(ValueError):
@@ -143,6 +148,10 @@ class Policy:
     """How far an absolute time or rate measured on another machine may be from the source's and still match it (a
     factor either way): the band of a rule marked ``absolute``."""
     min_ci_level: float = 0.95
+    far: float = 2.0
+    """"Far exceeds", "much faster": the first at least this many times the second."""
+    slight: float = 0.25
+    """"Slight", "negligible": the two within a factor 1 + slight of each other."""
     text: str = ""
 
 
@@ -165,10 +174,13 @@ def load_rules(path: Path | str | None = None) -> tuple[Policy, dict[str, dict]]
     pol = doc.get("policy", {})
     policy = Policy(tolerance=float(pol.get("tolerance", 0.25)), identity_tolerance=float(pol.get("identity_tolerance", 0.0025)),
                     min_ci_level=float(pol.get("min_ci_level", 0.95)), text=str(pol.get("text", "")).strip(),
-                    machine_factor=float(pol.get("machine_factor", 3.0)))  # fmt: skip
+                    machine_factor=float(pol.get("machine_factor", 3.0)),
+                    far=float((pol.get("strength") or {}).get("far", 2.0)),
+                    slight=float((pol.get("strength") or {}).get("slight", 0.25)))  # fmt: skip
     if not (0 < policy.tolerance and 0 < policy.identity_tolerance and 0 < policy.min_ci_level <= 1
-            and policy.machine_factor > 1):  # fmt: skip
-        raise ClaimsError(f"{p}: the policy's tolerances must be above 0 and min_ci_level in (0, 1], got {pol}")
+            and policy.machine_factor > 1 and policy.far > 1 and policy.slight > 0):  # fmt: skip
+        raise ClaimsError(f"{p}: the policy's tolerances must be above 0, min_ci_level in (0, 1], machine_factor and "
+                          f"far above 1, got {pol}")
     rules = doc.get("rules") or {}
     for cid, rule in rules.items():
         check_rule(cid, rule)
@@ -194,7 +206,10 @@ def check_rule(cid: str, rule: dict, claimed_value: str | float | None = None) -
         if not str(rule.get("reason", "")).lower().startswith("because"):
             raise ClaimsError(f"rule {cid}: a 'not testable here' rule needs a reason starting with 'because'")
         return
-    for case in _cases(rule):
+    cases = _cases(rule)
+    if all(c.get("beside") or c.get("oversubscribed") for c in cases):
+        raise ClaimsError(f"rule {cid}: a verdict needs a case that is neither beside it (a hypothesis) nor oversubscribed")
+    for case in cases:
         ck = case["kind"]
         if ck not in KINDS or ck == "not_testable":
             raise ClaimsError(f"rule {cid}: case kind {ck!r} is not one of {KINDS[:-1]}")
@@ -209,6 +224,14 @@ def check_rule(cid: str, rule: dict, claimed_value: str | float | None = None) -
                     or (None not in lim and not float(lim[0]) < float(lim[1]))):  # fmt: skip
                 raise ClaimsError(f"rule {cid}: limits must be [low, high] (either may be null, low < high): "
                                   f"the values the measured quantity can take")  # fmt: skip
+        if "strength" in case and (ck != "order" or case["strength"] not in STRENGTHS):
+            raise ClaimsError(f"rule {cid}: strength ({STRENGTHS}) is for order cases, got {case['strength']!r} on {ck}")
+        if "precondition" in case:
+            pre = case["precondition"]
+            if (not isinstance(pre, dict) or "select" not in pre or pre.get("bound") not in ("at_least", "at_most")
+                    or "value" not in pre or not str(pre.get("says", "")).strip()):  # fmt: skip
+                raise ClaimsError(f"rule {cid}: a precondition needs select, bound (at_least | at_most), value and says "
+                                  "(the source's condition in words)")  # fmt: skip
         if ck == "bound" and case.get("bound") not in ("at_least", "at_most"):
             raise ClaimsError(f"rule {cid}: a bound case needs bound: at_least | at_most")
         if ck not in ("bound", "same") and "bound" in case:
@@ -500,17 +523,55 @@ def _numeric_case(m: Measured, claimed: Claimed, case: dict, tol: float, tol_abs
     return INCONCLUSIVE, f"{head}; the interval straddles an edge of the band"
 
 
-def _order_case(a: Measured, b: Measured, higher: bool, policy: Policy, unit: str) -> tuple[str, str]:
+def _order_case(a: Measured, b: Measured, higher: bool, policy: Policy, unit: str,
+                strength: str | None = None) -> tuple[str, str]:  # fmt: skip
     word = "above" if higher else "below"
     head = f"{a.label}: {a.text(unit)} against {b.label}: {b.text(unit)}"
     low = min(a.ci_level, b.ci_level)
     if not low >= policy.min_ci_level:
         return INCONCLUSIVE, f"{head}; an interval covers {low:.0%}, less than {policy.min_ci_level:.0%}"
+    if strength is not None:
+        return _strength_case(a, b, higher, strength, policy, head)
     if (a.low > b.high) if higher else (a.high < b.low):
         return CONFIRMED, f"{head}; the first interval lies entirely {word} the second"
     if (a.high < b.low) if higher else (a.low > b.high):
         return REFUTED, f"{head}; the first interval lies entirely {'below' if higher else 'above'} the second"
     return INCONCLUSIVE, f"{head}; the intervals overlap"
+
+
+def _strength_band(strength: str, policy: Policy) -> tuple[float, float]:
+    """Return the claimed band of an ordering with a strength word, on the scale of the claimed side's ratio (the
+    first over the second where the first is claimed higher, the second over the first where it is claimed lower)."""
+    if strength == "far":
+        return policy.far, math.inf
+    return 1.0 / (1.0 + policy.slight), 1.0 + policy.slight
+
+
+def _strength_case(a: Measured, b: Measured, higher: bool, strength: str, policy: Policy, head: str) -> tuple[str, str]:
+    """Return (verdict, clause) for an ordering that also claims how far apart the two are (:data:`STRENGTHS`), from the
+    ratio on the claimed side and the interval the two intervals allow for it."""
+    top, bottom = (a, b) if higher else (b, a)
+    if not (top.low > 0 and bottom.low > 0):
+        return INCONCLUSIVE, f"{head}; a ratio needs two positive intervals"
+    q, q_lo, q_hi = top.value / bottom.value, top.low / bottom.high, top.high / bottom.low
+    lo_b, hi_b = _strength_band(strength, policy)
+    what = "first over second" if higher else "second over first"
+    band = (f"at least {_fmt(lo_b)}x (\"far\")" if strength == "far"
+            else f"{_fmt(lo_b)}x to {_fmt(hi_b)}x (\"slight\")")  # fmt: skip
+    head = f"{head}; {what} {_fmt(q)}x [{_fmt(q_lo)}, {_fmt(q_hi)}], against {band}"
+    if q_lo >= lo_b and q_hi <= hi_b:
+        return CONFIRMED, f"{head}; the ratio's interval lies inside"
+    if strength == "far":
+        if q_hi < 1.0:
+            return REFUTED, f"{head}; the order is the other way"
+        if q_lo > 1.0 and q_hi < lo_b:
+            return PARTLY, f"{head}; the order holds, but not by that much"
+        return INCONCLUSIVE, f"{head}; the ratio's interval straddles {'1' if q_lo <= 1.0 else _fmt(lo_b) + 'x'}"
+    if q_lo > hi_b:
+        return PARTLY, f"{head}; the order holds, by more than slightly"
+    if q_hi < lo_b:
+        return REFUTED, f"{head}; the order is the other way, by more than slightly"
+    return INCONCLUSIVE, f"{head}; the ratio's interval straddles an edge"
 
 
 _NO_PLOT = (math.nan,) * 5
@@ -529,12 +590,17 @@ def _rel_band(m: Measured, claimed: Claimed, band: tuple[float, float]) -> tuple
     return m.value / c, lo, hi, max(b_lo, 0.0), max(b_hi, 0.0)
 
 
-def _rel_order(a: Measured, b: Measured, higher: bool) -> tuple[float, ...]:
+def _rel_order(a: Measured, b: Measured, higher: bool, band: tuple[float, float] | None = None) -> tuple[float, ...]:
     """Return an ordering on the forest plot's scale: the first row over the second, with the interval their
-    intervals allow, and the claimed side of 1 as the band; NaNs where the second can be 0 or a value negative."""
+    intervals allow, and the claimed side of 1 as the band (or a strength word's band on the claimed side's ratio);
+    NaNs where the second can be 0 or a value negative."""
     if not (b.low > 0 and a.low > 0):
         return _NO_PLOT
-    return a.value / b.value, a.low / b.high, a.high / b.low, *((1.0, math.inf) if higher else (0.0, 1.0))
+    if band is None:
+        band = (1.0, math.inf) if higher else (0.0, 1.0)
+    elif not higher:  # the band is on the second over the first
+        band = (0.0 if math.isinf(band[1]) else 1.0 / band[1], 1.0 / band[0])
+    return a.value / b.value, a.low / b.high, a.high / b.low, *band
 
 
 def combine(verdicts: list[str]) -> str:
@@ -600,10 +666,20 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
         j.evidence = f"{lead}Not testable here {rule['reason'].strip().rstrip('.')}.{shown}"
         return j
     verdicts, clauses, heads, units, claimed_texts, tols, plots = [], [], [], [], [], [], []
+    roles: list[str] = []  # per case: "counted", "oversubscribed", "beside" (a hypothesis) or "outside" (precondition)
     uses_csv = False
     for case in _cases(rule):
         ck = case["kind"]
         scale = float(case.get("scale", 1.0))
+        pre = _precondition(res, chapter, case.get("precondition"))
+        if pre is not None and pre[0] == "outside":
+            verdicts.append(INCONCLUSIVE)
+            clauses.append(pre[1])
+            heads.append(None)
+            units.append("")
+            plots.append(_NO_PLOT)
+            roles.append("outside")
+            continue
         from_csv = ck not in ("order", "same") and "claimed_from" not in case
         unit = str(case.get("unit", claim_unit if from_csv and claim_unit not in UNIT_WORDS else ""))
         uses_csv = uses_csv or from_csv
@@ -611,9 +687,13 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
             higher = "higher" in case
             a = _pick(res, chapter, case["higher" if higher else "lower"], scale)
             b = _pick(res, chapter, case["than"], scale)
-            v, clause = _order_case(a, b, higher, policy, unit)
+            strength = case.get("strength")
+            v, clause = _order_case(a, b, higher, policy, unit, strength)
             heads.append(a)
-            plots.append(_rel_order(a, b, higher))
+            plots.append(_rel_order(a, b, higher, _strength_band(strength, policy) if strength else None))
+            if strength:
+                tols.append(f'"{strength}" as the policy defines it ' + (f"(at least {_fmt(policy.far)}x)" if strength == "far"
+                            else f"(within a factor {_fmt(1 + policy.slight)} either way)"))  # fmt: skip
         else:
             claimed = _claimed_of(claim, case, res, chapter, scale)
             if claimed is None:
@@ -632,19 +712,68 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
             else:
                 tols.append(f"{tol * 100:g}%" + (f" or {_fmt(tol_abs)}{_u(unit)}" if tol_abs else "")
                             + (f" ({case['why'].strip().rstrip('.')})" if "why" in case else " (the policy's default)"))
+        if pre is not None and pre[0] == "undecided" and v != INCONCLUSIVE:  # the condition is undecided: so is the case
+            v, clause = INCONCLUSIVE, f"{clause}; {pre[1]}"
+        elif pre is not None:
+            clause = f"{clause}; {pre[1]}"
         verdicts.append(v)
         clauses.append(clause)
         units.append(unit)
-    verdict = combine(verdicts)
-    k = int(rule.get("headline", 0))
-    head = heads[k]
-    if len(clauses) > 1:
-        body = "; ".join(f"({i + 1}) {c} [{v}]" for i, (c, v) in enumerate(zip(clauses, verdicts, strict=True)))
+        roles.append("beside" if case.get("beside") else "oversubscribed" if case.get("oversubscribed") else "counted")
+    return _verdict_of_cases(cid, claim_unit, raw_value, lead, uses_csv, rule, verdicts, clauses, heads, units, tols,
+                             plots, roles)  # fmt: skip
+
+
+def _precondition(res: Results, chapter: str, pre: dict | None) -> tuple[str, str] | None:
+    """Return None where a case has no precondition; ("holds", what), ("outside", what) or ("undecided", what) where the
+    measured interval lies wholly on the source's condition's side, wholly on the other or across it."""
+    if not pre:
+        return None
+    m = _pick(res, chapter, pre["select"], float(pre.get("scale", 1.0)))
+    value, unit, says = float(pre["value"]), str(pre.get("unit", "")), str(pre["says"]).strip()
+    at_least = pre["bound"] == "at_least"
+    what = f"{m.label}: {m.text(unit)}"
+    if (m.low >= value) if at_least else (m.high <= value):
+        return "holds", f"the source's condition holds ({says}): {what}"
+    if (m.high < value) if at_least else (m.low > value):
+        return "outside", f"outside the source's condition ({says}): {what}"
+    return "undecided", f"whether the source's condition holds ({says}) is undecided: {what}"
+
+
+def _verdict_of_cases(cid, claim_unit, raw_value, lead, uses_csv, rule, verdicts, clauses, heads, units, tols, plots,
+                      roles) -> Judgement:  # fmt: skip
+    """Return the claim's judgement from its judged cases. Only counted and oversubscribed cases enter the verdict, and
+    an oversubscribed case never decides it alone; a case beside the verdict (a hypothesis of ours) is shown only; a
+    claim whose every case lies outside the source's condition is not testable here."""
+    counted = [v for v, r in zip(verdicts, roles, strict=True) if r in ("counted", "oversubscribed")]
+    notes = []
+    if not counted:
+        verdict = NOT_TESTABLE
+        notes.append("Not testable here where measured: every case lies outside the condition the source states")
     else:
-        body = clauses[0]
+        verdict = combine(counted)
+        own = [v for v, r in zip(verdicts, roles, strict=True) if r == "counted"]
+        over = [v for v, r in zip(verdicts, roles, strict=True) if r == "oversubscribed"]
+        if all(v == INCONCLUSIVE for v in own) and any(v != INCONCLUSIVE for v in over):
+            verdict = INCONCLUSIVE
+            notes.append("Only oversubscribed runs decide a case, and an oversubscribed run never decides a verdict alone")
+    k = int(rule.get("headline", 0))
+    if heads[k] is None or roles[k] == "beside":
+        k = next((i for i, r in enumerate(roles) if r in ("counted", "oversubscribed") and heads[i] is not None), None)
+        if k is None:
+            k = next((i for i, h in enumerate(heads) if h is not None), None)
+    tag = {"counted": "", "oversubscribed": "oversubscribed, ", "beside": "beside the verdict, a hypothesis of ours: ",
+           "outside": "not judged: "}  # fmt: skip
+    parts = [f"{c} [{tag[r]}{v}]" if r not in ("outside",) else f"{c} [{tag[r].rstrip(': ')}]"
+             for c, v, r in zip(clauses, verdicts, roles, strict=True)]  # fmt: skip
+    body = "; ".join(f"({i + 1}) {p}" for i, p in enumerate(parts)) if len(parts) > 1 else clauses[0]
     claimed_txt = f"Claimed: {raw_value}{_u(claim_unit)}. " if raw_value and uses_csv else ""
     tol_txt = f" Tolerance: {'; '.join(sorted(set(tols)))}." if tols else ""
-    ev = f"{lead}{claimed_txt}Measured: {body}.{tol_txt}"
+    note_txt = "".join(f" {n}." for n in notes)
+    ev = f"{lead}{claimed_txt}Measured: {body}.{tol_txt}{note_txt}"
+    if k is None:
+        return Judgement(cid, verdict, claimed=raw_value, evidence=ev, cases=verdicts)
+    head = heads[k]
     j = Judgement(cid, verdict, head.value, units[k], head.low, head.high, head.n, head.ci_level, head.replicates,
                   raw_value, ev, verdicts)  # fmt: skip
     j.rel, j.rel_low, j.rel_high, j.band_low, j.band_high = plots[k]
