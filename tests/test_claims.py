@@ -685,3 +685,46 @@ def test_a_claim_is_judged_only_where_the_sources_condition_holds(synthetic, sha
     assert "serialization over 30%" in j.evidence
     with pytest.raises(claims.ClaimsError, match="precondition"):
         claims.check_rule("x-1", {"kind": "order", "lower": {}, "than": {}, "precondition": {"select": {}}})
+
+
+def test_a_row_measured_oversubscribed_marks_its_case_without_the_rule_saying_so(synthetic):
+    over = {**_row("c", 2.0, 1.9, 2.1), "oversubscribed": True}
+    rows = [_row("a", 1.0, 0.8, 1.2), _row("b", 1.0, 0.9, 1.1), over]
+    rule = {"kind": "order", "lower": _sel("a"), "than": _sel("b"), "cases": [{}, {"than": {"variant": "c"}}]}
+    j = synthetic(rows, rule)
+    assert j.verdict == INCONCLUSIVE and "oversubscribed, confirmed" in j.evidence
+    with pytest.raises(claims.ClaimsError, match="neither beside"):  # a rule must have a case that can decide
+        claims.check_rule("x-1", {"kind": "order", "lower": {}, "than": {}, "cases": [{"beside": True}]})
+
+
+# ------------------------------------------------------------- regimes: where each claim's number comes from
+
+
+def test_every_claim_has_a_regime_in_plain_words():
+    reg = claims.load_regimes()
+    assert list(reg) == list(claims.load_claims()["id"])
+    internal = re.compile(r"`|\bmpi_|\bpkl5\b|\bzmq_|_over_|\bshm\b")
+    for cid, r in reg.items():
+        for field in ("source", "here", "differs"):
+            assert not internal.search(r[field]), f"{cid} {field}: {r[field]!r} names an internal id"
+        assert claims.regime_text(r) == ("same" if not r["differs"].strip() else f"differs: {r['differs'].strip()}")
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d["regimes"].pop("fs-01"), "missing"),
+        (lambda d: d["regimes"].__setitem__("zz-01", {"source": "a", "here": "b", "differs": ""}), "not claims"),
+        (lambda d: d["regimes"]["fs-01"].pop("differs"), "exactly source, here and differs"),
+        (lambda d: d["regimes"]["fs-01"].__setitem__("here", ""), "in words"),
+    ],
+)  # fmt: skip
+def test_a_malformed_regimes_file_is_refused_naming_the_claim(tmp_path, edit, match):
+    import yaml
+
+    doc = yaml.safe_load(results.seeds_path("regimes.yaml").read_text(encoding="utf-8"))
+    edit(doc)
+    p = tmp_path / "regimes.yaml"
+    p.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(claims.ClaimsError, match=match):
+        claims.load_regimes(p)

@@ -220,9 +220,44 @@ def ledger_markdown(led: pd.DataFrame, chapter: str) -> str:
             "",
             f"  *Tested:* {_cell(r['paraphrase'])}",
             "",
+            f"  *Where:* the source: {_cell(r.get('regime_source'))}. Here: {_cell(r.get('regime_here'))}. "
+            + ("**The same situation.**" if r.get("regime") == "same"
+               else f"**Differs:** {_cell(str(r.get('regime', '')).removeprefix('differs: '))}."),
+            "",
             f"  *Evidence:* {_cell(r.get('evidence'))}",
         ]))  # fmt: skip
     return "\n".join(blocks)
+
+
+def regime_table(led: pd.DataFrame) -> pd.DataFrame:
+    """Return, per source analysis (by chapter number) and for all: the claims judged in the source's own situation and
+    those judged where it differs (each claim's difference is stated under it)."""
+    order = [c for c in chapters.IDS if c in set(led["chapter"])]
+    same = led["regime"].eq("same")
+    t = pd.DataFrame({"the source's situation": same.groupby(led["chapter"]).sum(),
+                      "a different one": (~same).groupby(led["chapter"]).sum()}).reindex(order).fillna(0).astype(int)  # fmt: skip
+    t.index = [f"ch. {chapters.get(c).number}" for c in t.index]
+    t.loc["all"] = t.sum()
+    t.index.name = "judged in"
+    return t.T
+
+
+def across_hosts_markdown(led: pd.DataFrame) -> str:
+    """Return the claims judged again across emulated hosts (chapter 6) as MyST: one line each with both verdicts (one
+    host, across hosts) and the evidence, or a sentence saying chapter 6 has not run."""
+    across = results.read_table(claims.ACROSS_HOSTS_CHAPTER, "claims_across_hosts")
+    label = chapters.get(claims.ACROSS_HOSTS_CHAPTER).label
+    if across is None or across.empty:
+        return "The chapter across emulated hosts has not run in this build: no claim is judged across hosts."
+    one = led.set_index("id")["verdict"]
+    c = across["verdict"].value_counts()
+    head = (f"{len(across)} claims are judged again across emulated hosts ({{ref}}`{label}`): "
+            + ", ".join(f"{int(c[v])} {v}" for v in claims.VERDICTS if c.get(v, 0)) + ".")
+    lines = [head, ""]
+    for r in across.to_dict("records"):
+        lines += [f"- **{r['claim_id']}** on one host **{one.get(r['claim_id'], '')}**, across hosts **{r['verdict']}**",
+                  "", f"  *Evidence across hosts:* {_cell(r.get('evidence'))}", ""]  # fmt: skip
+    return "\n".join(lines).rstrip()
 
 
 # ---------------------------------------------------------------------------------------- findings

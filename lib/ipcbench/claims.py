@@ -51,8 +51,11 @@ UNIT_WORDS = {"ranking", "qualitative", "design", "model", "condition", "expecte
 PLOT_COLUMNS = ["rel", "rel_low", "rel_high", "band_low", "band_high"]
 """The headline case on the forest plot's scale: measured over claimed (an ordering: the first row over the second),
 its interval, and the claimed band on the same scale (0 and inf for an open side)."""
+REGIME_COLUMNS = ["regime", "regime_source", "regime_here"]
+"""Where a claim's number comes from: "same" or "differs: how", the source's situation, and what this build measures
+(data/seeds/regimes.yaml)."""
 LEDGER_COLUMNS = ["id", "chapter", "verdict", "measured", "unit", "ci_low", "ci_high", "n", "ci_level", "replicates",
-                  "claimed", "noisy", "evidence", *PLOT_COLUMNS]  # fmt: skip
+                  "claimed", "noisy", "evidence", *PLOT_COLUMNS, *REGIME_COLUMNS]  # fmt: skip
 EVIDENCE_COLUMNS = ["claim_id", "measured", "unit", "verdict", "evidence", "ci_low", "ci_high", "n", "ci_level",
                     "replicates", "claimed", "noisy", *PLOT_COLUMNS]  # fmt: skip
 _RULE_KEYS = {"kind", "select", "cases", "lower", "higher", "than", "bound", "neutral", "scale", "unit", "tolerance",
@@ -96,6 +99,45 @@ def load_claims() -> pd.DataFrame:
     if elsewhere:
         raise ClaimsError(f"claims in {p} whose source is not their chapter's source analysis (its seed): {elsewhere}")
     return df
+
+
+def load_regimes(path: Path | str | None = None) -> dict[str, dict]:
+    """Return each claim's regime (data/seeds/regimes.yaml): the situation the source's number came from (``source``:
+    sizes, processes, call sizes, prompt, TP degree, statistic), what this build measures (``here``) and how they
+    differ (``differs``: empty where they are the same), checked: one for every claim of claims.csv, no other."""
+    import yaml
+
+    p = Path(path) if path is not None else results.seeds_path("regimes.yaml")
+    if not p.exists():
+        raise ClaimsError(f"{p} is missing")
+    doc = (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("regimes") or {}
+    ids = list(load_claims()["id"])
+    missing, extra = sorted(set(ids) - set(doc)), sorted(set(doc) - set(ids))
+    if missing or extra:
+        raise ClaimsError(f"{p}: every claim needs one regime ({'missing: ' + str(missing) if missing else ''}"
+                          f"{'; ' if missing and extra else ''}{'not claims: ' + str(extra) if extra else ''})")  # fmt: skip
+    for cid, r in doc.items():
+        if not isinstance(r, dict) or set(r) != {"source", "here", "differs"}:
+            raise ClaimsError(f"{p}: the regime of {cid} needs exactly source, here and differs, got {r!r}")
+        if not all(isinstance(r[k], str) for k in r) or not r["source"].strip() or not r["here"].strip():
+            raise ClaimsError(f"{p}: the regime of {cid} needs source and here in words (differs: '' where the same)")
+    return {cid: doc[cid] for cid in ids}
+
+
+def regime_text(regime: dict) -> str:
+    """Return "same" or "differs: <how>" for a claim's regime."""
+    how = regime["differs"].strip()
+    return f"differs: {how}" if how else "same"
+
+
+def with_regimes(led: pd.DataFrame) -> pd.DataFrame:
+    """Return the ledger rows (an ``id`` column) with :data:`REGIME_COLUMNS` from the regimes file."""
+    reg = load_regimes()
+    out = led.copy()
+    out["regime"] = [regime_text(reg[i]) for i in out["id"]]
+    out["regime_source"] = [reg[i]["source"] for i in out["id"]]
+    out["regime_here"] = [reg[i]["here"] for i in out["id"]]
+    return out
 
 
 QUOTE_INDEX_COLUMNS = ["id", "source", "source_sha256", "start", "length", "quote_sha256"]
@@ -224,6 +266,8 @@ def check_rule(cid: str, rule: dict, claimed_value: str | float | None = None) -
                     or (None not in lim and not float(lim[0]) < float(lim[1]))):  # fmt: skip
                 raise ClaimsError(f"rule {cid}: limits must be [low, high] (either may be null, low < high): "
                                   f"the values the measured quantity can take")  # fmt: skip
+        if "beside" in case and not (case["beside"] is True or (isinstance(case["beside"], str) and case["beside"].strip())):
+            raise ClaimsError(f"rule {cid}: beside is true or says why the case is shown beside the verdict")
         if "strength" in case and (ck != "order" or case["strength"] not in STRENGTHS):
             raise ClaimsError(f"rule {cid}: strength ({STRENGTHS}) is for order cases, got {case['strength']!r} on {ck}")
         if "precondition" in case:
@@ -305,6 +349,7 @@ class Measured:
     label: str
     replicates: int = 1
     replicates_agree: bool = True
+    oversubscribed: bool = False
 
     def text(self, unit: str) -> str:
         """Return e.g. '4.97 ms [4.87, 5.06] (n = 30, 3 replicates)', saying where the replicates disagree."""
@@ -418,7 +463,9 @@ def _measured(row: pd.Series, scale: float, selector: dict | None = None) -> Mea
     reps = int(row["replicates"]) if "replicates" in row and pd.notna(row["replicates"]) else 1
     agree = row.get("replicates_agree")
     agree = True if agree is None or (isinstance(agree, float) and math.isnan(agree)) else str(agree).lower() == "true"
-    return Measured(float(row["median"]) * scale, min(lo, hi), max(lo, hi), int(row["n"]), level, label, reps, agree)
+    over = str(row.get("oversubscribed")).lower() == "true"
+    return Measured(float(row["median"]) * scale, min(lo, hi), max(lo, hi), int(row["n"]), level, label, reps, agree,
+                    over)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ judging
@@ -666,7 +713,8 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
         j.evidence = f"{lead}Not testable here {rule['reason'].strip().rstrip('.')}.{shown}"
         return j
     verdicts, clauses, heads, units, claimed_texts, tols, plots = [], [], [], [], [], [], []
-    roles: list[str] = []  # per case: "counted", "oversubscribed", "beside" (a hypothesis) or "outside" (precondition)
+    roles: list[str] = []  # per case: "counted", "oversubscribed", "beside" (shown only) or "outside" (precondition)
+    besides: list[str] = []  # per case: why a case beside the verdict is shown (its rule's words)
     uses_csv = False
     for case in _cases(rule):
         ck = case["kind"]
@@ -679,6 +727,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
             units.append("")
             plots.append(_NO_PLOT)
             roles.append("outside")
+            besides.append("")
             continue
         from_csv = ck not in ("order", "same") and "claimed_from" not in case
         unit = str(case.get("unit", claim_unit if from_csv and claim_unit not in UNIT_WORDS else ""))
@@ -689,6 +738,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
             b = _pick(res, chapter, case["than"], scale)
             strength = case.get("strength")
             v, clause = _order_case(a, b, higher, policy, unit, strength)
+            over = a.oversubscribed or b.oversubscribed
             heads.append(a)
             plots.append(_rel_order(a, b, higher, _strength_band(strength, policy) if strength else None))
             if strength:
@@ -702,6 +752,7 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
             tol_abs = float(case.get("tolerance_abs", 0.0))
             m = _pick(res, chapter, case["select"], scale)
             v, clause = _numeric_case(m, claimed, case, tol, tol_abs, policy, unit)
+            over = m.oversubscribed
             heads.append(m)
             factor = policy.machine_factor if case.get("absolute") else None
             plots.append(_rel_band(m, claimed, _band(claimed, case, tol, tol_abs, factor)))
@@ -719,9 +770,11 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
         verdicts.append(v)
         clauses.append(clause)
         units.append(unit)
-        roles.append("beside" if case.get("beside") else "oversubscribed" if case.get("oversubscribed") else "counted")
+        roles.append("beside" if case.get("beside") else "oversubscribed" if case.get("oversubscribed") or over
+                     else "counted")  # a row measured with more processes than cores is oversubscribed  # fmt: skip
+        besides.append(case["beside"] if isinstance(case.get("beside"), str) else "a hypothesis of ours")
     return _verdict_of_cases(cid, claim_unit, raw_value, lead, uses_csv, rule, verdicts, clauses, heads, units, tols,
-                             plots, roles)  # fmt: skip
+                             plots, roles, besides)  # fmt: skip
 
 
 def _precondition(res: Results, chapter: str, pre: dict | None) -> tuple[str, str] | None:
@@ -741,7 +794,7 @@ def _precondition(res: Results, chapter: str, pre: dict | None) -> tuple[str, st
 
 
 def _verdict_of_cases(cid, claim_unit, raw_value, lead, uses_csv, rule, verdicts, clauses, heads, units, tols, plots,
-                      roles) -> Judgement:  # fmt: skip
+                      roles, besides) -> Judgement:  # fmt: skip
     """Return the claim's judgement from its judged cases. Only counted and oversubscribed cases enter the verdict, and
     an oversubscribed case never decides it alone; a case beside the verdict (a hypothesis of ours) is shown only; a
     claim whose every case lies outside the source's condition is not testable here."""
@@ -762,10 +815,14 @@ def _verdict_of_cases(cid, claim_unit, raw_value, lead, uses_csv, rule, verdicts
         k = next((i for i, r in enumerate(roles) if r in ("counted", "oversubscribed") and heads[i] is not None), None)
         if k is None:
             k = next((i for i, h in enumerate(heads) if h is not None), None)
-    tag = {"counted": "", "oversubscribed": "oversubscribed, ", "beside": "beside the verdict, a hypothesis of ours: ",
-           "outside": "not judged: "}  # fmt: skip
-    parts = [f"{c} [{tag[r]}{v}]" if r not in ("outside",) else f"{c} [{tag[r].rstrip(': ')}]"
-             for c, v, r in zip(clauses, verdicts, roles, strict=True)]  # fmt: skip
+    tag = {"counted": "", "oversubscribed": "oversubscribed, ", "outside": "not judged"}
+
+    def part(c: str, v: str, r: str, why: str) -> str:
+        if r == "outside":
+            return f"{c} [not judged]"
+        return f"{c} [{f'beside the verdict, {why}: ' if r == 'beside' else tag[r]}{v}]"
+
+    parts = [part(*x) for x in zip(clauses, verdicts, roles, besides, strict=True)]
     body = "; ".join(f"({i + 1}) {p}" for i, p in enumerate(parts)) if len(parts) > 1 else clauses[0]
     claimed_txt = f"Claimed: {raw_value}{_u(claim_unit)}. " if raw_value and uses_csv else ""
     tol_txt = f" Tolerance: {'; '.join(sorted(set(tols)))}." if tols else ""
@@ -815,7 +872,7 @@ def judge_all(chapters: list[str] | None = None, rules_file: Path | str | None =
             j.evidence += (f" The chapter ran while the machine was noisy ({noise}): a quieter build may not give this "
                            "verdict again.")  # fmt: skip
         rows.append({**claim, **{k: v for k, v in j.row().items() if k != "claim_id"}, "claimed": j.claimed or claim["value"]})
-    out = pd.DataFrame(rows)
+    out = with_regimes(pd.DataFrame(rows))
     for c in [*LEDGER_COLUMNS, "source", "quote", "paraphrase"]:
         if c not in out.columns:
             out[c] = None
@@ -893,7 +950,7 @@ def ledger() -> pd.DataFrame:
     else:
         out = seeds.assign(measured=None, measured_unit=None, verdict=None, evidence=None)
     out["verdict"] = out["verdict"].fillna(PENDING)
-    return out
+    return with_regimes(out)
 
 
 def verdict_counts(led: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -1031,6 +1031,16 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, cap: pd.DataFrame
             **lab)  # fmt: skip
         add(lambda b, a0: b - a0, [lat("object_bcast", cls), lat("replicated", cls)], "object_bcast_extra_latency", "s",
             "latency(object_bcast) - latency(replicated) at TP = 2: the latency the change adds per request", **lab)
+        add(lambda p, u, fd: (p + u) / fd, [phase("pickle", fb), phase("unpickle", fb), phase("from_dict", fb)],
+            "pickle_unpickle_over_from_dict", "x", "(T_pickle + T_unpickle) / T_from_dict for this class's features, each "
+            "timed alone: the source's condition for the change to be slower", **lab)  # fmt: skip
+        # against SGLang's code before the change: the raw request broadcast, then from_dict on every rank
+        add(lambda r0, b: (1 - r0 / b) * 100, [lat("raw_bcast", cls), lat("object_bcast", cls)], "throughput_drop_vs_old_code",
+            "%", "1 - latency(raw_bcast) / latency(object_bcast) at TP = 2: the throughput drop against the code before the "
+            "change, if each handled one request at a time", **lab)  # fmt: skip
+        add(lambda b, r0: b - r0, [lat("object_bcast", cls), lat("raw_bcast", cls)], "extra_latency_vs_old_code", "s",
+            "latency(object_bcast) - latency(raw_bcast) at TP = 2: the latency the change adds per request over the code "
+            "before it", **lab)  # fmt: skip
         add(lambda fd: (tp_big - 1) * fd, [phase("from_dict", fb)], "from_dict_saved", "s",
             f"(N - 1) x T_from_dict with N = {tp_big}: the hashing object_bcast spares the other ranks per request", **lab)
     # capacity under load: one value per run (the highest throughput over the offered rates), interval over the runs

@@ -30,7 +30,7 @@ import pandas as pd
 from .. import backends, claims, labels, profiles, results
 from .. import serialization as ser
 from ..backends.base import framed_size
-from ..measure import gc_paused, now_ns, summarize
+from ..measure import gc_paused, mean_summary, now_ns, summarize
 from ._common import (
     REPLICATES,
     Replicates,
@@ -682,6 +682,8 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     options_of: dict[int, dict] = {}
     src_readers = 3 if 3 in p["readers"] else max(p["readers"])
     read_times: dict[tuple, list] = {}
+    # the source's metric in its own topology (1 writer + 3 readers: oversubscribed here) and with 1 reader
+    rt_readers = sorted({1, src_readers})
     steps = len(groups) + len(p["read_time_n"]) + (plan.n - 1) * (len(claimed) + len(p["read_time_n"])) + plan.n
     batch_got: dict[tuple, list] = {}
     reread_got: list = []
@@ -710,14 +712,14 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                                                "deserialize": "max", "end_to_end": "max",
                                                                "reader_wait": "max", "recv_cpu_share": "max"})))  # fmt: skip
                 nbytes_of[i], options_of[i] = out["nbytes"], out["options"]
-        # the source's metric: reader-side read time at 1 writer + 3 readers (or the most readers run)
+        # the source's metric: reader-side read time at 1 writer + 3 readers (or the most readers run), and at 1 reader
         for n in p["read_time_n"]:
             next(ticks, None)
-            for b in plan.order(f"source_read_time/{n}", list(p["backends"]), rep):
+            cfgs = [(b, r) for b in p["backends"] for r in rt_readers]
+            for b, r in plan.order(f"source_read_time/{n}", cfgs, rep, label=lambda x: f"{x[0]}/{x[1]}"):
                 msgs = p["replicate_messages"]
-                out = run_point(cluster, read_time_point, b, p["source_codec"], n, msgs, ranks=1 + src_readers,
-                                timeout=600)[0]  # fmt: skip
-                read_times.setdefault((n, b), []).append((rep, out["read_time"]))
+                out = run_point(cluster, read_time_point, b, p["source_codec"], n, msgs, ranks=1 + r, timeout=600)[0]
+                read_times.setdefault((n, b, r), []).append((rep, out["read_time"]))
         # batching and re-reading, their configurations in a rotated order, one reader
         next(ticks, None)
         bp = p["batching"]
@@ -795,14 +797,15 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
                                         stop_reason=f"fixed: {len(vals)} messages"))  # fmt: skip
         samples += results.sample_rows(vals, **lab, metric=metric, unit="s")
     # the source's metric, measured in the replicates above
-    for (n, b), per_rep in read_times.items():
+    for (n, b, r), per_rep in read_times.items():
         values = per_message(per_rep)
-        st = summarize(values)
         nbytes = ser.frames_nbytes(ser.get(p["source_codec"]).encode(make_records(n)))
         lab = {"chapter": CHAPTER, "experiment": "source_read_time", "variant": b, "payload": f"records:{p['source_codec']}",
-               "size_bytes": nbytes, "ranks": 1 + src_readers, "oversubscribed": cluster.oversubscribed_at(1 + src_readers)}  # fmt: skip
-        rows.append(results.summary_row(st, **lab, metric="read_time", unit="s", backend=b, codec=p["source_codec"],
-                                        kind="records", n_records=n, readers=src_readers))  # fmt: skip
+               "size_bytes": nbytes, "ranks": 1 + r, "oversubscribed": cluster.oversubscribed_at(1 + r)}  # fmt: skip
+        extra = {"backend": b, "codec": p["source_codec"], "kind": "records", "n_records": n, "readers": r}
+        rows.append(results.summary_row(summarize(values), **lab, metric="read_time", unit="s", **extra))
+        # the source averaged its read times: the mean beside the median, with its own two-stage interval
+        rows.append(results.summary_row(mean_summary(values), **lab, metric="read_time_mean", unit="s", **extra))
         samples += results.sample_rows(values, **lab, metric="read_time", unit="s")
     # the source's PUSH/PULL "one-to-many"
     pp = run_point(cluster, pushpull_point, p["source_codec"], 1000, p["pushpull_messages"], ranks=1 + src_readers, timeout=120)[0]
@@ -866,20 +869,34 @@ def _pick(summary: pd.DataFrame, **where) -> pd.DataFrame:
 def source_table_by_backend(summary: pd.DataFrame, n_records: int = 10_000) -> pd.DataFrame:
     """Return the source's first table rebuilt: per backend at N records, fair phases and the source's read time (ms)."""
     rows = []
-    rt_readers = int(summary.query("experiment == 'source_read_time'")["readers"].max())
+    rt_all = summary.query("experiment == 'source_read_time' and metric == 'read_time_mean'")
+    rt_readers = sorted(int(r) for r in rt_all["readers"].dropna().unique())
     for b in backends.BROADCAST_BACKENDS:
         rec = _pick(summary, experiment="records", variant=b, n_records=n_records, readers=1).set_index("metric")
-        rt = _pick(summary, experiment="source_read_time", variant=b, n_records=n_records)
         row = {"backend": b}
         for m in ("serialize", "transfer", "deserialize", "end_to_end"):
             row[f"{m} (ms)"] = rec.loc[m, "median"] * 1e3 if m in rec.index else np.nan
         row["end_to_end 95% CI (ms)"] = f"[{rec.loc['end_to_end', 'ci_low'] * 1e3:.3g}, {rec.loc['end_to_end', 'ci_high'] * 1e3:.3g}]"
-        row[f"source's read time, {rt_readers} readers (ms)"] = rt["median"].iloc[0] * 1e3 if not rt.empty else np.nan
+        for r in rt_readers:  # the source's metric and statistic: the read call's mean
+            rt = rt_all[(rt_all["variant"] == b) & (rt_all["n_records"] == n_records) & (rt_all["readers"] == r)]
+            row[f"source's read time, mean, {r} reader{'s' if r > 1 else ''} (ms)"] = (
+                rt["median"].iloc[0] * 1e3 if not rt.empty else np.nan)  # fmt: skip
         rows.append(row)
     df = pd.DataFrame(rows)
     base = df.loc[df["end_to_end (ms)"].idxmin(), "end_to_end (ms)"]
     df["end_to_end relative"] = df["end_to_end (ms)"] / base
     return df
+
+
+def source_read_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return the source's own metric (the reader's receive + decode call, ms) by backend and number of records, as the
+    mean (the source's statistic) beside the median, for each number of readers run."""
+    src = summary.query("experiment == 'source_read_time'").copy()
+    src["statistic"] = src["metric"].map({"read_time": "median", "read_time_mean": "mean"})
+    src["readers"] = src["readers"].astype(int)
+    src["n_records"] = src["n_records"].astype(int)
+    t = src.pivot_table(index=["readers", "n_records", "statistic"], columns="variant", values="median") * 1e3
+    return t[[b for b in backends.BROADCAST_BACKENDS if b in t.columns]]
 
 
 def decode_agreement(summary: pd.DataFrame, n_records: int = 10_000, readers: int = 1) -> dict:
@@ -1091,9 +1108,11 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
         out.append(derived_row(fn, sets, name, unit, CHAPTER, inputs=inputs, **labels))
 
     ns = sorted(summary.query("experiment == 'records'")["n_records"].dropna().astype(int).unique())
-    for n in ns:
-        sets = [e2e(b, n) for b in SOURCE_FIVE]
-        lab = {"n_records": n, "readers": 1, "payload": "records:pickle5"}
+    rec = summary.query("experiment == 'records'")
+    for n, r in [(n, int(r)) for n in ns for r in sorted(rec.query("n_records == @n")["readers"].dropna().unique())]:
+        sets = [e2e(b, n, r) for b in SOURCE_FIVE]
+        over = bool(rec.query("n_records == @n and readers == @r")["oversubscribed"].astype(str).str.lower().eq("true").any())
+        lab = {"n_records": n, "readers": r, "payload": "records:pickle5", "oversubscribed": over}
         add(lambda *m: np.max(np.stack(np.broadcast_arrays(*m)), 0) / np.min(np.stack(np.broadcast_arrays(*m)), 0),
             sets, "spread_max_over_min", "x", "end to end, slowest over fastest of the source's five backends", **lab)
         add(lambda *m: (np.max(np.stack(np.broadcast_arrays(*m)), 0) / np.min(np.stack(np.broadcast_arrays(*m)), 0) - 1) * 100,
@@ -1102,17 +1121,19 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
             "end to end, the fastest other backend's time over ZeroMQ's", **lab)
         add(lambda z, *o: (np.min(np.stack(np.broadcast_arrays(*o)), 0) / z - 1) * 100, sets, "zmq_lead", "%",
             "end to end, the fastest other backend's time over ZeroMQ's, minus 1", **lab)
-        add(lambda pk, bc: (1 - pk / bc) * 100, [e2e("mpi_pkl5", n), e2e("mpi_bcast", n)], "pkl5_speed_vs_bcast", "%",
-            "end to end, 1 - pkl5 / lowercase bcast (the source's sign: negative = pkl5 slower)", **lab)
+        add(lambda pk, bc: (1 - pk / bc) * 100, [e2e("mpi_pkl5", n, r), e2e("mpi_bcast", n, r)], "pkl5_speed_vs_bcast",
+            "%", "end to end, 1 - pkl5 / lowercase bcast (the source's sign: negative = pkl5 slower)", **lab)
         for other in ("zmq", "shm"):
-            add(lambda a, b: a / b, [e2e("mpi_bcast", n), e2e(other, n)], f"mpi_bcast_over_{other}", "x",
+            add(lambda a, b: a / b, [e2e("mpi_bcast", n, r), e2e(other, n, r)], f"mpi_bcast_over_{other}", "x",
                 f"end to end, lowercase bcast's time over {other}'s", **lab)
     # the source's metric (reader's receive + decode), lowercase bcast over ZeroMQ
-    for n in sorted(summary.query("experiment == 'source_read_time'")["n_records"].dropna().astype(int).unique()):
-        rt = [sample_values(summary, samples, experiment="source_read_time", variant=b, n_records=n, metric="read_time")
-              for b in ("mpi_bcast", "zmq")]  # fmt: skip
+    srt = summary.query("experiment == 'source_read_time' and metric == 'read_time'")
+    for n, r in srt[["n_records", "readers"]].dropna().astype(int).drop_duplicates().itertuples(index=False):
+        rt = [sample_values(summary, samples, experiment="source_read_time", variant=b, n_records=n, readers=r,
+                            metric="read_time") for b in ("mpi_bcast", "zmq")]  # fmt: skip
+        over = bool(srt.query("n_records == @n and readers == @r")["oversubscribed"].astype(str).str.lower().eq("true").any())
         add(lambda a, b: a / b, rt, "read_time_mpi_bcast_over_zmq", "x", "the source's read time, lowercase bcast over ZeroMQ",
-            n_records=n, payload="records:pickle5")  # fmt: skip
+            n_records=n, readers=r, payload="records:pickle5", oversubscribed=over)  # fmt: skip
     # uppercase Bcast (buffers) and point-to-point against lowercase bcast
     big = int(summary.query("experiment == 'arrays'")["array_bytes"].max())
 
@@ -1139,9 +1160,10 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
                 "end to end, 1 - uppercase Bcast of the records as one structured array / lowercase bcast of the "
                 "pickled records", payload="structured:raw", n_records=n, readers=1)  # fmt: skip
     for r in sorted(summary.query("experiment == 'records'")["readers"].unique()):
+        over = bool(rec.query("readers == @r")["oversubscribed"].astype(str).str.lower().eq("true").any())
         add(lambda p2p, bc: (1 - p2p / bc) * 100, [e2e("mpi_p2p", n_max, int(r)), e2e("mpi_bcast", n_max, int(r))],
             "p2p_saving", "%", "end to end, 1 - root-to-each-reader send / lowercase bcast", payload="records:pickle5",
-            n_records=n_max, readers=int(r))  # fmt: skip
+            n_records=n_max, readers=int(r), oversubscribed=over)  # fmt: skip
     # zero-copy reads: the reader's own time per message (transfer - writer's send call + decode) in payload copies
     mem = limits.summary.query("experiment == 'memcpy' and metric == 'copy_time'")
     at = float(mem.iloc[(mem["size_bytes"] - big).abs().argsort()[:1]]["size_bytes"].iloc[0])

@@ -942,14 +942,29 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, calls: pd.DataFra
     from ._common import derived_row, exact_row, sample_values
 
     out = []
+    for phase, suffix in (("prefill", "_prefill"), ("decode", "")):
+        # the source's report averages a whole run's calls: decode calls (the most) and the prompt's prefill calls (the
+        # largest) each give the shares and the bytes per call
+        calls_of = calls[(calls["config"] == BASELINE) & (calls["phase"] == phase)]
+        if calls_of.empty:
+            continue
+        g = calls_of.groupby("round")
+        for name, col in CALL_PHASES.items():
+            share = (g[col].sum() / g["total_s"].sum() * 100).to_numpy()
+            out.append(results.summary_row(summarize(share), chapter=CHAPTER, experiment="derived",
+                                           variant=f"share_{name.lower()}{suffix}", metric=f"share_{name.lower()}{suffix}",
+                                           unit="%", ranks=2, oversubscribed=False,
+                                           inputs=f"baseline {phase} calls, {name} as % of the call's total, per round"))  # fmt: skip
+        for col, what in (("sent_B", "sent"), ("recv_B", "received")):
+            out.append(exact_row(float(calls_of[col].mean()), f"bytes_{what}_per_call{suffix}", "B", CHAPTER,
+                                 f"baseline {phase} calls: mean bytes {what} per call (the same in every round)"))  # fmt: skip
+    per_generation = calls[calls["config"] == BASELINE].groupby("round").size()
+    if not per_generation.empty:  # what the source's report counts: the RPC calls of one monitored generation
+        out.append(exact_row(float(per_generation.median()), "calls_per_generation", "1", CHAPTER,
+                             "baseline: RPC calls of one timed generation (prefill and decode), as the report counts them"))  # fmt: skip
     base = calls[(calls["config"] == BASELINE) & (calls["phase"] == "decode")]
     per_round = base.groupby("round")
     total = per_round["total_s"].sum()
-    for name, col in CALL_PHASES.items():
-        share = (per_round[col].sum() / total * 100).to_numpy()
-        out.append(results.summary_row(summarize(share), chapter=CHAPTER, experiment="derived", variant=f"share_{name.lower()}",
-                                       metric=f"share_{name.lower()}", unit="%", ranks=2, oversubscribed=False,
-                                       inputs=f"baseline decode calls, {name} as % of the call's total, per round"))  # fmt: skip
     other = (100 - sum(per_round[c].sum() for c in CALL_PHASES.values()) / total * 100).to_numpy()
     out.append(results.summary_row(summarize(other), chapter=CHAPTER, experiment="derived", variant="share_other",
                                    metric="share_other", unit="%", ranks=2, oversubscribed=False,

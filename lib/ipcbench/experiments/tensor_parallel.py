@@ -91,7 +91,7 @@ def parameters(profile: str | None = None) -> dict:
         "tp_oversubscribed": 4,
         "python_shape": {"t": 2, "h": 64, "i": 128},
         "oversubscribed_strategies": list(tp.STRATEGIES),  # at TP = 4, oversubscribed on 2 cores (the full profile)
-        "source_pair_prompt": 32,  # the source's pair decodes after a shorter prompt: its scalar kernel is slow
+        "source_pair_prompt": 128,  # the source's prompt: the pair's prefill (t = 128) and its decode steps after it
         "threads_per_rank": THREADS_PER_RANK,
         "replicates": REPLICATES,
     }
@@ -439,7 +439,7 @@ def run(cluster, profile: str | None = None) -> pd.DataFrame:
     configs = [(m, "sequence") for m in tp.STRATEGIES] + [("s3", "heads")]
     dpoints = [(m, a, p, "numpy", params["prompt"], True, 1) for p in tps for m, a in (configs if p > 1 else [("s3", "heads")])
                if p <= 2 or m in params["oversubscribed_strategies"]]  # fmt: skip
-    pair = [(m, "sequence", 2, kern, params["source_pair_prompt"], False, 1) for m, kern in SOURCE_PAIR]
+    pair = [(m, "sequence", 2, kern, params["source_pair_prompt"], True, 1) for m, kern in SOURCE_PAIR]
     dpoints += [("s3", "heads", 1, "numpy", params["prompt"], True, params["threads_per_rank"])]
     per_rep_samples = max(2, -(-params["decoder_samples"] // plan.n))
     coll_got: dict[tuple, list] = {}
@@ -832,6 +832,17 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, calls: pd.DataFra
     add(lambda a, b: (a / b - 1) * 100, [simd_, plain], "source_pair_decoder_slower", "%",
         f"decode step at TP = 2, the source's pair: {m2.upper()} with the vectorised kernel ({k2}) over {m1.upper()} with "
         f"the plain kernel ({k1}), time over time minus 1", ranks=2)  # fmt: skip
+    plain_variant = f"sequence/{m1}/{k1}"
+    pre_plain = summary.query("experiment == 'decoder_prefill' and variant == @plain_variant")
+    if not pre_plain.empty:  # the same pair on the source's 128-token prompt: one forward of the whole prompt
+        plain_p = sample_values(summary, samples, experiment="decoder_prefill", variant=f"sequence/{m1}/{k1}", ranks=2,
+                                metric="total")  # fmt: skip
+        simd_p = sample_values(summary, samples, experiment="decoder_prefill", variant=f"sequence/{m2}/{k2}", ranks=2,
+                               metric="total")  # fmt: skip
+        t_p = int(pre_plain["tokens"].iloc[0])
+        add(lambda a, b: (a / b - 1) * 100, [simd_p, plain_p], "source_pair_prefill_slower", "%",
+            f"prefill of a {t_p}-token prompt at TP = 2, the source's pair: {m2.upper()} with the vectorised kernel over "
+            f"{m1.upper()} with the plain kernel, time over time minus 1", ranks=2, tokens=t_p)  # fmt: skip
     split = summary[(summary["experiment"] == "decoder_decode") & (summary["metric"] == "mlp")]
     if not split.empty:  # (results from before the decoder timed its parts have no split)
 
