@@ -832,8 +832,7 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, calls: pd.DataFra
     add(lambda a, b: (a / b - 1) * 100, [simd_, plain], "source_pair_decoder_slower", "%",
         f"decode step at TP = 2, the source's pair: {m2.upper()} with the vectorised kernel ({k2}) over {m1.upper()} with "
         f"the plain kernel ({k1}), time over time minus 1", ranks=2)  # fmt: skip
-    plain_variant = f"sequence/{m1}/{k1}"
-    pre_plain = summary.query("experiment == 'decoder_prefill' and variant == @plain_variant")
+    pre_plain = summary[(summary["experiment"] == "decoder_prefill") & (summary["variant"] == f"sequence/{m1}/{k1}")]
     if not pre_plain.empty:  # the same pair on the source's 128-token prompt: one forward of the whole prompt
         plain_p = sample_values(summary, samples, experiment="decoder_prefill", variant=f"sequence/{m1}/{k1}", ranks=2,
                                 metric="total")  # fmt: skip
