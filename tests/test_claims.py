@@ -728,3 +728,19 @@ def test_a_malformed_regimes_file_is_refused_naming_the_claim(tmp_path, edit, ma
     p.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     with pytest.raises(claims.ClaimsError, match=match):
         claims.load_regimes(p)
+
+
+def test_quotes_without_a_verdict_are_listed_with_a_reason_and_are_no_claims_quote(tmp_path):
+    df = claims.load_unjudged(seeds_dir=SHARED / "seeds" if (SHARED / "seeds").exists() else None)
+    assert not df.empty and set(df["kind"]) <= set(claims.UNJUDGED_KINDS)
+    assert all(len(w.split()) >= 8 for w in df["why"]), "each says why in words"
+    import yaml
+
+    quote = claims.load_claims()["quote"].iloc[0]
+    for bad, match in (({"source": "000_x.txt", "quote": quote, "kind": "not a claim", "why": "w"}, "a claim's quote"),
+                       ({"source": "000_x.txt", "quote": "q", "kind": "maybe", "why": "w"}, "not one of"),
+                       ({"source": "000_x.txt", "quote": "q"}, "exactly source, quote, kind and why")):  # fmt: skip
+        p = tmp_path / "unjudged.yaml"
+        p.write_text(yaml.safe_dump({"quotes": [bad]}, allow_unicode=True), encoding="utf-8")
+        with pytest.raises(claims.ClaimsError, match=match):
+            claims.load_unjudged(p)

@@ -194,6 +194,9 @@ def test_chapter4_runs_every_processor_and_kind_and_gives_every_seed_003_claim_a
     tl = res.extra("timeline")
     assert set(tl["processor"]) == set(plx.PROCESSORS) and (tl["end_s"] >= tl["start_s"]).all()
     assert not res.extra("queue_depth").empty
+    # the main sweep's thread pipeline runs one thread per stage, as its rows say (the count is the run's own)
+    etl_tp = s.query("experiment == 'etl' and variant == 'thread_pipeline' and metric == 'wall_time'")
+    assert not etl_tp.empty and (etl_tp["threads"] == len(plx.pl.STAGES)).all()
     # the source's layout as written: 10 000-record batches, four threads, a pool with one chunk per process
     lay = s.query("experiment == 'source_layout' and metric == 'wall_time'")
     for kind in ("python", "numpy", "wait"):

@@ -242,6 +242,20 @@ def regime_table(led: pd.DataFrame) -> pd.DataFrame:
     return t.T
 
 
+def unjudged_markdown() -> str:
+    """Return the quotes that read like claims and have no verdict as MyST: one line each with its source analysis, the
+    quote, and why it has none (not a claim, or not measured here and what would measure it)."""
+    df = claims.load_unjudged()
+    chapter_of = {c.seed: c for c in chapters.CHAPTERS.values() if c.claim_prefix}
+    lines = []
+    for r in df.to_dict("records"):
+        ch = chapter_of.get(str(r["source"]).split("_")[0])
+        where = f"{{ref}}`{ch.heading} <{ch.label}>`" if ch else r["source"]
+        lines += [f"- **{r['kind'].capitalize()}** ({where}): “{_cell(claims.normalized(r['quote']))}”, because "
+                  f"{_cell(r['why']).rstrip('.')}.", ""]  # fmt: skip
+    return "\n".join(lines).rstrip()
+
+
 def across_hosts_markdown(led: pd.DataFrame) -> str:
     """Return the claims judged again across emulated hosts (chapter 6) as MyST: one line each with both verdicts (one
     host, across hosts) and the evidence, or a sentence saying chapter 6 has not run."""

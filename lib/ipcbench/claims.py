@@ -124,6 +124,34 @@ def load_regimes(path: Path | str | None = None) -> dict[str, dict]:
     return {cid: doc[cid] for cid in ids}
 
 
+UNJUDGED_KINDS = ("not a claim", "not measured here")
+
+
+def load_unjudged(path: Path | str | None = None, seeds_dir: Path | str | None = None) -> pd.DataFrame:
+    """Return the quotes that read like claims and have no verdict (data/seeds/unjudged_quotes.yaml): source, quote,
+    kind (:data:`UNJUDGED_KINDS`) and why, checked; given the source analyses' folder, also that each quote stands in
+    its source verbatim (whitespace-normalized) and is no claim's quote."""
+    import yaml
+
+    p = Path(path) if path is not None else results.seeds_path("unjudged_quotes.yaml")
+    if not p.exists():
+        raise ClaimsError(f"{p} is missing")
+    items = (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("quotes") or []
+    claimed = {normalized(q) for q in load_claims()["quote"]}
+    for it in items:
+        if not isinstance(it, dict) or set(it) != {"source", "quote", "kind", "why"}:
+            raise ClaimsError(f"{p}: each quote needs exactly source, quote, kind and why, got {it!r}")
+        if it["kind"] not in UNJUDGED_KINDS:
+            raise ClaimsError(f"{p}: kind {it['kind']!r} of {it['quote']!r} is not one of {UNJUDGED_KINDS}")
+        if normalized(str(it["quote"])) in claimed:
+            raise ClaimsError(f"{p}: {it['quote']!r} is a claim's quote: judge it there")
+        if seeds_dir is not None:
+            text = normalized((Path(seeds_dir) / it["source"]).read_text(encoding="utf-8"))
+            if normalized(str(it["quote"])) not in text:
+                raise ClaimsError(f"{p}: {it['quote']!r} is not verbatim in {it['source']}")
+    return pd.DataFrame(items, columns=["source", "quote", "kind", "why"])
+
+
 def regime_text(regime: dict) -> str:
     """Return "same" or "differs: <how>" for a claim's regime."""
     how = regime["differs"].strip()

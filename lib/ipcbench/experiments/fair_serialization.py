@@ -1126,6 +1126,9 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
         for other in ("zmq", "shm"):
             add(lambda a, b: a / b, [e2e("mpi_bcast", n, r), e2e(other, n, r)], f"mpi_bcast_over_{other}", "x",
                 f"end to end, lowercase bcast's time over {other}'s", **lab)
+        for b_ in ("shm", "lmdb"):  # the source's "comparable" lines, against its fastest (ZeroMQ)
+            add(lambda a, b: a / b, [e2e(b_, n, r), e2e("zmq", n, r)], f"{b_}_over_zmq", "x",
+                f"end to end, {b_}'s time over ZeroMQ's", **lab)
     # the source's metric (reader's receive + decode), lowercase bcast over ZeroMQ
     srt = summary.query("experiment == 'source_read_time' and metric == 'read_time'")
     for n, r in srt[["n_records", "readers"]].dropna().astype(int).drop_duplicates().itertuples(index=False):

@@ -515,7 +515,7 @@ def _point_rows(runs: dict, base: dict, kind: str, n: int, bs: int, q: int, core
         labels = {**base, "experiment": base.get("experiment", "etl"), "variant": _label(proc, nranks), "payload": kind,
                   "ranks": nranks, "oversubscribed": bool(nranks > cores)}  # fmt: skip
         extra = {"n_records": n, "batch_size": (batch_of or {}).get(proc, bs), "batches": rs[0]["n_batches"],
-                 "threads": (threads_of or {}).get(proc, len(pl.STAGES) if proc == "thread_pipeline" else None),
+                 "threads": (threads_of or {}).get(proc, rs[0]["phases"].get("threads") if proc == "thread_pipeline" else None),
                  "queue_size": q if proc in ("thread_pipeline", "mpi_stages") else None,
                  "start_method": method if proc == "process_pool" else None,
                  "groups": "|".join("+".join(g) for g in rs[0]["phases"]["groups"]) if proc == "mpi_stages" else None}  # fmt: skip

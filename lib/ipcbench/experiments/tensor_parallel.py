@@ -856,6 +856,14 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, calls: pd.DataFra
         add(lambda a, b: a / b, [part(m1, k1, "attention_kernel"), part(m2, k2, "attention_kernel")],
             "source_pair_attention_kernel_speedup", "x", f"decode step at TP = 2, the source's pair: time in the "
             f"attention kernel of the plain version ({k1} loop) over the AVX2 version's ({k2} loop)", ranks=2)  # fmt: skip
+    for phase in ("decode", "prefill"):  # the attention block in the sequence layout against the head-parallel one
+        seq_a = sample_values(summary, samples, experiment=f"decoder_{phase}", variant="sequence/s3", ranks=2,
+                              metric="attention")  # fmt: skip
+        heads_a = sample_values(summary, samples, experiment=f"decoder_{phase}", variant="heads/s3", ranks=2,
+                                metric="attention")  # fmt: skip
+        add(lambda a, b: a / b, [seq_a, heads_a], f"sequence_over_heads_attention_{phase}", "x",
+            f"{phase} at TP = 2 (S3 MLP in both): time in attention per step, the sequence layout (every rank projects q "
+            "and the output in full) over the head-parallel layout (each rank projects its own heads)", ranks=2)  # fmt: skip
     one = sample_values(summary, samples, experiment="decoder_decode", variant="heads/s3", ranks=2, metric="total")
     thr = sample_values(summary, samples, experiment="decoder_decode", variant=f"tp1/{THREADS_PER_RANK}threads", ranks=1,
                         metric="total")  # fmt: skip
