@@ -397,9 +397,14 @@ def test_every_rule_selects_rows_in_the_quick_build_and_the_cli_rejudges_what_th
 
     from ipcbench import claims
 
-    page = _page_verdicts((quick_book / "book" / "ledger.html").read_text(encoding="utf-8"))
+    html = (quick_book / "book" / "ledger.html").read_text(encoding="utf-8")
+    page = _page_verdicts(html)
     assert set(page) == set(claims.load_claims()["id"]), "the ledger page shows every claim once"
     assert set(page.values()) <= set(claims.VERDICTS)
+    # every claim says where it is judged, and the quotes without a verdict are listed with why
+    assert html.count("<em>Where:</em>") == len(page)
+    shown = sum(html.count(f"<strong>{k.capitalize()}</strong>") for k in claims.UNJUDGED_KINDS)
+    assert shown == len(claims.load_unjudged())
 
     copy = tmp_path / "results"
     shutil.copytree(session_results, copy)

@@ -269,7 +269,7 @@ def across_hosts_markdown(led: pd.DataFrame) -> str:
             + ", ".join(f"{int(c[v])} {v}" for v in claims.VERDICTS if c.get(v, 0)) + ".")
     lines = [head, ""]
     for r in across.to_dict("records"):
-        lines += [f"- **{r['claim_id']}** on one host **{one.get(r['claim_id'], '')}**, across hosts **{r['verdict']}**",
+        lines += [f"- {r['claim_id']}: on one host *{one.get(r['claim_id'], '')}*, across hosts **{r['verdict']}**",
                   "", f"  *Evidence across hosts:* {_cell(r.get('evidence'))}", ""]  # fmt: skip
     return "\n".join(lines).rstrip()
 

@@ -324,8 +324,9 @@ def decoder_point(comm, mlp: str, attention: str, layers: int, vocab: int, promp
         dec.forward(prompt, last_only=True)
         return (now_ns() - t0) * 1e-9, cc.seconds(), [dec.part_s[x] for x in DECODER_PARTS]
 
-    # exactly ``samples`` samples (a budget of 0 s would stop at 5: StoppingRule's floor for budget stops)
-    rule = StoppingRule(rel_ci=0.05, min_samples=samples, max_samples=samples, time_budget_s=math.inf, warmup=1)
+    # exactly ``samples`` samples (a budget of 0 s would stop at 5: StoppingRule's floor for budget stops); no warm-up:
+    # the check's generation above has just run this prompt's prefill on every rank
+    rule = StoppingRule(rel_ci=0.05, min_samples=samples, max_samples=samples, time_budget_s=math.inf, warmup=0)
     pre = repeat_split(comm, prefill_once, rule, parts=DECODER_PARTS) if prefill else None
     tok = [0]
 
