@@ -162,6 +162,8 @@ def with_regimes(led: pd.DataFrame) -> pd.DataFrame:
     """Return the ledger rows (an ``id`` column) with :data:`REGIME_COLUMNS` from the regimes file."""
     reg = load_regimes()
     out = led.copy()
+    if "id" not in out.columns:  # no claim at all (nothing selected)
+        return out.assign(id=None, **{c: None for c in REGIME_COLUMNS})
     out["regime"] = [regime_text(reg[i]) for i in out["id"]]
     out["regime_source"] = [reg[i]["source"] for i in out["id"]]
     out["regime_here"] = [reg[i]["here"] for i in out["id"]]
