@@ -50,7 +50,7 @@ hosts-tools:
 	fi
 
 test: $(STAMP) chromium hosts-tools
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
 
 # JupyterLab with jupyterlab-myst (the markdown renders as in the book) and progress bars as widgets
 lab: $(STAMP)

@@ -129,8 +129,7 @@ def parameters(profile: str | None = None) -> dict:
     if name == "quick":
         return {**base, "samples": 3, "wait_s": 0.005, "sweep_samples": 3, "sweep_size": 50_000, "start_method_samples": 3,
                 "tuning_size": 20_000,
-                "batch_fractions": [20, 10, 5], "queue_sizes": [1, 5, 10],
-                "source_layout_sizes": [min(SOURCE_SIZES), max(SOURCE_SIZES)]}  # fmt: skip
+                "batch_fractions": [20, 10, 5], "queue_sizes": [1, 5, 10]}  # fmt: skip
     if name == "standard":
         # the tuning series (batch and queue sizes) take 3 runs a setting: shown with their intervals' real coverage
         return {**base, "sizes": [*base["sizes"], 1_000_000], "samples": 6, "wait_s": 0.015, "sweep_samples": 3}
