@@ -143,15 +143,18 @@ def test_chapter5_counts_volumes_checks_outputs_and_gives_every_seed_004_claim_a
     dec = summary[summary["experiment"].str.startswith("decoder")]
     assert (dec["max_rel_error"] <= tpx.LOGIT_TOL).all()
     assert dec.query("ranks == 2 and kernel == 'numpy'")["variant"].nunique() == 4
-    # the source's pair ran with its kernels on both ranks (tokens checked against the reference before timing)
+    # the source's pair ran with its kernels on both ranks (tokens checked against the reference before timing): the
+    # prefill of the source's prompt and decode steps after it
     for m, kern in tpx.SOURCE_PAIR:
         got = dec[(dec["ranks"] == 2) & (dec["variant"] == f"sequence/{m}/{kern}")]
-        assert set(got["kernel"]) == {kern} and set(got["experiment"]) == {"decoder_decode"}, (m, kern)
+        assert set(got["kernel"]) == {kern} and set(got["experiment"]) == {"decoder_prefill", "decoder_decode"}, (m, kern)
+        assert set(got.query("experiment == 'decoder_prefill'")["tokens"]) == {tpx.parameters("quick")["source_pair_prompt"]}
         assert (got["max_rel_error"] <= tpx.LOGIT_TOL).all() and (got["n"] >= 6).all()
     thr = dec.query("ranks == 1 and threads == @tpx.THREADS_PER_RANK")
     assert set(thr["experiment"]) == {"decoder_prefill", "decoder_decode"} and not thr["oversubscribed"].any()
     d = summary.query("experiment == 'derived'").set_index("metric")
-    for k in ("source_pair_decoder_slower", "threads_over_ranks_decode", "threads_over_ranks_prefill"):
+    for k in ("source_pair_decoder_slower", "source_pair_prefill_slower", "sequence_over_heads_attention_decode",
+              "sequence_over_heads_attention_prefill", "threads_over_ranks_decode", "threads_over_ranks_prefill"):
         assert d.loc[k, "ci_low"] <= d.loc[k, "median"] <= d.loc[k, "ci_high"], k
     cores = _cores_seen(session_results, "tensor_parallel")
     ranked = summary[summary["ranks"].notna()]
