@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import chapters, claims, numbers, results
+from . import chapters, claims, numbers, profiles, results
 from .environment import REPO_ROOT
 
 # the packages that move or encode the bytes the book measures (their versions go into the environment appendix)
@@ -229,16 +229,30 @@ def ledger_markdown(led: pd.DataFrame, chapter: str) -> str:
     return "\n".join(blocks)
 
 
+def build_profile() -> str:
+    """Return the profile the chapters on disk ran with ("quick", "standard", "full"; several joined by "and")."""
+    seen = []
+    for ch in chapters.IDS:
+        meta = results.results_root() / ch / "meta.json"
+        if meta.exists():
+            prof = results.read_json(meta).get("profile")
+            if prof and prof not in seen:
+                seen.append(str(prof))
+    return " and ".join(seen) or profiles.profile_name()
+
+
 def regime_table(led: pd.DataFrame) -> pd.DataFrame:
-    """Return, per source analysis (by chapter number) and for all: the claims judged in the source's own situation and
-    those judged where it differs (each claim's difference is stated under it)."""
+    """Return, per source analysis (by chapter number) and for all: the claims judged in the source's own situation,
+    those judged where it differs (each claim's difference is stated under it), and those not testable here."""
     order = [c for c in chapters.IDS if c in set(led["chapter"])]
+    judged = led["verdict"].ne(claims.NOT_TESTABLE)
     same = led["regime"].eq("same")
-    t = pd.DataFrame({"the source's situation": same.groupby(led["chapter"]).sum(),
-                      "a different one": (~same).groupby(led["chapter"]).sum()}).reindex(order).fillna(0).astype(int)  # fmt: skip
+    t = pd.DataFrame({"the source's situation": (same & judged).groupby(led["chapter"]).sum(),
+                      "a different one": (~same & judged).groupby(led["chapter"]).sum(),
+                      "not testable here": (~judged).groupby(led["chapter"]).sum()}).reindex(order).fillna(0).astype(int)  # fmt: skip
     t.index = [f"ch. {chapters.get(c).number}" for c in t.index]
     t.loc["all"] = t.sum()
-    t.index.name = "judged in"
+    t.index.name = "claims"
     return t.T
 
 

@@ -792,7 +792,9 @@ def judge(claim: pd.Series | dict, rule: dict, res: Results | None = None, polic
                             "source's machine: only a difference no machine explains is refuted)")  # fmt: skip
             else:
                 tols.append(f"{tol * 100:g}%" + (f" or {_fmt(tol_abs)}{_u(unit)}" if tol_abs else "")
-                            + (f" ({case['why'].strip().rstrip('.')})" if "why" in case else " (the policy's default)"))
+                            + (f" ({case['why'].strip().rstrip('.')})" if "why" in case
+                               else " (the policy's, for the source's own arithmetic)" if ck == "identity"
+                               else " (the policy's default)"))  # fmt: skip
         if pre is not None and pre[0] == "undecided" and v != INCONCLUSIVE:  # the condition is undecided: so is the case
             v, clause = INCONCLUSIVE, f"{clause}; {pre[1]}"
         elif pre is not None:
@@ -853,6 +855,9 @@ def _verdict_of_cases(cid, claim_unit, raw_value, lead, uses_csv, rule, verdicts
         return f"{c} [{f'beside the verdict, {why}: ' if r == 'beside' else tag[r]}{v}]"
 
     parts = [part(*x) for x in zip(clauses, verdicts, roles, besides, strict=True)]
+    for i in range(1, len(parts)):  # a case outside the same condition as an earlier one: said once
+        if roles[i] == "outside" and clauses[i] in clauses[:i]:
+            parts[i] = f"outside the same condition as ({clauses.index(clauses[i]) + 1}) [not judged]"
     body = "; ".join(f"({i + 1}) {p}" for i, p in enumerate(parts)) if len(parts) > 1 else clauses[0]
     claimed_txt = f"Claimed: {raw_value}{_u(claim_unit)}. " if raw_value and uses_csv else ""
     tol_txt = f" Tolerance: {'; '.join(sorted(set(tols)))}." if tols else ""
