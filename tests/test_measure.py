@@ -315,3 +315,18 @@ def test_intervals_are_computed_again_from_the_replicated_samples_on_disk():
     assert got.loc[0, ["ci_low", "ci_high"]].tolist() == pytest.approx(expected.loc[0, ["ci_low", "ci_high"]].tolist())
     assert got.loc[1, ["ci_low", "ci_high"]].tolist() == [0.5, 2.0]
     assert got.loc[0, "replicates_agree"] is False
+
+
+def test_the_mean_summary_gives_the_mean_and_an_interval_that_holds_the_replicates_means():
+    rng = np.random.default_rng(3)
+    one = rng.exponential(1.0, 200)
+    st = measure.mean_summary(one)
+    assert st.median == pytest.approx(one.mean()) and st.ci_low < one.mean() < st.ci_high
+    assert st.ci_high - st.ci_low < 0.5 and st.n == 200 and st.ci_level >= 0.95
+    groups = [rng.exponential(1.0, 30) * f for f in (0.7, 1.0, 1.4)]  # replicates that disagree
+    rep = _replicated(groups)
+    st = measure.mean_summary(rep)
+    assert st.median == pytest.approx(np.concatenate(groups).mean()) and st.replicates == 3
+    assert all(st.ci_low <= g.mean() <= st.ci_high for g in groups)
+    assert st.ci_high - st.ci_low > measure.mean_summary(np.concatenate(groups)).ci_high - measure.mean_summary(
+        np.concatenate(groups)).ci_low  # the spread between replicates widens the interval

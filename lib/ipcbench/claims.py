@@ -21,7 +21,14 @@ The judge decides with confidence intervals (the tolerance policy is in the rule
   interval lies outside the band but across the neutral point (or an edge of the looser band), so that
   partly and refuted are not told apart, and where a claim's undecided cases could turn it from one
   verdict to another. Two builds decide one case differently only with intervals that do not overlap;
-* ``not testable here``: the rule says why.
+* ``not testable here``: the rule says why, or every case lies outside a condition the source states.
+
+Scope, applied to every rule: an ordering may carry a strength word (``strength``: "far", "slight"; one numeric
+meaning each in the policy); a case whose rows ran with more processes than cores is oversubscribed and never decides
+a verdict alone; a case ``beside`` the verdict (a hypothesis of ours, the write-up's own model, another size) is judged
+and shown, never counted; a case with a ``precondition`` is judged only where the source's condition holds. Each
+claim's regime (data/seeds/regimes.yaml) says in what situation the source's number came from and what is measured
+here.
 """
 
 from __future__ import annotations
@@ -828,8 +835,8 @@ def _precondition(res: Results, chapter: str, pre: dict | None) -> tuple[str, st
 def _verdict_of_cases(cid, claim_unit, raw_value, lead, uses_csv, rule, verdicts, clauses, heads, units, tols, plots,
                       roles, besides) -> Judgement:  # fmt: skip
     """Return the claim's judgement from its judged cases. Only counted and oversubscribed cases enter the verdict, and
-    an oversubscribed case never decides it alone; a case beside the verdict (a hypothesis of ours) is shown only; a
-    claim whose every case lies outside the source's condition is not testable here."""
+    an oversubscribed case never decides it alone; a case beside the verdict is shown only; a claim whose every case
+    lies outside the source's condition is not testable here."""
     counted = [v for v, r in zip(verdicts, roles, strict=True) if r in ("counted", "oversubscribed")]
     notes = []
     if not counted:
@@ -847,7 +854,7 @@ def _verdict_of_cases(cid, claim_unit, raw_value, lead, uses_csv, rule, verdicts
         k = next((i for i, r in enumerate(roles) if r in ("counted", "oversubscribed") and heads[i] is not None), None)
         if k is None:
             k = next((i for i, h in enumerate(heads) if h is not None), None)
-    tag = {"counted": "", "oversubscribed": "oversubscribed, ", "outside": "not judged"}
+    tag = {"counted": "", "oversubscribed": "oversubscribed, "}
 
     def part(c: str, v: str, r: str, why: str) -> str:
         if r == "outside":
