@@ -243,9 +243,10 @@ def _draws(groups: list[np.ndarray], picks: np.ndarray, rng) -> np.ndarray:
     return idx
 
 
-def _two_stage_medians(sets: list[list[np.ndarray]], picks: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
-    """Return, per set of replicate groups, the median of every resample drawn by ``picks`` and ``idx`` (:func:`_draws`;
-    the same draws for every set: samples paired by index across sets stay paired)."""
+def _two_stage_medians(sets: list[list[np.ndarray]], picks: np.ndarray, idx: np.ndarray,
+                       mean: bool = False) -> list[np.ndarray]:  # fmt: skip
+    """Return, per set of replicate groups, the median (or with ``mean``, the mean) of every resample drawn by ``picks``
+    and ``idx`` (:func:`_draws`; the same draws for every set: samples paired by index across sets stay paired)."""
     out = []
     for groups in sets:
         width = max(int(g.size) for g in groups)
@@ -254,7 +255,10 @@ def _two_stage_medians(sets: list[list[np.ndarray]], picks: np.ndarray, idx: np.
             table[i, : g.size] = g
         vals = np.where(idx >= 0, table[picks[..., None], np.maximum(idx, 0)], np.nan)
         vals = vals.reshape(picks.shape[0], -1)
-        out.append(np.nanmedian(vals, axis=1) if (idx < 0).any() else np.median(vals, axis=1))
+        if mean:
+            out.append(np.nanmean(vals, axis=1))
+        else:
+            out.append(np.nanmedian(vals, axis=1) if (idx < 0).any() else np.median(vals, axis=1))
     return out
 
 
@@ -302,13 +306,7 @@ def mean_summary(samples: Sequence[float], resamples: int = HIER_RESAMPLES, seed
     rng = np.random.default_rng(seed)
     if len(groups) > 1:
         picks = rng.integers(0, len(groups), size=(resamples, len(groups)))
-        idx = _draws(groups, picks, rng)
-        width = max(int(g.size) for g in groups)
-        table = np.full((len(groups), width), np.nan)
-        for i, g in enumerate(groups):
-            table[i, : g.size] = g
-        vals = np.where(idx >= 0, table[picks[..., None], np.maximum(idx, 0)], np.nan).reshape(resamples, -1)
-        means = np.nanmean(vals, axis=1)
+        means = _two_stage_medians([groups], picks, _draws(groups, picks, rng), mean=True)[0]
         own = [float(g.mean()) for g in groups]
     else:
         x = groups[0]

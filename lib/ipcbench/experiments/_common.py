@@ -287,6 +287,11 @@ def _point_matches(point, row) -> bool:
     return True
 
 
+def any_oversubscribed(rows) -> bool:
+    """Return whether any of the summary rows ran oversubscribed (a derived row from them is labelled so)."""
+    return bool(rows["oversubscribed"].astype(str).str.lower().eq("true").any())
+
+
 def sample_values(summary, samples, **where):
     """Return (as a numpy array, in sample order) the raw samples behind the one summary row ``where`` selects; labelled
     with their replicates (:class:`ipcbench.measure.Replicated`) where the samples record several."""

@@ -1097,7 +1097,7 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
     Pure: from this chapter's summary and raw samples, the PUSH/PULL delivery table and chapter 0's
     results (memcpy). Times are per message; the bootstrap resamples each point's messages.
     """
-    from ._common import derived_row, exact_row, sample_values
+    from ._common import any_oversubscribed, derived_row, exact_row, sample_values
 
     out = []
 
@@ -1111,7 +1111,7 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
     rec = summary.query("experiment == 'records'")
     for n, r in [(n, int(r)) for n in ns for r in sorted(rec.query("n_records == @n")["readers"].dropna().unique())]:
         sets = [e2e(b, n, r) for b in SOURCE_FIVE]
-        over = bool(rec.query("n_records == @n and readers == @r")["oversubscribed"].astype(str).str.lower().eq("true").any())
+        over = any_oversubscribed(rec.query("n_records == @n and readers == @r"))
         lab = {"n_records": n, "readers": r, "payload": "records:pickle5", "oversubscribed": over}
         add(lambda *m: np.max(np.stack(np.broadcast_arrays(*m)), 0) / np.min(np.stack(np.broadcast_arrays(*m)), 0),
             sets, "spread_max_over_min", "x", "end to end, slowest over fastest of the source's five backends", **lab)
@@ -1134,7 +1134,7 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
     for n, r in srt[["n_records", "readers"]].dropna().astype(int).drop_duplicates().itertuples(index=False):
         rt = [sample_values(summary, samples, experiment="source_read_time", variant=b, n_records=n, readers=r,
                             metric="read_time") for b in ("mpi_bcast", "zmq")]  # fmt: skip
-        over = bool(srt.query("n_records == @n and readers == @r")["oversubscribed"].astype(str).str.lower().eq("true").any())
+        over = any_oversubscribed(srt.query("n_records == @n and readers == @r"))
         add(lambda a, b: a / b, rt, "read_time_mpi_bcast_over_zmq", "x", "the source's read time, lowercase bcast over ZeroMQ",
             n_records=n, readers=r, payload="records:pickle5", oversubscribed=over)  # fmt: skip
     # uppercase Bcast (buffers) and point-to-point against lowercase bcast
@@ -1163,7 +1163,7 @@ def derived_rows(summary: pd.DataFrame, samples: pd.DataFrame, delivery: pd.Data
                 "end to end, 1 - uppercase Bcast of the records as one structured array / lowercase bcast of the "
                 "pickled records", payload="structured:raw", n_records=n, readers=1)  # fmt: skip
     for r in sorted(summary.query("experiment == 'records'")["readers"].unique()):
-        over = bool(rec.query("readers == @r")["oversubscribed"].astype(str).str.lower().eq("true").any())
+        over = any_oversubscribed(rec.query("readers == @r"))
         add(lambda p2p, bc: (1 - p2p / bc) * 100, [e2e("mpi_p2p", n_max, int(r)), e2e("mpi_bcast", n_max, int(r))],
             "p2p_saving", "%", "end to end, 1 - root-to-each-reader send / lowercase bcast", payload="records:pickle5",
             n_records=n_max, readers=int(r), oversubscribed=over)  # fmt: skip
